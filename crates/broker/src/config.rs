@@ -1,0 +1,222 @@
+//! Broker node configuration: a TOML file, overridden by command-line flags.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use raftmq_common::config::ConfigError;
+use raftmq_common::validate;
+use serde::Deserialize;
+
+/// One member of the broker group.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Member {
+    pub node_id: u64,
+    /// Where the other nodes send Raft traffic.
+    pub raft_addr: String,
+    /// Where clients reach this node. May equal `raft-addr`: one port then serves both.
+    pub client_addr: String,
+}
+
+/// Whether appended entries are fsynced before they count (see `raftmq_store::FlushMode`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum FlushMode {
+    Sync,
+    /// Unsafe on power loss; for tests and benchmarks that say so.
+    Async,
+}
+
+/// Everything a broker node needs. Keys in the file are kebab-case.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct BrokerConfig {
+    pub cluster: String,
+    pub group: String,
+    pub node_id: u64,
+    /// Every member of the group, this node included.
+    pub members: Vec<Member>,
+    pub data_dir: PathBuf,
+    /// NameServer addresses (`host:port`); every one gets heartbeats.
+    pub namesrv: Vec<String>,
+    pub flush_mode: FlushMode,
+    /// Raft heartbeat interval, milliseconds.
+    pub raft_heartbeat_ms: u64,
+    /// Raft election timeout range, milliseconds. A new master follows the old one's death by
+    /// about `election-timeout-max-ms` plus a random draw from the range.
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Deadline of one Raft RPC, milliseconds.
+    pub raft_rpc_timeout_ms: u64,
+    /// How often every NameServer gets a heartbeat, milliseconds.
+    pub namesrv_heartbeat_ms: u64,
+    /// Largest message (body plus tags, keys and properties), bytes.
+    pub max_message_size: usize,
+    /// Create unknown topics on first send (off by default, as in production RocketMQ).
+    pub auto_create_topic: bool,
+    /// Queue count of auto-created topics.
+    pub default_queues: u32,
+    /// Most messages group-committed into one Raft entry.
+    pub max_batch_messages: usize,
+    /// Most bytes group-committed into one Raft entry.
+    pub max_batch_bytes: usize,
+    /// Raft entries proposed but not yet committed, at most.
+    pub max_inflight_entries: usize,
+    /// Build a snapshot after this many log entries.
+    pub snapshot_every_entries: u64,
+    /// Log entries Raft keeps replicating from after a snapshot, before a lagging slave needs
+    /// the snapshot instead. (Bodies stay for retention either way.)
+    pub snapshot_log_keep: u64,
+    /// A consumer silent this long leaves its group, milliseconds.
+    pub consumer_expiry_ms: u64,
+    pub log_level: String,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            cluster: "DefaultCluster".into(),
+            group: "broker-a".into(),
+            node_id: 1,
+            members: Vec::new(),
+            data_dir: PathBuf::from("data"),
+            namesrv: Vec::new(),
+            flush_mode: FlushMode::Sync,
+            raft_heartbeat_ms: 50,
+            election_timeout_min_ms: 150,
+            election_timeout_max_ms: 300,
+            raft_rpc_timeout_ms: 1000,
+            namesrv_heartbeat_ms: 1000,
+            max_message_size: 4 << 20,
+            auto_create_topic: false,
+            default_queues: 4,
+            max_batch_messages: 256,
+            max_batch_bytes: 4 << 20,
+            max_inflight_entries: 8,
+            snapshot_every_entries: 100_000,
+            snapshot_log_keep: 1_000,
+            consumer_expiry_ms: 10_000,
+            log_level: "info".into(),
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// Checks every value; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, reason: String| Err(ConfigError::invalid(key, reason));
+        validate::name("cluster", &self.cluster).map_err(|e| ConfigError::invalid("cluster", e.reason))?;
+        validate::name("group", &self.group).map_err(|e| ConfigError::invalid("group", e.reason))?;
+        if self.node_id == 0 {
+            return bad("node-id", "must be at least 1".into());
+        }
+        if self.members.is_empty() {
+            return bad("members", "lists no member; list every node of the group, this one included".into());
+        }
+        let mut ids = BTreeSet::new();
+        for (i, m) in self.members.iter().enumerate() {
+            if m.node_id == 0 || !ids.insert(m.node_id) {
+                return bad(&format!("members[{i}].node-id"), format!("{} is zero or listed twice", m.node_id));
+            }
+            validate::addr("raft-addr", &m.raft_addr).map_err(|e| ConfigError::invalid(format!("members[{i}].raft-addr"), e.reason))?;
+            validate::addr("client-addr", &m.client_addr).map_err(|e| ConfigError::invalid(format!("members[{i}].client-addr"), e.reason))?;
+        }
+        if !ids.contains(&self.node_id) {
+            return bad("members", format!("does not list this node (node-id {})", self.node_id));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return bad("data-dir", "must not be empty".into());
+        }
+        for (i, addr) in self.namesrv.iter().enumerate() {
+            validate::addr("namesrv", addr).map_err(|e| ConfigError::invalid(format!("namesrv[{i}]"), e.reason))?;
+        }
+        if self.raft_heartbeat_ms == 0 || self.raft_heartbeat_ms * 2 >= self.election_timeout_min_ms {
+            return bad("raft-heartbeat-ms", format!("{} must be above 0 and below half of election-timeout-min-ms", self.raft_heartbeat_ms));
+        }
+        if self.election_timeout_min_ms >= self.election_timeout_max_ms {
+            return bad("election-timeout-max-ms", format!("{} must be above election-timeout-min-ms ({})", self.election_timeout_max_ms, self.election_timeout_min_ms));
+        }
+        let positive = [
+            ("raft-rpc-timeout-ms", self.raft_rpc_timeout_ms),
+            ("namesrv-heartbeat-ms", self.namesrv_heartbeat_ms),
+            ("max-message-size", self.max_message_size as u64),
+            ("default-queues", self.default_queues as u64),
+            ("max-batch-messages", self.max_batch_messages as u64),
+            ("max-batch-bytes", self.max_batch_bytes as u64),
+            ("max-inflight-entries", self.max_inflight_entries as u64),
+            ("snapshot-every-entries", self.snapshot_every_entries),
+            ("consumer-expiry-ms", self.consumer_expiry_ms),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return bad(key, "must be above 0".into());
+            }
+        }
+        if self.max_message_size > 64 << 20 {
+            return bad("max-message-size", format!("{} is over the 64 MiB limit", self.max_message_size));
+        }
+        if self.max_batch_bytes < self.max_message_size {
+            return bad("max-batch-bytes", format!("{} is below max-message-size ({})", self.max_batch_bytes, self.max_message_size));
+        }
+        raftmq_common::runtime::check_log_level(&self.log_level).map_err(|e| ConfigError::invalid("log-level", e))?;
+        Ok(())
+    }
+
+    pub fn me(&self) -> &Member {
+        self.members.iter().find(|m| m.node_id == self.node_id).expect("validated: members lists this node")
+    }
+
+    pub fn raft_rpc_timeout(&self) -> Duration {
+        Duration::from_millis(self.raft_rpc_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raftmq_common::config::parse_toml;
+
+    const GOOD: &str = r#"
+cluster = "DefaultCluster"
+group = "broker-a"
+node-id = 2
+data-dir = "/tmp/x"
+namesrv = ["127.0.0.1:9876"]
+[[members]]
+node-id = 1
+raft-addr = "127.0.0.1:20001"
+client-addr = "127.0.0.1:10001"
+[[members]]
+node-id = 2
+raft-addr = "127.0.0.1:20002"
+client-addr = "127.0.0.1:10002"
+"#;
+
+    #[test]
+    fn a_good_file() {
+        let c: BrokerConfig = parse_toml(GOOD).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.me().client_addr, "127.0.0.1:10002");
+        assert_eq!(c.flush_mode, FlushMode::Sync);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = parse_toml::<BrokerConfig>(&format!("{GOOD}\n[[members]]\nnode-id = 3\nraft-adr = \"x\"\n")).unwrap_err();
+        assert!(err.contains("raft-adr"), "{err}");
+        let err = parse_toml::<BrokerConfig>(&GOOD.replace("node-id = 2\ndata", "node-id = \"two\"\ndata")).unwrap_err();
+        assert!(err.contains("node-id"), "{err}");
+        let mut c: BrokerConfig = parse_toml(GOOD).unwrap();
+        c.node_id = 9;
+        assert!(c.validate().unwrap_err().to_string().contains("`members`"));
+        let mut c: BrokerConfig = parse_toml(GOOD).unwrap();
+        c.members[1].client_addr = "nowhere".into();
+        assert!(c.validate().unwrap_err().to_string().contains("members[1].client-addr"));
+        let mut c: BrokerConfig = parse_toml(GOOD).unwrap();
+        c.election_timeout_max_ms = 100;
+        assert!(c.validate().unwrap_err().to_string().contains("election-timeout-max-ms"));
+        let err = parse_toml::<BrokerConfig>(&format!("flush-mode = \"sometimes\"\n{GOOD}")).unwrap_err();
+        assert!(err.contains("flush-mode") || err.contains("sometimes"), "{err}");
+    }
+}

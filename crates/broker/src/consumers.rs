@@ -1,0 +1,63 @@
+//! Consumer group membership, as RocketMQ's ConsumerManager: kept in memory on each node from
+//! client heartbeats, never replicated. After a failover clients heartbeat the new master within
+//! one interval, and every member computes the same rebalance from the same sorted list.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+#[derive(Debug)]
+pub struct Consumers {
+    expiry: Duration,
+    /// group -> client id -> (topics, last heartbeat)
+    groups: Mutex<BTreeMap<String, BTreeMap<String, (BTreeSet<String>, Instant)>>>,
+}
+
+impl Consumers {
+    pub fn new(expiry: Duration) -> Self {
+        Consumers { expiry, groups: Mutex::new(BTreeMap::new()) }
+    }
+
+    pub fn heartbeat(&self, group: &str, client_id: &str, topics: &[String], now: Instant) {
+        let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        groups
+            .entry(group.to_owned())
+            .or_default()
+            .insert(client_id.to_owned(), (topics.iter().cloned().collect(), now));
+    }
+
+    pub fn unregister(&self, group: &str, client_id: &str) {
+        let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(members) = groups.get_mut(group) {
+            members.remove(client_id);
+            if members.is_empty() {
+                groups.remove(group);
+            }
+        }
+    }
+
+    /// The live members of a group, sorted.
+    pub fn members(&self, group: &str, now: Instant) -> Vec<String> {
+        let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(members) = groups.get_mut(group) else { return Vec::new() };
+        members.retain(|_, (_, seen)| now.saturating_duration_since(*seen) <= self.expiry);
+        members.keys().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_are_sorted_and_expire() {
+        let c = Consumers::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        c.heartbeat("g", "b", &["T".into()], t0);
+        c.heartbeat("g", "a", &["T".into()], t0 + Duration::from_secs(5));
+        assert_eq!(c.members("g", t0 + Duration::from_secs(6)), ["a", "b"]);
+        assert_eq!(c.members("g", t0 + Duration::from_secs(12)), ["a"]);
+        c.unregister("g", "a");
+        assert!(c.members("g", t0).is_empty());
+    }
+}

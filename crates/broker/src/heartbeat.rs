@@ -1,0 +1,110 @@
+//! Heartbeats to every NameServer: role, term and leader from Raft, and, from the master, the
+//! topic table.
+//!
+//! One task; it sends on a timer and at once when the node's role, term or leader changes (a new
+//! master is routed without waiting a whole interval). A NameServer that does not answer is
+//! retried on the next beat; the others are not held up by it. On shutdown it unregisters.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::ServerState;
+use raftmq_proto::name_server_client::NameServerClient;
+use raftmq_proto::{BrokerHeartbeat, Role, TopicTable, UnregisterRequest};
+use tokio::sync::watch;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::service::{topic_config_to_proto, BrokerState};
+
+/// Deadline of one heartbeat RPC.
+const RPC_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub fn role(state: ServerState) -> Role {
+    match state {
+        ServerState::Leader => Role::Master,
+        ServerState::Follower => Role::Slave,
+        ServerState::Candidate => Role::Candidate,
+        ServerState::Learner | ServerState::Shutdown => Role::Learner,
+    }
+}
+
+fn connect(addr: &str) -> Option<NameServerClient<Channel>> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}")).ok()?.connect_timeout(RPC_TIMEOUT).timeout(RPC_TIMEOUT);
+    Some(NameServerClient::new(endpoint.connect_lazy()))
+}
+
+fn build(state: &BrokerState) -> BrokerHeartbeat {
+    let metrics = state.raft.metrics().borrow().clone();
+    let role = role(metrics.state);
+    let me = state.config.me();
+    BrokerHeartbeat {
+        cluster: state.config.cluster.clone(),
+        group: state.config.group.clone(),
+        node_id: state.config.node_id,
+        client_addr: me.client_addr.clone(),
+        role: role as i32,
+        term: metrics.current_term,
+        leader_id: metrics.current_leader.unwrap_or(0),
+        applied_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
+        topics: (role == Role::Master).then(|| TopicTable { topics: state.reader.topics().iter().map(topic_config_to_proto).collect() }),
+    }
+}
+
+/// Runs until `stop` turns true, then unregisters from every NameServer.
+pub async fn run(state: Arc<BrokerState>, mut stop: watch::Receiver<bool>) {
+    let clients: Vec<(String, NameServerClient<Channel>)> =
+        state.config.namesrv.iter().filter_map(|addr| connect(addr).map(|c| (addr.clone(), c))).collect();
+    if clients.is_empty() {
+        tracing::warn!("no NameServer configured: clients can only reach this node by its address");
+    }
+    let mut metrics = state.raft.metrics();
+    let mut applied = state.reader.subscribe_applied();
+    let mut tick = tokio::time::interval(Duration::from_millis(state.config.namesrv_heartbeat_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // What the NameServers last heard; a change is sent at once, not at the next tick.
+    let mut last_sent: Option<(i32, u64, u64, Option<TopicTable>)> = None;
+    let mut failing = vec![false; clients.len()];
+    loop {
+        let on_timer = tokio::select! {
+            _ = tick.tick() => true,
+            changed = metrics.changed() => { if changed.is_err() { break } false }
+            changed = applied.changed() => { if changed.is_err() { break } false }
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let hb = build(&state);
+        let signature = Some((hb.role, hb.term, hb.leader_id, hb.topics.clone()));
+        if !on_timer && signature == last_sent {
+            continue;
+        }
+        last_sent = signature;
+        let sends = clients.iter().map(|(addr, client)| {
+            let mut client = client.clone();
+            let hb = hb.clone();
+            async move { (addr, client.heartbeat(hb).await) }
+        });
+        for (i, (addr, result)) in futures::future::join_all(sends).await.into_iter().enumerate() {
+            match result {
+                Ok(_) if failing[i] => {
+                    tracing::info!(namesrv = %addr, "NameServer reachable again");
+                    failing[i] = false;
+                }
+                Ok(_) => {}
+                Err(status) if !failing[i] => {
+                    tracing::warn!(namesrv = %addr, "heartbeat failed: {}", status.message());
+                    failing[i] = true;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    let unregister = clients.iter().map(|(_, client)| {
+        let mut client = client.clone();
+        let req = UnregisterRequest {
+            cluster: state.config.cluster.clone(),
+            group: state.config.group.clone(),
+            node_id: state.config.node_id,
+        };
+        async move { client.unregister(req).await }
+    });
+    let _ = tokio::time::timeout(RPC_TIMEOUT, futures::future::join_all(unregister)).await;
+}

@@ -1,0 +1,63 @@
+//! `raftmq-broker`: runs one broker node until SIGTERM or SIGINT.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use raftmq_broker::{Broker, BrokerConfig};
+use raftmq_common::config::load_toml;
+
+/// A raftmq broker node: one member of a Raft-replicated broker group.
+#[derive(Debug, Parser)]
+#[command(name = "raftmq-broker", version)]
+struct Args {
+    /// TOML config file (cluster, group, node id, members, data dir, NameServers, ...).
+    #[arg(short, long)]
+    config: PathBuf,
+    /// Overrides `data-dir`.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Overrides `namesrv`: comma-separated host:port list.
+    #[arg(long, value_delimiter = ',')]
+    namesrv: Option<Vec<String>>,
+    /// Overrides `log-level` (RUST_LOG overrides both).
+    #[arg(long)]
+    log_level: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match run(Args::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("raftmq-broker: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let mut config: BrokerConfig = load_toml(&args.config)?;
+    if let Some(v) = args.data_dir {
+        config.data_dir = v;
+    }
+    if let Some(v) = args.namesrv {
+        config.namesrv = v;
+    }
+    if let Some(v) = args.log_level {
+        config.log_level = v;
+    }
+    config.validate()?;
+    raftmq_common::runtime::init_tracing(&config.log_level);
+
+    let mut broker = Broker::start(config).await?;
+    // Scripts read this line to know the node is serving.
+    println!("raftmq-broker listening on {}", broker.client_addr());
+    let ended = tokio::select! {
+        _ = raftmq_common::runtime::shutdown_signal() => None,
+        ended = broker.stopped() => Some(ended),
+    };
+    match ended {
+        None => broker.shutdown().await,
+        Some(ended) => ended,
+    }
+}

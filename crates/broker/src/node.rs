@@ -1,0 +1,233 @@
+//! Assembling and running one broker node: store, Raft, servers, proposer, heartbeats.
+//!
+//! Every task started here listens to one stop signal, and [`Broker::shutdown`] returns only after
+//! all of them ended. [`Broker::crash`] stops the node without any of the polite parts, as a
+//! SIGKILL would, for tests.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use openraft::error::{InitializeError, RaftError};
+use openraft::{Raft, SnapshotPolicy};
+use raftmq_proto::broker_server::BrokerServer;
+use raftmq_proto::raft_transport_server::RaftTransportServer;
+use raftmq_store::{BrokerNode, FlushMode, Store, StoreOptions, StoreReader, TypeConfig};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::{self, BrokerConfig};
+use crate::consumers::Consumers;
+use crate::network::{Faults, Network, MAX_RAFT_MESSAGE};
+use crate::proposer::{Limits, Proposer};
+use crate::raft_service::RaftService;
+use crate::service::{BrokerService, BrokerState};
+
+/// How long shutdown waits for client connections to close.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The sockets a node serves on. Without a raft listener, the client port serves Raft too.
+pub struct Listeners {
+    pub client: TcpListener,
+    pub raft: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the addresses of this node's entry in `members`.
+    pub async fn bind(config: &BrokerConfig) -> anyhow::Result<Listeners> {
+        let me = config.me();
+        let client = TcpListener::bind(&me.client_addr).await.with_context(|| format!("cannot listen on client-addr {}", me.client_addr))?;
+        let raft = if me.raft_addr == me.client_addr {
+            None
+        } else {
+            Some(TcpListener::bind(&me.raft_addr).await.with_context(|| format!("cannot listen on raft-addr {}", me.raft_addr))?)
+        };
+        Ok(Listeners { client, raft })
+    }
+}
+
+/// A running broker node.
+pub struct Broker {
+    state: Arc<BrokerState>,
+    client_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    servers: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
+}
+
+impl Broker {
+    /// Binds the configured addresses and starts. The config must have been validated.
+    pub async fn start(config: BrokerConfig) -> anyhow::Result<Broker> {
+        let listeners = Listeners::bind(&config).await?;
+        Self::start_with(config, listeners, Faults::new()).await
+    }
+
+    /// Starts on sockets already bound, with a fault switch shared with a test.
+    pub async fn start_with(config: BrokerConfig, listeners: Listeners, faults: Arc<Faults>) -> anyhow::Result<Broker> {
+        let store_options = StoreOptions {
+            flush: match config.flush_mode {
+                config::FlushMode::Sync => FlushMode::Sync,
+                config::FlushMode::Async => FlushMode::Async,
+            },
+            id_prefix: crc32fast::hash(config.group.as_bytes()),
+        };
+        let dir = config.data_dir.clone();
+        let (store, recovered) = tokio::task::spawn_blocking(move || Store::open(&dir, store_options)).await??;
+        tracing::info!(
+            dir = %config.data_dir.display(),
+            first = ?recovered.first_index,
+            last = ?recovered.last_index,
+            applied = ?recovered.applied_index,
+            checked = recovered.entries_checked,
+            "store recovered"
+        );
+        if config.flush_mode == config::FlushMode::Async {
+            tracing::warn!("flush-mode = \"async\": acknowledged messages can be lost if a majority loses power");
+        }
+        let reader: StoreReader = store.reader.clone();
+
+        let raft_config = openraft::Config {
+            cluster_name: config.group.clone(),
+            heartbeat_interval: config.raft_heartbeat_ms,
+            election_timeout_min: config.election_timeout_min_ms,
+            election_timeout_max: config.election_timeout_max_ms,
+            install_snapshot_timeout: config.raft_rpc_timeout_ms.max(5_000),
+            max_payload_entries: 16,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: config.snapshot_log_keep,
+            purge_batch_size: 256,
+            ..Default::default()
+        }
+        .validate()?;
+        let network = Network { group: config.group.clone(), me: config.node_id, timeout: config.raft_rpc_timeout(), faults };
+        let raft = Raft::new(config.node_id, Arc::new(raft_config), network, store.log, store.state_machine).await?;
+
+        // The first start of an empty group sets its membership. Every member may do it: they
+        // all write the same first entry, and a node that has a log already refuses.
+        if !raft.is_initialized().await? {
+            let members: BTreeMap<u64, BrokerNode> = config
+                .members
+                .iter()
+                .map(|m| (m.node_id, BrokerNode { raft_addr: m.raft_addr.clone(), client_addr: m.client_addr.clone() }))
+                .collect();
+            match raft.initialize(members).await {
+                Ok(()) => tracing::info!(group = %config.group, "initialized the group's membership"),
+                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(e) => return Err(e).context("initializing the group"),
+            }
+        }
+
+        let (stop, stopped) = watch::channel(false);
+        let limits = Limits {
+            max_messages: config.max_batch_messages,
+            max_bytes: config.max_batch_bytes,
+            max_inflight: config.max_inflight_entries,
+            timeout: Duration::from_millis(config.raft_rpc_timeout_ms * 5).max(Duration::from_secs(5)),
+        };
+        let (proposer, proposer_task) = Proposer::start(raft.clone(), limits, stopped.clone());
+        let state = Arc::new(BrokerState {
+            consumers: Consumers::new(Duration::from_millis(config.consumer_expiry_ms)),
+            config,
+            raft: raft.clone(),
+            reader,
+            proposer,
+            stop: stopped.clone(),
+        });
+
+        let max_message = state.config.max_batch_bytes + (1 << 20);
+        let broker_service = BrokerServer::new(BrokerService::new(state.clone()))
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(max_message.max(16 << 20));
+        let raft_service = || {
+            RaftTransportServer::new(RaftService { group: state.config.group.clone(), me: state.config.node_id, raft: raft.clone() })
+                .max_decoding_message_size(MAX_RAFT_MESSAGE)
+                .max_encoding_message_size(MAX_RAFT_MESSAGE)
+        };
+        let client_addr = listeners.client.local_addr()?;
+        let serve = |router: tonic::transport::server::Router, listener: TcpListener| {
+            let mut stopped = stopped.clone();
+            tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            }))
+        };
+        let mut servers = Vec::new();
+        match listeners.raft {
+            None => servers.push(serve(tonic::transport::Server::builder().add_service(broker_service).add_service(raft_service()), listeners.client)),
+            Some(raft_listener) => {
+                servers.push(serve(tonic::transport::Server::builder().add_service(broker_service), listeners.client));
+                servers.push(serve(tonic::transport::Server::builder().add_service(raft_service()), raft_listener));
+            }
+        }
+        let heartbeat_task = tokio::spawn(crate::heartbeat::run(state.clone(), stopped));
+        tracing::info!(group = %state.config.group, node = state.config.node_id, %client_addr, "broker node started");
+        Ok(Broker { state, client_addr, stop, tasks: vec![proposer_task, heartbeat_task], servers })
+    }
+
+    pub fn client_addr(&self) -> SocketAddr {
+        self.client_addr
+    }
+
+    pub fn raft(&self) -> &Raft<TypeConfig> {
+        &self.state.raft
+    }
+
+    pub fn reader(&self) -> &StoreReader {
+        &self.state.reader
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.state.config.node_id
+    }
+
+    /// Stops cleanly: unregisters from the NameServers, stops serving, stops Raft (its log is
+    /// synced on every append already), and waits for every task.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+        for mut server in self.servers.drain(..) {
+            if tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await.is_err() {
+                tracing::warn!("client connections stayed open for {DRAIN_TIMEOUT:?}; closing them");
+                server.abort();
+            }
+        }
+        self.state.raft.shutdown().await.map_err(|e| anyhow::anyhow!("raft did not stop cleanly: {e}"))?;
+        tracing::info!(node = self.state.config.node_id, "broker node stopped");
+        Ok(())
+    }
+
+    /// Stops at once without unregistering or draining, as a killed process would.
+    pub async fn crash(mut self) {
+        for server in self.servers.drain(..) {
+            server.abort();
+        }
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        let _ = self.state.raft.shutdown().await;
+    }
+
+    /// Waits until a server ends by itself (only on an error).
+    pub async fn stopped(&mut self) -> anyhow::Result<()> {
+        let (result, _, _) = futures::future::select_all(self.servers.iter_mut()).await;
+        result??;
+        Ok(())
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        for server in &self.servers {
+            server.abort();
+        }
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}

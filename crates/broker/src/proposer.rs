@@ -1,0 +1,175 @@
+//! Group commit: concurrent writes are batched into one Raft entry before it is proposed.
+//!
+//! openraft 0.9's leader flushes one entry at a time, so one message per entry caps throughput
+//! near one message per fsync. The proposer takes the first waiting command, waits for a free
+//! in-flight slot, then drains everything else that queued meanwhile (up to the batch limits)
+//! into the same entry: entries grow under load and stay small when idle. Each command's caller
+//! is answered only after its entry is committed (synced on a majority) and applied.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::Raft;
+use raftmq_store::types::{Command, CommandResult, Request};
+use raftmq_store::{BrokerNode, NodeId, TypeConfig};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+
+use crate::error::BrokerError;
+
+/// What a committed command produced: its entry's log index and its result.
+pub type Committed = Result<(u64, CommandResult), BrokerError>;
+
+struct Proposal {
+    command: Command,
+    bytes: usize,
+    /// Messages it carries (1 for other commands): what `max_messages` counts.
+    weight: usize,
+    reply: oneshot::Sender<Committed>,
+}
+
+/// The sending side, cloned into every request handler.
+#[derive(Clone)]
+pub struct Proposer {
+    tx: mpsc::Sender<Proposal>,
+    timeout: Duration,
+}
+
+/// Limits of one batch and of the pipeline.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Messages in one entry, at most (a larger single batch still goes alone).
+    pub max_messages: usize,
+    pub max_bytes: usize,
+    pub max_inflight: usize,
+    /// How long a caller waits for its commit before the outcome is reported unknown.
+    pub timeout: Duration,
+}
+
+impl Proposer {
+    /// Starts the batching task; it ends when `stop` turns true or every sender is gone.
+    pub fn start(raft: Raft<TypeConfig>, limits: Limits, mut stop: watch::Receiver<bool>) -> (Proposer, tokio::task::JoinHandle<()>) {
+        let (tx, mut rx) = mpsc::channel::<Proposal>(limits.max_messages * limits.max_inflight * 4);
+        let task = tokio::spawn(async move {
+            let slots = Arc::new(Semaphore::new(limits.max_inflight));
+            let mut last_ts = 0i64;
+            // A command that did not fit the previous entry opens the next one.
+            let mut carry: Option<Proposal> = None;
+            loop {
+                let first = match carry.take() {
+                    Some(p) => p,
+                    None => tokio::select! {
+                        p = rx.recv() => match p { Some(p) => p, None => break },
+                        _ = stop.wait_for(|s| *s) => break,
+                    },
+                };
+                let permit = tokio::select! {
+                    permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
+                    _ = stop.wait_for(|s| *s) => {
+                        let _ = first.reply.send(Err(BrokerError::Unavailable("the broker is shutting down".into())));
+                        break;
+                    }
+                };
+                // Everything that queued while we waited for the slot joins this entry.
+                let (mut bytes, mut weight) = (first.bytes, first.weight);
+                let mut batch = vec![first];
+                while weight < limits.max_messages {
+                    match rx.try_recv() {
+                        Ok(p) if bytes + p.bytes <= limits.max_bytes && weight + p.weight <= limits.max_messages => {
+                            bytes += p.bytes;
+                            weight += p.weight;
+                            batch.push(p);
+                        }
+                        Ok(p) => {
+                            carry = Some(p);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                propose(&raft, batch, &mut last_ts, permit).await;
+            }
+            if let Some(p) = carry {
+                let _ = p.reply.send(Err(BrokerError::Unavailable("the broker is shutting down".into())));
+            }
+            // Anything still queued is answered, never dropped silently.
+            rx.close();
+            while let Ok(p) = rx.try_recv() {
+                let _ = p.reply.send(Err(BrokerError::Unavailable("the broker is shutting down".into())));
+            }
+        });
+        (Proposer { tx, timeout: limits.timeout }, task)
+    }
+
+    /// Proposes one command and waits until it is committed and applied.
+    pub async fn submit(&self, command: Command, bytes: usize) -> Committed {
+        let (reply, rx) = oneshot::channel();
+        let weight = match &command {
+            Command::Send { messages, .. } => messages.len().max(1),
+            _ => 1,
+        };
+        self.tx
+            .send(Proposal { command, bytes, weight, reply })
+            .await
+            .map_err(|_| BrokerError::Unavailable("the broker is shutting down".into()))?;
+        match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(BrokerError::Timeout("the write's outcome is unknown: the proposer stopped".into())),
+            Err(_) => Err(BrokerError::Timeout(format!("the write's outcome is unknown: not committed within {:?}", self.timeout))),
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Hands one batch to Raft; a task answers every caller when the entry is committed.
+async fn propose(raft: &Raft<TypeConfig>, batch: Vec<Proposal>, last_ts: &mut i64, permit: tokio::sync::OwnedSemaphorePermit) {
+    // Store timestamps never go backwards on one master, so a queue's timestamps are ordered.
+    *last_ts = now_ms().max(*last_ts);
+    let (commands, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+    let request = Request { store_timestamp_ms: *last_ts, commands };
+    // `client_write_ff` only queues the entry, in order; the result comes through `pending`.
+    let pending = raft.client_write_ff(request).await;
+    tokio::spawn(async move {
+        let outcome = match pending {
+            Ok(receiver) => receiver.await.map_err(|_| BrokerError::Timeout("the write's outcome is unknown: raft dropped it".into())),
+            Err(fatal) => Err(BrokerError::Unavailable(format!("raft stopped: {fatal}"))),
+        };
+        drop(permit);
+        match outcome {
+            Ok(Ok(response)) => {
+                let log_index = response.data.log_index;
+                for (reply, result) in replies.into_iter().zip(response.data.results) {
+                    let _ = reply.send(Ok((log_index, result)));
+                }
+            }
+            Ok(Err(e)) => {
+                let error = write_error(e);
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+            Err(error) => {
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        }
+    });
+}
+
+fn write_error(e: ClientWriteError<NodeId, BrokerNode>) -> BrokerError {
+    match e {
+        ClientWriteError::ForwardToLeader(f) => BrokerError::NotMaster {
+            leader: f.leader_node.map(|n| n.client_addr),
+        },
+        ClientWriteError::ChangeMembershipError(e) => BrokerError::Internal(e.to_string()),
+    }
+}
+
+/// Maps a Raft error of a read-barrier or admin call.
+pub fn raft_error<E: std::fmt::Display>(e: RaftError<NodeId, E>) -> BrokerError {
+    BrokerError::Unavailable(e.to_string())
+}

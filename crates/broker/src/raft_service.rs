@@ -1,0 +1,62 @@
+//! The receiving side of Raft traffic: checks the envelope, hands the request to openraft.
+
+use openraft::Raft;
+use raftmq_common::ErrorCode;
+use raftmq_proto::raft_transport_server::RaftTransport;
+use raftmq_proto::RaftEnvelope;
+use raftmq_store::{NodeId, TypeConfig};
+use serde::Serialize;
+use tonic::{Request, Response, Status};
+
+use crate::network::{decode, encode};
+
+pub struct RaftService {
+    pub group: String,
+    pub me: NodeId,
+    pub raft: Raft<TypeConfig>,
+}
+
+impl RaftService {
+    fn open<T: serde::de::DeserializeOwned>(&self, request: Request<RaftEnvelope>) -> Result<(RaftEnvelope, T), Status> {
+        let envelope = request.into_inner();
+        if envelope.group != self.group || envelope.target_node_id != self.me {
+            return Err(ErrorCode::InvalidArgument.status(format!(
+                "raft message for {}/{} delivered to {}/{}",
+                envelope.group, envelope.target_node_id, self.group, self.me
+            )));
+        }
+        let rpc = decode(&envelope.payload).map_err(|e| ErrorCode::InvalidArgument.status(format!("undecodable raft message: {e}")))?;
+        Ok((envelope, rpc))
+    }
+
+    fn reply<R: Serialize>(&self, envelope: &RaftEnvelope, result: &R) -> Result<Response<RaftEnvelope>, Status> {
+        let payload = encode(result).map_err(|e| ErrorCode::Internal.status(format!("cannot encode raft reply: {e}")))?;
+        Ok(Response::new(RaftEnvelope {
+            group: self.group.clone(),
+            from_node_id: self.me,
+            target_node_id: envelope.from_node_id,
+            payload,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl RaftTransport for RaftService {
+    async fn append_entries(&self, request: Request<RaftEnvelope>) -> Result<Response<RaftEnvelope>, Status> {
+        let (envelope, rpc) = self.open(request)?;
+        let result = self.raft.append_entries(rpc).await;
+        self.reply(&envelope, &result)
+    }
+
+    async fn vote(&self, request: Request<RaftEnvelope>) -> Result<Response<RaftEnvelope>, Status> {
+        let (envelope, rpc) = self.open(request)?;
+        let result = self.raft.vote(rpc).await;
+        self.reply(&envelope, &result)
+    }
+
+    async fn install_snapshot(&self, request: Request<RaftEnvelope>) -> Result<Response<RaftEnvelope>, Status> {
+        let (envelope, rpc) = self.open(request)?;
+        let result = self.raft.install_snapshot(rpc).await;
+        self.reply(&envelope, &result)
+    }
+}

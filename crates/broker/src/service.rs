@@ -1,0 +1,413 @@
+//! The broker's client-facing gRPC service.
+//!
+//! Writes are accepted on the master only and answered after their Raft entry is committed.
+//! Reads are served by any node from applied entries only. Every request is validated here, at
+//! the edge, with an error naming the field; the state machine checks again, deterministically.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::{Raft, ServerState};
+use raftmq_common::validate;
+use raftmq_proto::broker_server::Broker;
+use raftmq_proto as pb;
+use raftmq_store::reader::message_id;
+use raftmq_store::types::{perm, Command, CommandResult, MessageIn, OffsetUpdate, Rejection, TopicConfig};
+use raftmq_store::{body_crc, StoreReader, StoredMessage, TypeConfig};
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+
+use crate::config::BrokerConfig;
+use crate::consumers::Consumers;
+use crate::error::BrokerError;
+use crate::proposer::Proposer;
+
+/// Longest a pull may wait for new messages.
+pub const MAX_PULL_WAIT: Duration = Duration::from_secs(30);
+/// Most messages one pull returns.
+pub const MAX_PULL_MESSAGES: u32 = 1024;
+
+/// State every handler needs.
+pub struct BrokerState {
+    pub config: BrokerConfig,
+    pub raft: Raft<TypeConfig>,
+    pub reader: StoreReader,
+    pub proposer: Proposer,
+    pub consumers: Consumers,
+    pub stop: watch::Receiver<bool>,
+}
+
+impl BrokerState {
+    /// The master's client address, when this node knows who the master is.
+    pub fn leader_client_addr(&self) -> Option<String> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let leader = m.current_leader?;
+        m.membership_config.membership().get_node(&leader).map(|n| n.client_addr.clone())
+    }
+
+    pub fn is_master(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    fn require_master(&self) -> Result<(), BrokerError> {
+        if self.is_master() {
+            Ok(())
+        } else {
+            Err(BrokerError::NotMaster { leader: self.leader_client_addr() })
+        }
+    }
+
+    /// Proposes a command and maps a refusal by the state machine to its error.
+    async fn commit(&self, command: Command, bytes: usize) -> Result<(u64, CommandResult), BrokerError> {
+        let (index, result) = self.proposer.submit(command, bytes).await?;
+        match result {
+            CommandResult::Rejected(why, message) => Err(match why {
+                Rejection::TopicNotFound => BrokerError::TopicNotFound(message),
+                Rejection::QueueNotFound => BrokerError::QueueNotFound(message),
+                Rejection::NoPermission => BrokerError::NoPermission(message),
+                Rejection::InvalidArgument => BrokerError::InvalidArgument(message),
+            }),
+            ok => Ok((index, ok)),
+        }
+    }
+
+    fn topic_for_read(&self, topic: &str, queue_id: u32) -> Result<TopicConfig, BrokerError> {
+        validate::name("topic", topic)?;
+        let config = self
+            .reader
+            .topic(topic)
+            .ok_or_else(|| BrokerError::TopicNotFound(format!("topic {topic:?} does not exist in group {}", self.config.group)))?;
+        if queue_id >= config.queues() {
+            return Err(BrokerError::QueueNotFound(format!("topic {topic:?} has {} queues; queue {queue_id} does not exist", config.queues())));
+        }
+        Ok(config)
+    }
+
+    /// The topic to send to, created first when auto-create is on.
+    async fn topic_for_send(&self, topic: &str) -> Result<TopicConfig, BrokerError> {
+        if let Some(config) = self.reader.topic(topic) {
+            return Ok(config);
+        }
+        if !self.config.auto_create_topic {
+            return Err(BrokerError::TopicNotFound(format!("topic {topic:?} does not exist in group {} (auto-create is off)", self.config.group)));
+        }
+        let config = TopicConfig {
+            name: topic.to_owned(),
+            write_queues: self.config.default_queues,
+            read_queues: self.config.default_queues,
+            permission: perm::READ_WRITE,
+        };
+        tracing::info!(topic, queues = config.write_queues, "auto-creating topic");
+        self.commit(Command::UpsertTopic(config.clone()), 0).await?;
+        Ok(self.reader.topic(topic).unwrap_or(config))
+    }
+}
+
+/// A tag expression: `*` (or empty) or `a || b`.
+pub struct TagFilter(Option<BTreeSet<String>>);
+
+impl TagFilter {
+    pub fn parse(expression: &str) -> Result<TagFilter, BrokerError> {
+        let e = expression.trim();
+        if e.is_empty() || e == "*" {
+            return Ok(TagFilter(None));
+        }
+        let tags: BTreeSet<String> = e.split("||").map(|t| t.trim().to_owned()).collect();
+        if tags.iter().any(|t| t.is_empty()) {
+            return Err(BrokerError::InvalidArgument(format!("field `tag_expression`: {expression:?} has an empty tag")));
+        }
+        Ok(TagFilter(Some(tags)))
+    }
+
+    pub fn matches(&self, tags: &str) -> bool {
+        self.0.as_ref().is_none_or(|set| set.contains(tags))
+    }
+}
+
+pub fn to_proto(m: StoredMessage) -> pb::StoredMessage {
+    pb::StoredMessage {
+        msg_id: m.msg_id,
+        topic: m.topic,
+        queue_id: m.queue_id,
+        queue_offset: m.queue_offset,
+        tags: m.tags,
+        keys: m.keys,
+        properties: m.properties.into_iter().collect(),
+        body: m.body,
+        born_timestamp_ms: m.born_timestamp_ms,
+        store_timestamp_ms: m.store_timestamp_ms,
+        log_index: m.log_index,
+        body_crc: m.body_crc,
+    }
+}
+
+fn topic_to_proto(t: &TopicConfig) -> pb::TopicConfig {
+    pb::TopicConfig { name: t.name.clone(), write_queues: t.write_queues, read_queues: t.read_queues, permission: t.permission as i32 }
+}
+
+/// The gRPC service.
+#[derive(Clone)]
+pub struct BrokerService {
+    state: Arc<BrokerState>,
+}
+
+impl BrokerService {
+    pub fn new(state: Arc<BrokerState>) -> Self {
+        BrokerService { state }
+    }
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl Broker for BrokerService {
+    async fn send(&self, request: Request<pb::SendRequest>) -> Reply<pb::SendReply> {
+        let s = &self.state;
+        let req = request.into_inner();
+        validate::name("topic", &req.topic).map_err(BrokerError::from)?;
+        if req.messages.is_empty() {
+            return Err(BrokerError::InvalidArgument("field `messages`: the batch is empty".into()).into());
+        }
+        s.require_master()?;
+        let mut messages = Vec::with_capacity(req.messages.len());
+        let mut bytes = 0usize;
+        for (i, m) in req.messages.into_iter().enumerate() {
+            if !m.topic.is_empty() && m.topic != req.topic {
+                return Err(BrokerError::InvalidArgument(format!("field `messages[{i}].topic`: {:?} differs from the batch's topic {:?}", m.topic, req.topic)).into());
+            }
+            let mut properties: Vec<(String, String)> = m.properties.into_iter().collect();
+            properties.sort();
+            let message = MessageIn {
+                body_crc: body_crc(&m.body),
+                tags: m.tags,
+                keys: m.keys,
+                properties,
+                body: m.body,
+                born_timestamp_ms: m.born_timestamp_ms,
+            };
+            let size = message.size();
+            if size > s.config.max_message_size {
+                return Err(BrokerError::MessageTooLarge(format!("message {i} is {size} bytes; the limit is {}", s.config.max_message_size)).into());
+            }
+            bytes += size;
+            messages.push(message);
+        }
+        if bytes > s.config.max_batch_bytes {
+            return Err(BrokerError::MessageTooLarge(format!("the batch is {bytes} bytes; the limit is {}", s.config.max_batch_bytes)).into());
+        }
+        let topic = s.topic_for_send(&req.topic).await?;
+        if topic.permission & perm::WRITE == 0 {
+            return Err(BrokerError::NoPermission(format!("topic {:?} is not writable in group {}", req.topic, s.config.group)).into());
+        }
+        if req.queue_id >= topic.write_queues {
+            return Err(BrokerError::QueueNotFound(format!("topic {:?} has {} write queues; queue {} does not exist", req.topic, topic.write_queues, req.queue_id)).into());
+        }
+        let command = Command::Send { topic: req.topic, queue_id: req.queue_id, messages };
+        let (log_index, result) = s.commit(command, bytes).await?;
+        let CommandResult::Sent { first_offset, count, first_position } = result else {
+            return Err(BrokerError::Internal(format!("a send applied as {result:?}")).into());
+        };
+        let results = (0..count)
+            .map(|i| pb::SendResult {
+                msg_id: message_id(s.reader.id_prefix(), log_index, first_position + i),
+                queue_id: req.queue_id,
+                queue_offset: first_offset + i as u64,
+            })
+            .collect();
+        Ok(Response::new(pb::SendReply { group: s.config.group.clone(), results }))
+    }
+
+    async fn pull(&self, request: Request<pb::PullRequest>) -> Reply<pb::PullReply> {
+        let s = &self.state;
+        let req = request.into_inner();
+        s.topic_for_read(&req.topic, req.queue_id)?;
+        let filter = TagFilter::parse(&req.tag_expression)?;
+        let max_messages = req.max_messages.clamp(1, MAX_PULL_MESSAGES) as usize;
+        let max_bytes = if req.max_bytes == 0 { 4 << 20 } else { req.max_bytes };
+        let deadline = Instant::now() + Duration::from_millis(req.wait_ms).min(MAX_PULL_WAIT);
+        let mut applied = s.reader.subscribe_applied();
+        let mut stop = s.stop.clone();
+        loop {
+            applied.borrow_and_update();
+            let read = s.reader.read(&req.topic, req.queue_id, req.offset, max_messages, max_bytes, &|tags| filter.matches(tags)).map_err(BrokerError::from)?;
+            let status = if req.offset < read.min_offset {
+                pb::PullStatus::OffsetMoved
+            } else if req.offset > read.max_offset {
+                pb::PullStatus::OffsetIllegal
+            } else if !read.messages.is_empty() {
+                pb::PullStatus::Found
+            } else {
+                pb::PullStatus::NoNewMessage
+            };
+            // Filtered-out messages moved the offset on: report that rather than wait on.
+            let moved = read.next_offset > req.offset.max(read.min_offset);
+            let done = status != pb::PullStatus::NoNewMessage || moved || Instant::now() >= deadline;
+            if done {
+                return Ok(Response::new(pb::PullReply {
+                    status: status as i32,
+                    next_offset: if status == pb::PullStatus::OffsetIllegal { read.max_offset } else { read.next_offset },
+                    min_offset: read.min_offset,
+                    max_offset: read.max_offset,
+                    messages: read.messages.into_iter().map(to_proto).collect(),
+                }));
+            }
+            tokio::select! {
+                changed = applied.changed() => if changed.is_err() { return Err(BrokerError::Unavailable("the store is closing".into()).into()) },
+                _ = tokio::time::sleep_until(deadline.into()) => {}
+                _ = stop.wait_for(|s| *s) => return Err(BrokerError::Unavailable("the broker is shutting down".into()).into()),
+            }
+        }
+    }
+
+    async fn get_queue_offsets(&self, request: Request<pb::QueueOffsetsRequest>) -> Reply<pb::QueueOffsetsReply> {
+        let req = request.into_inner();
+        self.state.topic_for_read(&req.topic, req.queue_id)?;
+        let q = self.state.reader.queue_state(&req.topic, req.queue_id);
+        Ok(Response::new(pb::QueueOffsetsReply { min_offset: q.min_offset, max_offset: q.next_offset }))
+    }
+
+    async fn search_offset(&self, request: Request<pb::SearchOffsetRequest>) -> Reply<pb::SearchOffsetReply> {
+        let req = request.into_inner();
+        self.state.topic_for_read(&req.topic, req.queue_id)?;
+        let offset = self.state.reader.search_offset(&req.topic, req.queue_id, req.timestamp_ms).map_err(BrokerError::from)?;
+        Ok(Response::new(pb::SearchOffsetReply { offset }))
+    }
+
+    async fn get_message(&self, request: Request<pb::GetMessageRequest>) -> Reply<pb::StoredMessage> {
+        let req = request.into_inner();
+        self.state.topic_for_read(&req.topic, req.queue_id)?;
+        match self.state.reader.get(&req.topic, req.queue_id, req.offset).map_err(BrokerError::from)? {
+            Some(m) => Ok(Response::new(to_proto(m))),
+            None => Err(BrokerError::MessageNotFound(format!("no message at {}/{} offset {}", req.topic, req.queue_id, req.offset)).into()),
+        }
+    }
+
+    async fn commit_offsets(&self, request: Request<pb::CommitOffsetsRequest>) -> Reply<pb::CommitOffsetsReply> {
+        let req = request.into_inner();
+        validate::name("consumer_group", &req.consumer_group).map_err(BrokerError::from)?;
+        let mut offsets = Vec::with_capacity(req.offsets.len());
+        for o in req.offsets {
+            validate::name("offsets.topic", &o.topic).map_err(BrokerError::from)?;
+            offsets.push(OffsetUpdate { topic: o.topic, queue_id: o.queue_id, offset: o.offset });
+        }
+        if offsets.is_empty() {
+            return Ok(Response::new(pb::CommitOffsetsReply {}));
+        }
+        self.state.require_master()?;
+        let command = Command::CommitOffsets { group: req.consumer_group, offsets, increase_only: true };
+        self.state.commit(command, 0).await?;
+        Ok(Response::new(pb::CommitOffsetsReply {}))
+    }
+
+    async fn get_consume_offsets(&self, request: Request<pb::GetConsumeOffsetsRequest>) -> Reply<pb::GetConsumeOffsetsReply> {
+        let req = request.into_inner();
+        validate::name("consumer_group", &req.consumer_group).map_err(BrokerError::from)?;
+        let topic = (!req.topic.is_empty()).then_some(req.topic.as_str());
+        let offsets = self
+            .state
+            .reader
+            .consume_offsets(&req.consumer_group, topic)
+            .into_iter()
+            .map(|(topic, queue_id, offset)| pb::OffsetEntry { topic, queue_id, offset })
+            .collect();
+        Ok(Response::new(pb::GetConsumeOffsetsReply { offsets }))
+    }
+
+    async fn reset_offsets(&self, request: Request<pb::ResetOffsetsRequest>) -> Reply<pb::ResetOffsetsReply> {
+        use pb::reset_offsets_request::Target;
+        let s = &self.state;
+        let req = request.into_inner();
+        validate::name("consumer_group", &req.consumer_group).map_err(BrokerError::from)?;
+        let topic = s.topic_for_read(&req.topic, 0)?;
+        let target = req.target.ok_or_else(|| BrokerError::InvalidArgument("field `target`: say a timestamp, an offset, earliest or latest".into()))?;
+        s.require_master()?;
+        let mut offsets = Vec::new();
+        for queue_id in 0..topic.queues() {
+            let bounds = s.reader.queue_state(&topic.name, queue_id);
+            let offset = match target {
+                Target::TimestampMs(ts) => s.reader.search_offset(&topic.name, queue_id, ts).map_err(BrokerError::from)?,
+                Target::Offset(o) => o.clamp(bounds.min_offset, bounds.next_offset),
+                Target::ToEarliest(_) => bounds.min_offset,
+                Target::ToLatest(_) => bounds.next_offset,
+            };
+            offsets.push(OffsetUpdate { topic: topic.name.clone(), queue_id, offset });
+        }
+        let reply = offsets.iter().map(|o| pb::OffsetEntry { topic: o.topic.clone(), queue_id: o.queue_id, offset: o.offset }).collect();
+        s.commit(Command::CommitOffsets { group: req.consumer_group, offsets, increase_only: false }, 0).await?;
+        Ok(Response::new(pb::ResetOffsetsReply { offsets: reply }))
+    }
+
+    async fn consumer_heartbeat(&self, request: Request<pb::ConsumerHeartbeatRequest>) -> Reply<pb::ConsumerHeartbeatReply> {
+        let req = request.into_inner();
+        validate::name("consumer_group", &req.consumer_group).map_err(BrokerError::from)?;
+        if req.client_id.is_empty() || req.client_id.len() > 255 {
+            return Err(BrokerError::InvalidArgument("field `client_id`: must be 1 to 255 bytes".into()).into());
+        }
+        self.state.consumers.heartbeat(&req.consumer_group, &req.client_id, &req.topics, Instant::now());
+        Ok(Response::new(pb::ConsumerHeartbeatReply {}))
+    }
+
+    async fn get_consumers(&self, request: Request<pb::GetConsumersRequest>) -> Reply<pb::GetConsumersReply> {
+        let req = request.into_inner();
+        validate::name("consumer_group", &req.consumer_group).map_err(BrokerError::from)?;
+        Ok(Response::new(pb::GetConsumersReply { client_ids: self.state.consumers.members(&req.consumer_group, Instant::now()) }))
+    }
+
+    async fn unregister_consumer(&self, request: Request<pb::UnregisterConsumerRequest>) -> Reply<pb::UnregisterConsumerReply> {
+        let req = request.into_inner();
+        self.state.consumers.unregister(&req.consumer_group, &req.client_id);
+        Ok(Response::new(pb::UnregisterConsumerReply {}))
+    }
+
+    async fn upsert_topic(&self, request: Request<pb::UpsertTopicRequest>) -> Reply<pb::UpsertTopicReply> {
+        let t = request.into_inner().topic.ok_or_else(|| BrokerError::InvalidArgument("field `topic`: missing".into()))?;
+        let config = TopicConfig { name: t.name, write_queues: t.write_queues, read_queues: t.read_queues, permission: t.permission.max(0) as u32 };
+        raftmq_store::apply::check_topic(&config).map_err(BrokerError::InvalidArgument)?;
+        self.state.require_master()?;
+        self.state.commit(Command::UpsertTopic(config), 0).await?;
+        Ok(Response::new(pb::UpsertTopicReply {}))
+    }
+
+    async fn delete_topic(&self, request: Request<pb::DeleteTopicRequest>) -> Reply<pb::DeleteTopicReply> {
+        let name = request.into_inner().topic;
+        validate::name("topic", &name).map_err(BrokerError::from)?;
+        self.state.require_master()?;
+        self.state.commit(Command::DeleteTopic { name }, 0).await?;
+        Ok(Response::new(pb::DeleteTopicReply {}))
+    }
+
+    async fn list_topics(&self, _request: Request<pb::BrokerListTopicsRequest>) -> Reply<pb::BrokerTopicList> {
+        let topics = self.state.reader.topics().iter().map(topic_to_proto).collect();
+        Ok(Response::new(pb::BrokerTopicList { topics }))
+    }
+
+    async fn get_node_status(&self, _request: Request<pb::NodeStatusRequest>) -> Reply<pb::NodeStatus> {
+        let s = &self.state;
+        let metrics = s.raft.metrics().borrow().clone();
+        let queues = s
+            .reader
+            .queues()
+            .into_iter()
+            .map(|(topic, queue_id, q)| pb::QueueStatus { topic, queue_id, min_offset: q.min_offset, max_offset: q.next_offset })
+            .collect();
+        Ok(Response::new(pb::NodeStatus {
+            cluster: s.config.cluster.clone(),
+            group: s.config.group.clone(),
+            node_id: s.config.node_id,
+            role: crate::heartbeat::role(metrics.state) as i32,
+            term: metrics.current_term,
+            leader_id: metrics.current_leader.unwrap_or(0),
+            leader_addr: s.leader_client_addr().unwrap_or_default(),
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            commit_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
+            applied_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
+            queues,
+        }))
+    }
+}
+
+pub fn topic_config_to_proto(t: &TopicConfig) -> pb::TopicConfig {
+    topic_to_proto(t)
+}

@@ -1,0 +1,72 @@
+//! `raftmq-namesrv`: runs one NameServer until SIGTERM or SIGINT.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use raftmq_common::config::load_toml;
+use raftmq_namesrv::{NameServer, NamesrvConfig};
+
+/// The raftmq NameServer: collects broker heartbeats and serves topic routes.
+#[derive(Debug, Parser)]
+#[command(name = "raftmq-namesrv", version)]
+struct Args {
+    /// TOML config file; flags override its values.
+    #[arg(short, long)]
+    config: Option<PathBuf>,
+    /// Address to listen on, e.g. 127.0.0.1:9876.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Drop a broker node from routes after this many milliseconds without a heartbeat.
+    #[arg(long)]
+    broker_expiry_ms: Option<u64>,
+    /// How often to look for silent broker nodes, in milliseconds.
+    #[arg(long)]
+    scan_interval_ms: Option<u64>,
+    /// Log filter (RUST_LOG overrides it).
+    #[arg(long)]
+    log_level: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match run(Args::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("raftmq-namesrv: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let mut config: NamesrvConfig = match &args.config {
+        Some(path) => load_toml(path)?,
+        None => NamesrvConfig::default(),
+    };
+    if let Some(v) = args.listen {
+        config.listen = v;
+    }
+    if let Some(v) = args.broker_expiry_ms {
+        config.broker_expiry_ms = v;
+    }
+    if let Some(v) = args.scan_interval_ms {
+        config.scan_interval_ms = v;
+    }
+    if let Some(v) = args.log_level {
+        config.log_level = v;
+    }
+    config.validate()?;
+    raftmq_common::runtime::init_tracing(&config.log_level);
+
+    let mut server = NameServer::start(&config).await?;
+    // Scripts read this line to learn the port when listening on :0.
+    println!("raftmq-namesrv listening on {}", server.addr());
+    let ended = tokio::select! {
+        _ = raftmq_common::runtime::shutdown_signal() => None,
+        ended = server.stopped() => Some(ended),
+    };
+    match ended {
+        None => server.shutdown().await,
+        Some(ended) => ended,
+    }
+}

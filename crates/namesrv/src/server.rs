@@ -1,0 +1,98 @@
+//! Running a NameServer: bind, serve, scan for silent brokers, and shut down cleanly.
+//!
+//! Every task started here listens to one shutdown signal, and [`NameServer::shutdown`] returns
+//! only after all of them ended: no task outlives the server.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use raftmq_proto::name_server_server::NameServerServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::NamesrvConfig;
+use crate::service::{NameServerService, Shared};
+
+/// How long shutdown waits for open connections to close.
+pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// A running NameServer.
+pub struct NameServer {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    scanner: JoinHandle<()>,
+}
+
+impl NameServer {
+    /// Binds the configured address and starts serving. The config must have been validated.
+    pub async fn start(config: &NamesrvConfig) -> anyhow::Result<NameServer> {
+        let listen = config.listen_addr()?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = watch::channel(false);
+        let shared = Shared::new(config.broker_expiry(), stopped.clone());
+
+        let scanner = {
+            let shared = shared.clone();
+            let mut stopped = stopped.clone();
+            let mut tick = tokio::time::interval(config.scan_interval());
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => shared.expire(Instant::now()),
+                        _ = stopped.wait_for(|s| *s) => return,
+                    }
+                }
+            })
+        };
+
+        let mut stopped_server = stopped;
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(NameServerServer::new(NameServerService::new(shared)))
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                    let _ = stopped_server.wait_for(|s| *s).await;
+                }),
+        );
+        tracing::info!(%addr, "NameServer listening");
+        Ok(NameServer {
+            addr,
+            stop,
+            server,
+            scanner,
+        })
+    }
+
+    /// The address it actually listens on (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting requests, ends watch streams and the scanner, and waits for all of them.
+    /// Connections that do not close within [`DRAIN_TIMEOUT`] are dropped.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        self.scanner.await?;
+        match tokio::time::timeout(DRAIN_TIMEOUT, &mut self.server).await {
+            Ok(ended) => ended??,
+            Err(_) => {
+                tracing::warn!("clients kept connections open for {DRAIN_TIMEOUT:?}; closing them");
+                self.server.abort();
+            }
+        }
+        tracing::info!(addr = %self.addr, "NameServer stopped");
+        Ok(())
+    }
+
+    /// Waits until the server ends by itself (it only does on an error).
+    pub async fn stopped(&mut self) -> anyhow::Result<()> {
+        (&mut self.server).await??;
+        Ok(())
+    }
+}

@@ -1,0 +1,238 @@
+//! The NameServer's gRPC service: validates requests, updates the route table, and feeds route
+//! watchers.
+//!
+//! It never blocks on a broker or a client: the table lock is held only for in-memory work, and a
+//! watcher that reads too slowly is resent the full picture instead of slowing anyone down.
+
+use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use raftmq_common::validate;
+use raftmq_common::validate::InvalidField;
+use raftmq_common::ErrorCode;
+use raftmq_proto::name_server_server::NameServer;
+use raftmq_proto::{
+    BrokerHeartbeat, ClusterInfo, GetClusterInfoRequest, GetRouteRequest, HeartbeatReply, ListTopicsRequest,
+    Permission, RouteEvent, TopicList, TopicRoute, UnregisterReply, UnregisterRequest, WatchRoutesRequest,
+};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::route::RouteTable;
+
+/// The most queues one group may hold for one topic (RocketMQ caps defaultTopicQueueNums too).
+pub const MAX_QUEUES: u32 = 1024;
+/// How many change notices a slow watcher may fall behind before it is resent everything.
+const EVENT_BACKLOG: usize = 1024;
+/// How many route events one watcher's stream buffers.
+const WATCH_BUFFER: usize = 256;
+
+/// State shared by the service, the expiry scanner and the watch tasks.
+pub struct Shared {
+    table: Mutex<RouteTable>,
+    changes: broadcast::Sender<Arc<BTreeSet<String>>>,
+    expiry: Duration,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Shared {
+    pub fn new(expiry: Duration, shutdown: watch::Receiver<bool>) -> Arc<Self> {
+        let (changes, _) = broadcast::channel(EVENT_BACKLOG);
+        Arc::new(Shared {
+            table: Mutex::new(RouteTable::new()),
+            changes,
+            expiry,
+            shutdown,
+        })
+    }
+
+    fn table(&self) -> MutexGuard<'_, RouteTable> {
+        // The table holds no invariant that a panicking holder could break half-way (every
+        // mutation is a few map operations), so a poisoned lock is still usable.
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish(&self, changed: BTreeSet<String>) {
+        if !changed.is_empty() {
+            tracing::debug!(topics = ?changed, "routes changed");
+            // No receiver is not an error: nobody is watching.
+            let _ = self.changes.send(Arc::new(changed));
+        }
+    }
+
+    /// Drops silent nodes; called by the scanner.
+    pub fn expire(&self, now: Instant) {
+        let changed = self.table().expire(now, self.expiry);
+        if !changed.is_empty() {
+            tracing::info!(topics = changed.len(), "expired silent broker nodes");
+        }
+        self.publish(changed);
+    }
+}
+
+/// The gRPC service.
+#[derive(Clone)]
+pub struct NameServerService {
+    shared: Arc<Shared>,
+}
+
+impl NameServerService {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        NameServerService { shared }
+    }
+}
+
+fn check_heartbeat(hb: &BrokerHeartbeat) -> Result<(), InvalidField> {
+    validate::name("cluster", &hb.cluster)?;
+    validate::name("group", &hb.group)?;
+    if hb.node_id == 0 {
+        return Err(InvalidField::new("node_id", "must be at least 1"));
+    }
+    validate::addr("client_addr", &hb.client_addr)?;
+    if Role::try_from(hb.role).is_err() || hb.role == Role::Unspecified as i32 {
+        return Err(InvalidField::new("role", format!("{} is not a role", hb.role)));
+    }
+    if let Some(table) = &hb.topics {
+        for t in &table.topics {
+            validate::name("topics.name", &t.name)?;
+            for (field, n) in [
+                ("topics.write_queues", t.write_queues),
+                ("topics.read_queues", t.read_queues),
+            ] {
+                if n > MAX_QUEUES {
+                    return Err(InvalidField::new(field, format!("{n} is over {MAX_QUEUES}")));
+                }
+            }
+            if !matches!(
+                Permission::try_from(t.permission),
+                Ok(Permission::Read | Permission::Write | Permission::ReadWrite)
+            ) {
+                return Err(InvalidField::new(
+                    "topics.permission",
+                    format!("{} is not a permission", t.permission),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+use raftmq_proto::Role;
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<RouteEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl NameServer for NameServerService {
+    async fn heartbeat(&self, request: Request<BrokerHeartbeat>) -> Result<Response<HeartbeatReply>, Status> {
+        let hb = request.into_inner();
+        check_heartbeat(&hb)?;
+        let changed = self.shared.table().heartbeat(&hb, Instant::now());
+        self.shared.publish(changed);
+        Ok(Response::new(HeartbeatReply {
+            expiry_ms: self.shared.expiry.as_millis() as u64,
+        }))
+    }
+
+    async fn unregister(&self, request: Request<UnregisterRequest>) -> Result<Response<UnregisterReply>, Status> {
+        let req = request.into_inner();
+        validate::name("group", &req.group)?;
+        let changed = self.shared.table().unregister(&req.group, req.node_id);
+        tracing::info!(group = %req.group, node = req.node_id, "broker node unregistered");
+        self.shared.publish(changed);
+        Ok(Response::new(UnregisterReply {}))
+    }
+
+    async fn get_route(&self, request: Request<GetRouteRequest>) -> Result<Response<TopicRoute>, Status> {
+        let topic = request.into_inner().topic;
+        validate::name("topic", &topic)?;
+        match self.shared.table().route(&topic) {
+            Some(route) => Ok(Response::new(route)),
+            None => Err(ErrorCode::TopicNotFound.status(format!("no live broker group holds topic {topic:?}"))),
+        }
+    }
+
+    async fn get_cluster_info(
+        &self,
+        _request: Request<GetClusterInfoRequest>,
+    ) -> Result<Response<ClusterInfo>, Status> {
+        Ok(Response::new(self.shared.table().cluster_info(Instant::now())))
+    }
+
+    async fn list_topics(&self, _request: Request<ListTopicsRequest>) -> Result<Response<TopicList>, Status> {
+        Ok(Response::new(TopicList {
+            topics: self.shared.table().topics(),
+        }))
+    }
+
+    type WatchRoutesStream = WatchStream;
+
+    async fn watch_routes(
+        &self,
+        request: Request<WatchRoutesRequest>,
+    ) -> Result<Response<Self::WatchRoutesStream>, Status> {
+        let topic = request.into_inner().topic;
+        if !topic.is_empty() {
+            validate::name("topic", &topic)?;
+        }
+        let watched = (!topic.is_empty()).then_some(topic);
+        let shared = self.shared.clone();
+        // Subscribe before reading the table, so no change falls between the two.
+        let mut changes = shared.changes.subscribe();
+        let mut shutdown = shared.shutdown.clone();
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        tokio::spawn(async move {
+            let mut pending = snapshot(&shared, watched.as_deref());
+            loop {
+                for event in pending.drain(..) {
+                    tokio::select! {
+                        sent = tx.send(Ok(event)) => if sent.is_err() { return },
+                        _ = shutdown.wait_for(|stop| *stop) => return,
+                    }
+                }
+                tokio::select! {
+                    _ = shutdown.wait_for(|stop| *stop) => return,
+                    _ = tx.closed() => return,
+                    received = changes.recv() => match received {
+                        Ok(changed) => {
+                            let table = shared.table();
+                            pending = changed
+                                .iter()
+                                .filter(|t| watched.as_ref().is_none_or(|w| w == *t))
+                                .map(|t| RouteEvent { topic: t.clone(), route: table.route(t) })
+                                .collect();
+                        }
+                        Err(broadcast::error::RecvError::Lagged(missed)) => {
+                            tracing::warn!(missed, "route watcher fell behind; resending every route");
+                            pending = snapshot(&shared, watched.as_deref());
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// The current route of the watched topic, or of every topic.
+fn snapshot(shared: &Shared, watched: Option<&str>) -> Vec<RouteEvent> {
+    let table = shared.table();
+    match watched {
+        Some(t) => vec![RouteEvent {
+            topic: t.to_owned(),
+            route: table.route(t),
+        }],
+        None => table
+            .topics()
+            .into_iter()
+            .map(|t| RouteEvent {
+                route: table.route(&t),
+                topic: t,
+            })
+            .collect(),
+    }
+}

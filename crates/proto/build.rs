@@ -1,0 +1,15 @@
+//! Compiles `proto/` with protox (a pure-Rust protobuf compiler), so no system `protoc` is needed.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../proto");
+    let files = [
+        "raftmq/v1/common.proto",
+        "raftmq/v1/namesrv.proto",
+        "raftmq/v1/broker.proto",
+        "raftmq/v1/raft.proto",
+    ];
+    let fds = protox::compile(files, [root])?;
+    tonic_prost_build::configure().compile_fds(fds)?;
+    println!("cargo:rerun-if-changed={root}");
+    Ok(())
+}

@@ -1,0 +1,200 @@
+//! Applying committed entries: the one place where queue offsets are assigned.
+//!
+//! Determinism is the whole contract: the result depends only on the entry and the state before
+//! it, so every replica stores the same message at the same (topic, queue, offset), and refuses
+//! the same commands with the same reason.
+
+use rocksdb::WriteBatch;
+
+use crate::codec;
+use crate::db::{Db, CF_CQ, CF_OFFSETS, CF_QUEUES, CF_TOPICS};
+use crate::keys;
+use crate::state::{CqEntry, QueueState, SmState};
+use crate::types::{perm, Command, CommandResult, MessageIn, OffsetUpdate, Rejection, Request, TopicConfig};
+
+/// Most queues a topic may have in one group.
+pub const MAX_QUEUES: u32 = 1024;
+
+/// Applies one request to `state`, adding its writes to `batch`.
+pub fn apply_request(
+    db: &Db,
+    state: &mut SmState,
+    batch: &mut WriteBatch,
+    log_index: u64,
+    req: &Request,
+) -> Vec<CommandResult> {
+    let mut position: u32 = 0;
+    req.commands
+        .iter()
+        .map(|command| match command {
+            Command::Send {
+                topic,
+                queue_id,
+                messages,
+            } => {
+                let result = send(
+                    db,
+                    state,
+                    batch,
+                    log_index,
+                    req.store_timestamp_ms,
+                    position,
+                    topic,
+                    *queue_id,
+                    messages,
+                );
+                // Positions count every message of the entry, stored or refused, so they are
+                // fixed by the entry alone.
+                position += messages.len() as u32;
+                result
+            }
+            Command::UpsertTopic(topic) => upsert_topic(db, state, batch, topic),
+            Command::DeleteTopic { name } => delete_topic(db, state, batch, name),
+            Command::CommitOffsets {
+                group,
+                offsets,
+                increase_only,
+            } => commit_offsets(db, state, batch, group, offsets, *increase_only),
+        })
+        .collect()
+}
+
+fn reject(why: Rejection, message: String) -> CommandResult {
+    CommandResult::Rejected(why, message)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn send(
+    db: &Db,
+    state: &mut SmState,
+    batch: &mut WriteBatch,
+    log_index: u64,
+    store_timestamp_ms: i64,
+    first_position: u32,
+    topic: &str,
+    queue_id: u32,
+    messages: &[MessageIn],
+) -> CommandResult {
+    let Some(config) = state.topics.get(topic) else {
+        return reject(Rejection::TopicNotFound, format!("topic {topic:?} does not exist"));
+    };
+    if config.permission & perm::WRITE == 0 {
+        return reject(Rejection::NoPermission, format!("topic {topic:?} is not writable"));
+    }
+    if queue_id >= config.write_queues {
+        return reject(
+            Rejection::QueueNotFound,
+            format!(
+                "topic {topic:?} has {} write queues; queue {queue_id} does not exist",
+                config.write_queues
+            ),
+        );
+    }
+    let queue = state.queues.entry((topic.to_owned(), queue_id)).or_default();
+    let first_offset = queue.next_offset;
+    let cq = db.cf(CF_CQ);
+    for (i, message) in messages.iter().enumerate() {
+        let entry = CqEntry {
+            log_index,
+            position: first_position + i as u32,
+            store_timestamp_ms,
+            body_len: message.body.len() as u32,
+            tags: message.tags.clone(),
+        };
+        batch.put_cf(cq, keys::cq(topic, queue_id, queue.next_offset), codec::encode(&entry));
+        queue.next_offset += 1;
+    }
+    batch.put_cf(db.cf(CF_QUEUES), keys::queue(topic, queue_id), codec::encode(queue));
+    CommandResult::Sent {
+        first_offset,
+        count: messages.len() as u32,
+        first_position,
+    }
+}
+
+/// Checks a topic config; the master runs the same check before proposing.
+pub fn check_topic(topic: &TopicConfig) -> Result<(), String> {
+    raftmq_common::validate::name("topic", &topic.name).map_err(|e| e.to_string())?;
+    for (field, n) in [("write_queues", topic.write_queues), ("read_queues", topic.read_queues)] {
+        if n == 0 || n > MAX_QUEUES {
+            return Err(format!("field `{field}`: {n} is outside 1..={MAX_QUEUES}"));
+        }
+    }
+    if !matches!(topic.permission, perm::READ | perm::WRITE | perm::READ_WRITE) {
+        return Err(format!(
+            "field `permission`: {} is not read (4), write (2) or read+write (6)",
+            topic.permission
+        ));
+    }
+    Ok(())
+}
+
+fn upsert_topic(db: &Db, state: &mut SmState, batch: &mut WriteBatch, topic: &TopicConfig) -> CommandResult {
+    if let Err(e) = check_topic(topic) {
+        return reject(Rejection::InvalidArgument, e);
+    }
+    batch.put_cf(db.cf(CF_TOPICS), topic.name.as_bytes(), codec::encode(topic));
+    state.topics.insert(topic.name.clone(), topic.clone());
+    CommandResult::Done
+}
+
+fn delete_topic(db: &Db, state: &mut SmState, batch: &mut WriteBatch, name: &str) -> CommandResult {
+    if state.topics.remove(name).is_none() {
+        return reject(Rejection::TopicNotFound, format!("topic {name:?} does not exist"));
+    }
+    batch.delete_cf(db.cf(CF_TOPICS), name.as_bytes());
+    let prefix = keys::topic_prefix(name);
+    let end = keys::prefix_end(&prefix);
+    batch.delete_range_cf(db.cf(CF_CQ), &prefix, &end);
+    batch.delete_range_cf(db.cf(CF_QUEUES), &prefix, &end);
+    state.queues.retain(|(t, _), _| t != name);
+    let offsets = db.cf(CF_OFFSETS);
+    state.offsets.retain(|(group, topic, queue), _| {
+        if topic == name {
+            batch.delete_cf(offsets, keys::consume_offset(group, topic, *queue));
+            false
+        } else {
+            true
+        }
+    });
+    // The bodies stay in the commit log until retention removes them; nothing points at them.
+    CommandResult::Done
+}
+
+fn commit_offsets(
+    db: &Db,
+    state: &mut SmState,
+    batch: &mut WriteBatch,
+    group: &str,
+    offsets: &[OffsetUpdate],
+    increase_only: bool,
+) -> CommandResult {
+    let cf = db.cf(CF_OFFSETS);
+    for update in offsets {
+        if !state.topics.contains_key(&update.topic) {
+            // Offsets of a deleted topic are dropped, not an error: a consumer may commit once
+            // more after the delete.
+            continue;
+        }
+        let key = (group.to_owned(), update.topic.clone(), update.queue_id);
+        if increase_only && state.offsets.get(&key).is_some_and(|stored| *stored >= update.offset) {
+            continue;
+        }
+        batch.put_cf(
+            cf,
+            keys::consume_offset(group, &update.topic, update.queue_id),
+            codec::encode(&update.offset),
+        );
+        state.offsets.insert(key, update.offset);
+    }
+    CommandResult::Done
+}
+
+/// The queue state, for callers that only read.
+pub fn queue_state(state: &SmState, topic: &str, queue_id: u32) -> QueueState {
+    state
+        .queues
+        .get(&(topic.to_owned(), queue_id))
+        .copied()
+        .unwrap_or_default()
+}

@@ -1,0 +1,91 @@
+//! Key layouts of the column families. Big-endian integers so that RocksDB's byte order is
+//! numeric order; names cannot contain NUL (validated at the edge), so NUL separates them.
+
+/// Raft log (the commit log): index.
+pub fn log(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+pub fn log_index(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.try_into().ok()?))
+}
+
+/// Prefix of every key of one topic in a per-topic column family.
+pub fn topic_prefix(topic: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(topic.len() + 1);
+    k.extend_from_slice(topic.as_bytes());
+    k.push(0);
+    k
+}
+
+/// One queue of a topic.
+pub fn queue(topic: &str, queue_id: u32) -> Vec<u8> {
+    let mut k = topic_prefix(topic);
+    k.extend_from_slice(&queue_id.to_be_bytes());
+    k
+}
+
+/// Parses a [`queue`] key.
+pub fn parse_queue(key: &[u8]) -> Option<(String, u32)> {
+    let nul = key.iter().position(|b| *b == 0)?;
+    let topic = std::str::from_utf8(&key[..nul]).ok()?.to_owned();
+    let id = u32::from_be_bytes(key.get(nul + 1..nul + 5)?.try_into().ok()?);
+    (key.len() == nul + 5).then_some((topic, id))
+}
+
+/// Consume-queue entry: topic, queue, offset.
+pub fn cq(topic: &str, queue_id: u32, offset: u64) -> Vec<u8> {
+    let mut k = queue(topic, queue_id);
+    k.extend_from_slice(&offset.to_be_bytes());
+    k
+}
+
+/// Consume offset: group, topic, queue.
+pub fn consume_offset(group: &str, topic: &str, queue_id: u32) -> Vec<u8> {
+    let mut k = topic_prefix(group);
+    k.extend_from_slice(&queue(topic, queue_id));
+    k
+}
+
+/// Parses a [`consume_offset`] key into (group, topic, queue).
+pub fn parse_consume_offset(key: &[u8]) -> Option<(String, String, u32)> {
+    let nul = key.iter().position(|b| *b == 0)?;
+    let group = std::str::from_utf8(&key[..nul]).ok()?.to_owned();
+    let (topic, queue) = parse_queue(&key[nul + 1..])?;
+    Some((group, topic, queue))
+}
+
+/// The smallest key greater than every key starting with `prefix`.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0xff; prefix.len() + 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_sort_numerically_and_parse_back() {
+        assert!(cq("T", 1, 255) < cq("T", 1, 256));
+        assert!(cq("T", 1, u64::MAX) < cq("T", 2, 0));
+        assert!(
+            cq("T", 9, 0) < cq("TA", 0, 0),
+            "a topic's keys never interleave with another's"
+        );
+        assert_eq!(parse_queue(&queue("TopicTest", 7)), Some(("TopicTest".into(), 7)));
+        assert_eq!(
+            parse_consume_offset(&consume_offset("g1", "T", 3)),
+            Some(("g1".into(), "T".into(), 3))
+        );
+        assert_eq!(log_index(&log(42)), Some(42));
+        assert_eq!(prefix_end(b"ab"), b"ac".to_vec());
+        assert!(prefix_end(&topic_prefix("T")) > cq("T", u32::MAX, u64::MAX));
+    }
+}

@@ -1,0 +1,229 @@
+//! RocksDB storage of one broker node: the Raft log, which is also the commit log, and the state
+//! machine, which indexes it.
+//!
+//! Each message body is stored once, inside the Raft entry that carried it. The state machine
+//! keeps only the consume-queue index (queue offset → log position), queue bounds, topics and
+//! consume offsets. Opening a store checks that nothing committed is damaged or went backwards;
+//! it refuses to open rather than let a damaged node vote.
+
+// openraft's `StorageError` is large, and its storage traits impose it as the error type; boxing
+// it only in our helpers would add a conversion at every call for nothing.
+#![allow(clippy::result_large_err)]
+
+pub mod apply;
+pub mod codec;
+pub mod db;
+pub mod keys;
+pub mod log_store;
+pub mod reader;
+pub mod snapshot;
+pub mod state;
+pub mod state_machine;
+pub mod types;
+
+use std::path::{Path, PathBuf};
+
+use openraft::RaftLogId;
+use rocksdb::IteratorMode;
+
+pub use log_store::{FlushMode, LogStore};
+pub use reader::{ReadError, ReadResult, StoreReader, StoredMessage};
+pub use state_machine::StateMachine;
+pub use types::*;
+
+use crate::db::{Db, CF_LOG, META_COMMITTED, META_INSTALLING, META_LAST_PURGED, META_VOTE};
+use crate::state::SmState;
+use crate::state_machine::SmShared;
+
+/// How a store is opened.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub flush: FlushMode,
+    /// First part of every message id, telling broker groups apart.
+    pub id_prefix: u32,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            flush: FlushMode::Sync,
+            id_prefix: 0,
+        }
+    }
+}
+
+/// Why a store could not be opened. Every variant means: do not start this node as it is.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot open the database in {path}: {source}")]
+    Db { path: String, source: rocksdb::Error },
+    #[error("cannot use the data directory {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("corrupted data in {path}: {detail}; the node refuses to start (restore this node from a replica: wipe the directory and let it rejoin as a new node)")]
+    Corrupt { path: String, detail: String },
+    #[error("data in {path} went backwards: {detail}; the node refuses to start")]
+    WentBackwards { path: String, detail: String },
+}
+
+/// An opened store: the halves openraft takes, and a reader for clients.
+pub struct Store {
+    pub log: LogStore,
+    pub state_machine: StateMachine,
+    pub reader: StoreReader,
+}
+
+/// What the recovery checks found, for the start-up log line.
+#[derive(Debug, Clone, Default)]
+pub struct Recovered {
+    pub first_index: Option<u64>,
+    pub last_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub entries_checked: u64,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir` and runs the recovery checks.
+    pub fn open(dir: &Path, options: StoreOptions) -> Result<(Store, Recovered), OpenError> {
+        let shown = dir.display().to_string();
+        let io = |source| OpenError::Io {
+            path: shown.clone(),
+            source,
+        };
+        let snapshot_dir: PathBuf = dir.join("snapshots");
+        std::fs::create_dir_all(&snapshot_dir).map_err(io)?;
+        let db = Db::open(&dir.join("db")).map_err(|source| OpenError::Db {
+            path: shown.clone(),
+            source,
+        })?;
+        let corrupt = |detail: String| OpenError::Corrupt {
+            path: shown.clone(),
+            detail,
+        };
+
+        let recovered = check_log(&db).map_err(corrupt)?;
+        if let Some(bytes) = db.get_meta(META_VOTE).map_err(|e| corrupt(e.to_string()))? {
+            codec::decode::<Vote>(&bytes, || "vote".into()).map_err(|e| corrupt(e.to_string()))?;
+        }
+        let log = LogStore::new(db.clone(), options.flush).map_err(|e| corrupt(e.to_string()))?;
+
+        // An install interrupted by a crash is finished from its (synced) file first.
+        let state = SmState::load(&db).map_err(|e| corrupt(e.to_string()))?;
+        let shared = SmShared::new(state);
+        if let Some(bytes) = db.get_meta(META_INSTALLING).map_err(|e| corrupt(e.to_string()))? {
+            let meta: SnapshotMeta =
+                codec::decode(&bytes, || "snapshot install marker".into()).map_err(|e| corrupt(e.to_string()))?;
+            tracing::warn!(snapshot = %meta.snapshot_id, "finishing a snapshot install interrupted by a crash");
+            let path = snapshot::file_name(&snapshot_dir, &meta);
+            state_machine::install_from_file(&db, &shared, &path, &meta)
+                .map_err(|e| corrupt(format!("redoing snapshot install: {e}")))?;
+        }
+        let current = match db.get_meta(db::META_SNAPSHOT).map_err(|e| corrupt(e.to_string()))? {
+            Some(bytes) => Some(
+                codec::decode::<SnapshotMeta>(&bytes, || "snapshot meta".into()).map_err(|e| corrupt(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let keep = current.as_ref().map(|m| snapshot::file_name(&snapshot_dir, m));
+        state_machine::clean_snapshot_dir(&snapshot_dir, keep.as_deref(), true);
+
+        // Nothing went backwards: the log still reaches what was applied and committed.
+        let applied = shared.read().applied;
+        let log_end = recovered
+            .last_index
+            .max(log.last_purged().map(|l| l.index))
+            .max(current.as_ref().and_then(|m| m.last_log_id.map(|l| l.index)));
+        if let Some(applied) = applied {
+            if log_end.is_none_or(|end| applied.index > end) {
+                return Err(OpenError::WentBackwards {
+                    path: shown,
+                    detail: format!("entry {} was applied but the log ends at {log_end:?}", applied.index),
+                });
+            }
+        }
+        if let Some(bytes) = db.get_meta(META_COMMITTED).map_err(|e| corrupt(e.to_string()))? {
+            let committed: Option<LogId> =
+                codec::decode(&bytes, || "committed log id".into()).map_err(|e| corrupt(e.to_string()))?;
+            if let Some(committed) = committed {
+                if log_end.is_none_or(|end| committed.index > end) {
+                    return Err(OpenError::WentBackwards {
+                        path: shown,
+                        detail: format!(
+                            "entry {} was committed but the log ends at {log_end:?}",
+                            committed.index
+                        ),
+                    });
+                }
+            }
+        }
+        if let Some(bytes) = db.get_meta(META_LAST_PURGED).map_err(|e| corrupt(e.to_string()))? {
+            let purged: LogId =
+                codec::decode(&bytes, || "last purged log id".into()).map_err(|e| corrupt(e.to_string()))?;
+            if applied.is_none_or(|a| a.index < purged.index) {
+                return Err(OpenError::WentBackwards {
+                    path: shown,
+                    detail: format!(
+                        "the log is purged up to {} but only {:?} was applied",
+                        purged.index,
+                        applied.map(|a| a.index)
+                    ),
+                });
+            }
+        }
+
+        let reader = StoreReader::new(db.clone(), shared.clone(), options.id_prefix);
+        let state_machine = StateMachine::new(db, shared, snapshot_dir);
+        let recovered = Recovered {
+            applied_index: applied.map(|a| a.index),
+            ..recovered
+        };
+        Ok((
+            Store {
+                log,
+                state_machine,
+                reader,
+            },
+            recovered,
+        ))
+    }
+}
+
+/// Verifies every log record's checksum and that the indexes are contiguous.
+fn check_log(db: &Db) -> Result<Recovered, String> {
+    let mut recovered = Recovered::default();
+    let mut expected: Option<u64> = None;
+    for item in db.db.iterator_cf(db.cf(CF_LOG), IteratorMode::Start) {
+        let (key, value) = item.map_err(|e| e.to_string())?;
+        let index = keys::log_index(&key).ok_or_else(|| format!("a log key of {} bytes", key.len()))?;
+        if let Some(expected) = expected {
+            if index != expected {
+                return Err(format!("log entry {expected} is missing (the next present is {index})"));
+            }
+        }
+        codec::verify(&value, &|| format!("log entry {index}")).map_err(|e| e.to_string())?;
+        recovered.first_index.get_or_insert(index);
+        recovered.last_index = Some(index);
+        recovered.entries_checked += 1;
+        expected = Some(index + 1);
+    }
+    // The last entry must also decode: it is what openraft reads first.
+    if let Some(last) = recovered.last_index {
+        let raw = db
+            .db
+            .get_cf(db.cf(CF_LOG), keys::log(last))
+            .map_err(|e| e.to_string())?
+            .unwrap_or_default();
+        let entry = log_store::decode_entry(last, &raw).map_err(|e| e.to_string())?;
+        if entry.get_log_id().index != last {
+            return Err(format!(
+                "log entry stored at {last} says it is {}",
+                entry.get_log_id().index
+            ));
+        }
+    }
+    Ok(recovered)
+}
+
+/// Computes the checksum a message body is stored with.
+pub fn body_crc(body: &[u8]) -> u32 {
+    crc32fast::hash(body)
+}

@@ -1,0 +1,302 @@
+//! Reads for clients: messages by (topic, queue, offset), queue bounds, topics and offsets.
+//!
+//! Every read goes through the consume-queue index, which holds only applied (committed) entries;
+//! a body is taken from the commit log and checked against its checksum before it is returned.
+
+use std::sync::Arc;
+
+use openraft::EntryPayload;
+use rocksdb::{Direction, IteratorMode};
+use tokio::sync::watch;
+
+use crate::codec::{self, CorruptRecord};
+use crate::db::{Db, CF_CQ, CF_LOG};
+use crate::keys;
+use crate::log_store::decode_entry;
+use crate::state::{CqEntry, QueueState};
+use crate::state_machine::SmShared;
+use crate::types::{Command, Entry, TopicConfig};
+
+/// A stored message as readers get it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub msg_id: String,
+    pub topic: String,
+    pub queue_id: u32,
+    pub queue_offset: u64,
+    pub tags: String,
+    pub keys: String,
+    pub properties: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub born_timestamp_ms: i64,
+    pub store_timestamp_ms: i64,
+    pub log_index: u64,
+    pub body_crc: u32,
+}
+
+/// What a read found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadResult {
+    pub messages: Vec<StoredMessage>,
+    /// Where the next read should start (past filtered-out messages too).
+    pub next_offset: u64,
+    pub min_offset: u64,
+    pub max_offset: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// Stored data is damaged: the node must not serve it.
+    #[error(transparent)]
+    Corrupt(#[from] CorruptRecord),
+    #[error("database: {0}")]
+    Db(#[from] rocksdb::Error),
+}
+
+/// Message id: the group's id prefix, the log index and the position in the entry, in hex.
+pub fn message_id(prefix: u32, log_index: u64, position: u32) -> String {
+    format!("{prefix:08X}{log_index:016X}{position:08X}")
+}
+
+/// A read handle on the store. Cheap to clone.
+#[derive(Clone)]
+pub struct StoreReader {
+    db: Arc<Db>,
+    shared: Arc<SmShared>,
+    id_prefix: u32,
+}
+
+impl StoreReader {
+    pub(crate) fn new(db: Arc<Db>, shared: Arc<SmShared>, id_prefix: u32) -> Self {
+        StoreReader { db, shared, id_prefix }
+    }
+
+    pub fn id_prefix(&self) -> u32 {
+        self.id_prefix
+    }
+
+    pub fn topic(&self, name: &str) -> Option<TopicConfig> {
+        self.shared.read().topics.get(name).cloned()
+    }
+
+    pub fn topics(&self) -> Vec<TopicConfig> {
+        self.shared.read().topics.values().cloned().collect()
+    }
+
+    pub fn queue_state(&self, topic: &str, queue_id: u32) -> QueueState {
+        crate::apply::queue_state(&self.shared.read(), topic, queue_id)
+    }
+
+    /// Every queue of every topic with its bounds, sorted.
+    pub fn queues(&self) -> Vec<(String, u32, QueueState)> {
+        let state = self.shared.read();
+        let mut out: Vec<_> = state
+            .topics
+            .values()
+            .flat_map(|t| (0..t.queues()).map(move |q| (t.name.clone(), q)))
+            .map(|(t, q)| {
+                let s = crate::apply::queue_state(&state, &t, q);
+                (t, q, s)
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        out
+    }
+
+    /// A group's consume offsets, in one topic or all.
+    pub fn consume_offsets(&self, group: &str, topic: Option<&str>) -> Vec<(String, u32, u64)> {
+        self.shared
+            .read()
+            .offsets
+            .iter()
+            .filter(|((g, t, _), _)| g == group && topic.is_none_or(|topic| topic == t))
+            .map(|((_, t, q), o)| (t.clone(), *q, *o))
+            .collect()
+    }
+
+    /// Every group that has an offset in a topic.
+    pub fn groups_of_topic(&self, topic: &str) -> Vec<String> {
+        let state = self.shared.read();
+        let mut groups: Vec<String> = state
+            .offsets
+            .keys()
+            .filter(|(_, t, _)| t == topic)
+            .map(|(g, _, _)| g.clone())
+            .collect();
+        groups.dedup();
+        groups
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        *self.shared.subscribe().borrow()
+    }
+
+    /// Changes every time entries are applied.
+    pub fn subscribe_applied(&self) -> watch::Receiver<u64> {
+        self.shared.subscribe()
+    }
+
+    /// Reads up to `max_messages` messages (and about `max_bytes`, at least one) of a queue from
+    /// `offset`, skipping those whose tags `filter` rejects.
+    pub fn read(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+        max_messages: usize,
+        max_bytes: u64,
+        filter: &dyn Fn(&str) -> bool,
+    ) -> Result<ReadResult, ReadError> {
+        let bounds = self.queue_state(topic, queue_id);
+        let mut result = ReadResult {
+            messages: Vec::new(),
+            next_offset: offset.max(bounds.min_offset),
+            min_offset: bounds.min_offset,
+            max_offset: bounds.next_offset,
+        };
+        if result.next_offset >= bounds.next_offset || max_messages == 0 {
+            return Ok(result);
+        }
+        let from = keys::cq(topic, queue_id, result.next_offset);
+        let iter = self
+            .db
+            .db
+            .iterator_cf(self.db.cf(CF_CQ), IteratorMode::From(&from, Direction::Forward));
+        let mut bytes = 0u64;
+        let mut cached: Option<Entry> = None;
+        // Bound the work of one read when a filter rejects most messages.
+        let scan_limit = max_messages.saturating_mul(64).max(1024);
+        for (scanned, item) in iter.enumerate() {
+            if result.next_offset >= bounds.next_offset
+                || result.messages.len() >= max_messages
+                || scanned >= scan_limit
+            {
+                break;
+            }
+            let (key, value) = item?;
+            let expected = keys::cq(topic, queue_id, result.next_offset);
+            if *key != *expected {
+                return Err(CorruptRecord {
+                    what: format!("consume queue {topic}/{queue_id}"),
+                    reason: format!("offset {} is missing from the index", result.next_offset),
+                }
+                .into());
+            }
+            let cq: CqEntry = codec::decode(&value, || {
+                format!("consume queue {topic}/{queue_id} offset {}", result.next_offset)
+            })?;
+            if !filter(&cq.tags) {
+                result.next_offset += 1;
+                continue;
+            }
+            if !result.messages.is_empty() && bytes + cq.body_len as u64 > max_bytes {
+                break;
+            }
+            let message = self.message_at(topic, queue_id, result.next_offset, &cq, &mut cached)?;
+            bytes += message.body.len() as u64;
+            result.messages.push(message);
+            result.next_offset += 1;
+        }
+        Ok(result)
+    }
+
+    /// One message, or `None` when the offset is outside the queue.
+    pub fn get(&self, topic: &str, queue_id: u32, offset: u64) -> Result<Option<StoredMessage>, ReadError> {
+        let r = self.read(topic, queue_id, offset, 1, u64::MAX, &|_| true)?;
+        Ok(r.messages.into_iter().next().filter(|m| m.queue_offset == offset))
+    }
+
+    /// The first offset of a queue stored at or after `timestamp_ms` (the queue's end if none).
+    pub fn search_offset(&self, topic: &str, queue_id: u32, timestamp_ms: i64) -> Result<u64, ReadError> {
+        let bounds = self.queue_state(topic, queue_id);
+        let (mut lo, mut hi) = (bounds.min_offset, bounds.next_offset);
+        // Store timestamps are non-decreasing along a queue (one master clock per term, and the
+        // master stamps entries in log order), so a binary search finds the first one.
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let key = keys::cq(topic, queue_id, mid);
+            let Some(value) = self.db.db.get_cf(self.db.cf(CF_CQ), &key)? else {
+                // Removed by retention meanwhile: search above it.
+                lo = mid + 1;
+                continue;
+            };
+            let cq: CqEntry = codec::decode(&value, || format!("consume queue {topic}/{queue_id} offset {mid}"))?;
+            if cq.store_timestamp_ms < timestamp_ms {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(lo)
+    }
+
+    fn message_at(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+        cq: &CqEntry,
+        cached: &mut Option<Entry>,
+    ) -> Result<StoredMessage, ReadError> {
+        if cached.as_ref().is_none_or(|e| e.log_id.index != cq.log_index) {
+            let raw = self
+                .db
+                .db
+                .get_pinned_cf(self.db.cf(CF_LOG), keys::log(cq.log_index))?
+                .ok_or_else(|| CorruptRecord {
+                    what: format!("commit log entry {}", cq.log_index),
+                    reason: format!("missing, but {topic}/{queue_id} offset {offset} points at it"),
+                })?;
+            *cached = Some(decode_entry(cq.log_index, &raw)?);
+        }
+        let entry = cached.as_ref().expect("cached above");
+        let broken = |reason: String| CorruptRecord {
+            what: format!("commit log entry {}", cq.log_index),
+            reason,
+        };
+        let EntryPayload::Normal(request) = &entry.payload else {
+            return Err(broken("holds no messages".into()).into());
+        };
+        let mut first = 0u32;
+        for command in &request.commands {
+            let Command::Send {
+                topic: t,
+                queue_id: q,
+                messages,
+            } = command
+            else {
+                continue;
+            };
+            let count = messages.len() as u32;
+            if cq.position >= first && cq.position < first + count {
+                if t != topic || *q != queue_id {
+                    return Err(broken(format!(
+                        "position {} is {t}/{q}, the index says {topic}/{queue_id}",
+                        cq.position
+                    ))
+                    .into());
+                }
+                let m = &messages[(cq.position - first) as usize];
+                if crc32fast::hash(&m.body) != m.body_crc {
+                    return Err(broken(format!("body checksum mismatch at {topic}/{queue_id} offset {offset}")).into());
+                }
+                return Ok(StoredMessage {
+                    msg_id: message_id(self.id_prefix, cq.log_index, cq.position),
+                    topic: topic.to_owned(),
+                    queue_id,
+                    queue_offset: offset,
+                    tags: m.tags.clone(),
+                    keys: m.keys.clone(),
+                    properties: m.properties.clone(),
+                    body: m.body.clone(),
+                    born_timestamp_ms: m.born_timestamp_ms,
+                    store_timestamp_ms: request.store_timestamp_ms,
+                    log_index: cq.log_index,
+                    body_crc: m.body_crc,
+                });
+            }
+            first += count;
+        }
+        Err(broken(format!("no message at position {}", cq.position)).into())
+    }
+}

@@ -1,0 +1,93 @@
+//! The state machine's in-memory state: topics, queue bounds, consume offsets, applied position.
+//!
+//! All of it is also in RocksDB; memory holds it so that apply and reads need no lookups. It is
+//! small: a few numbers per queue and per (group, queue). The consume-queue index and the bodies
+//! stay on disk.
+
+use std::collections::{BTreeMap, HashMap};
+
+use rocksdb::IteratorMode;
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, CorruptRecord};
+use crate::db::{Db, CF_OFFSETS, CF_QUEUES, CF_TOPICS, META_APPLIED, META_MEMBERSHIP};
+use crate::keys;
+use crate::types::{LogId, StoredMembership, TopicConfig};
+
+/// The bounds of one queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueState {
+    /// The lowest offset still stored (retention moves it up).
+    pub min_offset: u64,
+    /// The offset the next message gets.
+    pub next_offset: u64,
+}
+
+/// Where a message of a queue sits in the commit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CqEntry {
+    pub log_index: u64,
+    /// Position among all messages of the log entry.
+    pub position: u32,
+    pub store_timestamp_ms: i64,
+    pub body_len: u32,
+    /// Kept here so tag filtering needs no body read.
+    pub tags: String,
+}
+
+/// (group, topic, queue)
+pub type OffsetKey = (String, String, u32);
+
+#[derive(Debug, Clone, Default)]
+pub struct SmState {
+    pub applied: Option<LogId>,
+    pub membership: StoredMembership,
+    pub topics: BTreeMap<String, TopicConfig>,
+    pub queues: HashMap<(String, u32), QueueState>,
+    pub offsets: BTreeMap<OffsetKey, u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Db(#[from] rocksdb::Error),
+    #[error(transparent)]
+    Corrupt(#[from] CorruptRecord),
+}
+
+impl SmState {
+    /// Reads the whole in-memory state from the database.
+    pub fn load(db: &Db) -> Result<SmState, LoadError> {
+        let mut state = SmState::default();
+        if let Some(bytes) = db.get_meta(META_APPLIED)? {
+            state.applied = codec::decode(&bytes, || "applied log id".into())?;
+        }
+        if let Some(bytes) = db.get_meta(META_MEMBERSHIP)? {
+            state.membership = codec::decode(&bytes, || "membership".into())?;
+        }
+        for item in db.db.iterator_cf(db.cf(CF_TOPICS), IteratorMode::Start) {
+            let (key, value) = item?;
+            let topic: TopicConfig = codec::decode(&value, || format!("topic {}", String::from_utf8_lossy(&key)))?;
+            state.topics.insert(topic.name.clone(), topic);
+        }
+        for item in db.db.iterator_cf(db.cf(CF_QUEUES), IteratorMode::Start) {
+            let (key, value) = item?;
+            let what = || format!("queue {}", String::from_utf8_lossy(&key));
+            let id = keys::parse_queue(&key).ok_or_else(|| CorruptRecord {
+                what: what(),
+                reason: "bad key".into(),
+            })?;
+            state.queues.insert(id, codec::decode(&value, what)?);
+        }
+        for item in db.db.iterator_cf(db.cf(CF_OFFSETS), IteratorMode::Start) {
+            let (key, value) = item?;
+            let what = || format!("consume offset {}", String::from_utf8_lossy(&key));
+            let id = keys::parse_consume_offset(&key).ok_or_else(|| CorruptRecord {
+                what: what(),
+                reason: "bad key".into(),
+            })?;
+            state.offsets.insert(id, codec::decode(&value, what)?);
+        }
+        Ok(state)
+    }
+}

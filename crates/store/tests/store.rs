@@ -1,0 +1,372 @@
+//! The store as the broker uses it: apply sends, read them back, reopen, snapshot, corruption.
+
+use std::path::Path;
+
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use openraft::{CommittedLeaderId, EntryPayload, RaftSnapshotBuilder};
+use raftmq_store::types::{perm, Command, CommandResult, MessageIn, OffsetUpdate, Rejection, Request, TopicConfig};
+use raftmq_store::{body_crc, Entry, LogId, OpenError, Store, StoreOptions};
+
+fn log_id(index: u64) -> LogId {
+    LogId::new(CommittedLeaderId::new(1, 1), index)
+}
+
+fn entry(index: u64, commands: Vec<Command>) -> Entry {
+    Entry {
+        log_id: log_id(index),
+        payload: EntryPayload::Normal(Request {
+            store_timestamp_ms: 1_000 + index as i64,
+            commands,
+        }),
+    }
+}
+
+fn message(body: &str, tags: &str) -> MessageIn {
+    MessageIn {
+        tags: tags.into(),
+        keys: "k1 k2".into(),
+        properties: vec![("a".into(), "b".into())],
+        body: body.as_bytes().to_vec(),
+        born_timestamp_ms: 7,
+        body_crc: body_crc(body.as_bytes()),
+    }
+}
+
+fn topic(name: &str, queues: u32) -> Command {
+    Command::UpsertTopic(TopicConfig {
+        name: name.into(),
+        write_queues: queues,
+        read_queues: queues,
+        permission: perm::READ_WRITE,
+    })
+}
+
+fn send(topic: &str, queue: u32, bodies: &[(&str, &str)]) -> Command {
+    Command::Send {
+        topic: topic.into(),
+        queue_id: queue,
+        messages: bodies.iter().map(|(b, t)| message(b, t)).collect(),
+    }
+}
+
+/// Appends and applies entries, as a committed log would.
+async fn commit(store: &mut Store, entries: Vec<Entry>) -> Vec<raftmq_store::Response> {
+    store.log.blocking_append(entries.clone()).await.unwrap();
+    store.state_machine.apply(entries).await.unwrap()
+}
+
+fn open(dir: &Path) -> Store {
+    Store::open(dir, StoreOptions::default()).unwrap().0
+}
+
+#[tokio::test]
+async fn sends_get_dense_offsets_and_read_back_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    let responses = commit(
+        &mut store,
+        vec![
+            entry(1, vec![send("T", 0, &[("early", "a")])]),
+            entry(2, vec![topic("T", 2)]),
+            entry(
+                3,
+                vec![
+                    send("T", 0, &[("m0", "a"), ("m1", "b")]),
+                    send("T", 1, &[("other", "a")]),
+                    send("T", 5, &[("x", "")]),
+                ],
+            ),
+            entry(4, vec![send("T", 0, &[("m2", "c")])]),
+        ],
+    )
+    .await;
+    assert!(matches!(
+        responses[0].results[0],
+        CommandResult::Rejected(Rejection::TopicNotFound, _)
+    ));
+    assert_eq!(
+        responses[2].results[0],
+        CommandResult::Sent {
+            first_offset: 0,
+            count: 2,
+            first_position: 0
+        }
+    );
+    assert_eq!(
+        responses[2].results[1],
+        CommandResult::Sent {
+            first_offset: 0,
+            count: 1,
+            first_position: 2
+        }
+    );
+    assert!(matches!(
+        responses[2].results[2],
+        CommandResult::Rejected(Rejection::QueueNotFound, _)
+    ));
+    assert_eq!(
+        responses[3].results[0],
+        CommandResult::Sent {
+            first_offset: 2,
+            count: 1,
+            first_position: 0
+        }
+    );
+
+    let r = store.reader.read("T", 0, 0, 10, u64::MAX, &|_| true).unwrap();
+    let bodies: Vec<_> = r
+        .messages
+        .iter()
+        .map(|m| String::from_utf8(m.body.clone()).unwrap())
+        .collect();
+    assert_eq!(bodies, ["m0", "m1", "m2"]);
+    assert_eq!((r.next_offset, r.min_offset, r.max_offset), (3, 0, 3));
+    let m1 = &r.messages[1];
+    assert_eq!((m1.queue_offset, m1.log_index, m1.store_timestamp_ms), (1, 3, 1003));
+    assert_eq!(m1.tags, "b");
+    assert_eq!(m1.keys, "k1 k2");
+    assert_eq!(m1.properties, vec![("a".to_string(), "b".to_string())]);
+    assert_ne!(r.messages[0].msg_id, m1.msg_id);
+
+    // Tag filter skips, and the next offset moves past what it skipped.
+    let r = store.reader.read("T", 0, 0, 10, u64::MAX, &|tags| tags == "c").unwrap();
+    assert_eq!(r.messages.len(), 1);
+    assert_eq!(r.messages[0].queue_offset, 2);
+    assert_eq!(r.next_offset, 3);
+
+    // Max messages, max bytes (at least one), reading past the end.
+    assert_eq!(
+        store
+            .reader
+            .read("T", 0, 0, 2, u64::MAX, &|_| true)
+            .unwrap()
+            .next_offset,
+        2
+    );
+    assert_eq!(
+        store.reader.read("T", 0, 0, 10, 1, &|_| true).unwrap().messages.len(),
+        1
+    );
+    assert!(store
+        .reader
+        .read("T", 0, 3, 10, u64::MAX, &|_| true)
+        .unwrap()
+        .messages
+        .is_empty());
+    assert_eq!(store.reader.get("T", 1, 0).unwrap().unwrap().body, b"other");
+    assert!(store.reader.get("T", 1, 1).unwrap().is_none());
+
+    // Search by store timestamp.
+    assert_eq!(store.reader.search_offset("T", 0, 0).unwrap(), 0);
+    assert_eq!(store.reader.search_offset("T", 0, 1004).unwrap(), 2);
+    assert_eq!(store.reader.search_offset("T", 0, 9999).unwrap(), 3);
+}
+
+#[tokio::test]
+async fn offsets_topics_and_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    let commit_offset = |offset, increase_only| Command::CommitOffsets {
+        group: "g".into(),
+        offsets: vec![OffsetUpdate {
+            topic: "T".into(),
+            queue_id: 0,
+            offset,
+        }],
+        increase_only,
+    };
+    commit(
+        &mut store,
+        vec![entry(
+            1,
+            vec![topic("T", 1), commit_offset(5, true), commit_offset(3, true)],
+        )],
+    )
+    .await;
+    assert_eq!(
+        store.reader.consume_offsets("g", Some("T")),
+        vec![("T".to_string(), 0, 5)]
+    );
+    commit(&mut store, vec![entry(2, vec![commit_offset(3, false)])]).await;
+    assert_eq!(store.reader.consume_offsets("g", None), vec![("T".to_string(), 0, 3)]);
+
+    let bad = TopicConfig {
+        name: "U".into(),
+        write_queues: 0,
+        read_queues: 1,
+        permission: perm::READ_WRITE,
+    };
+    let r = commit(
+        &mut store,
+        vec![entry(3, vec![Command::UpsertTopic(bad), send("T", 0, &[("x", "")])])],
+    )
+    .await;
+    assert!(matches!(
+        r[0].results[0],
+        CommandResult::Rejected(Rejection::InvalidArgument, _)
+    ));
+
+    let read_only = TopicConfig {
+        name: "T".into(),
+        write_queues: 1,
+        read_queues: 1,
+        permission: perm::READ,
+    };
+    let r = commit(
+        &mut store,
+        vec![entry(
+            4,
+            vec![Command::UpsertTopic(read_only), send("T", 0, &[("y", "")])],
+        )],
+    )
+    .await;
+    assert!(matches!(
+        r[0].results[1],
+        CommandResult::Rejected(Rejection::NoPermission, _)
+    ));
+    assert_eq!(store.reader.queue_state("T", 0).next_offset, 1);
+
+    commit(
+        &mut store,
+        vec![entry(5, vec![Command::DeleteTopic { name: "T".into() }])],
+    )
+    .await;
+    assert!(store.reader.topic("T").is_none());
+    assert!(store.reader.consume_offsets("g", None).is_empty());
+    assert_eq!(store.reader.queue_state("T", 0).next_offset, 0);
+}
+
+#[tokio::test]
+async fn everything_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut store = open(dir.path());
+        commit(
+            &mut store,
+            vec![
+                entry(1, vec![topic("T", 1)]),
+                entry(2, vec![send("T", 0, &[("a", ""), ("b", "")])]),
+            ],
+        )
+        .await;
+    }
+    let (mut store, recovered) = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    assert_eq!(recovered.last_index, Some(2));
+    assert_eq!(recovered.applied_index, Some(2));
+    let (applied, _) = store.state_machine.applied_state().await.unwrap();
+    assert_eq!(applied, Some(log_id(2)));
+    let r = store.reader.read("T", 0, 0, 10, u64::MAX, &|_| true).unwrap();
+    assert_eq!(
+        r.messages.iter().map(|m| m.body.clone()).collect::<Vec<_>>(),
+        vec![b"a".to_vec(), b"b".to_vec()]
+    );
+    let state = store.log.get_log_state().await.unwrap();
+    assert_eq!(state.last_log_id, Some(log_id(2)));
+}
+
+#[tokio::test]
+async fn a_snapshot_carries_the_messages_to_another_node() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let follower_dir = tempfile::tempdir().unwrap();
+    let mut leader = open(leader_dir.path());
+    commit(
+        &mut leader,
+        vec![
+            entry(1, vec![topic("T", 1)]),
+            entry(2, vec![send("T", 0, &[("a", "x"), ("b", "y")])]),
+        ],
+    )
+    .await;
+    let snapshot = leader
+        .state_machine
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    leader.log.purge(log_id(2)).await.unwrap();
+
+    let mut follower = open(follower_dir.path());
+    let mut incoming = follower.state_machine.begin_receiving_snapshot().await.unwrap();
+    let mut source = snapshot.snapshot;
+    tokio::io::copy(&mut *source, &mut *incoming).await.unwrap();
+    follower
+        .state_machine
+        .install_snapshot(&snapshot.meta, incoming)
+        .await
+        .unwrap();
+
+    let r = follower.reader.read("T", 0, 0, 10, u64::MAX, &|_| true).unwrap();
+    assert_eq!(
+        r.messages.iter().map(|m| m.body.clone()).collect::<Vec<_>>(),
+        vec![b"a".to_vec(), b"b".to_vec()]
+    );
+    assert_eq!(follower.reader.applied_index(), 2);
+    drop(follower);
+    // And it is still there after a restart.
+    let follower = open(follower_dir.path());
+    assert_eq!(follower.reader.get("T", 0, 1).unwrap().unwrap().body, b"b");
+    // The leader still serves its purged (but retained) entries.
+    assert_eq!(leader.reader.get("T", 0, 0).unwrap().unwrap().body, b"a");
+}
+
+#[tokio::test]
+async fn a_corrupted_committed_record_stops_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut store = open(dir.path());
+        commit(
+            &mut store,
+            vec![
+                entry(1, vec![topic("T", 1)]),
+                entry(2, vec![send("T", 0, &[("payload", "")])]),
+                entry(3, vec![]),
+            ],
+        )
+        .await;
+    }
+    // Flip one byte of entry 2, as a bad disk would.
+    {
+        let db = raftmq_store::db::Db::open(&dir.path().join("db")).unwrap();
+        let cf = db.cf(raftmq_store::db::CF_LOG);
+        let key = raftmq_store::keys::log(2);
+        let mut value = db.db.get_cf(cf, key).unwrap().unwrap();
+        let last = value.len() - 2;
+        value[last] ^= 0xff;
+        db.db.put_cf(cf, key, value).unwrap();
+    }
+    let err = match Store::open(dir.path(), StoreOptions::default()) {
+        Err(e) => e,
+        Ok(_) => panic!("a corrupted store opened"),
+    };
+    assert!(matches!(err, OpenError::Corrupt { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("log entry 2") && text.contains("checksum mismatch"),
+        "{text}"
+    );
+    assert!(text.contains("refuses to start"), "{text}");
+}
+
+#[tokio::test]
+async fn a_missing_committed_entry_is_caught_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut store = open(dir.path());
+        commit(
+            &mut store,
+            vec![entry(1, vec![topic("T", 1)]), entry(2, vec![]), entry(3, vec![])],
+        )
+        .await;
+    }
+    {
+        let db = raftmq_store::db::Db::open(&dir.path().join("db")).unwrap();
+        db.db
+            .delete_cf(db.cf(raftmq_store::db::CF_LOG), raftmq_store::keys::log(3))
+            .unwrap();
+    }
+    let err = Store::open(dir.path(), StoreOptions::default())
+        .err()
+        .expect("must refuse");
+    assert!(matches!(err, OpenError::WentBackwards { .. }), "{err}");
+}
