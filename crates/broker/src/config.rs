@@ -112,15 +112,23 @@ impl BrokerConfig {
             return bad("node-id", "must be at least 1".into());
         }
         if self.members.is_empty() {
-            return bad("members", "lists no member; list every node of the group, this one included".into());
+            return bad(
+                "members",
+                "lists no member; list every node of the group, this one included".into(),
+            );
         }
         let mut ids = BTreeSet::new();
         for (i, m) in self.members.iter().enumerate() {
             if m.node_id == 0 || !ids.insert(m.node_id) {
-                return bad(&format!("members[{i}].node-id"), format!("{} is zero or listed twice", m.node_id));
+                return bad(
+                    &format!("members[{i}].node-id"),
+                    format!("{} is zero or listed twice", m.node_id),
+                );
             }
-            validate::addr("raft-addr", &m.raft_addr).map_err(|e| ConfigError::invalid(format!("members[{i}].raft-addr"), e.reason))?;
-            validate::addr("client-addr", &m.client_addr).map_err(|e| ConfigError::invalid(format!("members[{i}].client-addr"), e.reason))?;
+            validate::addr("raft-addr", &m.raft_addr)
+                .map_err(|e| ConfigError::invalid(format!("members[{i}].raft-addr"), e.reason))?;
+            validate::addr("client-addr", &m.client_addr)
+                .map_err(|e| ConfigError::invalid(format!("members[{i}].client-addr"), e.reason))?;
         }
         if !ids.contains(&self.node_id) {
             return bad("members", format!("does not list this node (node-id {})", self.node_id));
@@ -132,10 +140,22 @@ impl BrokerConfig {
             validate::addr("namesrv", addr).map_err(|e| ConfigError::invalid(format!("namesrv[{i}]"), e.reason))?;
         }
         if self.raft_heartbeat_ms == 0 || self.raft_heartbeat_ms * 2 >= self.election_timeout_min_ms {
-            return bad("raft-heartbeat-ms", format!("{} must be above 0 and below half of election-timeout-min-ms", self.raft_heartbeat_ms));
+            return bad(
+                "raft-heartbeat-ms",
+                format!(
+                    "{} must be above 0 and below half of election-timeout-min-ms",
+                    self.raft_heartbeat_ms
+                ),
+            );
         }
         if self.election_timeout_min_ms >= self.election_timeout_max_ms {
-            return bad("election-timeout-max-ms", format!("{} must be above election-timeout-min-ms ({})", self.election_timeout_max_ms, self.election_timeout_min_ms));
+            return bad(
+                "election-timeout-max-ms",
+                format!(
+                    "{} must be above election-timeout-min-ms ({})",
+                    self.election_timeout_max_ms, self.election_timeout_min_ms
+                ),
+            );
         }
         let positive = [
             ("raft-rpc-timeout-ms", self.raft_rpc_timeout_ms),
@@ -154,17 +174,29 @@ impl BrokerConfig {
             }
         }
         if self.max_message_size > 64 << 20 {
-            return bad("max-message-size", format!("{} is over the 64 MiB limit", self.max_message_size));
+            return bad(
+                "max-message-size",
+                format!("{} is over the 64 MiB limit", self.max_message_size),
+            );
         }
         if self.max_batch_bytes < self.max_message_size {
-            return bad("max-batch-bytes", format!("{} is below max-message-size ({})", self.max_batch_bytes, self.max_message_size));
+            return bad(
+                "max-batch-bytes",
+                format!(
+                    "{} is below max-message-size ({})",
+                    self.max_batch_bytes, self.max_message_size
+                ),
+            );
         }
         raftmq_common::runtime::check_log_level(&self.log_level).map_err(|e| ConfigError::invalid("log-level", e))?;
         Ok(())
     }
 
     pub fn me(&self) -> &Member {
-        self.members.iter().find(|m| m.node_id == self.node_id).expect("validated: members lists this node")
+        self.members
+            .iter()
+            .find(|m| m.node_id == self.node_id)
+            .expect("validated: members lists this node")
     }
 
     pub fn raft_rpc_timeout(&self) -> Duration {
@@ -203,9 +235,11 @@ client-addr = "127.0.0.1:10002"
 
     #[test]
     fn errors_name_the_key() {
-        let err = parse_toml::<BrokerConfig>(&format!("{GOOD}\n[[members]]\nnode-id = 3\nraft-adr = \"x\"\n")).unwrap_err();
+        let err =
+            parse_toml::<BrokerConfig>(&format!("{GOOD}\n[[members]]\nnode-id = 3\nraft-adr = \"x\"\n")).unwrap_err();
         assert!(err.contains("raft-adr"), "{err}");
-        let err = parse_toml::<BrokerConfig>(&GOOD.replace("node-id = 2\ndata", "node-id = \"two\"\ndata")).unwrap_err();
+        let err =
+            parse_toml::<BrokerConfig>(&GOOD.replace("node-id = 2\ndata", "node-id = \"two\"\ndata")).unwrap_err();
         assert!(err.contains("node-id"), "{err}");
         let mut c: BrokerConfig = parse_toml(GOOD).unwrap();
         c.node_id = 9;
@@ -215,7 +249,11 @@ client-addr = "127.0.0.1:10002"
         assert!(c.validate().unwrap_err().to_string().contains("members[1].client-addr"));
         let mut c: BrokerConfig = parse_toml(GOOD).unwrap();
         c.election_timeout_max_ms = 100;
-        assert!(c.validate().unwrap_err().to_string().contains("election-timeout-max-ms"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("election-timeout-max-ms"));
         let err = parse_toml::<BrokerConfig>(&format!("flush-mode = \"sometimes\"\n{GOOD}")).unwrap_err();
         assert!(err.contains("flush-mode") || err.contains("sometimes"), "{err}");
     }

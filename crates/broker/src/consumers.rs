@@ -6,16 +6,22 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// One member of a consumer group: its subscribed topics and when it last heartbeated.
+type Member = (BTreeSet<String>, Instant);
+
 #[derive(Debug)]
 pub struct Consumers {
     expiry: Duration,
-    /// group -> client id -> (topics, last heartbeat)
-    groups: Mutex<BTreeMap<String, BTreeMap<String, (BTreeSet<String>, Instant)>>>,
+    /// group -> client id -> member
+    groups: Mutex<BTreeMap<String, BTreeMap<String, Member>>>,
 }
 
 impl Consumers {
     pub fn new(expiry: Duration) -> Self {
-        Consumers { expiry, groups: Mutex::new(BTreeMap::new()) }
+        Consumers {
+            expiry,
+            groups: Mutex::new(BTreeMap::new()),
+        }
     }
 
     pub fn heartbeat(&self, group: &str, client_id: &str, topics: &[String], now: Instant) {
@@ -39,7 +45,9 @@ impl Consumers {
     /// The live members of a group, sorted.
     pub fn members(&self, group: &str, now: Instant) -> Vec<String> {
         let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(members) = groups.get_mut(group) else { return Vec::new() };
+        let Some(members) = groups.get_mut(group) else {
+            return Vec::new();
+        };
         members.retain(|_, (_, seen)| now.saturating_duration_since(*seen) <= self.expiry);
         members.keys().cloned().collect()
     }

@@ -29,7 +29,10 @@ pub fn role(state: ServerState) -> Role {
 }
 
 fn connect(addr: &str) -> Option<NameServerClient<Channel>> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}")).ok()?.connect_timeout(RPC_TIMEOUT).timeout(RPC_TIMEOUT);
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect_timeout(RPC_TIMEOUT)
+        .timeout(RPC_TIMEOUT);
     Some(NameServerClient::new(endpoint.connect_lazy()))
 }
 
@@ -46,14 +49,20 @@ fn build(state: &BrokerState) -> BrokerHeartbeat {
         term: metrics.current_term,
         leader_id: metrics.current_leader.unwrap_or(0),
         applied_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
-        topics: (role == Role::Master).then(|| TopicTable { topics: state.reader.topics().iter().map(topic_config_to_proto).collect() }),
+        topics: (role == Role::Master).then(|| TopicTable {
+            topics: state.reader.topics().iter().map(topic_config_to_proto).collect(),
+        }),
     }
 }
 
 /// Runs until `stop` turns true, then unregisters from every NameServer.
 pub async fn run(state: Arc<BrokerState>, mut stop: watch::Receiver<bool>) {
-    let clients: Vec<(String, NameServerClient<Channel>)> =
-        state.config.namesrv.iter().filter_map(|addr| connect(addr).map(|c| (addr.clone(), c))).collect();
+    let clients: Vec<(String, NameServerClient<Channel>)> = state
+        .config
+        .namesrv
+        .iter()
+        .filter_map(|addr| connect(addr).map(|c| (addr.clone(), c)))
+        .collect();
     if clients.is_empty() {
         tracing::warn!("no NameServer configured: clients can only reach this node by its address");
     }

@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
 use raftmq_proto::raft_transport_client::RaftTransportClient;
 use raftmq_proto::RaftEnvelope;
 use raftmq_store::{BrokerNode, NodeId, TypeConfig};
@@ -23,7 +26,11 @@ use tonic::transport::{Channel, Endpoint};
 /// Largest Raft message accepted, encoded.
 pub const MAX_RAFT_MESSAGE: usize = 256 << 20;
 
-fn bincode_config() -> bincode::config::Configuration<bincode::config::LittleEndian, bincode::config::Varint, bincode::config::Limit<MAX_RAFT_MESSAGE>> {
+fn bincode_config() -> bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<MAX_RAFT_MESSAGE>,
+> {
     bincode::config::standard().with_limit::<MAX_RAFT_MESSAGE>()
 }
 
@@ -138,7 +145,10 @@ impl Connection {
         E: std::error::Error + DeserializeOwned,
     {
         if self.net.faults.is_cut(self.net.me, self.target) {
-            let why = std::io::Error::other(format!("link {} -> {} is cut (fault injection)", self.net.me, self.target));
+            let why = std::io::Error::other(format!(
+                "link {} -> {} is cut (fault injection)",
+                self.net.me, self.target
+            ));
             return Err(RPCError::Unreachable(Unreachable::new(&why)));
         }
         let payload = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
@@ -162,10 +172,11 @@ impl Connection {
                     // Connection refused or reset: back off before the next try.
                     tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
                     _ => RPCError::Network(NetworkError::new(&status)),
-                })
+                });
             }
         };
-        let result: Result<Resp, E> = decode(&envelope.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let result: Result<Resp, E> =
+            decode(&envelope.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -187,7 +198,11 @@ impl RaftNetwork<TypeConfig> for Connection {
         self.call(Method::Snapshot, &rpc, &option).await
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> Result<VoteResponse<NodeId>, RpcErr<RaftError<NodeId>>> {
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcErr<RaftError<NodeId>>> {
         self.call(Method::Vote, &rpc, &option).await
     }
 

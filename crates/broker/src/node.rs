@@ -40,11 +40,17 @@ impl Listeners {
     /// Binds the addresses of this node's entry in `members`.
     pub async fn bind(config: &BrokerConfig) -> anyhow::Result<Listeners> {
         let me = config.me();
-        let client = TcpListener::bind(&me.client_addr).await.with_context(|| format!("cannot listen on client-addr {}", me.client_addr))?;
+        let client = TcpListener::bind(&me.client_addr)
+            .await
+            .with_context(|| format!("cannot listen on client-addr {}", me.client_addr))?;
         let raft = if me.raft_addr == me.client_addr {
             None
         } else {
-            Some(TcpListener::bind(&me.raft_addr).await.with_context(|| format!("cannot listen on raft-addr {}", me.raft_addr))?)
+            Some(
+                TcpListener::bind(&me.raft_addr)
+                    .await
+                    .with_context(|| format!("cannot listen on raft-addr {}", me.raft_addr))?,
+            )
         };
         Ok(Listeners { client, raft })
     }
@@ -99,12 +105,25 @@ impl Broker {
             max_payload_entries: 16,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
             max_in_snapshot_log_to_keep: config.snapshot_log_keep,
-            purge_batch_size: 256,
+            // Purge in steps no larger than the snapshot interval, or small intervals never purge.
+            purge_batch_size: (config.snapshot_every_entries / 2).clamp(1, 256),
             ..Default::default()
         }
         .validate()?;
-        let network = Network { group: config.group.clone(), me: config.node_id, timeout: config.raft_rpc_timeout(), faults };
-        let raft = Raft::new(config.node_id, Arc::new(raft_config), network, store.log, store.state_machine).await?;
+        let network = Network {
+            group: config.group.clone(),
+            me: config.node_id,
+            timeout: config.raft_rpc_timeout(),
+            faults,
+        };
+        let raft = Raft::new(
+            config.node_id,
+            Arc::new(raft_config),
+            network,
+            store.log,
+            store.state_machine,
+        )
+        .await?;
 
         // The first start of an empty group sets its membership. Every member may do it: they
         // all write the same first entry, and a node that has a log already refuses.
@@ -112,7 +131,15 @@ impl Broker {
             let members: BTreeMap<u64, BrokerNode> = config
                 .members
                 .iter()
-                .map(|m| (m.node_id, BrokerNode { raft_addr: m.raft_addr.clone(), client_addr: m.client_addr.clone() }))
+                .map(|m| {
+                    (
+                        m.node_id,
+                        BrokerNode {
+                            raft_addr: m.raft_addr.clone(),
+                            client_addr: m.client_addr.clone(),
+                        },
+                    )
+                })
                 .collect();
             match raft.initialize(members).await {
                 Ok(()) => tracing::info!(group = %config.group, "initialized the group's membership"),
@@ -143,28 +170,51 @@ impl Broker {
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(max_message.max(16 << 20));
         let raft_service = || {
-            RaftTransportServer::new(RaftService { group: state.config.group.clone(), me: state.config.node_id, raft: raft.clone() })
-                .max_decoding_message_size(MAX_RAFT_MESSAGE)
-                .max_encoding_message_size(MAX_RAFT_MESSAGE)
+            RaftTransportServer::new(RaftService {
+                group: state.config.group.clone(),
+                me: state.config.node_id,
+                raft: raft.clone(),
+            })
+            .max_decoding_message_size(MAX_RAFT_MESSAGE)
+            .max_encoding_message_size(MAX_RAFT_MESSAGE)
         };
         let client_addr = listeners.client.local_addr()?;
         let serve = |router: tonic::transport::server::Router, listener: TcpListener| {
             let mut stopped = stopped.clone();
-            tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            }))
+            tokio::spawn(
+                router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                }),
+            )
         };
         let mut servers = Vec::new();
         match listeners.raft {
-            None => servers.push(serve(tonic::transport::Server::builder().add_service(broker_service).add_service(raft_service()), listeners.client)),
+            None => servers.push(serve(
+                tonic::transport::Server::builder()
+                    .add_service(broker_service)
+                    .add_service(raft_service()),
+                listeners.client,
+            )),
             Some(raft_listener) => {
-                servers.push(serve(tonic::transport::Server::builder().add_service(broker_service), listeners.client));
-                servers.push(serve(tonic::transport::Server::builder().add_service(raft_service()), raft_listener));
+                servers.push(serve(
+                    tonic::transport::Server::builder().add_service(broker_service),
+                    listeners.client,
+                ));
+                servers.push(serve(
+                    tonic::transport::Server::builder().add_service(raft_service()),
+                    raft_listener,
+                ));
             }
         }
         let heartbeat_task = tokio::spawn(crate::heartbeat::run(state.clone(), stopped));
         tracing::info!(group = %state.config.group, node = state.config.node_id, %client_addr, "broker node started");
-        Ok(Broker { state, client_addr, stop, tasks: vec![proposer_task, heartbeat_task], servers })
+        Ok(Broker {
+            state,
+            client_addr,
+            stop,
+            tasks: vec![proposer_task, heartbeat_task],
+            servers,
+        })
     }
 
     pub fn client_addr(&self) -> SocketAddr {
@@ -196,7 +246,11 @@ impl Broker {
                 server.abort();
             }
         }
-        self.state.raft.shutdown().await.map_err(|e| anyhow::anyhow!("raft did not stop cleanly: {e}"))?;
+        self.state
+            .raft
+            .shutdown()
+            .await
+            .map_err(|e| anyhow::anyhow!("raft did not stop cleanly: {e}"))?;
         tracing::info!(node = self.state.config.node_id, "broker node stopped");
         Ok(())
     }

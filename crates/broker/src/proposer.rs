@@ -48,7 +48,11 @@ pub struct Limits {
 
 impl Proposer {
     /// Starts the batching task; it ends when `stop` turns true or every sender is gone.
-    pub fn start(raft: Raft<TypeConfig>, limits: Limits, mut stop: watch::Receiver<bool>) -> (Proposer, tokio::task::JoinHandle<()>) {
+    pub fn start(
+        raft: Raft<TypeConfig>,
+        limits: Limits,
+        mut stop: watch::Receiver<bool>,
+    ) -> (Proposer, tokio::task::JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<Proposal>(limits.max_messages * limits.max_inflight * 4);
         let task = tokio::spawn(async move {
             let slots = Arc::new(Semaphore::new(limits.max_inflight));
@@ -90,15 +94,25 @@ impl Proposer {
                 propose(&raft, batch, &mut last_ts, permit).await;
             }
             if let Some(p) = carry {
-                let _ = p.reply.send(Err(BrokerError::Unavailable("the broker is shutting down".into())));
+                let _ = p
+                    .reply
+                    .send(Err(BrokerError::Unavailable("the broker is shutting down".into())));
             }
             // Anything still queued is answered, never dropped silently.
             rx.close();
             while let Ok(p) = rx.try_recv() {
-                let _ = p.reply.send(Err(BrokerError::Unavailable("the broker is shutting down".into())));
+                let _ = p
+                    .reply
+                    .send(Err(BrokerError::Unavailable("the broker is shutting down".into())));
             }
         });
-        (Proposer { tx, timeout: limits.timeout }, task)
+        (
+            Proposer {
+                tx,
+                timeout: limits.timeout,
+            },
+            task,
+        )
     }
 
     /// Proposes one command and waits until it is committed and applied.
@@ -109,32 +123,55 @@ impl Proposer {
             _ => 1,
         };
         self.tx
-            .send(Proposal { command, bytes, weight, reply })
+            .send(Proposal {
+                command,
+                bytes,
+                weight,
+                reply,
+            })
             .await
             .map_err(|_| BrokerError::Unavailable("the broker is shutting down".into()))?;
         match tokio::time::timeout(self.timeout, rx).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(BrokerError::Timeout("the write's outcome is unknown: the proposer stopped".into())),
-            Err(_) => Err(BrokerError::Timeout(format!("the write's outcome is unknown: not committed within {:?}", self.timeout))),
+            Ok(Err(_)) => Err(BrokerError::Timeout(
+                "the write's outcome is unknown: the proposer stopped".into(),
+            )),
+            Err(_) => Err(BrokerError::Timeout(format!(
+                "the write's outcome is unknown: not committed within {:?}",
+                self.timeout
+            ))),
         }
     }
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Hands one batch to Raft; a task answers every caller when the entry is committed.
-async fn propose(raft: &Raft<TypeConfig>, batch: Vec<Proposal>, last_ts: &mut i64, permit: tokio::sync::OwnedSemaphorePermit) {
+async fn propose(
+    raft: &Raft<TypeConfig>,
+    batch: Vec<Proposal>,
+    last_ts: &mut i64,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
     // Store timestamps never go backwards on one master, so a queue's timestamps are ordered.
     *last_ts = now_ms().max(*last_ts);
     let (commands, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.command, p.reply)).unzip();
-    let request = Request { store_timestamp_ms: *last_ts, commands };
+    let request = Request {
+        store_timestamp_ms: *last_ts,
+        commands,
+    };
     // `client_write_ff` only queues the entry, in order; the result comes through `pending`.
     let pending = raft.client_write_ff(request).await;
     tokio::spawn(async move {
         let outcome = match pending {
-            Ok(receiver) => receiver.await.map_err(|_| BrokerError::Timeout("the write's outcome is unknown: raft dropped it".into())),
+            Ok(receiver) => receiver
+                .await
+                .map_err(|_| BrokerError::Timeout("the write's outcome is unknown: raft dropped it".into())),
             Err(fatal) => Err(BrokerError::Unavailable(format!("raft stopped: {fatal}"))),
         };
         drop(permit);

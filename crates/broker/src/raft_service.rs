@@ -17,7 +17,10 @@ pub struct RaftService {
 }
 
 impl RaftService {
-    fn open<T: serde::de::DeserializeOwned>(&self, request: Request<RaftEnvelope>) -> Result<(RaftEnvelope, T), Status> {
+    fn open<T: serde::de::DeserializeOwned>(
+        &self,
+        request: Request<RaftEnvelope>,
+    ) -> Result<(RaftEnvelope, T), Status> {
         let envelope = request.into_inner();
         if envelope.group != self.group || envelope.target_node_id != self.me {
             return Err(ErrorCode::InvalidArgument.status(format!(
@@ -25,12 +28,14 @@ impl RaftService {
                 envelope.group, envelope.target_node_id, self.group, self.me
             )));
         }
-        let rpc = decode(&envelope.payload).map_err(|e| ErrorCode::InvalidArgument.status(format!("undecodable raft message: {e}")))?;
+        let rpc = decode(&envelope.payload)
+            .map_err(|e| ErrorCode::InvalidArgument.status(format!("undecodable raft message: {e}")))?;
         Ok((envelope, rpc))
     }
 
     fn reply<R: Serialize>(&self, envelope: &RaftEnvelope, result: &R) -> Result<Response<RaftEnvelope>, Status> {
-        let payload = encode(result).map_err(|e| ErrorCode::Internal.status(format!("cannot encode raft reply: {e}")))?;
+        let payload =
+            encode(result).map_err(|e| ErrorCode::Internal.status(format!("cannot encode raft reply: {e}")))?;
         Ok(Response::new(RaftEnvelope {
             group: self.group.clone(),
             from_node_id: self.me,

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use openraft::{Raft, ServerState};
 use raftmq_common::validate;
-use raftmq_proto::broker_server::Broker;
 use raftmq_proto as pb;
+use raftmq_proto::broker_server::Broker;
 use raftmq_store::reader::message_id;
 use raftmq_store::types::{perm, Command, CommandResult, MessageIn, OffsetUpdate, Rejection, TopicConfig};
 use raftmq_store::{body_crc, StoreReader, StoredMessage, TypeConfig};
@@ -44,7 +44,10 @@ impl BrokerState {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
         let leader = m.current_leader?;
-        m.membership_config.membership().get_node(&leader).map(|n| n.client_addr.clone())
+        m.membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.client_addr.clone())
     }
 
     pub fn is_master(&self) -> bool {
@@ -55,7 +58,9 @@ impl BrokerState {
         if self.is_master() {
             Ok(())
         } else {
-            Err(BrokerError::NotMaster { leader: self.leader_client_addr() })
+            Err(BrokerError::NotMaster {
+                leader: self.leader_client_addr(),
+            })
         }
     }
 
@@ -75,12 +80,14 @@ impl BrokerState {
 
     fn topic_for_read(&self, topic: &str, queue_id: u32) -> Result<TopicConfig, BrokerError> {
         validate::name("topic", topic)?;
-        let config = self
-            .reader
-            .topic(topic)
-            .ok_or_else(|| BrokerError::TopicNotFound(format!("topic {topic:?} does not exist in group {}", self.config.group)))?;
+        let config = self.reader.topic(topic).ok_or_else(|| {
+            BrokerError::TopicNotFound(format!("topic {topic:?} does not exist in group {}", self.config.group))
+        })?;
         if queue_id >= config.queues() {
-            return Err(BrokerError::QueueNotFound(format!("topic {topic:?} has {} queues; queue {queue_id} does not exist", config.queues())));
+            return Err(BrokerError::QueueNotFound(format!(
+                "topic {topic:?} has {} queues; queue {queue_id} does not exist",
+                config.queues()
+            )));
         }
         Ok(config)
     }
@@ -91,7 +98,10 @@ impl BrokerState {
             return Ok(config);
         }
         if !self.config.auto_create_topic {
-            return Err(BrokerError::TopicNotFound(format!("topic {topic:?} does not exist in group {} (auto-create is off)", self.config.group)));
+            return Err(BrokerError::TopicNotFound(format!(
+                "topic {topic:?} does not exist in group {} (auto-create is off)",
+                self.config.group
+            )));
         }
         let config = TopicConfig {
             name: topic.to_owned(),
@@ -116,7 +126,9 @@ impl TagFilter {
         }
         let tags: BTreeSet<String> = e.split("||").map(|t| t.trim().to_owned()).collect();
         if tags.iter().any(|t| t.is_empty()) {
-            return Err(BrokerError::InvalidArgument(format!("field `tag_expression`: {expression:?} has an empty tag")));
+            return Err(BrokerError::InvalidArgument(format!(
+                "field `tag_expression`: {expression:?} has an empty tag"
+            )));
         }
         Ok(TagFilter(Some(tags)))
     }
@@ -144,7 +156,12 @@ pub fn to_proto(m: StoredMessage) -> pb::StoredMessage {
 }
 
 fn topic_to_proto(t: &TopicConfig) -> pb::TopicConfig {
-    pb::TopicConfig { name: t.name.clone(), write_queues: t.write_queues, read_queues: t.read_queues, permission: t.permission as i32 }
+    pb::TopicConfig {
+        name: t.name.clone(),
+        write_queues: t.write_queues,
+        read_queues: t.read_queues,
+        permission: t.permission as i32,
+    }
 }
 
 /// The gRPC service.
@@ -175,7 +192,11 @@ impl Broker for BrokerService {
         let mut bytes = 0usize;
         for (i, m) in req.messages.into_iter().enumerate() {
             if !m.topic.is_empty() && m.topic != req.topic {
-                return Err(BrokerError::InvalidArgument(format!("field `messages[{i}].topic`: {:?} differs from the batch's topic {:?}", m.topic, req.topic)).into());
+                return Err(BrokerError::InvalidArgument(format!(
+                    "field `messages[{i}].topic`: {:?} differs from the batch's topic {:?}",
+                    m.topic, req.topic
+                ))
+                .into());
             }
             let mut properties: Vec<(String, String)> = m.properties.into_iter().collect();
             properties.sort();
@@ -189,24 +210,49 @@ impl Broker for BrokerService {
             };
             let size = message.size();
             if size > s.config.max_message_size {
-                return Err(BrokerError::MessageTooLarge(format!("message {i} is {size} bytes; the limit is {}", s.config.max_message_size)).into());
+                return Err(BrokerError::MessageTooLarge(format!(
+                    "message {i} is {size} bytes; the limit is {}",
+                    s.config.max_message_size
+                ))
+                .into());
             }
             bytes += size;
             messages.push(message);
         }
         if bytes > s.config.max_batch_bytes {
-            return Err(BrokerError::MessageTooLarge(format!("the batch is {bytes} bytes; the limit is {}", s.config.max_batch_bytes)).into());
+            return Err(BrokerError::MessageTooLarge(format!(
+                "the batch is {bytes} bytes; the limit is {}",
+                s.config.max_batch_bytes
+            ))
+            .into());
         }
         let topic = s.topic_for_send(&req.topic).await?;
         if topic.permission & perm::WRITE == 0 {
-            return Err(BrokerError::NoPermission(format!("topic {:?} is not writable in group {}", req.topic, s.config.group)).into());
+            return Err(BrokerError::NoPermission(format!(
+                "topic {:?} is not writable in group {}",
+                req.topic, s.config.group
+            ))
+            .into());
         }
         if req.queue_id >= topic.write_queues {
-            return Err(BrokerError::QueueNotFound(format!("topic {:?} has {} write queues; queue {} does not exist", req.topic, topic.write_queues, req.queue_id)).into());
+            return Err(BrokerError::QueueNotFound(format!(
+                "topic {:?} has {} write queues; queue {} does not exist",
+                req.topic, topic.write_queues, req.queue_id
+            ))
+            .into());
         }
-        let command = Command::Send { topic: req.topic, queue_id: req.queue_id, messages };
+        let command = Command::Send {
+            topic: req.topic,
+            queue_id: req.queue_id,
+            messages,
+        };
         let (log_index, result) = s.commit(command, bytes).await?;
-        let CommandResult::Sent { first_offset, count, first_position } = result else {
+        let CommandResult::Sent {
+            first_offset,
+            count,
+            first_position,
+        } = result
+        else {
             return Err(BrokerError::Internal(format!("a send applied as {result:?}")).into());
         };
         let results = (0..count)
@@ -216,7 +262,10 @@ impl Broker for BrokerService {
                 queue_offset: first_offset + i as u64,
             })
             .collect();
-        Ok(Response::new(pb::SendReply { group: s.config.group.clone(), results }))
+        Ok(Response::new(pb::SendReply {
+            group: s.config.group.clone(),
+            results,
+        }))
     }
 
     async fn pull(&self, request: Request<pb::PullRequest>) -> Reply<pb::PullReply> {
@@ -231,7 +280,12 @@ impl Broker for BrokerService {
         let mut stop = s.stop.clone();
         loop {
             applied.borrow_and_update();
-            let read = s.reader.read(&req.topic, req.queue_id, req.offset, max_messages, max_bytes, &|tags| filter.matches(tags)).map_err(BrokerError::from)?;
+            let read = s
+                .reader
+                .read(&req.topic, req.queue_id, req.offset, max_messages, max_bytes, &|tags| {
+                    filter.matches(tags)
+                })
+                .map_err(BrokerError::from)?;
             let status = if req.offset < read.min_offset {
                 pb::PullStatus::OffsetMoved
             } else if req.offset > read.max_offset {
@@ -247,7 +301,11 @@ impl Broker for BrokerService {
             if done {
                 return Ok(Response::new(pb::PullReply {
                     status: status as i32,
-                    next_offset: if status == pb::PullStatus::OffsetIllegal { read.max_offset } else { read.next_offset },
+                    next_offset: if status == pb::PullStatus::OffsetIllegal {
+                        read.max_offset
+                    } else {
+                        read.next_offset
+                    },
                     min_offset: read.min_offset,
                     max_offset: read.max_offset,
                     messages: read.messages.into_iter().map(to_proto).collect(),
@@ -265,22 +323,38 @@ impl Broker for BrokerService {
         let req = request.into_inner();
         self.state.topic_for_read(&req.topic, req.queue_id)?;
         let q = self.state.reader.queue_state(&req.topic, req.queue_id);
-        Ok(Response::new(pb::QueueOffsetsReply { min_offset: q.min_offset, max_offset: q.next_offset }))
+        Ok(Response::new(pb::QueueOffsetsReply {
+            min_offset: q.min_offset,
+            max_offset: q.next_offset,
+        }))
     }
 
     async fn search_offset(&self, request: Request<pb::SearchOffsetRequest>) -> Reply<pb::SearchOffsetReply> {
         let req = request.into_inner();
         self.state.topic_for_read(&req.topic, req.queue_id)?;
-        let offset = self.state.reader.search_offset(&req.topic, req.queue_id, req.timestamp_ms).map_err(BrokerError::from)?;
+        let offset = self
+            .state
+            .reader
+            .search_offset(&req.topic, req.queue_id, req.timestamp_ms)
+            .map_err(BrokerError::from)?;
         Ok(Response::new(pb::SearchOffsetReply { offset }))
     }
 
     async fn get_message(&self, request: Request<pb::GetMessageRequest>) -> Reply<pb::StoredMessage> {
         let req = request.into_inner();
         self.state.topic_for_read(&req.topic, req.queue_id)?;
-        match self.state.reader.get(&req.topic, req.queue_id, req.offset).map_err(BrokerError::from)? {
+        match self
+            .state
+            .reader
+            .get(&req.topic, req.queue_id, req.offset)
+            .map_err(BrokerError::from)?
+        {
             Some(m) => Ok(Response::new(to_proto(m))),
-            None => Err(BrokerError::MessageNotFound(format!("no message at {}/{} offset {}", req.topic, req.queue_id, req.offset)).into()),
+            None => Err(BrokerError::MessageNotFound(format!(
+                "no message at {}/{} offset {}",
+                req.topic, req.queue_id, req.offset
+            ))
+            .into()),
         }
     }
 
@@ -290,18 +364,29 @@ impl Broker for BrokerService {
         let mut offsets = Vec::with_capacity(req.offsets.len());
         for o in req.offsets {
             validate::name("offsets.topic", &o.topic).map_err(BrokerError::from)?;
-            offsets.push(OffsetUpdate { topic: o.topic, queue_id: o.queue_id, offset: o.offset });
+            offsets.push(OffsetUpdate {
+                topic: o.topic,
+                queue_id: o.queue_id,
+                offset: o.offset,
+            });
         }
         if offsets.is_empty() {
             return Ok(Response::new(pb::CommitOffsetsReply {}));
         }
         self.state.require_master()?;
-        let command = Command::CommitOffsets { group: req.consumer_group, offsets, increase_only: true };
+        let command = Command::CommitOffsets {
+            group: req.consumer_group,
+            offsets,
+            increase_only: true,
+        };
         self.state.commit(command, 0).await?;
         Ok(Response::new(pb::CommitOffsetsReply {}))
     }
 
-    async fn get_consume_offsets(&self, request: Request<pb::GetConsumeOffsetsRequest>) -> Reply<pb::GetConsumeOffsetsReply> {
+    async fn get_consume_offsets(
+        &self,
+        request: Request<pb::GetConsumeOffsetsRequest>,
+    ) -> Reply<pb::GetConsumeOffsetsReply> {
         let req = request.into_inner();
         validate::name("consumer_group", &req.consumer_group).map_err(BrokerError::from)?;
         let topic = (!req.topic.is_empty()).then_some(req.topic.as_str());
@@ -310,7 +395,11 @@ impl Broker for BrokerService {
             .reader
             .consume_offsets(&req.consumer_group, topic)
             .into_iter()
-            .map(|(topic, queue_id, offset)| pb::OffsetEntry { topic, queue_id, offset })
+            .map(|(topic, queue_id, offset)| pb::OffsetEntry {
+                topic,
+                queue_id,
+                offset,
+            })
             .collect();
         Ok(Response::new(pb::GetConsumeOffsetsReply { offsets }))
     }
@@ -321,49 +410,91 @@ impl Broker for BrokerService {
         let req = request.into_inner();
         validate::name("consumer_group", &req.consumer_group).map_err(BrokerError::from)?;
         let topic = s.topic_for_read(&req.topic, 0)?;
-        let target = req.target.ok_or_else(|| BrokerError::InvalidArgument("field `target`: say a timestamp, an offset, earliest or latest".into()))?;
+        let target = req.target.ok_or_else(|| {
+            BrokerError::InvalidArgument("field `target`: say a timestamp, an offset, earliest or latest".into())
+        })?;
         s.require_master()?;
         let mut offsets = Vec::new();
         for queue_id in 0..topic.queues() {
             let bounds = s.reader.queue_state(&topic.name, queue_id);
             let offset = match target {
-                Target::TimestampMs(ts) => s.reader.search_offset(&topic.name, queue_id, ts).map_err(BrokerError::from)?,
+                Target::TimestampMs(ts) => s
+                    .reader
+                    .search_offset(&topic.name, queue_id, ts)
+                    .map_err(BrokerError::from)?,
                 Target::Offset(o) => o.clamp(bounds.min_offset, bounds.next_offset),
                 Target::ToEarliest(_) => bounds.min_offset,
                 Target::ToLatest(_) => bounds.next_offset,
             };
-            offsets.push(OffsetUpdate { topic: topic.name.clone(), queue_id, offset });
+            offsets.push(OffsetUpdate {
+                topic: topic.name.clone(),
+                queue_id,
+                offset,
+            });
         }
-        let reply = offsets.iter().map(|o| pb::OffsetEntry { topic: o.topic.clone(), queue_id: o.queue_id, offset: o.offset }).collect();
-        s.commit(Command::CommitOffsets { group: req.consumer_group, offsets, increase_only: false }, 0).await?;
+        let reply = offsets
+            .iter()
+            .map(|o| pb::OffsetEntry {
+                topic: o.topic.clone(),
+                queue_id: o.queue_id,
+                offset: o.offset,
+            })
+            .collect();
+        s.commit(
+            Command::CommitOffsets {
+                group: req.consumer_group,
+                offsets,
+                increase_only: false,
+            },
+            0,
+        )
+        .await?;
         Ok(Response::new(pb::ResetOffsetsReply { offsets: reply }))
     }
 
-    async fn consumer_heartbeat(&self, request: Request<pb::ConsumerHeartbeatRequest>) -> Reply<pb::ConsumerHeartbeatReply> {
+    async fn consumer_heartbeat(
+        &self,
+        request: Request<pb::ConsumerHeartbeatRequest>,
+    ) -> Reply<pb::ConsumerHeartbeatReply> {
         let req = request.into_inner();
         validate::name("consumer_group", &req.consumer_group).map_err(BrokerError::from)?;
         if req.client_id.is_empty() || req.client_id.len() > 255 {
             return Err(BrokerError::InvalidArgument("field `client_id`: must be 1 to 255 bytes".into()).into());
         }
-        self.state.consumers.heartbeat(&req.consumer_group, &req.client_id, &req.topics, Instant::now());
+        self.state
+            .consumers
+            .heartbeat(&req.consumer_group, &req.client_id, &req.topics, Instant::now());
         Ok(Response::new(pb::ConsumerHeartbeatReply {}))
     }
 
     async fn get_consumers(&self, request: Request<pb::GetConsumersRequest>) -> Reply<pb::GetConsumersReply> {
         let req = request.into_inner();
         validate::name("consumer_group", &req.consumer_group).map_err(BrokerError::from)?;
-        Ok(Response::new(pb::GetConsumersReply { client_ids: self.state.consumers.members(&req.consumer_group, Instant::now()) }))
+        Ok(Response::new(pb::GetConsumersReply {
+            client_ids: self.state.consumers.members(&req.consumer_group, Instant::now()),
+        }))
     }
 
-    async fn unregister_consumer(&self, request: Request<pb::UnregisterConsumerRequest>) -> Reply<pb::UnregisterConsumerReply> {
+    async fn unregister_consumer(
+        &self,
+        request: Request<pb::UnregisterConsumerRequest>,
+    ) -> Reply<pb::UnregisterConsumerReply> {
         let req = request.into_inner();
         self.state.consumers.unregister(&req.consumer_group, &req.client_id);
         Ok(Response::new(pb::UnregisterConsumerReply {}))
     }
 
     async fn upsert_topic(&self, request: Request<pb::UpsertTopicRequest>) -> Reply<pb::UpsertTopicReply> {
-        let t = request.into_inner().topic.ok_or_else(|| BrokerError::InvalidArgument("field `topic`: missing".into()))?;
-        let config = TopicConfig { name: t.name, write_queues: t.write_queues, read_queues: t.read_queues, permission: t.permission.max(0) as u32 };
+        let t = request
+            .into_inner()
+            .topic
+            .ok_or_else(|| BrokerError::InvalidArgument("field `topic`: missing".into()))?;
+        let config = TopicConfig {
+            name: t.name,
+            write_queues: t.write_queues,
+            read_queues: t.read_queues,
+            permission: t.permission.max(0) as u32,
+        };
         raftmq_store::apply::check_topic(&config).map_err(BrokerError::InvalidArgument)?;
         self.state.require_master()?;
         self.state.commit(Command::UpsertTopic(config), 0).await?;
@@ -390,7 +521,12 @@ impl Broker for BrokerService {
             .reader
             .queues()
             .into_iter()
-            .map(|(topic, queue_id, q)| pb::QueueStatus { topic, queue_id, min_offset: q.min_offset, max_offset: q.next_offset })
+            .map(|(topic, queue_id, q)| pb::QueueStatus {
+                topic,
+                queue_id,
+                min_offset: q.min_offset,
+                max_offset: q.next_offset,
+            })
             .collect();
         Ok(Response::new(pb::NodeStatus {
             cluster: s.config.cluster.clone(),

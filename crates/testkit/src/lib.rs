@@ -1,0 +1,291 @@
+//! The shared cluster fixture: a broker group (and optionally a NameServer) started in-process on
+//! 127.0.0.1 ports picked by the OS, with kill, graceful stop, restart on the same data
+//! directory, and link cuts. Every cluster test uses it; waits have deadlines and say what they
+//! waited for.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::ServerState;
+use raftmq_broker::config::Member;
+use raftmq_broker::node::Listeners;
+use raftmq_broker::{Broker, BrokerConfig, Faults};
+use raftmq_common::{ErrorCode, RemoteError};
+use raftmq_namesrv::{NameServer, NamesrvConfig};
+use raftmq_proto as pb;
+use raftmq_proto::broker_client::BrokerClient;
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tonic::transport::Channel;
+
+/// Turns on test logs when `RUST_LOG` is set.
+pub fn init_logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// Polls `check` until it returns `Some`, failing with `what` after `deadline`.
+pub async fn wait_until<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out after {deadline:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Binds a listener on an exact address, retrying while the old socket lingers.
+async fn bind_again(addr: SocketAddr) -> TcpListener {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return l,
+            Err(e) if Instant::now() < end => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("cannot bind {addr} again: {e}"),
+        }
+    }
+}
+
+/// A broker group of N nodes in this process.
+pub struct Group {
+    pub dir: TempDir,
+    pub faults: Arc<Faults>,
+    pub configs: Vec<BrokerConfig>,
+    nodes: Vec<Option<Broker>>,
+    pub namesrv: Option<NameServer>,
+}
+
+impl Group {
+    /// Starts `n` nodes (ids 1..=n) and a NameServer they heartbeat; `tune` adjusts every
+    /// node's config before start.
+    pub async fn start(n: u64, tune: impl Fn(&mut BrokerConfig)) -> Group {
+        init_logs();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let namesrv_config = NamesrvConfig {
+            listen: "127.0.0.1:0".into(),
+            scan_interval_ms: 100,
+            ..Default::default()
+        };
+        let namesrv = NameServer::start(&namesrv_config).await.expect("start NameServer");
+        let mut listeners = Vec::new();
+        for _ in 0..n {
+            listeners.push(TcpListener::bind("127.0.0.1:0").await.expect("bind"));
+        }
+        let members: Vec<Member> = listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let addr = l.local_addr().expect("addr").to_string();
+                Member {
+                    node_id: i as u64 + 1,
+                    raft_addr: addr.clone(),
+                    client_addr: addr,
+                }
+            })
+            .collect();
+        let configs: Vec<BrokerConfig> = (1..=n)
+            .map(|id| {
+                let mut c = BrokerConfig {
+                    node_id: id,
+                    members: members.clone(),
+                    data_dir: dir.path().join(format!("node-{id}")),
+                    namesrv: vec![namesrv.addr().to_string()],
+                    namesrv_heartbeat_ms: 200,
+                    ..Default::default()
+                };
+                tune(&mut c);
+                c.validate().expect("valid test config");
+                c
+            })
+            .collect();
+        let faults = Faults::new();
+        let mut nodes = Vec::new();
+        for (config, listener) in configs.iter().zip(listeners) {
+            let broker = Broker::start_with(
+                config.clone(),
+                Listeners {
+                    client: listener,
+                    raft: None,
+                },
+                faults.clone(),
+            )
+            .await
+            .expect("start broker");
+            nodes.push(Some(broker));
+        }
+        Group {
+            dir,
+            faults,
+            configs,
+            nodes,
+            namesrv: Some(namesrv),
+        }
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        (1..=self.configs.len() as u64).collect()
+    }
+
+    pub fn addr(&self, id: u64) -> String {
+        self.configs[id as usize - 1].me().client_addr.clone()
+    }
+
+    pub fn node(&self, id: u64) -> &Broker {
+        self.nodes[id as usize - 1]
+            .as_ref()
+            .unwrap_or_else(|| panic!("node {id} is down"))
+    }
+
+    pub fn is_up(&self, id: u64) -> bool {
+        self.nodes[id as usize - 1].is_some()
+    }
+
+    pub fn up(&self) -> Vec<u64> {
+        self.ids().into_iter().filter(|id| self.is_up(*id)).collect()
+    }
+
+    pub async fn client(&self, id: u64) -> BrokerClient<Channel> {
+        BrokerClient::connect(format!("http://{}", self.addr(id)))
+            .await
+            .expect("connect")
+            .max_decoding_message_size(64 << 20)
+    }
+
+    /// Waits until exactly one running node is master and every other running node follows it;
+    /// returns the master's id.
+    pub async fn wait_for_master(&self, deadline: Duration) -> u64 {
+        wait_until("one master that every running node follows", deadline, || async {
+            let up = self.up();
+            let leaders: Vec<u64> = up
+                .iter()
+                .copied()
+                .filter(|id| self.node(*id).raft().metrics().borrow().state == ServerState::Leader)
+                .collect();
+            let [leader] = leaders[..] else { return None };
+            let term = self.node(leader).raft().metrics().borrow().current_term;
+            let agreed = up.iter().all(|id| {
+                let m = self.node(*id).raft().metrics().borrow().clone();
+                m.current_leader == Some(leader) && m.current_term == term
+            });
+            agreed.then_some(leader)
+        })
+        .await
+    }
+
+    pub fn term(&self, id: u64) -> u64 {
+        self.node(id).raft().metrics().borrow().current_term
+    }
+
+    pub fn applied(&self, id: u64) -> u64 {
+        self.node(id).reader().applied_index()
+    }
+
+    /// Waits until every running node has applied at least what `id` has applied.
+    pub async fn wait_caught_up(&self, id: u64, deadline: Duration) {
+        let target = self.applied(id);
+        for other in self.up() {
+            wait_until(&format!("node {other} applies up to {target}"), deadline, || async {
+                (self.applied(other) >= target).then_some(())
+            })
+            .await;
+        }
+    }
+
+    /// Stops a node as SIGKILL would: no unregistering, no draining.
+    pub async fn kill(&mut self, id: u64) {
+        let node = self.nodes[id as usize - 1]
+            .take()
+            .unwrap_or_else(|| panic!("node {id} is already down"));
+        node.crash().await;
+    }
+
+    /// Stops a node cleanly.
+    pub async fn stop(&mut self, id: u64) {
+        let node = self.nodes[id as usize - 1]
+            .take()
+            .unwrap_or_else(|| panic!("node {id} is already down"));
+        node.shutdown().await.expect("clean shutdown");
+    }
+
+    /// Starts a stopped node again on its data directory and port.
+    pub async fn restart(&mut self, id: u64) -> anyhow::Result<()> {
+        assert!(!self.is_up(id), "node {id} is running");
+        let config = self.configs[id as usize - 1].clone();
+        // A killed node's store may still be closing in the background: retry briefly.
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let listener = bind_again(self.addr(id).parse().expect("addr")).await;
+            match Broker::start_with(
+                config.clone(),
+                Listeners {
+                    client: listener,
+                    raft: None,
+                },
+                self.faults.clone(),
+            )
+            .await
+            {
+                Ok(broker) => {
+                    self.nodes[id as usize - 1] = Some(broker);
+                    return Ok(());
+                }
+                Err(e) if format!("{e:#}").contains("lock") && Instant::now() < end => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Stops every node and the NameServer cleanly.
+    pub async fn shutdown(mut self) {
+        for id in self.up() {
+            self.stop(id).await;
+        }
+        if let Some(ns) = self.namesrv.take() {
+            ns.shutdown().await.expect("NameServer shutdown");
+        }
+    }
+}
+
+/// The stable code of a failed call.
+pub fn code(status: &tonic::Status) -> Option<ErrorCode> {
+    RemoteError::from_status(status).code
+}
+
+/// A topic with `queues` read and write queues.
+pub fn topic(name: &str, queues: u32) -> pb::TopicConfig {
+    pb::TopicConfig {
+        name: name.into(),
+        write_queues: queues,
+        read_queues: queues,
+        permission: pb::Permission::ReadWrite as i32,
+    }
+}
+
+/// A message with a body and a tag.
+pub fn message(body: impl Into<Vec<u8>>, tags: &str) -> pb::Message {
+    pb::Message {
+        topic: String::new(),
+        tags: tags.into(),
+        keys: String::new(),
+        properties: Default::default(),
+        body: body.into(),
+        born_timestamp_ms: 0,
+    }
+}

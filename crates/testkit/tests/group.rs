@@ -1,0 +1,438 @@
+//! A three-node broker group in one process: election, replication, NOT_MASTER, failover,
+//! restart, snapshot catch-up, corruption.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use raftmq_common::ErrorCode;
+use raftmq_proto as pb;
+use raftmq_testkit::{code, message, topic, wait_until, Group};
+
+const ELECTION: Duration = Duration::from_secs(10);
+const CATCH_UP: Duration = Duration::from_secs(10);
+
+async fn create_topic(group: &Group, master: u64, name: &str, queues: u32) {
+    let mut c = group.client(master).await;
+    c.upsert_topic(pb::UpsertTopicRequest {
+        topic: Some(topic(name, queues)),
+    })
+    .await
+    .expect("create topic");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_sent_to_the_master_is_on_both_slaves_byte_for_byte() {
+    let group = Group::start(3, |_| {}).await;
+    let master = group.wait_for_master(ELECTION).await;
+    create_topic(&group, master, "T", 2).await;
+
+    let body: Vec<u8> = (0..=255u8).cycle().take(10_000).collect();
+    let mut m = message(body.clone(), "tagA");
+    m.keys = "order-1".into();
+    m.properties.insert("k".into(), "v".into());
+    let reply = group
+        .client(master)
+        .await
+        .send(pb::SendRequest {
+            topic: "T".into(),
+            queue_id: 1,
+            messages: vec![m, message("second", "tagB")],
+        })
+        .await
+        .expect("send")
+        .into_inner();
+    assert_eq!(reply.results.len(), 2);
+    assert_eq!((reply.results[0].queue_id, reply.results[0].queue_offset), (1, 0));
+    assert_eq!(reply.results[1].queue_offset, 1);
+
+    group.wait_caught_up(master, CATCH_UP).await;
+    for id in group.ids() {
+        let got = group
+            .client(id)
+            .await
+            .get_message(pb::GetMessageRequest {
+                topic: "T".into(),
+                queue_id: 1,
+                offset: 0,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("node {id}: {e}"))
+            .into_inner();
+        assert_eq!(got.body, body, "node {id}");
+        assert_eq!(got.msg_id, reply.results[0].msg_id, "node {id}");
+        assert_eq!((got.tags.as_str(), got.keys.as_str()), ("tagA", "order-1"));
+        assert_eq!(got.properties.get("k").map(String::as_str), Some("v"));
+        // A pull with a tag filter on every node, slaves included.
+        let pulled = group
+            .client(id)
+            .await
+            .pull(pb::PullRequest {
+                topic: "T".into(),
+                queue_id: 1,
+                offset: 0,
+                max_messages: 10,
+                tag_expression: "tagB || tagC".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(pulled.messages.len(), 1);
+        assert_eq!(pulled.messages[0].body, b"second");
+        assert_eq!(pulled.next_offset, 2);
+    }
+    group.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slave_answers_not_master_with_the_masters_address() {
+    let group = Group::start(3, |_| {}).await;
+    let master = group.wait_for_master(ELECTION).await;
+    create_topic(&group, master, "T", 1).await;
+    let slave = group.ids().into_iter().find(|id| *id != master).unwrap();
+    let err = group
+        .client(slave)
+        .await
+        .send(pb::SendRequest {
+            topic: "T".into(),
+            queue_id: 0,
+            messages: vec![message("x", "")],
+        })
+        .await
+        .unwrap_err();
+    let remote = raftmq_common::RemoteError::from_status(&err);
+    assert_eq!(remote.code, Some(ErrorCode::NotMaster));
+    assert_eq!(remote.leader.as_deref(), Some(group.addr(master).as_str()));
+    // Topic admin is a write too.
+    let err = group
+        .client(slave)
+        .await
+        .upsert_topic(pb::UpsertTopicRequest {
+            topic: Some(topic("U", 1)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), Some(ErrorCode::NotMaster));
+    group.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_stable_codes_and_store_nothing() {
+    let group = Group::start(3, |c| c.max_message_size = 1024).await;
+    let master = group.wait_for_master(ELECTION).await;
+    create_topic(&group, master, "T", 2).await;
+    let mut c = group.client(master).await;
+    let send = |topic: &str, queue_id: u32, body: Vec<u8>| pb::SendRequest {
+        topic: topic.into(),
+        queue_id,
+        messages: vec![message(body, "")],
+    };
+
+    let cases = [
+        (send("Nope", 0, b"x".to_vec()), ErrorCode::TopicNotFound),
+        (send("T", 2, b"x".to_vec()), ErrorCode::QueueNotFound),
+        (send("T", 0, vec![0; 2048]), ErrorCode::MessageTooLarge),
+        (send("bad topic", 0, b"x".to_vec()), ErrorCode::InvalidArgument),
+        (
+            pb::SendRequest {
+                topic: "T".into(),
+                queue_id: 0,
+                messages: vec![],
+            },
+            ErrorCode::InvalidArgument,
+        ),
+    ];
+    for (request, expected) in cases {
+        let err = c.send(request).await.unwrap_err();
+        assert_eq!(code(&err), Some(expected), "{err:?}");
+    }
+    let err = c
+        .upsert_topic(pb::UpsertTopicRequest {
+            topic: Some(topic("Z", 0)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), Some(ErrorCode::InvalidArgument));
+    assert!(err.message().contains("write_queues"), "{}", err.message());
+    let err = c
+        .pull(pb::PullRequest {
+            topic: "T".into(),
+            queue_id: 9,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), Some(ErrorCode::QueueNotFound));
+    let err = c
+        .get_message(pb::GetMessageRequest {
+            topic: "T".into(),
+            queue_id: 0,
+            offset: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), Some(ErrorCode::MessageNotFound));
+    let offsets = c
+        .get_queue_offsets(pb::QueueOffsetsRequest {
+            topic: "T".into(),
+            queue_id: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(offsets.max_offset, 0, "nothing refused was stored");
+    group.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_master_mid_stream_loses_no_acknowledged_message() {
+    let mut group = Group::start(3, |_| {}).await;
+    let first = group.wait_for_master(ELECTION).await;
+    create_topic(&group, first, "T", 1).await;
+    let first_term = group.term(first);
+
+    // A producer that always writes to whoever answers as master.
+    let acked_before = send_stream(&group, 0, 30).await;
+    group.kill(first).await;
+    let second = group.wait_for_master(ELECTION).await;
+    assert_ne!(second, first);
+    assert!(group.term(second) > first_term, "the new master's term is higher");
+    let acked_after = send_stream(&group, 30, 30).await;
+
+    // Every acknowledged message is at its offset, on both survivors, then on the old master
+    // once it is back.
+    group.restart(first).await.expect("restart the old master");
+    group
+        .wait_caught_up(group.wait_for_master(ELECTION).await, CATCH_UP)
+        .await;
+    let mut all = acked_before;
+    all.extend(acked_after);
+    assert_eq!(all.len(), 60, "60 distinct offsets acknowledged");
+    for id in group.ids() {
+        check_present(&group, id, &all).await;
+    }
+    group.shutdown().await;
+}
+
+/// Sends numbered messages one at a time to the current master, following NOT_MASTER; returns
+/// acknowledged offset -> body. Sends whose outcome is unknown are retried with a new number,
+/// so only acknowledged ones are counted.
+async fn send_stream(group: &Group, from: usize, count: usize) -> BTreeMap<u64, Vec<u8>> {
+    let mut acked = BTreeMap::new();
+    let mut i = from;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut target = group.up()[0];
+    while acked.len() < count {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sends did not resume: {} of {count} acknowledged",
+            acked.len()
+        );
+        let body = format!("message-{i:06}").into_bytes();
+        i += 1;
+        let Ok(mut c) =
+            raftmq_proto::broker_client::BrokerClient::connect(format!("http://{}", group.addr(target))).await
+        else {
+            target = next_node(group, target);
+            continue;
+        };
+        match c
+            .send(pb::SendRequest {
+                topic: "T".into(),
+                queue_id: 0,
+                messages: vec![message(body.clone(), "")],
+            })
+            .await
+        {
+            Ok(reply) => {
+                let r = &reply.get_ref().results[0];
+                assert!(
+                    acked.insert(r.queue_offset, body).is_none(),
+                    "offset {} acknowledged twice",
+                    r.queue_offset
+                );
+            }
+            Err(status) => {
+                let remote = raftmq_common::RemoteError::from_status(&status);
+                match remote
+                    .leader
+                    .and_then(|addr| group.ids().into_iter().find(|id| group.addr(*id) == addr))
+                {
+                    Some(leader) if group.is_up(leader) => target = leader,
+                    _ => {
+                        target = next_node(group, target);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+        }
+    }
+    acked
+}
+
+fn next_node(group: &Group, current: u64) -> u64 {
+    let up = group.up();
+    let pos = up.iter().position(|id| *id == current).map(|p| p + 1).unwrap_or(0);
+    up[pos % up.len()]
+}
+
+async fn check_present(group: &Group, id: u64, acked: &BTreeMap<u64, Vec<u8>>) {
+    let mut c = group.client(id).await;
+    for (offset, body) in acked {
+        let got = c
+            .get_message(pb::GetMessageRequest {
+                topic: "T".into(),
+                queue_id: 0,
+                offset: *offset,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("node {id}: acknowledged offset {offset} is missing: {e}"))
+            .into_inner();
+        assert_eq!(&got.body, body, "node {id} offset {offset}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_every_node_keeps_everything_acknowledged() {
+    let mut group = Group::start(3, |_| {}).await;
+    let master = group.wait_for_master(ELECTION).await;
+    create_topic(&group, master, "T", 1).await;
+    let acked = send_stream(&group, 0, 40).await;
+    for id in group.ids() {
+        group.kill(id).await;
+    }
+    for id in group.ids() {
+        group.restart(id).await.expect("restart");
+    }
+    let master = group.wait_for_master(ELECTION).await;
+    group.wait_caught_up(master, CATCH_UP).await;
+    for id in group.ids() {
+        check_present(&group, id, &acked).await;
+    }
+    // And the group takes writes again, after the old ones.
+    let more = send_stream(&group, 1000, 5).await;
+    assert!(more.keys().all(|o| *o >= 40), "{more:?}");
+    group.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_down_while_the_log_was_purged_catches_up_by_snapshot() {
+    let mut group = Group::start(3, |c| {
+        c.snapshot_every_entries = 20;
+        c.snapshot_log_keep = 0;
+    })
+    .await;
+    let master = group.wait_for_master(ELECTION).await;
+    create_topic(&group, master, "T", 1).await;
+    let lagging = group.ids().into_iter().find(|id| *id != master).unwrap();
+    group.kill(lagging).await;
+    let acked = send_stream(&group, 0, 60).await;
+    let master = group.wait_for_master(ELECTION).await;
+    wait_until(
+        "the master purged its log past a snapshot",
+        Duration::from_secs(20),
+        || async {
+            let m = group.node(master).raft().metrics().borrow().clone();
+            m.purged.filter(|p| p.index > 10).map(|_| ())
+        },
+    )
+    .await;
+
+    group.restart(lagging).await.expect("restart");
+    wait_until(
+        "the lagging node installed a snapshot",
+        Duration::from_secs(20),
+        || async { group.node(lagging).raft().metrics().borrow().snapshot.map(|_| ()) },
+    )
+    .await;
+    group.wait_caught_up(master, CATCH_UP).await;
+    check_present(&group, lagging, &acked).await;
+    group.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_committed_record_keeps_the_node_down() {
+    let mut group = Group::start(3, |_| {}).await;
+    let master = group.wait_for_master(ELECTION).await;
+    create_topic(&group, master, "T", 1).await;
+    send_stream(&group, 0, 5).await;
+    group.wait_caught_up(master, CATCH_UP).await;
+    let victim = group.ids().into_iter().find(|id| *id != master).unwrap();
+    group.stop(victim).await;
+    {
+        let dir = group.configs[victim as usize - 1].data_dir.join("db");
+        let db = raftmq_store::db::Db::open(&dir).unwrap();
+        let cf = db.cf(raftmq_store::db::CF_LOG);
+        let key = raftmq_store::keys::log(3);
+        let mut value = db.db.get_cf(cf, key).unwrap().expect("entry 3 exists");
+        let i = value.len() / 2;
+        value[i] ^= 0x01;
+        db.db.put_cf(cf, key, value).unwrap();
+    }
+    let err = group
+        .restart(victim)
+        .await
+        .expect_err("a corrupted node must not start");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("log entry 3") && text.contains("refuses to start"),
+        "{text}"
+    );
+    group.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nameserver_routes_the_group_and_follows_a_failover() {
+    let mut group = Group::start(3, |_| {}).await;
+    let master = group.wait_for_master(ELECTION).await;
+    create_topic(&group, master, "T", 4).await;
+    let ns_addr = group.namesrv.as_ref().unwrap().addr();
+    let mut ns = raftmq_proto::name_server_client::NameServerClient::connect(format!("http://{ns_addr}"))
+        .await
+        .unwrap();
+    let route_master = |route: &pb::TopicRoute| route.groups.first().map(|g| g.master_addr.clone());
+    let master_addr = group.addr(master);
+    wait_until("the NameServer routes T to the master", Duration::from_secs(10), || {
+        let mut ns = ns.clone();
+        let want = master_addr.clone();
+        async move {
+            let route = ns
+                .get_route(pb::GetRouteRequest { topic: "T".into() })
+                .await
+                .ok()?
+                .into_inner();
+            (route_master(&route) == Some(want)
+                && route.groups[0].slaves.len() == 2
+                && route.queues[0].write_queues == 4)
+                .then_some(())
+        }
+    })
+    .await;
+    group.kill(master).await;
+    let second = group.wait_for_master(ELECTION).await;
+    let second_addr = group.addr(second);
+    wait_until(
+        "the NameServer routes T to the new master",
+        Duration::from_secs(10),
+        || {
+            let mut ns = ns.clone();
+            let want = second_addr.clone();
+            async move {
+                let route = ns
+                    .get_route(pb::GetRouteRequest { topic: "T".into() })
+                    .await
+                    .ok()?
+                    .into_inner();
+                (route_master(&route) == Some(want)).then_some(())
+            }
+        },
+    )
+    .await;
+    let info = ns
+        .get_cluster_info(pb::GetClusterInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.groups[0].master_node_id, second);
+    group.shutdown().await;
+}
