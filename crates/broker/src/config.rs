@@ -68,6 +68,14 @@ pub struct BrokerConfig {
     /// Log entries Raft keeps replicating from after a snapshot, before a lagging slave needs
     /// the snapshot instead. (Bodies stay for retention either way.)
     pub snapshot_log_keep: u64,
+    /// Commit-log entries older than this are deleted, hours (RocketMQ's fileReservedTime).
+    pub retention_hours: u64,
+    /// Above this disk use (percent), retention also deletes the oldest entries early.
+    pub disk_clean_percent: u8,
+    /// At or above this disk use (percent), sends are refused with DISK_FULL.
+    pub disk_full_percent: u8,
+    /// How often retention runs, milliseconds.
+    pub retention_check_ms: u64,
     /// A consumer silent this long leaves its group, milliseconds.
     pub consumer_expiry_ms: u64,
     pub log_level: String,
@@ -96,6 +104,10 @@ impl Default for BrokerConfig {
             max_inflight_entries: 8,
             snapshot_every_entries: 100_000,
             snapshot_log_keep: 1_000,
+            retention_hours: 72,
+            disk_clean_percent: 75,
+            disk_full_percent: 90,
+            retention_check_ms: 10_000,
             consumer_expiry_ms: 10_000,
             log_level: "info".into(),
         }
@@ -167,6 +179,8 @@ impl BrokerConfig {
             ("max-inflight-entries", self.max_inflight_entries as u64),
             ("snapshot-every-entries", self.snapshot_every_entries),
             ("consumer-expiry-ms", self.consumer_expiry_ms),
+            ("retention-hours", self.retention_hours),
+            ("retention-check-ms", self.retention_check_ms),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -185,6 +199,23 @@ impl BrokerConfig {
                 format!(
                     "{} is below max-message-size ({})",
                     self.max_batch_bytes, self.max_message_size
+                ),
+            );
+        }
+        for (key, value) in [
+            ("disk-clean-percent", self.disk_clean_percent),
+            ("disk-full-percent", self.disk_full_percent),
+        ] {
+            if !(1..=100).contains(&value) {
+                return bad(key, format!("{value} is outside 1..=100"));
+            }
+        }
+        if self.disk_clean_percent > self.disk_full_percent {
+            return bad(
+                "disk-clean-percent",
+                format!(
+                    "{} is above disk-full-percent ({})",
+                    self.disk_clean_percent, self.disk_full_percent
                 ),
             );
         }

@@ -12,6 +12,7 @@ pub mod network;
 pub mod node;
 pub mod proposer;
 pub mod raft_service;
+pub mod retention;
 pub mod service;
 
 pub use config::BrokerConfig;

@@ -25,6 +25,7 @@ use crate::consumers::Consumers;
 use crate::network::{Faults, Network, MAX_RAFT_MESSAGE};
 use crate::proposer::{Limits, Proposer};
 use crate::raft_service::RaftService;
+use crate::retention::DiskGuard;
 use crate::service::{BrokerService, BrokerState};
 
 /// How long shutdown waits for client connections to close.
@@ -95,6 +96,7 @@ impl Broker {
             tracing::warn!("flush-mode = \"async\": acknowledged messages can be lost if a majority loses power");
         }
         let reader: StoreReader = store.reader.clone();
+        let retention = store.retention.clone();
 
         let raft_config = openraft::Config {
             cluster_name: config.group.clone(),
@@ -158,6 +160,7 @@ impl Broker {
         let (proposer, proposer_task) = Proposer::start(raft.clone(), limits, stopped.clone());
         let state = Arc::new(BrokerState {
             consumers: Consumers::new(Duration::from_millis(config.consumer_expiry_ms)),
+            disk: DiskGuard::new(config.data_dir.clone(), config.disk_full_percent),
             config,
             raft: raft.clone(),
             reader,
@@ -206,13 +209,21 @@ impl Broker {
                 ));
             }
         }
+        let retention_task = tokio::spawn(crate::retention::run(
+            retention,
+            state.config.data_dir.clone(),
+            state.config.retention_hours,
+            state.config.disk_clean_percent,
+            Duration::from_millis(state.config.retention_check_ms),
+            stopped.clone(),
+        ));
         let heartbeat_task = tokio::spawn(crate::heartbeat::run(state.clone(), stopped));
         tracing::info!(group = %state.config.group, node = state.config.node_id, %client_addr, "broker node started");
         Ok(Broker {
             state,
             client_addr,
             stop,
-            tasks: vec![proposer_task, heartbeat_task],
+            tasks: vec![proposer_task, heartbeat_task, retention_task],
             servers,
         })
     }

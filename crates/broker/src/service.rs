@@ -35,6 +35,7 @@ pub struct BrokerState {
     pub reader: StoreReader,
     pub proposer: Proposer,
     pub consumers: Consumers,
+    pub disk: crate::retention::DiskGuard,
     pub stop: watch::Receiver<bool>,
 }
 
@@ -188,6 +189,7 @@ impl Broker for BrokerService {
             return Err(BrokerError::InvalidArgument("field `messages`: the batch is empty".into()).into());
         }
         s.require_master()?;
+        s.disk.check()?;
         let mut messages = Vec::with_capacity(req.messages.len());
         let mut bytes = 0usize;
         for (i, m) in req.messages.into_iter().enumerate() {

@@ -13,9 +13,11 @@
 pub mod apply;
 pub mod codec;
 pub mod db;
+pub mod disk;
 pub mod keys;
 pub mod log_store;
 pub mod reader;
+pub mod retention;
 pub mod snapshot;
 pub mod state;
 pub mod state_machine;
@@ -28,6 +30,7 @@ use rocksdb::IteratorMode;
 
 pub use log_store::{FlushMode, LogStore};
 pub use reader::{ReadError, ReadResult, StoreReader, StoredMessage};
+pub use retention::{Retention, RetentionReport};
 pub use state_machine::StateMachine;
 pub use types::*;
 
@@ -70,6 +73,7 @@ pub struct Store {
     pub log: LogStore,
     pub state_machine: StateMachine,
     pub reader: StoreReader,
+    pub retention: Retention,
 }
 
 /// What the recovery checks found, for the start-up log line.
@@ -171,6 +175,11 @@ impl Store {
         }
 
         let reader = StoreReader::new(db.clone(), shared.clone(), options.id_prefix);
+        let retention = Retention {
+            db: db.clone(),
+            shared: shared.clone(),
+            log: log.clone(),
+        };
         let state_machine = StateMachine::new(db, shared, snapshot_dir);
         let recovered = Recovered {
             applied_index: applied.map(|a| a.index),
@@ -181,6 +190,7 @@ impl Store {
                 log,
                 state_machine,
                 reader,
+                retention,
             },
             recovered,
         ))

@@ -176,6 +176,18 @@ impl StoreReader {
             let (key, value) = item?;
             let expected = keys::cq(topic, queue_id, result.next_offset);
             if *key != *expected {
+                // Retention may have cut the queue since we read its bounds: then the queue
+                // moved on, which is no damage. Anything else is a hole in the index.
+                let now = self.queue_state(topic, queue_id);
+                if now.min_offset > result.next_offset {
+                    result.min_offset = now.min_offset;
+                    result.next_offset = now.min_offset;
+                    return if result.messages.is_empty() {
+                        self.read(topic, queue_id, now.min_offset, max_messages, max_bytes, filter)
+                    } else {
+                        Ok(result)
+                    };
+                }
                 return Err(CorruptRecord {
                     what: format!("consume queue {topic}/{queue_id}"),
                     reason: format!("offset {} is missing from the index", result.next_offset),
@@ -192,7 +204,22 @@ impl StoreReader {
             if !result.messages.is_empty() && bytes + cq.body_len as u64 > max_bytes {
                 break;
             }
-            let message = self.message_at(topic, queue_id, result.next_offset, &cq, &mut cached)?;
+            let message = match self.message_at(topic, queue_id, result.next_offset, &cq, &mut cached) {
+                Ok(m) => m,
+                // The body went to retention after we read its index entry: the queue moved on.
+                Err(e) if self.queue_state(topic, queue_id).min_offset > result.next_offset => {
+                    tracing::debug!("read raced with retention: {e}");
+                    let min = self.queue_state(topic, queue_id).min_offset;
+                    result.min_offset = min;
+                    result.next_offset = min;
+                    return if result.messages.is_empty() {
+                        self.read(topic, queue_id, min, max_messages, max_bytes, filter)
+                    } else {
+                        Ok(result)
+                    };
+                }
+                Err(e) => return Err(e),
+            };
             bytes += message.body.len() as u64;
             result.messages.push(message);
             result.next_offset += 1;

@@ -45,7 +45,7 @@ impl SmShared {
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, SmState> {
+    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, SmState> {
         self.state.write().unwrap_or_else(|p| p.into_inner())
     }
 

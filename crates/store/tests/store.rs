@@ -370,3 +370,48 @@ async fn a_missing_committed_entry_is_caught_at_open() {
         .expect("must refuse");
     assert!(matches!(err, OpenError::WentBackwards { .. }), "{err}");
 }
+
+#[tokio::test]
+async fn retention_deletes_old_entries_but_never_what_raft_still_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    // Entry i is stored at 1000 + i ms.
+    commit(
+        &mut store,
+        vec![
+            entry(1, vec![topic("T", 1)]),
+            entry(2, vec![send("T", 0, &[("a", ""), ("b", "")])]),
+            entry(3, vec![send("T", 0, &[("c", "")])]),
+            entry(4, vec![send("T", 0, &[("d", "")])]),
+        ],
+    )
+    .await;
+    // Nothing is purged yet: nothing may go, however old.
+    let report = store.retention.run(i64::MAX, u64::MAX).unwrap();
+    assert_eq!(report.deleted_entries, 0);
+
+    store.log.purge(log_id(3)).await.unwrap();
+    // Everything before 1003 ms goes: entries 1 and 2.
+    let report = store.retention.run(1003, 0).unwrap();
+    assert_eq!(report.deleted_entries, 2);
+    assert_eq!(report.first_index, Some(3));
+    let r = store.reader.read("T", 0, 0, 10, u64::MAX, &|_| true).unwrap();
+    assert_eq!(r.min_offset, 2, "the queue starts after the deleted messages");
+    assert_eq!(
+        r.messages.iter().map(|m| m.body.clone()).collect::<Vec<_>>(),
+        vec![b"c".to_vec(), b"d".to_vec()]
+    );
+    assert!(store.reader.get("T", 0, 0).unwrap().is_none());
+
+    // Disk pressure deletes early, but still not past the purge point (entry 3).
+    let report = store.retention.run(0, 100).unwrap();
+    assert_eq!(report.deleted_entries, 1);
+    assert_eq!(store.reader.queue_state("T", 0).min_offset, 3);
+    assert_eq!(store.reader.get("T", 0, 3).unwrap().unwrap().body, b"d");
+
+    // It all holds after a restart, and the recovery checks accept the shortened log.
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(store.reader.queue_state("T", 0).min_offset, 3);
+    assert_eq!(store.reader.get("T", 0, 3).unwrap().unwrap().body, b"d");
+}

@@ -436,3 +436,36 @@ async fn the_nameserver_routes_the_group_and_follows_a_failover() {
     assert_eq!(info.groups[0].master_node_id, second);
     group.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_sends_and_keeps_what_is_stored() {
+    // A limit of 1% is below any real disk's use: the disk counts as full from the start.
+    let group = Group::start(3, |c| {
+        c.disk_full_percent = 1;
+        c.disk_clean_percent = 1;
+    })
+    .await;
+    let master = group.wait_for_master(ELECTION).await;
+    create_topic(&group, master, "T", 1).await;
+    let mut c = group.client(master).await;
+    let err = c
+        .send(pb::SendRequest {
+            topic: "T".into(),
+            queue_id: 0,
+            messages: vec![message("x", "")],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), Some(ErrorCode::DiskFull));
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    let offsets = c
+        .get_queue_offsets(pb::QueueOffsetsRequest {
+            topic: "T".into(),
+            queue_id: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(offsets.max_offset, 0, "nothing was stored");
+    group.shutdown().await;
+}
