@@ -60,8 +60,7 @@ impl Retention {
         // Find where the kept part starts.
         let mut end = None;
         let mut first = None;
-        let mut scanned = 0u64;
-        for item in self.db.db.iterator_cf(self.db.cf(CF_LOG), IteratorMode::Start) {
+        for (scanned, item) in (0u64..).zip(self.db.db.iterator_cf(self.db.cf(CF_LOG), IteratorMode::Start)) {
             let (key, value) = item?;
             let index = keys::log_index(&key).unwrap_or(u64::MAX);
             first.get_or_insert(index);
@@ -78,7 +77,6 @@ impl Retention {
                 end = Some(index);
                 break;
             }
-            scanned += 1;
             end = Some(index + 1);
         }
         let (Some(first), Some(end)) = (first, end) else {
