@@ -74,14 +74,22 @@ impl Group {
     /// Starts `n` nodes (ids 1..=n) and a NameServer they heartbeat; `tune` adjusts every
     /// node's config before start.
     pub async fn start(n: u64, tune: impl Fn(&mut BrokerConfig)) -> Group {
-        init_logs();
-        let dir = tempfile::tempdir().expect("temp dir");
         let namesrv_config = NamesrvConfig {
             listen: "127.0.0.1:0".into(),
             scan_interval_ms: 100,
             ..Default::default()
         };
         let namesrv = NameServer::start(&namesrv_config).await.expect("start NameServer");
+        let addr = namesrv.addr().to_string();
+        let mut group = Self::start_named(n, "broker-a", &addr, tune).await;
+        group.namesrv = Some(namesrv);
+        group
+    }
+
+    /// Starts `n` nodes of group `name` that heartbeat an existing NameServer.
+    pub async fn start_named(n: u64, name: &str, namesrv: &str, tune: impl Fn(&mut BrokerConfig)) -> Group {
+        init_logs();
+        let dir = tempfile::tempdir().expect("temp dir");
         let mut listeners = Vec::new();
         for _ in 0..n {
             listeners.push(TcpListener::bind("127.0.0.1:0").await.expect("bind"));
@@ -101,10 +109,11 @@ impl Group {
         let configs: Vec<BrokerConfig> = (1..=n)
             .map(|id| {
                 let mut c = BrokerConfig {
+                    group: name.to_owned(),
                     node_id: id,
                     members: members.clone(),
                     data_dir: dir.path().join(format!("node-{id}")),
-                    namesrv: vec![namesrv.addr().to_string()],
+                    namesrv: vec![namesrv.to_owned()],
                     namesrv_heartbeat_ms: 200,
                     ..Default::default()
                 };
@@ -133,8 +142,17 @@ impl Group {
             faults,
             configs,
             nodes,
-            namesrv: Some(namesrv),
+            namesrv: None,
         }
+    }
+
+    /// The NameServer this fixture started (panics for `start_named` groups).
+    pub fn namesrv_addr(&self) -> String {
+        self.namesrv
+            .as_ref()
+            .expect("this group started its own NameServer")
+            .addr()
+            .to_string()
     }
 
     pub fn ids(&self) -> Vec<u64> {

@@ -1,0 +1,221 @@
+//! The raftmq client SDK: what producers, consumers and operators use.
+//!
+//! A [`Client`] holds the NameServer list, the route cache and one gRPC channel per broker
+//! node; [`Producer`], [`PullConsumer`], [`PushConsumer`] and [`Admin`] are built on it. Names
+//! and defaults follow RocketMQ's clients (send timeout 3 s, 2 retries, clustering consumers,
+//! average queue allocation).
+//!
+//! Guarantees: a send reported `Ok` is committed on a majority of its group. A send that timed
+//! out is reported as [`ClientError::Timeout`] — unknown, never "failed". Consumers deliver at
+//! least once: after a crash or failover a consumer may see messages again from its last
+//! committed offset, never skip one.
+
+pub mod admin;
+pub mod consumer;
+pub mod error;
+pub mod message;
+pub mod producer;
+pub mod route;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use raftmq_proto as pb;
+use raftmq_proto::broker_client::BrokerClient;
+use tokio::sync::watch;
+use tonic::transport::Channel;
+
+pub use admin::Admin;
+pub use consumer::{
+    ConsumeFrom, ConsumeResult, MessageModel, PullConsumer, PullResult, PushConsumer, PushConsumerBuilder,
+    ReadPreference,
+};
+pub use error::ClientError;
+pub use message::{Message, ReceivedMessage, SendResult};
+pub use producer::Producer;
+pub use route::{GroupRoute, MessageQueue, TopicRoute};
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// NameServer addresses (`host:port`), tried in turn.
+    pub namesrv: Vec<String>,
+    /// Deadline of one request other than a send.
+    pub request_timeout: Duration,
+    /// Deadline of one send; past it the outcome is unknown.
+    pub send_timeout: Duration,
+    /// Extra attempts of a send that certainly did not happen (node down, not master).
+    pub retries: u32,
+    /// How often cached routes are fetched again.
+    pub route_refresh: Duration,
+    /// Follow the NameServers' route watch stream.
+    pub watch_routes: bool,
+}
+
+impl ClientConfig {
+    pub fn new(namesrv: impl IntoIterator<Item = impl Into<String>>) -> ClientConfig {
+        ClientConfig {
+            namesrv: namesrv.into_iter().map(Into::into).collect(),
+            request_timeout: Duration::from_secs(3),
+            send_timeout: Duration::from_secs(3),
+            retries: 2,
+            route_refresh: Duration::from_secs(30),
+            watch_routes: true,
+        }
+    }
+}
+
+struct Inner {
+    config: ClientConfig,
+    routes: route::Routes,
+    pool: Mutex<HashMap<String, BrokerClient<Channel>>>,
+    stop: watch::Sender<bool>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// A connection to a raftmq cluster. Cheap to clone; background route refreshing stops when the
+/// last clone is dropped.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl Client {
+    /// Creates a client. No connection is made until the first call. Needs a Tokio runtime.
+    pub fn new(config: ClientConfig) -> Result<Client, ClientError> {
+        let routes = route::Routes::new(&config.namesrv, config.request_timeout)?;
+        let (stop, stopped) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            config,
+            routes,
+            pool: Mutex::new(HashMap::new()),
+            stop,
+        });
+        tokio::spawn(refresh_routes(Arc::downgrade(&inner), stopped.clone()));
+        if inner.config.watch_routes {
+            tokio::spawn(watch_routes(Arc::downgrade(&inner), stopped));
+        }
+        Ok(Client { inner })
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// The topic's route, from the cache when present.
+    pub async fn route(&self, topic: &str) -> Result<Arc<TopicRoute>, ClientError> {
+        raftmq_common::validate::name("topic", topic).map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
+        self.inner.routes.get(topic).await
+    }
+
+    /// Fetches the topic's route now.
+    pub async fn refresh_route(&self, topic: &str) -> Result<Arc<TopicRoute>, ClientError> {
+        self.inner.routes.refresh(topic).await
+    }
+
+    /// A gRPC client for one broker node.
+    pub fn broker(&self, addr: &str) -> Result<BrokerClient<Channel>, ClientError> {
+        let mut pool = self.inner.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = pool.get(addr) {
+            return Ok(c.clone());
+        }
+        let channel = route::endpoint(addr, self.inner.config.request_timeout)?.connect_lazy();
+        let client = BrokerClient::new(channel)
+            .max_decoding_message_size(128 << 20)
+            .max_encoding_message_size(128 << 20);
+        pool.insert(addr.to_owned(), client.clone());
+        Ok(client)
+    }
+
+    /// Asks the NameServers (in turn) for the cluster.
+    pub async fn cluster_info(&self) -> Result<pb::ClusterInfo, ClientError> {
+        self.inner
+            .routes
+            .ask(|mut c| async move { c.get_cluster_info(pb::GetClusterInfoRequest {}).await })
+            .await
+    }
+
+    /// Every topic some live group holds.
+    pub async fn topics(&self) -> Result<Vec<String>, ClientError> {
+        Ok(self
+            .inner
+            .routes
+            .ask(|mut c| async move { c.list_topics(pb::ListTopicsRequest {}).await })
+            .await?
+            .topics)
+    }
+
+    /// A request with the client's deadline.
+    pub(crate) fn request<T>(&self, message: T, timeout: Duration) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(message);
+        r.set_timeout(timeout);
+        r
+    }
+}
+
+async fn refresh_routes(inner: Weak<Inner>, mut stop: watch::Receiver<bool>) {
+    let every = match inner.upgrade() {
+        Some(i) => i.config.route_refresh,
+        None => return,
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        for topic in inner.routes.cached_topics() {
+            if let Err(e) = inner.routes.refresh(&topic).await {
+                tracing::debug!(topic, "route refresh failed: {e}");
+            }
+        }
+    }
+}
+
+/// Follows one NameServer's route watch stream at a time, moving to the next when it ends.
+async fn watch_routes(inner: Weak<Inner>, mut stop: watch::Receiver<bool>) {
+    let mut attempt = 0usize;
+    loop {
+        let client = {
+            let Some(inner) = inner.upgrade() else { return };
+            let clients: Vec<_> = inner.routes.namesrv_clients().cloned().collect();
+            clients[attempt % clients.len()].1.clone()
+        };
+        attempt += 1;
+        let mut client = client;
+        let stream = tokio::select! {
+            s = client.watch_routes(pb::WatchRoutesRequest { topic: String::new() }) => s,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        if let Ok(stream) = stream {
+            let mut stream = stream.into_inner();
+            loop {
+                let event = tokio::select! {
+                    e = stream.message() => e,
+                    _ = stop.wait_for(|s| *s) => return,
+                };
+                let Ok(Some(event)) = event else { break };
+                let Some(inner) = inner.upgrade() else { return };
+                // Only topics this client uses are cached; others are not worth the memory.
+                if inner.routes.is_cached(&event.topic) {
+                    match &event.route {
+                        Some(route) => {
+                            inner.routes.store(route);
+                        }
+                        None => inner.routes.forget(&event.topic),
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
