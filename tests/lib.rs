@@ -2,24 +2,11 @@
 //! them with real signals.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// Path of a binary built by `cargo build --bins` in the same target directory as this test.
-pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe.parent().and_then(|p| p.parent()).expect("target dir");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is not built; run scripts/test.sh (it builds the binaries first) or `cargo build --bins`",
-        path.display()
-    );
-    path
-}
+pub use raftmq_testkit::binary;
 
 /// A started process whose stdout and stderr lines are collected.
 pub struct Process {

@@ -2,35 +2,53 @@
 
 use raftmq_common::{ErrorCode, RemoteError};
 
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+/// Displayed as `CODE: detail`, the code being the stable one (`TOPIC_NOT_FOUND`, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientError {
     /// The request is malformed; fix it.
-    #[error("invalid argument: {0}")]
     InvalidArgument(String),
-    #[error("topic not found: {0}")]
     TopicNotFound(String),
-    #[error("queue not found: {0}")]
     QueueNotFound(String),
-    #[error("message not found: {0}")]
     MessageNotFound(String),
-    #[error("no permission: {0}")]
     NoPermission(String),
-    #[error("message too large: {0}")]
     MessageTooLarge(String),
-    #[error("disk full: {0}")]
     DiskFull(String),
     /// The outcome is unknown: the message may or may not have been stored. Never "failed".
-    #[error("outcome unknown (timeout): {0}")]
     Timeout(String),
     /// No node could serve the request (no master, nothing reachable); retry later.
-    #[error("unavailable: {0}")]
     Unavailable(String),
     /// The server found damaged data.
-    #[error("storage error on the server: {0}")]
     Storage(String),
-    #[error("{0}")]
     Other(String),
 }
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let detail = match self {
+            ClientError::InvalidArgument(m)
+            | ClientError::TopicNotFound(m)
+            | ClientError::QueueNotFound(m)
+            | ClientError::MessageNotFound(m)
+            | ClientError::NoPermission(m)
+            | ClientError::MessageTooLarge(m)
+            | ClientError::DiskFull(m)
+            | ClientError::Timeout(m)
+            | ClientError::Unavailable(m)
+            | ClientError::Storage(m)
+            | ClientError::Other(m) => m,
+        };
+        match self.code() {
+            Some(code) => {
+                // Server messages already start with their code.
+                let detail = detail.strip_prefix(&format!("{}: ", code.as_str())).unwrap_or(detail);
+                write!(f, "{}: {detail}", code.as_str())
+            }
+            None => f.write_str(detail),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
 
 impl ClientError {
     /// The stable code, when the error has one.

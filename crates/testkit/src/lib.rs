@@ -307,3 +307,34 @@ pub fn message(body: impl Into<Vec<u8>>, tags: &str) -> pb::Message {
         born_timestamp_ms: 0,
     }
 }
+
+/// Path of a binary built by `cargo build --bins` in the same target directory as the running
+/// test (`scripts/test.sh` builds them first).
+pub fn binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(|p| p.parent()).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run scripts/test.sh (it builds the binaries first) or `cargo build --bins`",
+        path.display()
+    );
+    path
+}
+
+/// Runs `raftmq` with arguments; returns (success, stdout, stderr).
+pub async fn run_cli(namesrv: &str, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(binary("raftmq"))
+        .arg("--namesrv")
+        .arg(namesrv)
+        .args(args)
+        .output()
+        .await
+        .expect("run raftmq");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

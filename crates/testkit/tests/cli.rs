@@ -1,0 +1,132 @@
+//! The built `raftmq` binary against an in-process cluster: what each command prints.
+
+use std::time::Duration;
+
+use raftmq_testkit::{run_cli, wait_until, Group};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_commands_print_what_they_should() {
+    let group = Group::start(3, |_| {}).await;
+    let master = group.wait_for_master(Duration::from_secs(10)).await;
+    let ns = group.namesrv_addr();
+
+    // The group must have registered before a topic can be created in it.
+    let created = wait_until("topic create succeeds", Duration::from_secs(10), || async {
+        let (ok, out, _) = run_cli(&ns, &["topic", "create", "Orders", "--queues", "2"]).await;
+        ok.then_some(out)
+    })
+    .await;
+    assert!(created.contains("topic Orders set in broker-a"), "{created}");
+
+    let (ok, out, _) = wait_until("route shows the topic", Duration::from_secs(10), || async {
+        let r = run_cli(&ns, &["topic", "route", "Orders"]).await;
+        r.0.then_some(r)
+    })
+    .await;
+    assert!(ok);
+    assert!(out.starts_with("GROUP"), "{out}");
+    assert!(out.contains(&group.addr(master)), "the master's address: {out}");
+
+    let (ok, out, _) = run_cli(&ns, &["topic", "list"]).await;
+    assert!(ok && out.lines().any(|l| l == "Orders"), "{out}");
+
+    let (ok, out, _) = run_cli(&ns, &["cluster", "list"]).await;
+    assert!(ok, "{out}");
+    assert_eq!(out.lines().filter(|l| l.contains("broker-a")).count(), 3, "{out}");
+    assert_eq!(out.lines().filter(|l| l.contains(" master ")).count(), 1, "{out}");
+
+    for i in 0..3 {
+        let body = format!("hello-{i}");
+        let (ok, out, err) = run_cli(
+            &ns,
+            &[
+                "send",
+                "Orders",
+                &body,
+                "--tags",
+                "TagA",
+                "--keys",
+                "k1",
+                "--property",
+                "a=b",
+            ],
+        )
+        .await;
+        assert!(ok && out.starts_with("sent "), "{out}{err}");
+    }
+    let (ok, out, err) = run_cli(&ns, &["--json", "send", "Orders", "json-body"]).await;
+    assert!(ok, "{err}");
+    let sent: serde_json::Value = serde_json::from_str(out.trim()).expect("send --json prints JSON");
+    let (queue, offset) = (
+        sent["queue_id"].as_u64().unwrap(),
+        sent["queue_offset"].as_u64().unwrap(),
+    );
+
+    let (ok, out, err) = run_cli(&ns, &["consume", "Orders", "--count", "4", "--idle-secs", "5"]).await;
+    assert!(ok, "{err}");
+    for body in ["hello-0", "hello-1", "hello-2", "json-body"] {
+        assert!(out.contains(&format!("body={body}")), "{body} missing from:\n{out}");
+    }
+    let (ok, out, err) = run_cli(
+        &ns,
+        &[
+            "consume",
+            "Orders",
+            "--group",
+            "g1",
+            "--count",
+            "4",
+            "--quiet",
+            "--read",
+            "prefer-slave",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "4");
+    let (ok, out, _) = run_cli(&ns, &["--json", "group", "progress", "g1", "Orders"]).await;
+    assert!(ok);
+    let progress: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        progress
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|q| q["broker_offset"].as_u64().unwrap())
+            .sum::<u64>(),
+        4
+    );
+
+    let (ok, out, err) = run_cli(
+        &ns,
+        &[
+            "message",
+            "get",
+            "Orders",
+            "--group",
+            "broker-a",
+            "--queue",
+            &queue.to_string(),
+            "--offset",
+            &offset.to_string(),
+            "--read",
+            "slave",
+        ],
+    )
+    .await;
+    assert!(ok && out.contains("body=json-body"), "{out}{err}");
+
+    let (ok, out, _) = run_cli(&ns, &["group", "reset", "g1", "Orders", "--to", "earliest"]).await;
+    assert!(ok && out.starts_with("GROUP"), "{out}");
+
+    // Failures: non-zero exit, one line naming the code.
+    let (ok, _, err) = run_cli(&ns, &["send", "NoSuchTopic", "x"]).await;
+    assert!(!ok);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("TOPIC_NOT_FOUND"), "{err}");
+    let (ok, _, err) = run_cli(&ns, &["topic", "create", "bad topic"]).await;
+    assert!(!ok && err.contains("INVALID_ARGUMENT"), "{err}");
+    let (ok, _, err) = run_cli("127.0.0.1:1", &["topic", "list"]).await;
+    assert!(!ok && err.starts_with("raftmq: UNAVAILABLE"), "{err}");
+    group.shutdown().await;
+}
