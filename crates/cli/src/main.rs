@@ -2,6 +2,7 @@
 //! consumer groups and single messages. Tables for people, `--json` for scripts; a failure exits
 //! non-zero with one line saying why.
 
+mod drill;
 mod table;
 
 use std::collections::BTreeMap;
@@ -62,6 +63,8 @@ enum Command {
     /// Read single messages.
     #[command(subcommand)]
     Message(MessageCommand),
+    /// Failover drill: fail a group's master while a producer sends; print the timings.
+    Drill(drill::DrillArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -121,6 +124,14 @@ enum TopicCommand {
 enum ClusterCommand {
     /// Every node: group, id, role, term, address, applied index, lag behind its master.
     List,
+    /// Wait until the NameServer lists every expected group with a master and all its nodes.
+    Wait {
+        /// Expected groups and node counts, e.g. broker-a:3,broker-b:3.
+        #[arg(long, value_delimiter = ',', required = true)]
+        expect: Vec<String>,
+        #[arg(long, default_value_t = 60)]
+        timeout_secs: u64,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -413,7 +424,47 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
+        Command::Cluster(ClusterCommand::Wait { expect, timeout_secs }) => {
+            let mut wanted = BTreeMap::new();
+            for e in &expect {
+                let (group, n) = e
+                    .split_once(':')
+                    .ok_or_else(|| anyhow!("--expect {e:?}: say GROUP:NODES"))?;
+                wanted.insert(
+                    group.to_owned(),
+                    n.parse::<usize>()
+                        .with_context(|| format!("--expect {e:?}: not a node count"))?,
+                );
+            }
+            let deadline = Instant::now() + Duration::from_secs(timeout_secs);
+            loop {
+                let missing: Vec<String> = match admin.cluster().await {
+                    Ok(info) => wanted
+                        .iter()
+                        .filter(|(group, n)| {
+                            !info
+                                .groups
+                                .iter()
+                                .any(|g| &&g.group == group && !g.master_addr.is_empty() && g.nodes.len() >= **n)
+                        })
+                        .map(|(group, n)| format!("{group} (master and {n} nodes)"))
+                        .collect(),
+                    Err(e) => vec![format!("an answer from the NameServer ({e})")],
+                };
+                if missing.is_empty() {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    bail!(
+                        "UNAVAILABLE: after {timeout_secs} s still waiting for {}",
+                        missing.join(", ")
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
         Command::Send(args) => send(&client, args, as_json).await?,
+        Command::Drill(args) => drill::run(&cli.namesrv, args, as_json).await?,
         Command::Consume(args) => consume(&client, args, as_json).await?,
         Command::Group(GroupCommand::Progress { consumer_group, topic }) => {
             let progress = admin.group_progress(&consumer_group, &topic).await?;

@@ -119,6 +119,11 @@ impl Client {
         self.inner.routes.refresh(topic).await
     }
 
+    /// Resolves once the route cache names another master for `group` than `master`.
+    pub(crate) async fn master_moved(&self, topic: &str, group: &str, master: &str) {
+        self.inner.routes.master_moved(topic, group, master).await
+    }
+
     /// A gRPC client for one broker node.
     pub fn broker(&self, addr: &str) -> Result<BrokerClient<Channel>, ClientError> {
         let mut pool = self.inner.pool.lock().unwrap_or_else(|p| p.into_inner());

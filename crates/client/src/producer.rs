@@ -190,7 +190,16 @@ impl Producer {
                 },
                 left,
             );
-            match broker.send(request).await {
+            // A master that stops answering (paused, partitioned) would hold this send until its
+            // deadline; when the NameServers announce another master, give up on it at once: its
+            // outcome is unknown, and the next send goes to the new master.
+            let reply = tokio::select! {
+                reply = broker.send(request) => reply,
+                _ = self.client.master_moved(topic, &queue.group, &target) => {
+                    return Err((Retry::Unknown, ClientError::Timeout(format!("the master of {} changed while a send to {target} was in flight", queue.group))));
+                }
+            };
+            match reply {
                 Ok(reply) => {
                     let reply = reply.into_inner();
                     return Ok(reply

@@ -127,6 +127,8 @@ pub(crate) struct Routes {
     namesrv: Vec<(String, NameServerClient<Channel>)>,
     timeout: Duration,
     cache: RwLock<HashMap<String, Arc<TopicRoute>>>,
+    /// Bumped whenever a cached route changes, so in-flight calls can notice a new master.
+    version: tokio::sync::watch::Sender<u64>,
 }
 
 impl Routes {
@@ -146,6 +148,7 @@ impl Routes {
             namesrv: clients,
             timeout,
             cache: RwLock::new(HashMap::new()),
+            version: tokio::sync::watch::channel(0).0,
         })
     }
 
@@ -213,11 +216,32 @@ impl Routes {
 
     pub fn store(&self, route: &pb::TopicRoute) -> Arc<TopicRoute> {
         let route = Arc::new(TopicRoute::from_proto(route));
-        self.cache
+        let old = self
+            .cache
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(route.topic.clone(), route.clone());
+        if old.as_deref() != Some(&*route) {
+            self.version.send_modify(|v| *v += 1);
+        }
         route
+    }
+
+    /// Resolves once the cached route names a master for `group` other than `master`.
+    pub async fn master_moved(&self, topic: &str, group: &str, master: &str) {
+        let mut version = self.version.subscribe();
+        loop {
+            let moved = self
+                .cache
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(topic)
+                .and_then(|r| r.group(group).and_then(|g| g.master.clone()))
+                .is_some_and(|m| m != master);
+            if moved || version.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     pub fn forget(&self, topic: &str) {

@@ -1,0 +1,251 @@
+#!/usr/bin/env bash
+# Starts, stops and inspects a local multi-node raftmq cluster.
+#
+#   scripts/cluster.sh up [CONFIG_DIR]     start every node of CONFIG_DIR (default cluster-config/local)
+#   scripts/cluster.sh down [--purge]      stop every node (SIGTERM, then SIGKILL after 10 s); --purge deletes data and logs
+#   scripts/cluster.sh status              which nodes run, and the cluster as the NameServer sees it
+#   scripts/cluster.sh kill NODE           SIGKILL one node (e.g. broker-a-1)
+#   scripts/cluster.sh stop NODE           stop one node cleanly
+#   scripts/cluster.sh start NODE          start one node again on its data
+#   scripts/cluster.sh pause NODE          SIGSTOP one node
+#   scripts/cluster.sh resume NODE         SIGCONT one node
+#   scripts/cluster.sh logs NODE [-f]      the last lines of a node's log (or follow it)
+#   scripts/cluster.sh nodes               the node names of the running cluster
+#
+# A node is a file of CONFIG_DIR: namesrv-N.toml or GROUP-NODEID.toml. Pid files, logs and data
+# live under $RAFTMQ_HOME (default .cluster/ in the repository). Binaries are built in release
+# mode unless $RAFTMQ_BIN_DIR names a directory holding them already.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+RUN=${RAFTMQ_HOME:-$ROOT/.cluster}
+STOP_TIMEOUT=${RAFTMQ_STOP_TIMEOUT:-10}
+START_TIMEOUT=${RAFTMQ_START_TIMEOUT:-20}
+READY_TIMEOUT=${RAFTMQ_READY_TIMEOUT:-60}
+
+die() { echo "cluster.sh: $*" >&2; exit 1; }
+
+config_dir() {
+    [ -f "$RUN/config-dir" ] || die "no cluster has been started here (run: scripts/cluster.sh up)"
+    cat "$RUN/config-dir"
+}
+
+# Node names of a config dir, NameServers first.
+nodes_of() {
+    local dir=$1 f
+    for f in "$dir"/namesrv-*.toml; do [ -e "$f" ] && basename "$f" .toml; done
+    for f in "$dir"/*.toml; do
+        case $(basename "$f") in namesrv-*) ;; *) basename "$f" .toml ;; esac
+    done
+}
+
+is_namesrv() { case $1 in namesrv-*) return 0 ;; *) return 1 ;; esac; }
+
+pid_of() { [ -f "$RUN/pids/$1.pid" ] && cat "$RUN/pids/$1.pid" || true; }
+
+# Alive: exists and is not a zombie (a killed node whose parent has not reaped it yet is gone).
+alive() {
+    kill -0 "$1" 2>/dev/null || return 1
+    [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]
+}
+
+running() {
+    local pid
+    pid=$(pid_of "$1")
+    [ -n "$pid" ] && alive "$pid"
+}
+
+state_of() {
+    local pid
+    pid=$(pid_of "$1")
+    if [ -z "$pid" ] || ! alive "$pid"; then echo stopped; return; fi
+    case $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) in
+        T | t) echo paused ;;
+        *) echo running ;;
+    esac
+}
+
+bin_dir() {
+    if [ -n "${RAFTMQ_BIN_DIR:-}" ]; then
+        echo "$RAFTMQ_BIN_DIR"
+    else
+        echo "${CARGO_TARGET_DIR:-$ROOT/target}/release"
+    fi
+}
+
+ensure_binaries() {
+    local bin
+    bin=$(bin_dir)
+    if [ -z "${RAFTMQ_BIN_DIR:-}" ]; then
+        "$ROOT/scripts/install-deps.sh"
+        echo "building release binaries (the first build compiles RocksDB and takes several minutes)..."
+        (cd "$ROOT" && cargo build --release --bins --quiet)
+    fi
+    for b in raftmq-namesrv raftmq-broker raftmq; do
+        [ -x "$bin/$b" ] || die "missing binary $bin/$b (set RAFTMQ_BIN_DIR or let the script build it)"
+    done
+}
+
+namesrv_addrs() {
+    local dir=$1 f
+    for f in "$dir"/namesrv-*.toml; do
+        [ -e "$f" ] && sed -n 's/^listen *= *"\(.*\)".*/\1/p' "$f"
+    done
+}
+
+start_node() {
+    local name=$1 dir bin cfg log pid lines deadline
+    dir=$(config_dir)
+    bin=$(bin_dir)
+    cfg="$dir/$name.toml"
+    [ -f "$cfg" ] || die "no node $name in $dir"
+    if running "$name"; then
+        echo "$name is already running (pid $(pid_of "$name"))"
+        return 0
+    fi
+    mkdir -p "$RUN/logs" "$RUN/pids" "$RUN/data"
+    log="$RUN/logs/$name.log"
+    touch "$log"
+    lines=$(wc -l < "$log")
+    if is_namesrv "$name"; then
+        nohup "$bin/raftmq-namesrv" --config "$cfg" >> "$log" 2>&1 < /dev/null &
+    else
+        nohup "$bin/raftmq-broker" --config "$cfg" --data-dir "$RUN/data/$name" >> "$log" 2>&1 < /dev/null &
+    fi
+    pid=$!
+    echo "$pid" > "$RUN/pids/$name.pid"
+    deadline=$(( $(date +%s) + START_TIMEOUT ))
+    while ! tail -n +"$((lines + 1))" "$log" | grep -q "listening on"; do
+        if ! alive "$pid"; then
+            rm -f "$RUN/pids/$name.pid"
+            echo "cluster.sh: $name did not come up; the end of $log:" >&2
+            tail -n 15 "$log" | sed 's/^/    /' >&2
+            if tail -n +"$((lines + 1))" "$log" | grep -qi "address already in use"; then
+                echo "cluster.sh: a port of $name is in use by another process (see $cfg)" >&2
+            fi
+            exit 1
+        fi
+        if [ "$(date +%s)" -ge "$deadline" ]; then
+            echo "cluster.sh: $name did not report listening within ${START_TIMEOUT}s; the end of $log:" >&2
+            tail -n 15 "$log" | sed 's/^/    /' >&2
+            exit 1
+        fi
+        sleep 0.05
+    done
+    echo "started $name (pid $pid)"
+}
+
+stop_pid() {
+    local name=$1 signal=$2 pid deadline
+    pid=$(pid_of "$name")
+    if [ -z "$pid" ] || ! alive "$pid"; then
+        rm -f "$RUN/pids/$name.pid"
+        return 0
+    fi
+    if [ "$signal" = KILL ]; then
+        kill -KILL "$pid" 2>/dev/null || true
+    else
+        kill -CONT "$pid" 2>/dev/null || true
+        kill -TERM "$pid" 2>/dev/null || true
+        deadline=$(( $(date +%s) + STOP_TIMEOUT ))
+        while alive "$pid" && [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.05; done
+        if alive "$pid"; then
+            echo "$name did not stop within ${STOP_TIMEOUT}s; killing it" >&2
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    while alive "$pid"; do sleep 0.01; done
+    rm -f "$RUN/pids/$name.pid"
+}
+
+# The groups of a config dir with their node counts: broker-a:3,broker-b:3
+expected_groups() {
+    nodes_of "$1" | grep -v '^namesrv-' | sed 's/-[0-9]*$//' | sort | uniq -c | awk '{printf "%s%s:%s", sep, $2, $1; sep=","}'
+}
+
+wait_ready() {
+    local dir=$1 bin expect ns
+    bin=$(bin_dir)
+    expect=$(expected_groups "$dir")
+    [ -n "$expect" ] || return 0
+    for ns in $(namesrv_addrs "$dir"); do
+        "$bin/raftmq" --namesrv "$ns" cluster wait --expect "$expect" --timeout-secs "$READY_TIMEOUT" \
+            || die "the cluster did not become ready (see scripts/cluster.sh status and logs)"
+    done
+}
+
+print_cluster() {
+    local addrs
+    addrs=$(namesrv_addrs "$1" | paste -sd, -)
+    if [ -n "$addrs" ]; then "$(bin_dir)/raftmq" --namesrv "$addrs" cluster list || true; fi
+}
+
+cmd_up() {
+    local dir=${1:-$ROOT/cluster-config/local} name
+    [ -d "$dir" ] || die "no config directory $dir"
+    dir=$(cd "$dir" && pwd)
+    [ -n "$(nodes_of "$dir")" ] || die "$dir holds no namesrv-N.toml or GROUP-N.toml"
+    if [ -f "$RUN/config-dir" ] && [ "$(cat "$RUN/config-dir")" != "$dir" ]; then
+        for name in $(nodes_of "$(cat "$RUN/config-dir")"); do
+            running "$name" && die "a cluster from $(cat "$RUN/config-dir") is running; run scripts/cluster.sh down first"
+        done
+    fi
+    mkdir -p "$RUN"
+    echo "$dir" > "$RUN/config-dir"
+    ensure_binaries
+    for name in $(nodes_of "$dir"); do start_node "$name"; done
+    wait_ready "$dir"
+    print_cluster "$dir"
+    echo
+    echo "NameServers: $(namesrv_addrs "$dir" | paste -sd, -)"
+    echo "logs: $RUN/logs   data: $RUN/data   pids: $RUN/pids"
+    echo "try:  $(bin_dir)/raftmq --namesrv $(namesrv_addrs "$dir" | paste -sd, -) topic create TopicTest"
+}
+
+cmd_down() {
+    local purge=${1:-} name dir
+    if [ -f "$RUN/config-dir" ]; then
+        dir=$(cat "$RUN/config-dir")
+        # Brokers first, so they can unregister from running NameServers.
+        for name in $(nodes_of "$dir" | grep -v '^namesrv-') $(nodes_of "$dir" | grep '^namesrv-'); do
+            if running "$name"; then stop_pid "$name" TERM && echo "stopped $name"; fi
+        done
+    fi
+    if [ "$purge" = --purge ]; then
+        rm -rf "$RUN"
+        echo "removed $RUN"
+    fi
+}
+
+cmd_status() {
+    local dir name
+    dir=$(config_dir)
+    printf '%-14s %-8s %s\n' NODE PID STATE
+    for name in $(nodes_of "$dir"); do
+        printf '%-14s %-8s %s\n' "$name" "$(pid_of "$name")" "$(state_of "$name")"
+    done
+    echo
+    print_cluster "$dir"
+}
+
+need_node() {
+    [ -n "${1:-}" ] || die "name a node (scripts/cluster.sh nodes lists them)"
+    [ -f "$(config_dir)/$1.toml" ] || die "no node $1 in $(config_dir)"
+}
+
+case ${1:-} in
+    up) shift; cmd_up "$@" ;;
+    down) shift; cmd_down "${1:-}" ;;
+    status) cmd_status ;;
+    nodes) nodes_of "$(config_dir)" ;;
+    kill) need_node "${2:-}"; stop_pid "$2" KILL; echo "killed $2" ;;
+    stop) need_node "${2:-}"; stop_pid "$2" TERM; echo "stopped $2" ;;
+    start) need_node "${2:-}"; start_node "$2" ;;
+    pause) need_node "${2:-}"; running "$2" || die "$2 is not running"; kill -STOP "$(pid_of "$2")"; echo "paused $2" ;;
+    resume) need_node "${2:-}"; running "$2" || die "$2 is not running"; kill -CONT "$(pid_of "$2")"; echo "resumed $2" ;;
+    logs)
+        need_node "${2:-}"
+        if [ "${3:-}" = -f ]; then tail -n 50 -f "$RUN/logs/$2.log"; else tail -n "${LINES:-50}" "$RUN/logs/$2.log"; fi ;;
+    -h | --help | help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' ;;
+    *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+esac
