@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The test command: builds the binaries the black-box tests start, then runs every test.
+# The test command: installs what is missing (scripts/install-deps.sh), builds the binaries the black-box tests start, then runs every test.
 # Extra arguments go to `cargo test` (for example a test name filter).
 # It ends with one summary line over every test binary: "tests: N passed, N failed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/install-deps.sh
 cargo build --workspace --bins
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -2,6 +2,7 @@
 //! them with real signals.
 
 use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -99,5 +100,132 @@ impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A cluster started by the real `scripts/cluster.sh` from a generated config directory with
+/// free ports, its data and logs in a temporary directory. Dropping it runs `down --purge`.
+pub struct ScriptCluster {
+    pub home: tempfile::TempDir,
+    pub config: PathBuf,
+    pub namesrv: Vec<String>,
+    pub groups: Vec<String>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
+}
+
+impl ScriptCluster {
+    /// Writes configs for `namesrvs` NameServers and the named groups of 3 nodes, then `up`.
+    pub fn up(namesrvs: usize, groups: &[&str]) -> ScriptCluster {
+        let home = tempfile::tempdir().expect("temp dir");
+        let config = home.path().join("config");
+        std::fs::create_dir_all(&config).expect("config dir");
+        let namesrv: Vec<String> = (0..namesrvs).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+        for (i, addr) in namesrv.iter().enumerate() {
+            std::fs::write(
+                config.join(format!("namesrv-{}.toml", i + 1)),
+                format!("listen = \"{addr}\"\n"),
+            )
+            .expect("write");
+        }
+        let list = namesrv
+            .iter()
+            .map(|a| format!("\"{a}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        for group in groups {
+            let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+            let members: String = ports
+                .iter()
+                .enumerate()
+                .map(|(i, (c, r))| {
+                    format!(
+                        "[[members]]\nnode-id = {}\nraft-addr = \"127.0.0.1:{r}\"\nclient-addr = \"127.0.0.1:{c}\"\n\n",
+                        i + 1
+                    )
+                })
+                .collect();
+            for node in 1..=3 {
+                let text = format!("group = \"{group}\"\nnode-id = {node}\nnamesrv = [{list}]\nnamesrv-heartbeat-ms = 500\n\n{members}");
+                std::fs::write(config.join(format!("{group}-{node}.toml")), text).expect("write");
+            }
+        }
+        let cluster = ScriptCluster {
+            home,
+            config,
+            namesrv,
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        };
+        let out = cluster.script(&["up", cluster.config.to_str().expect("utf-8 path")]);
+        assert!(
+            out.status.success(),
+            "cluster.sh up failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cluster
+    }
+
+    /// Runs `scripts/cluster.sh` with this cluster's environment.
+    pub fn script(&self, args: &[&str]) -> std::process::Output {
+        Command::new(repo_root().join("scripts/cluster.sh"))
+            .args(args)
+            .env("RAFTMQ_HOME", self.home.path().join("run"))
+            .env("RAFTMQ_BIN_DIR", binary("raftmq").parent().expect("bin dir"))
+            .output()
+            .expect("run cluster.sh")
+    }
+
+    /// Runs the script and fails the test when it fails.
+    pub fn must(&self, args: &[&str]) -> String {
+        let out = self.script(args);
+        assert!(
+            out.status.success(),
+            "cluster.sh {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn namesrv_list(&self) -> String {
+        self.namesrv.join(",")
+    }
+
+    /// Runs `raftmq --namesrv <all> ARGS` (with this cluster's script environment, for
+    /// `raftmq drill`) and returns (success, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(binary("raftmq"))
+            .arg("--namesrv")
+            .arg(self.namesrv_list())
+            .args(args)
+            .env("RAFTMQ_HOME", self.home.path().join("run"))
+            .env("RAFTMQ_BIN_DIR", binary("raftmq").parent().expect("bin dir"))
+            .output()
+            .expect("run raftmq");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for ScriptCluster {
+    fn drop(&mut self) {
+        let _ = self.script(&["down", "--purge"]);
     }
 }

@@ -1,0 +1,259 @@
+//! Black-box tests of real clusters started by `scripts/cluster.sh`: routes from every
+//! NameServer, failover of each group's master under load, a paused master, slave reads, and a
+//! NameServer down.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use raftmq_blackbox::ScriptCluster;
+use raftmq_client::{Admin, Client, ClientConfig, Message, MessageQueue, Producer, PullConsumer, ReadPreference};
+use raftmq_proto as pb;
+
+fn client(namesrv: &[String]) -> Client {
+    Client::new(ClientConfig::new(namesrv.to_vec())).expect("client")
+}
+
+async fn wait<T, F, Fut>(what: &str, deadline: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out after {deadline:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn node_status(c: &Client, addr: &str) -> Option<pb::NodeStatus> {
+    c.broker(addr)
+        .ok()?
+        .get_node_status(pb::NodeStatusRequest {})
+        .await
+        .ok()
+        .map(|r| r.into_inner())
+}
+
+async fn group_info(admin: &Admin, group: &str) -> Option<pb::GroupInfo> {
+    admin
+        .cluster()
+        .await
+        .ok()?
+        .groups
+        .into_iter()
+        .find(|g| g.group == group)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_groups_fail_over_under_load_and_survive_a_nameserver_loss() {
+    let cluster = ScriptCluster::up(2, &["broker-a", "broker-b"]);
+    let (ok, out, err) = cluster.cli(&["topic", "create", "T", "--queues", "2"]);
+    assert!(ok, "{out}{err}");
+    let c = client(&cluster.namesrv);
+
+    // Every NameServer routes T to the nodes that call themselves master, and the others as slaves.
+    for ns in &cluster.namesrv {
+        let single = client(std::slice::from_ref(ns));
+        let route = wait("T routed in both groups", Duration::from_secs(15), || async {
+            let r = single.refresh_route("T").await.ok()?;
+            (r.groups.len() == 2 && r.groups.iter().all(|g| g.master.is_some() && g.slaves.len() == 2)).then_some(r)
+        })
+        .await;
+        for g in &route.groups {
+            let master = node_status(&c, g.master.as_deref().unwrap())
+                .await
+                .expect("master answers");
+            assert_eq!(
+                master.role,
+                pb::Role::Master as i32,
+                "{ns}: {} is routed as master",
+                master.node_id
+            );
+            for slave in &g.slaves {
+                let s = node_status(&c, slave).await.expect("slave answers");
+                assert_eq!(s.role, pb::Role::Slave as i32, "{ns}: {slave} is routed as slave");
+            }
+        }
+    }
+
+    // A producer sending one numbered message at a time, all along.
+    let acked: Arc<Mutex<Vec<(MessageQueue, u64, u64)>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producer = {
+        let (acked, stop, p) = (acked.clone(), stop.clone(), Producer::new(c.clone()));
+        tokio::spawn(async move {
+            let mut seq = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Ok(r) = p.send(Message::new("T", seq.to_string())).await {
+                    acked.lock().unwrap().push((
+                        MessageQueue {
+                            group: r.group,
+                            queue_id: r.queue_id,
+                        },
+                        r.queue_offset,
+                        seq,
+                    ));
+                }
+                seq += 1;
+            }
+        })
+    };
+    let admin = Admin::new(c.clone());
+    for group in &cluster.groups {
+        let before = wait("a master", Duration::from_secs(15), || async {
+            group_info(&admin, group).await.filter(|g| !g.master_addr.is_empty())
+        })
+        .await;
+        let victim = format!("{group}-{}", before.master_node_id);
+        cluster.must(&["kill", &victim]);
+        let acked_at_kill = acked.lock().unwrap().len();
+        let after = wait("a new master with a higher term", Duration::from_secs(15), || async {
+            group_info(&admin, group).await.filter(|g| {
+                g.master_node_id != before.master_node_id && g.term > before.term && !g.master_addr.is_empty()
+            })
+        })
+        .await;
+        assert!(after.term > before.term);
+        wait("sends resume in the failed group", Duration::from_secs(15), || async {
+            let n = acked.lock().unwrap()[acked_at_kill..]
+                .iter()
+                .filter(|(q, _, _)| &q.group == group)
+                .count();
+            (n >= 10).then_some(())
+        })
+        .await;
+        cluster.must(&["start", &victim]);
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    producer.await.unwrap();
+
+    // A consumer reads every acknowledged message, at its offset, in per-queue order.
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 40, "{} acknowledged", acked.len());
+    let reader = PullConsumer::new(c.clone(), ReadPreference::Master);
+    let mut per_queue: BTreeMap<MessageQueue, Vec<(u64, u64)>> = BTreeMap::new();
+    for q in reader.queues("T").await.unwrap() {
+        let mut offset = 0;
+        loop {
+            let r = reader.pull("T", &q, offset, 256, "*", Duration::ZERO).await.unwrap();
+            if r.messages.is_empty() {
+                break;
+            }
+            for m in &r.messages {
+                per_queue.entry(q.clone()).or_default().push((
+                    m.queue_offset,
+                    String::from_utf8(m.body.clone()).unwrap().parse().unwrap(),
+                ));
+            }
+            offset = r.next_offset;
+        }
+    }
+    for (queue, offset, seq) in &acked {
+        let stored = per_queue
+            .get(queue)
+            .and_then(|v| v.iter().find(|(o, _)| o == offset))
+            .map(|(_, s)| *s);
+        assert_eq!(
+            stored,
+            Some(*seq),
+            "acknowledged message {seq} at {queue} offset {offset}"
+        );
+    }
+    for (queue, messages) in &per_queue {
+        assert!(messages.windows(2).all(|w| w[0].1 < w[1].1), "{queue} is out of order");
+    }
+
+    // One NameServer down: clients and brokers carry on with the other.
+    cluster.must(&["stop", "namesrv-1"]);
+    let (ok, out, err) = cluster.cli(&["topic", "create", "U", "--queues", "1"]);
+    assert!(ok, "{out}{err}");
+    let other = client(&cluster.namesrv[1..]);
+    wait(
+        "the other NameServer routes the new topic",
+        Duration::from_secs(15),
+        || async { other.refresh_route("U").await.ok() },
+    )
+    .await;
+    let both = client(&cluster.namesrv);
+    Producer::new(both)
+        .send(Message::new("U", "still working"))
+        .await
+        .expect("send with one NameServer down");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_master_rejoins_as_slave_and_slaves_serve_reads() {
+    let cluster = ScriptCluster::up(1, &["broker-a"]);
+    // The drill pauses the master past the election timeout while a producer sends, resumes it,
+    // waits for it to rejoin as a slave, and checks every acknowledged message.
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("scripts/cluster.sh");
+    let (ok, out, err) = cluster.cli(&[
+        "drill",
+        "--rounds",
+        "1",
+        "--fault",
+        "pause",
+        "--pause-ms",
+        "1500",
+        "--script",
+        script.to_str().unwrap(),
+    ]);
+    assert!(ok, "drill failed:\n{out}{err}");
+    assert!(out.contains("acknowledged messages lost: 0"), "{out}");
+
+    let (ok, out, err) = cluster.cli(&["topic", "create", "S", "--queues", "2"]);
+    assert!(ok, "{out}{err}");
+    for i in 0..20 {
+        let (ok, _, err) = cluster.cli(&["send", "S", &format!("m{i}")]);
+        assert!(ok, "{err}");
+    }
+    let (ok, out, err) = cluster.cli(&["consume", "S", "--read", "slave", "--count", "20", "--quiet"]);
+    assert!(ok && out.trim() == "20", "{out}{err}");
+
+    let c = client(&cluster.namesrv);
+    let master = group_info(&Admin::new(c), "broker-a")
+        .await
+        .expect("group")
+        .master_node_id;
+    cluster.must(&["kill", &format!("broker-a-{master}")]);
+    let (ok, out, err) = cluster.cli(&["consume", "S", "--read", "slave", "--count", "20", "--quiet"]);
+    assert!(ok && out.trim() == "20", "slave reads with the master dead: {out}{err}");
+}
+
+#[test]
+fn the_script_reports_clear_errors() {
+    let cluster = ScriptCluster::up(1, &["broker-a"]);
+    // `up` again starts nothing twice.
+    let out = cluster.must(&["up", cluster.config.to_str().unwrap()]);
+    assert_eq!(out.matches("is already running").count(), 4, "{out}");
+    let out = cluster.script(&["kill", "broker-z-9"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no node broker-z-9"));
+    // A node whose port is taken does not come up, and the script says why.
+    cluster.must(&["stop", "broker-a-1"]);
+    let cfg = std::fs::read_to_string(cluster.config.join("broker-a-1.toml")).unwrap();
+    let client_addr = cfg
+        .split("client-addr = \"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    let blocker = std::net::TcpListener::bind(&client_addr).expect("take the port");
+    let out = cluster.script(&["start", "broker-a-1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("did not come up") && err.contains("in use"), "{err}");
+    drop(blocker);
+    cluster.must(&["start", "broker-a-1"]);
+    let status = cluster.must(&["status"]);
+    assert_eq!(status.matches(" running").count(), 4, "{status}");
+}
