@@ -2,6 +2,7 @@
 //! consumer groups and single messages. Tables for people, `--json` for scripts; a failure exits
 //! non-zero with one line saying why.
 
+mod bench;
 mod drill;
 mod table;
 
@@ -65,6 +66,9 @@ enum Command {
     Message(MessageCommand),
     /// Failover drill: fail a group's master while a producer sends; print the timings.
     Drill(drill::DrillArgs),
+    /// Benchmarks: produce, consume, end to end.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -465,6 +469,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Send(args) => send(&client, args, as_json).await?,
         Command::Drill(args) => drill::run(&cli.namesrv, args, as_json).await?,
+        Command::Bench(command) => bench::run(client.clone(), command, as_json).await?,
         Command::Consume(args) => consume(&client, args, as_json).await?,
         Command::Group(GroupCommand::Progress { consumer_group, topic }) => {
             let progress = admin.group_progress(&consumer_group, &topic).await?;

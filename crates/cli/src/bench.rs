@@ -1,0 +1,422 @@
+//! `raftmq bench`: throughput and latency of sends, consumption, and both together.
+//!
+//! Figures, not assertions: throughput in msg/s and MiB/s, latency percentiles, errors by code.
+//! Every produced body starts with the send time (µs since the epoch), so consumers can measure
+//! end-to-end latency without trusting broker clocks.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::bail;
+use clap::{Args, Subcommand};
+use raftmq_client::{Client, ClientError, Message, MessageQueue, Producer, PullConsumer, ReadPreference};
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Send as fast as the window allows; latency is send to acknowledgement.
+    Produce(ProduceArgs),
+    /// Read a topic from the start; latency is from the send time in each body.
+    Consume(ConsumeArgs),
+    /// Produce and consume together; latency is send to receipt.
+    E2e(E2eArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ProduceArgs {
+    #[arg(long, default_value = "BenchTopic")]
+    topic: String,
+    /// Body size in bytes (at least 8: the send time is stored in the first 8).
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    /// Concurrent producers.
+    #[arg(long, default_value_t = 1)]
+    producers: usize,
+    /// Sends in flight per producer; 1 is a synchronous producer.
+    #[arg(long, default_value_t = 256)]
+    window: usize,
+    /// Messages per send request (a batch send).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// How long to run, seconds (ignored with --count).
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Stop after this many messages.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Ordered sends with one sharding key per producer.
+    #[arg(long)]
+    keyed: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ConsumeArgs {
+    #[arg(long, default_value = "BenchTopic")]
+    topic: String,
+    /// Messages per pull.
+    #[arg(long, default_value_t = 256)]
+    batch: u32,
+    /// Read from slaves only.
+    #[arg(long)]
+    slave: bool,
+    /// Stop after this many seconds (or when every queue is read to its end).
+    #[arg(long, default_value_t = 30)]
+    duration: u64,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct E2eArgs {
+    #[command(flatten)]
+    produce: ProduceArgs,
+    #[arg(long)]
+    slave: bool,
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+fn body(size: usize) -> Vec<u8> {
+    let mut b = vec![b'x'; size.max(8)];
+    b[..8].copy_from_slice(&now_us().to_le_bytes());
+    b
+}
+
+fn sent_at(body: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(body.get(..8)?.try_into().ok()?))
+}
+
+/// Latency samples in microseconds.
+#[derive(Default)]
+struct Samples(Vec<u64>);
+
+impl Samples {
+    fn percentiles(&mut self) -> serde_json::Value {
+        self.0.sort_unstable();
+        let at = |p: f64| -> f64 {
+            if self.0.is_empty() {
+                return 0.0;
+            }
+            let i = ((self.0.len() as f64 * p).ceil() as usize).clamp(1, self.0.len()) - 1;
+            self.0[i] as f64 / 1000.0
+        };
+        json!({"p50_ms": at(0.50), "p90_ms": at(0.90), "p99_ms": at(0.99), "p999_ms": at(0.999), "max_ms": at(1.0), "samples": self.0.len()})
+    }
+}
+
+/// Shared counters of a run, with a live line on a terminal.
+struct Progress {
+    done: AtomicU64,
+    errors: AtomicU64,
+    start: Instant,
+}
+
+impl Progress {
+    fn new() -> Arc<Progress> {
+        Arc::new(Progress {
+            done: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            start: Instant::now(),
+        })
+    }
+
+    fn spawn_line(self: &Arc<Self>, what: &'static str) -> tokio::task::JoinHandle<()> {
+        let p = self.clone();
+        tokio::spawn(async move {
+            if !std::io::stderr().is_terminal() {
+                return;
+            }
+            let mut last = 0;
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let done = p.done.load(Ordering::Relaxed);
+                eprint!(
+                    "\r{what}: {} msg/s, {} total, {} errors   ",
+                    done - last,
+                    done,
+                    p.errors.load(Ordering::Relaxed)
+                );
+                last = done;
+            }
+        })
+    }
+}
+
+fn report(
+    kind: &str,
+    progress: &Progress,
+    elapsed: Duration,
+    size: usize,
+    samples: &mut Samples,
+    errors: &BTreeMap<String, u64>,
+    extra: serde_json::Value,
+    as_json: bool,
+) {
+    let done = progress.done.load(Ordering::Relaxed);
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    let rate = done as f64 / secs;
+    let mib = rate * size as f64 / (1024.0 * 1024.0);
+    let lat = samples.percentiles();
+    let out = json!({"kind": kind, "messages": done, "seconds": secs, "msg_per_s": rate.round(), "mib_per_s": (mib * 100.0).round() / 100.0, "latency": lat, "errors": errors, "settings": extra});
+    if as_json {
+        println!("{out}");
+        return;
+    }
+    if std::io::stderr().is_terminal() {
+        eprintln!();
+    }
+    println!("{kind}: {done} messages in {secs:.1} s = {rate:.0} msg/s, {mib:.1} MiB/s");
+    println!(
+        "latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+        lat["p50_ms"].as_f64().unwrap_or(0.0),
+        lat["p90_ms"].as_f64().unwrap_or(0.0),
+        lat["p99_ms"].as_f64().unwrap_or(0.0),
+        lat["p999_ms"].as_f64().unwrap_or(0.0),
+        lat["max_ms"].as_f64().unwrap_or(0.0)
+    );
+    if !errors.is_empty() {
+        println!(
+            "errors: {}",
+            errors
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+}
+
+fn error_key(e: &ClientError) -> String {
+    e.code()
+        .map(|c| c.as_str().to_owned())
+        .unwrap_or_else(|| "OTHER".into())
+}
+
+pub async fn run(client: Client, command: BenchCommand, as_json: bool) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Produce(args) => produce(client, args, as_json).await,
+        BenchCommand::Consume(args) => consume(client, args, as_json, None).await,
+        BenchCommand::E2e(args) => {
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let consumer_args = ConsumeArgs {
+                topic: args.produce.topic.clone(),
+                batch: 256,
+                slave: args.slave,
+                duration: args.produce.duration + 5,
+            };
+            // Start reading at the current end, so only this run's messages count.
+            let c = tokio::spawn(consume(client.clone(), consumer_args, as_json, Some(stop.clone())));
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            produce(client, args.produce, as_json).await?;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            stop.store(true, Ordering::SeqCst);
+            c.await?
+        }
+    }
+}
+
+async fn produce(client: Client, args: ProduceArgs, as_json: bool) -> anyhow::Result<()> {
+    if args.window == 0 || args.producers == 0 || args.batch == 0 {
+        bail!("--window, --producers and --batch must be at least 1");
+    }
+    client.route(&args.topic).await?;
+    let progress = Progress::new();
+    let line = progress.spawn_line("produce");
+    let samples = Arc::new(Mutex::new(Samples::default()));
+    let errors: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
+    let deadline = Instant::now() + Duration::from_secs(args.duration);
+    let limit = args.count.unwrap_or(u64::MAX);
+    let issued = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for p in 0..args.producers {
+        let producer = Producer::new(client.clone());
+        let (args, progress, samples, errors, issued) = (
+            args.clone(),
+            progress.clone(),
+            samples.clone(),
+            errors.clone(),
+            issued.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let window = Arc::new(Semaphore::new(args.window));
+            let key = format!("bench-key-{p}");
+            let mut local = Vec::new();
+            loop {
+                let permit = window.clone().acquire_owned().await.expect("open semaphore");
+                if (args.count.is_none() && Instant::now() >= deadline)
+                    || issued.fetch_add(args.batch as u64, Ordering::Relaxed) >= limit
+                {
+                    break;
+                }
+                let (producer, progress, samples, errors, args, key) = (
+                    producer.clone(),
+                    progress.clone(),
+                    samples.clone(),
+                    errors.clone(),
+                    args.clone(),
+                    key.clone(),
+                );
+                local.push(tokio::spawn(async move {
+                    let started = Instant::now();
+                    let result = if args.batch > 1 {
+                        producer
+                            .send_batch(
+                                (0..args.batch)
+                                    .map(|_| Message::new(&args.topic, body(args.size)))
+                                    .collect(),
+                            )
+                            .await
+                            .map(|r| r.len() as u64)
+                    } else if args.keyed {
+                        producer
+                            .send_ordered(Message::new(&args.topic, body(args.size)), &key)
+                            .await
+                            .map(|_| 1)
+                    } else {
+                        producer
+                            .send(Message::new(&args.topic, body(args.size)))
+                            .await
+                            .map(|_| 1)
+                    };
+                    match result {
+                        Ok(n) => {
+                            progress.done.fetch_add(n, Ordering::Relaxed);
+                            samples.lock().unwrap().0.push(started.elapsed().as_micros() as u64);
+                        }
+                        Err(e) => {
+                            progress.errors.fetch_add(1, Ordering::Relaxed);
+                            *errors.lock().unwrap().entry(error_key(&e)).or_default() += 1;
+                        }
+                    }
+                    drop(permit);
+                }));
+                if local.len() > 4096 {
+                    local.retain(|h| !h.is_finished());
+                }
+            }
+            for h in local {
+                let _ = h.await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let elapsed = progress.start.elapsed();
+    line.abort();
+    let extra = json!({"size": args.size, "producers": args.producers, "window": args.window, "batch": args.batch, "keyed": args.keyed});
+    let errors = errors.lock().unwrap().clone();
+    report(
+        "produce",
+        &progress,
+        elapsed,
+        args.size,
+        &mut samples.lock().unwrap(),
+        &errors,
+        extra,
+        as_json,
+    );
+    Ok(())
+}
+
+async fn consume(
+    client: Client,
+    args: ConsumeArgs,
+    as_json: bool,
+    live: Option<Arc<std::sync::atomic::AtomicBool>>,
+) -> anyhow::Result<()> {
+    let preference = if args.slave {
+        ReadPreference::SlaveOnly
+    } else {
+        ReadPreference::Master
+    };
+    let reader = PullConsumer::new(client.clone(), preference);
+    let queues = reader.queues(&args.topic).await?;
+    let progress = Progress::new();
+    let line = progress.spawn_line("consume");
+    let samples = Arc::new(Mutex::new(Samples::default()));
+    let errors: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
+    let deadline = Instant::now() + Duration::from_secs(args.duration);
+    let bytes = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for q in queues {
+        let (reader, progress, samples, errors, args, live, bytes) = (
+            reader.clone(),
+            progress.clone(),
+            samples.clone(),
+            errors.clone(),
+            args.clone(),
+            live.clone(),
+            bytes.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let q: MessageQueue = q;
+            let (mut offset, end) = match reader.queue_offsets(&args.topic, &q).await {
+                Ok((_, max)) if live.is_some() => (max, u64::MAX),
+                Ok((min, max)) => (min, max),
+                Err(e) => {
+                    *errors.lock().unwrap().entry(error_key(&e)).or_default() += 1;
+                    return;
+                }
+            };
+            let mut local = Vec::new();
+            while offset < end && Instant::now() < deadline && live.as_ref().is_none_or(|s| !s.load(Ordering::SeqCst)) {
+                let wait = if live.is_some() {
+                    Duration::from_millis(200)
+                } else {
+                    Duration::ZERO
+                };
+                match reader.pull(&args.topic, &q, offset, args.batch, "*", wait).await {
+                    Ok(r) => {
+                        let now = now_us();
+                        for m in &r.messages {
+                            if let Some(t) = sent_at(&m.body) {
+                                local.push(now.saturating_sub(t));
+                            }
+                            bytes.fetch_add(m.body.len() as u64, Ordering::Relaxed);
+                        }
+                        progress.done.fetch_add(r.messages.len() as u64, Ordering::Relaxed);
+                        if r.messages.is_empty() && live.is_none() {
+                            break;
+                        }
+                        offset = r.next_offset;
+                    }
+                    Err(e) => {
+                        progress.errors.fetch_add(1, Ordering::Relaxed);
+                        *errors.lock().unwrap().entry(error_key(&e)).or_default() += 1;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+            samples.lock().unwrap().0.extend(local);
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let elapsed = progress.start.elapsed();
+    line.abort();
+    let done = progress.done.load(Ordering::Relaxed).max(1);
+    let size = (bytes.load(Ordering::Relaxed) / done) as usize;
+    let kind = if live.is_some() { "e2e" } else { "consume" };
+    let extra = json!({"batch": args.batch, "from": if args.slave { "slave" } else { "master" }});
+    let errors = errors.lock().unwrap().clone();
+    report(
+        kind,
+        &progress,
+        elapsed,
+        size,
+        &mut samples.lock().unwrap(),
+        &errors,
+        extra,
+        as_json,
+    );
+    Ok(())
+}
