@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -116,6 +116,8 @@ struct Progress {
     done: AtomicU64,
     errors: AtomicU64,
     start: Instant,
+    samples: Mutex<Samples>,
+    by_code: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Progress {
@@ -124,7 +126,14 @@ impl Progress {
             done: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             start: Instant::now(),
+            samples: Mutex::default(),
+            by_code: Mutex::default(),
         })
+    }
+
+    fn error(&self, e: &ClientError) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        *self.by_code.lock().unwrap().entry(error_key(e)).or_default() += 1;
     }
 
     fn spawn_line(self: &Arc<Self>, what: &'static str) -> tokio::task::JoinHandle<()> {
@@ -149,21 +158,13 @@ impl Progress {
     }
 }
 
-fn report(
-    kind: &str,
-    progress: &Progress,
-    elapsed: Duration,
-    size: usize,
-    samples: &mut Samples,
-    errors: &BTreeMap<String, u64>,
-    extra: serde_json::Value,
-    as_json: bool,
-) {
+fn report(kind: &str, progress: &Progress, elapsed: Duration, size: usize, extra: serde_json::Value, as_json: bool) {
     let done = progress.done.load(Ordering::Relaxed);
     let secs = elapsed.as_secs_f64().max(1e-9);
     let rate = done as f64 / secs;
     let mib = rate * size as f64 / (1024.0 * 1024.0);
-    let lat = samples.percentiles();
+    let lat = progress.samples.lock().unwrap().percentiles();
+    let errors = progress.by_code.lock().unwrap().clone();
     let out = json!({"kind": kind, "messages": done, "seconds": secs, "msg_per_s": rate.round(), "mib_per_s": (mib * 100.0).round() / 100.0, "latency": lat, "errors": errors, "settings": extra});
     if as_json {
         println!("{out}");
@@ -204,7 +205,7 @@ pub async fn run(client: Client, command: BenchCommand, as_json: bool) -> anyhow
         BenchCommand::Produce(args) => produce(client, args, as_json).await,
         BenchCommand::Consume(args) => consume(client, args, as_json, None).await,
         BenchCommand::E2e(args) => {
-            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let stop = Arc::new(AtomicBool::new(false));
             let consumer_args = ConsumeArgs {
                 topic: args.produce.topic.clone(),
                 batch: 256,
@@ -229,51 +230,31 @@ async fn produce(client: Client, args: ProduceArgs, as_json: bool) -> anyhow::Re
     client.route(&args.topic).await?;
     let progress = Progress::new();
     let line = progress.spawn_line("produce");
-    let samples = Arc::new(Mutex::new(Samples::default()));
-    let errors: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
     let deadline = Instant::now() + Duration::from_secs(args.duration);
     let limit = args.count.unwrap_or(u64::MAX);
     let issued = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for p in 0..args.producers {
         let producer = Producer::new(client.clone());
-        let (args, progress, samples, errors, issued) = (
-            args.clone(),
-            progress.clone(),
-            samples.clone(),
-            errors.clone(),
-            issued.clone(),
-        );
+        let (args, progress, issued) = (args.clone(), progress.clone(), issued.clone());
         tasks.push(tokio::spawn(async move {
             let window = Arc::new(Semaphore::new(args.window));
             let key = format!("bench-key-{p}");
-            let mut local = Vec::new();
+            let mut running = Vec::new();
             loop {
                 let permit = window.clone().acquire_owned().await.expect("open semaphore");
-                if (args.count.is_none() && Instant::now() >= deadline)
-                    || issued.fetch_add(args.batch as u64, Ordering::Relaxed) >= limit
-                {
+                let out_of_time = args.count.is_none() && Instant::now() >= deadline;
+                if out_of_time || issued.fetch_add(args.batch as u64, Ordering::Relaxed) >= limit {
                     break;
                 }
-                let (producer, progress, samples, errors, args, key) = (
-                    producer.clone(),
-                    progress.clone(),
-                    samples.clone(),
-                    errors.clone(),
-                    args.clone(),
-                    key.clone(),
-                );
-                local.push(tokio::spawn(async move {
+                let (producer, progress, args, key) = (producer.clone(), progress.clone(), args.clone(), key.clone());
+                running.push(tokio::spawn(async move {
                     let started = Instant::now();
                     let result = if args.batch > 1 {
-                        producer
-                            .send_batch(
-                                (0..args.batch)
-                                    .map(|_| Message::new(&args.topic, body(args.size)))
-                                    .collect(),
-                            )
-                            .await
-                            .map(|r| r.len() as u64)
+                        let batch = (0..args.batch)
+                            .map(|_| Message::new(&args.topic, body(args.size)))
+                            .collect();
+                        producer.send_batch(batch).await.map(|r| r.len() as u64)
                     } else if args.keyed {
                         producer
                             .send_ordered(Message::new(&args.topic, body(args.size)), &key)
@@ -288,20 +269,22 @@ async fn produce(client: Client, args: ProduceArgs, as_json: bool) -> anyhow::Re
                     match result {
                         Ok(n) => {
                             progress.done.fetch_add(n, Ordering::Relaxed);
-                            samples.lock().unwrap().0.push(started.elapsed().as_micros() as u64);
+                            progress
+                                .samples
+                                .lock()
+                                .unwrap()
+                                .0
+                                .push(started.elapsed().as_micros() as u64);
                         }
-                        Err(e) => {
-                            progress.errors.fetch_add(1, Ordering::Relaxed);
-                            *errors.lock().unwrap().entry(error_key(&e)).or_default() += 1;
-                        }
+                        Err(e) => progress.error(&e),
                     }
                     drop(permit);
                 }));
-                if local.len() > 4096 {
-                    local.retain(|h| !h.is_finished());
+                if running.len() > 4096 {
+                    running.retain(|h| !h.is_finished());
                 }
             }
-            for h in local {
+            for h in running {
                 let _ = h.await;
             }
         }));
@@ -312,17 +295,7 @@ async fn produce(client: Client, args: ProduceArgs, as_json: bool) -> anyhow::Re
     let elapsed = progress.start.elapsed();
     line.abort();
     let extra = json!({"size": args.size, "producers": args.producers, "window": args.window, "batch": args.batch, "keyed": args.keyed});
-    let errors = errors.lock().unwrap().clone();
-    report(
-        "produce",
-        &progress,
-        elapsed,
-        args.size,
-        &mut samples.lock().unwrap(),
-        &errors,
-        extra,
-        as_json,
-    );
+    report("produce", &progress, elapsed, args.size, extra, as_json);
     Ok(())
 }
 
@@ -330,7 +303,7 @@ async fn consume(
     client: Client,
     args: ConsumeArgs,
     as_json: bool,
-    live: Option<Arc<std::sync::atomic::AtomicBool>>,
+    live: Option<Arc<AtomicBool>>,
 ) -> anyhow::Result<()> {
     let preference = if args.slave {
         ReadPreference::SlaveOnly
@@ -341,33 +314,31 @@ async fn consume(
     let queues = reader.queues(&args.topic).await?;
     let progress = Progress::new();
     let line = progress.spawn_line("consume");
-    let samples = Arc::new(Mutex::new(Samples::default()));
-    let errors: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
     let deadline = Instant::now() + Duration::from_secs(args.duration);
     let bytes = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for q in queues {
-        let (reader, progress, samples, errors, args, live, bytes) = (
+        let (reader, progress, args, live, bytes) = (
             reader.clone(),
             progress.clone(),
-            samples.clone(),
-            errors.clone(),
             args.clone(),
             live.clone(),
             bytes.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let q: MessageQueue = q;
+            // Live (e2e): from the current end; otherwise the whole queue as it is now.
             let (mut offset, end) = match reader.queue_offsets(&args.topic, &q).await {
                 Ok((_, max)) if live.is_some() => (max, u64::MAX),
                 Ok((min, max)) => (min, max),
                 Err(e) => {
-                    *errors.lock().unwrap().entry(error_key(&e)).or_default() += 1;
+                    progress.error(&e);
                     return;
                 }
             };
             let mut local = Vec::new();
-            while offset < end && Instant::now() < deadline && live.as_ref().is_none_or(|s| !s.load(Ordering::SeqCst)) {
+            let stopped = || live.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
+            while offset < end && Instant::now() < deadline && !stopped() {
                 let wait = if live.is_some() {
                     Duration::from_millis(200)
                 } else {
@@ -389,13 +360,12 @@ async fn consume(
                         offset = r.next_offset;
                     }
                     Err(e) => {
-                        progress.errors.fetch_add(1, Ordering::Relaxed);
-                        *errors.lock().unwrap().entry(error_key(&e)).or_default() += 1;
+                        progress.error(&e);
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 }
             }
-            samples.lock().unwrap().0.extend(local);
+            progress.samples.lock().unwrap().0.extend(local);
         }));
     }
     for t in tasks {
@@ -407,16 +377,6 @@ async fn consume(
     let size = (bytes.load(Ordering::Relaxed) / done) as usize;
     let kind = if live.is_some() { "e2e" } else { "consume" };
     let extra = json!({"batch": args.batch, "from": if args.slave { "slave" } else { "master" }});
-    let errors = errors.lock().unwrap().clone();
-    report(
-        kind,
-        &progress,
-        elapsed,
-        size,
-        &mut samples.lock().unwrap(),
-        &errors,
-        extra,
-        as_json,
-    );
+    report(kind, &progress, elapsed, size, extra, as_json);
     Ok(())
 }
