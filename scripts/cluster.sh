@@ -130,7 +130,7 @@ start_node() {
             tail -n 15 "$log" | sed 's/^/    /' >&2
             exit 1
         fi
-        sleep 0.05
+        sleep 0.01
     done
     echo "started $name (pid $pid)"
 }

@@ -3,7 +3,8 @@
 //! Every read goes through the consume-queue index, which holds only applied (committed) entries;
 //! a body is taken from the commit log and checked against its checksum before it is returned.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 
 use openraft::EntryPayload;
 use rocksdb::{Direction, IteratorMode};
@@ -64,11 +65,51 @@ pub struct StoreReader {
     db: Arc<Db>,
     shared: Arc<SmShared>,
     id_prefix: u32,
+    cache: Arc<Mutex<EntryCache>>,
+}
+
+/// Recently decoded commit-log entries. An entry carries many queues' messages (group commit),
+/// so consumers of different queues, and consecutive pulls of one, read the same entries: decode
+/// each once. Bounded by the entries' stored size.
+#[derive(Default)]
+struct EntryCache {
+    entries: VecDeque<(u64, usize, Arc<Entry>)>,
+    bytes: usize,
+}
+
+/// The most stored bytes of entries kept decoded.
+const ENTRY_CACHE_BYTES: usize = 16 << 20;
+
+impl EntryCache {
+    fn get(&self, index: u64) -> Option<Arc<Entry>> {
+        self.entries
+            .iter()
+            .find(|(i, _, _)| *i == index)
+            .map(|(_, _, e)| e.clone())
+    }
+
+    fn put(&mut self, index: u64, size: usize, entry: Arc<Entry>) {
+        if self.get(index).is_some() {
+            return;
+        }
+        self.entries.push_back((index, size, entry));
+        self.bytes += size;
+        while self.bytes > ENTRY_CACHE_BYTES && self.entries.len() > 1 {
+            if let Some((_, size, _)) = self.entries.pop_front() {
+                self.bytes -= size;
+            }
+        }
+    }
 }
 
 impl StoreReader {
     pub(crate) fn new(db: Arc<Db>, shared: Arc<SmShared>, id_prefix: u32) -> Self {
-        StoreReader { db, shared, id_prefix }
+        StoreReader {
+            db,
+            shared,
+            id_prefix,
+            cache: Arc::default(),
+        }
     }
 
     pub fn id_prefix(&self) -> u32 {
@@ -163,7 +204,7 @@ impl StoreReader {
             .db
             .iterator_cf(self.db.cf(CF_CQ), IteratorMode::From(&from, Direction::Forward));
         let mut bytes = 0u64;
-        let mut cached: Option<Entry> = None;
+        let mut cached: Option<Arc<Entry>> = None;
         // Bound the work of one read when a filter rejects most messages.
         let scan_limit = max_messages.saturating_mul(64).max(1024);
         for (scanned, item) in iter.enumerate() {
@@ -257,24 +298,37 @@ impl StoreReader {
         Ok(lo)
     }
 
+    /// A decoded commit-log entry, from the cache when there.
+    fn entry(&self, topic: &str, queue_id: u32, offset: u64, index: u64) -> Result<Option<Arc<Entry>>, ReadError> {
+        if let Some(e) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(index) {
+            return Ok(Some(e));
+        }
+        let raw = self
+            .db
+            .db
+            .get_pinned_cf(self.db.cf(CF_LOG), keys::log(index))?
+            .ok_or_else(|| CorruptRecord {
+                what: format!("commit log entry {index}"),
+                reason: format!("missing, but {topic}/{queue_id} offset {offset} points at it"),
+            })?;
+        let entry = Arc::new(decode_entry(index, &raw)?);
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .put(index, raw.len(), entry.clone());
+        Ok(Some(entry))
+    }
+
     fn message_at(
         &self,
         topic: &str,
         queue_id: u32,
         offset: u64,
         cq: &CqEntry,
-        cached: &mut Option<Entry>,
+        cached: &mut Option<Arc<Entry>>,
     ) -> Result<StoredMessage, ReadError> {
         if cached.as_ref().is_none_or(|e| e.log_id.index != cq.log_index) {
-            let raw = self
-                .db
-                .db
-                .get_pinned_cf(self.db.cf(CF_LOG), keys::log(cq.log_index))?
-                .ok_or_else(|| CorruptRecord {
-                    what: format!("commit log entry {}", cq.log_index),
-                    reason: format!("missing, but {topic}/{queue_id} offset {offset} points at it"),
-                })?;
-            *cached = Some(decode_entry(cq.log_index, &raw)?);
+            *cached = self.entry(topic, queue_id, offset, cq.log_index)?;
         }
         let entry = cached.as_ref().expect("cached above");
         let broken = |reason: String| CorruptRecord {

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The standard benchmark: starts the small sample cluster (1 NameServer, 1 group of 3 nodes,
+# fsync before acknowledgement) from release binaries, runs the standard set, prints one table
+# and the brokers' memory, and tears the cluster down.
+#
+#   scripts/bench.sh [--duration SECONDS]
+#
+# Standard set, 1 KiB messages unless said: sync send with 1 in flight; pipelined sends with a
+# window of 256 (1 KiB, 128 B, 4 KiB); consume from the master; consume from a slave.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+DURATION=10
+[ "${1:-}" = --duration ] && DURATION=$2
+export RAFTMQ_HOME=${RAFTMQ_BENCH_HOME:-$ROOT/.bench}
+CLUSTER="$ROOT/scripts/cluster.sh"
+BIN=${RAFTMQ_BIN_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/release}
+NS=127.0.0.1:9876
+
+"$CLUSTER" down --purge >/dev/null 2>&1 || true
+trap '"$CLUSTER" down --purge >/dev/null 2>&1 || true' EXIT
+"$CLUSTER" up "$ROOT/cluster-config/small" >/dev/null
+R() { "$BIN/raftmq" --namesrv "$NS" "$@"; }
+
+rss() { # VmRSS or VmHWM of every broker, in MB
+    local field=$1 out="" f pid
+    for f in "$RAFTMQ_HOME"/pids/broker-*.pid; do
+        pid=$(cat "$f")
+        out+="$(basename "$f" .pid)=$(awk -v k="$field:" '$1 == k {printf "%.1f", $2 / 1024}' "/proc/$pid/status")MB "
+    done
+    echo "$out"
+}
+
+# Idle memory, and how fast a broker is ready to serve on an empty store.
+sleep 2
+idle=$(rss VmRSS)
+start_ms() { # stop a slave, start it again, print ms until it serves
+    local node=$1 t0 t1
+    "$CLUSTER" stop "$node" >/dev/null
+    t0=$(date +%s%N)
+    "$CLUSTER" start "$node" >/dev/null
+    t1=$(date +%s%N)
+    echo $(( (t1 - t0) / 1000000 ))
+}
+master=$(R --json cluster list | grep -o '"node_id":[0-9]*,"role":"master"' | grep -o '[0-9]*' | head -n 1 || true)
+slave=1; [ "$master" = 1 ] && slave=2
+ready_empty=$(start_ms "broker-a-$slave")
+R cluster wait --expect broker-a:3 >/dev/null
+
+R topic create BenchTopic --queues 8 >/dev/null
+field() { grep -o "\"$1\":[0-9.e+-]*" | head -n 1 | cut -d: -f2; }
+rows=()
+run() { # label, bench args...
+    local label=$1 out
+    shift
+    out=$(R --json bench "$@")
+    rows+=("$(printf '%-28s %10s %9s %9s %9s %9s %9s' "$label" \
+        "$(echo "$out" | field msg_per_s)" "$(echo "$out" | field mib_per_s)" \
+        "$(echo "$out" | field p50_ms)" "$(echo "$out" | field p99_ms)" "$(echo "$out" | field p999_ms)" \
+        "$(echo "$out" | grep -o '"errors":{[^}]*}' | cut -d: -f2-)")")
+}
+run "send 1 KiB, 1 in flight" produce --window 1 --duration "$DURATION"
+run "send 1 KiB, window 256" produce --window 256 --duration "$DURATION"
+run "send 128 B, window 256" produce --window 256 --size 128 --duration "$DURATION"
+run "send 4 KiB, window 256" produce --window 256 --size 4096 --duration "$DURATION"
+run "consume from master" consume --duration 60
+run "consume from a slave" consume --slave --duration 60
+
+# Ready to serve with what the runs stored.
+ready_full=$(start_ms "broker-a-$slave")
+
+printf '%-28s %10s %9s %9s %9s %9s %9s\n' CASE MSG/S MIB/S P50_MS P99_MS P99.9_MS ERRORS
+printf '%s\n' "${rows[@]}"
+echo
+echo "broker RSS idle:  $(echo "$idle")"
+echo "broker RSS peak:  $(rss VmHWM)"
+echo "ready to serve after start: ${ready_empty} ms on an empty store, ${ready_full} ms with the bench's messages stored"
