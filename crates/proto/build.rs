@@ -8,8 +8,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "raftmq/v1/broker.proto",
         "raftmq/v1/raft.proto",
     ];
+    for file in files {
+        // A directory's mtime does not change when a file in it does: name every file.
+        println!("cargo:rerun-if-changed={root}/{file}");
+    }
     let fds = protox::compile(files, [root])?;
     tonic_prost_build::configure().compile_fds(fds)?;
-    println!("cargo:rerun-if-changed={root}");
     Ok(())
 }

@@ -79,6 +79,8 @@ pub struct BrokerConfig {
     /// A consumer silent this long leaves its group, milliseconds.
     pub consumer_expiry_ms: u64,
     pub log_level: String,
+    /// Accept the test-only InjectFault RPC (link cuts for the chaos suite). Never in production.
+    pub fault_injection: bool,
 }
 
 impl Default for BrokerConfig {
@@ -110,6 +112,7 @@ impl Default for BrokerConfig {
             retention_check_ms: 10_000,
             consumer_expiry_ms: 10_000,
             log_level: "info".into(),
+            fault_injection: false,
         }
     }
 }

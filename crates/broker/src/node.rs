@@ -116,7 +116,7 @@ impl Broker {
             group: config.group.clone(),
             me: config.node_id,
             timeout: config.raft_rpc_timeout(),
-            faults,
+            faults: faults.clone(),
         };
         let raft = Raft::new(
             config.node_id,
@@ -161,6 +161,7 @@ impl Broker {
         let state = Arc::new(BrokerState {
             consumers: Consumers::new(Duration::from_millis(config.consumer_expiry_ms)),
             disk: DiskGuard::new(config.data_dir.clone(), config.disk_full_percent),
+            faults,
             config,
             raft: raft.clone(),
             reader,

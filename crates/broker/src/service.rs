@@ -36,6 +36,7 @@ pub struct BrokerState {
     pub proposer: Proposer,
     pub consumers: Consumers,
     pub disk: crate::retention::DiskGuard,
+    pub faults: std::sync::Arc<crate::network::Faults>,
     pub stop: watch::Receiver<bool>,
 }
 
@@ -514,6 +515,20 @@ impl Broker for BrokerService {
     async fn list_topics(&self, _request: Request<pb::BrokerListTopicsRequest>) -> Reply<pb::BrokerTopicList> {
         let topics = self.state.reader.topics().iter().map(topic_to_proto).collect();
         Ok(Response::new(pb::BrokerTopicList { topics }))
+    }
+
+    async fn inject_fault(&self, request: Request<pb::InjectFaultRequest>) -> Reply<pb::InjectFaultReply> {
+        let s = &self.state;
+        if !s.config.fault_injection {
+            return Err(BrokerError::NoPermission("fault injection is off (fault-injection = false)".into()).into());
+        }
+        let cut = request.into_inner().cut_from;
+        s.faults.heal_all();
+        for peer in &cut {
+            s.faults.cut(s.config.node_id, *peer);
+        }
+        tracing::warn!(node = s.config.node_id, ?cut, "fault injection: raft links cut");
+        Ok(Response::new(pb::InjectFaultReply {}))
     }
 
     async fn get_node_status(&self, _request: Request<pb::NodeStatusRequest>) -> Reply<pb::NodeStatus> {

@@ -3,6 +3,7 @@
 //! non-zero with one line saying why.
 
 mod bench;
+mod chaos;
 mod drill;
 mod table;
 
@@ -66,6 +67,9 @@ enum Command {
     Message(MessageCommand),
     /// Failover drill: fail a group's master while a producer sends; print the timings.
     Drill(drill::DrillArgs),
+    /// Fault-injection suite: random faults under load, then a check that nothing acknowledged
+    /// was lost.
+    Chaos(chaos::ChaosArgs),
     /// Benchmarks: produce, consume, end to end.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -469,6 +473,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Send(args) => send(&client, args, as_json).await?,
         Command::Drill(args) => drill::run(&cli.namesrv, args, as_json).await?,
+        Command::Chaos(args) => chaos::run(&cli.namesrv, args, as_json).await?,
         Command::Bench(command) => bench::run(client.clone(), command, as_json).await?,
         Command::Consume(args) => consume(&client, args, as_json).await?,
         Command::Group(GroupCommand::Progress { consumer_group, topic }) => {

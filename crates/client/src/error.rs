@@ -109,16 +109,38 @@ pub(crate) enum Retry {
 pub(crate) fn classify(status: &tonic::Status) -> (Retry, ClientError) {
     let remote = RemoteError::from_status(status);
     let error = ClientError::from_remote(&remote);
-    let retry = match remote.code {
-        Some(ErrorCode::NotMaster) => Retry::AtLeader(remote.leader),
-        Some(ErrorCode::Unavailable) => Retry::Unreachable,
-        Some(ErrorCode::Timeout) => Retry::Unknown,
-        Some(_) => Retry::No,
-        None => match status.code() {
-            // The connection failed before the request went out.
-            tonic::Code::Unavailable if !status.message().contains("reset") => Retry::Unreachable,
-            _ => Retry::Unknown,
-        },
-    };
-    (retry, error)
+    match remote.code {
+        Some(ErrorCode::NotMaster) => (Retry::AtLeader(remote.leader), error),
+        // The broker refused before proposing anything (shutting down, no quorum yet).
+        Some(ErrorCode::Unavailable) => (Retry::Unreachable, error),
+        Some(ErrorCode::Timeout) => (Retry::Unknown, error),
+        Some(_) => (Retry::No, error),
+        // No raftmq code: the transport failed. Only a failed connection proves the request
+        // never reached the broker; anything else (a reset, a broken stream) may have come after
+        // the broker committed it, so its outcome is unknown.
+        None if never_sent(status) => (Retry::Unreachable, error),
+        None => (
+            Retry::Unknown,
+            ClientError::Timeout(format!(
+                "outcome unknown: the connection failed during the call ({:?}: {})",
+                status.code(),
+                status.message()
+            )),
+        ),
+    }
+}
+
+/// Whether a transport error happened before the request could be sent: the connection was
+/// never made.
+fn never_sent(status: &tonic::Status) -> bool {
+    if status.code() != tonic::Code::Unavailable {
+        return false;
+    }
+    let mut text = status.message().to_lowercase();
+    let mut source = std::error::Error::source(status);
+    while let Some(s) = source {
+        text.push_str(&s.to_string().to_lowercase());
+        source = s.source();
+    }
+    text.contains("connect") || text.contains("refused")
 }

@@ -1,0 +1,506 @@
+//! `raftmq chaos`: the fault-injection suite. Producers send unique, self-describing messages
+//! and a consumer group reads continuously while faults chosen at random from a printed seed hit
+//! one broker group; then the checker proves that no acknowledged message was lost.
+//!
+//! Faults go through the cluster script (kill, pause, restart) and the brokers' test-only
+//! `InjectFault` RPC (Raft link cuts; nodes must run with `fault-injection = true`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use raftmq_client::{
+    Admin, Client, ClientConfig, ConsumeFrom, ConsumeResult, Message, MessageQueue, Producer, PushConsumer,
+};
+use raftmq_common::ErrorCode;
+use raftmq_proto as pb;
+use serde_json::json;
+
+#[derive(Debug, Args)]
+pub struct ChaosArgs {
+    #[arg(long, default_value_t = 10)]
+    rounds: u32,
+    /// Seed of the fault choices; printed, so a failing run can be replayed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// The broker group under test (nodes named GROUP-NODEID by the cluster script).
+    #[arg(long, default_value = "broker-a")]
+    group: String,
+    #[arg(long, default_value = "ChaosTopic")]
+    topic: String,
+    #[arg(long, default_value_t = 2)]
+    producers: usize,
+    /// Faults to draw from (default: all). Names: kill-master, pause-master, kill-slave,
+    /// kill-all, restart-namesrv, partition-master, partition-slave.
+    #[arg(long, value_delimiter = ',')]
+    faults: Vec<String>,
+    /// How long a fault lasts before it is healed, ms.
+    #[arg(long, default_value_t = 1500)]
+    fault_ms: u64,
+    #[arg(long, default_value = "scripts/cluster.sh")]
+    script: PathBuf,
+}
+
+const ALL_FAULTS: [&str; 7] = [
+    "kill-master",
+    "pause-master",
+    "kill-slave",
+    "kill-all",
+    "restart-namesrv",
+    "partition-master",
+    "partition-slave",
+];
+
+/// xorshift64*: small, seedable, the same everywhere.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545F4914F6CDD1D)
+    }
+}
+
+/// What happened to one send.
+#[derive(Debug, Clone)]
+enum Outcome {
+    Acked(MessageQueue, u64),
+    /// Reported as certainly not stored, with the error.
+    Failed(String),
+    Unknown,
+}
+
+fn script(path: &PathBuf, args: &[&str]) -> anyhow::Result<()> {
+    let out = std::process::Command::new(path)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {}", path.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} {} failed: {}",
+            path.display(),
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+async fn group_info(admin: &Admin, group: &str) -> Option<pb::GroupInfo> {
+    admin
+        .cluster()
+        .await
+        .ok()?
+        .groups
+        .into_iter()
+        .find(|g| g.group == group)
+}
+
+async fn status(client: &Client, addr: &str) -> Option<pb::NodeStatus> {
+    let mut b = client.broker(addr).ok()?;
+    let mut req = tonic::Request::new(pb::NodeStatusRequest {});
+    req.set_timeout(Duration::from_millis(500));
+    b.get_node_status(req).await.ok().map(|r| r.into_inner())
+}
+
+async fn cut(client: &Client, addr: &str, from: Vec<u64>) -> anyhow::Result<()> {
+    let mut b = client.broker(addr)?;
+    b.inject_fault(pb::InjectFaultRequest { cut_from: from })
+        .await
+        .map_err(|s| anyhow::anyhow!("InjectFault on {addr}: {}", s.message()))?;
+    Ok(())
+}
+
+/// Waits until the group has one master all nodes follow and every node applied as much.
+async fn wait_healthy(client: &Client, nodes: &BTreeMap<u64, String>, deadline: Duration) -> anyhow::Result<()> {
+    let end = Instant::now() + deadline;
+    loop {
+        let mut statuses = Vec::new();
+        for addr in nodes.values() {
+            statuses.push(status(client, addr).await);
+        }
+        if let Some(all) = statuses.into_iter().collect::<Option<Vec<_>>>() {
+            let masters: Vec<_> = all.iter().filter(|s| s.role == pb::Role::Master as i32).collect();
+            if let [m] = masters[..] {
+                if all
+                    .iter()
+                    .all(|s| s.leader_id == m.node_id && s.term == m.term && s.applied_index >= m.applied_index)
+                {
+                    return Ok(());
+                }
+            }
+        }
+        if Instant::now() >= end {
+            bail!("the group did not heal within {deadline:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::Result<()> {
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+            | 1
+    });
+    eprintln!("chaos: seed {seed} (replay with --seed {seed})");
+    let faults: Vec<String> = if args.faults.is_empty() {
+        ALL_FAULTS.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.faults.clone()
+    };
+    if let Some(bad) = faults.iter().find(|f| !ALL_FAULTS.contains(&f.as_str())) {
+        bail!("unknown fault {bad:?}; known: {}", ALL_FAULTS.join(", "));
+    }
+    let mut rng = Rng(seed);
+    let client = Client::new(ClientConfig::new(namesrv.to_vec()))?;
+    let admin = Admin::new(client.clone());
+    admin
+        .upsert_topic(
+            &args.topic,
+            4,
+            4,
+            pb::Permission::ReadWrite,
+            std::slice::from_ref(&args.group),
+        )
+        .await?;
+    let info = group_info(&admin, &args.group).await.context("group not registered")?;
+    let nodes: BTreeMap<u64, String> = info.nodes.iter().map(|n| (n.node_id, n.addr.clone())).collect();
+    wait_healthy(&client, &nodes, Duration::from_secs(30)).await?;
+
+    // Producers: body "p{producer}-{seq}", every attempt a new seq.
+    let stop = Arc::new(AtomicBool::new(false));
+    let outcomes: Arc<Mutex<BTreeMap<String, Outcome>>> = Arc::default();
+    let last_ack: Arc<Mutex<Instant>> = Arc::new(Mutex::new(Instant::now()));
+    let mut producers = Vec::new();
+    for p in 0..args.producers {
+        let (producer, stop, outcomes, last_ack, topic) = (
+            Producer::new(client.clone()),
+            stop.clone(),
+            outcomes.clone(),
+            last_ack.clone(),
+            args.topic.clone(),
+        );
+        producers.push(tokio::spawn(async move {
+            let mut seq = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let body = format!("p{p}-{seq}");
+                seq += 1;
+                let outcome = match producer.send(Message::new(&topic, body.clone())).await {
+                    Ok(r) => {
+                        *last_ack.lock().unwrap() = Instant::now();
+                        Outcome::Acked(
+                            MessageQueue {
+                                group: r.group,
+                                queue_id: r.queue_id,
+                            },
+                            r.queue_offset,
+                        )
+                    }
+                    Err(e) if e.code() == Some(ErrorCode::Timeout) => Outcome::Unknown,
+                    Err(e) => {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        Outcome::Failed(e.to_string())
+                    }
+                };
+                outcomes.lock().unwrap().insert(body, outcome);
+            }
+        }));
+    }
+    // A consumer group reading all along; it records the consume offsets it sees committed.
+    let consumed: Arc<Mutex<Vec<(MessageQueue, u64, Vec<u8>)>>> = Arc::default();
+    let consumer = {
+        let consumed = consumed.clone();
+        PushConsumer::builder(client.clone(), "chaos-group", &args.topic)
+            .consume_from(ConsumeFrom::First)
+            .start(move |batch| {
+                let mut c = consumed.lock().unwrap();
+                for m in batch {
+                    c.push((
+                        MessageQueue {
+                            group: m.group.clone(),
+                            queue_id: m.queue_id,
+                        },
+                        m.queue_offset,
+                        m.body.clone(),
+                    ));
+                }
+                ConsumeResult::Success
+            })
+            .await?
+    };
+    let offsets_seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let watcher = {
+        let (admin, stop, topic, violations) = (admin.clone(), stop.clone(), args.topic.clone(), offsets_seen.clone());
+        tokio::spawn(async move {
+            let mut last: BTreeMap<MessageQueue, u64> = BTreeMap::new();
+            while !stop.load(Ordering::SeqCst) {
+                if let Ok(progress) = admin.group_progress("chaos-group", &topic).await {
+                    for p in progress {
+                        if let Some(o) = p.consume_offset {
+                            if let Some(prev) = last.insert(p.queue.clone(), o) {
+                                if o < prev {
+                                    violations
+                                        .lock()
+                                        .unwrap()
+                                        .push(format!("{} moved back from {prev} to {o}", p.queue));
+                                }
+                            }
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+
+    let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+    let mut recovery: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
+    let fault_time = Duration::from_millis(args.fault_ms);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for round in 0..args.rounds {
+        let fault = faults[(rng.next() % faults.len() as u64) as usize].clone();
+        let info = group_info(&admin, &args.group).await.context("group vanished")?;
+        let master = info.master_node_id;
+        let slaves: Vec<u64> = nodes.keys().copied().filter(|n| *n != master).collect();
+        let slave = slaves[(rng.next() % slaves.len() as u64) as usize];
+        let name = |id: u64| format!("{}-{id}", args.group);
+        eprintln!("chaos: round {}: {fault} (master {master})", round + 1);
+        match fault.as_str() {
+            "kill-master" => {
+                script(&args.script, &["kill", &name(master)])?;
+                tokio::time::sleep(fault_time).await;
+                script(&args.script, &["start", &name(master)])?;
+            }
+            "pause-master" => {
+                script(&args.script, &["pause", &name(master)])?;
+                tokio::time::sleep(fault_time).await;
+                script(&args.script, &["resume", &name(master)])?;
+            }
+            "kill-slave" => {
+                script(&args.script, &["kill", &name(slave)])?;
+                tokio::time::sleep(fault_time).await;
+                script(&args.script, &["start", &name(slave)])?;
+            }
+            "kill-all" => {
+                for id in nodes.keys() {
+                    script(&args.script, &["kill", &name(*id)])?;
+                }
+                for id in nodes.keys() {
+                    script(&args.script, &["start", &name(*id)])?;
+                }
+            }
+            "restart-namesrv" => {
+                script(&args.script, &["stop", "namesrv-1"])?;
+                tokio::time::sleep(fault_time).await;
+                script(&args.script, &["start", "namesrv-1"])?;
+            }
+            "partition-master" | "partition-slave" => {
+                let victim = if fault == "partition-master" { master } else { slave };
+                let others: Vec<u64> = nodes.keys().copied().filter(|n| *n != victim).collect();
+                cut(&client, &nodes[&victim], others.clone()).await?;
+                for o in &others {
+                    cut(&client, &nodes[o], vec![victim]).await?;
+                }
+                tokio::time::sleep(fault_time).await;
+                for addr in nodes.values() {
+                    cut(&client, addr, vec![]).await?;
+                }
+            }
+            other => bail!("unknown fault {other}"),
+        }
+        // Healed: time until an acknowledgement comes after the heal.
+        let healed = Instant::now();
+        let end = healed + Duration::from_secs(30);
+        while *last_ack.lock().unwrap() < healed {
+            if Instant::now() > end {
+                bail!(
+                    "round {}: no send acknowledged 30 s after healing {fault} (seed {seed})",
+                    round + 1
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        recovery.entry(fault.clone()).or_default().push(healed.elapsed());
+        *counts.entry(fault).or_default() += 1;
+        wait_healthy(&client, &nodes, Duration::from_secs(30))
+            .await
+            .with_context(|| format!("round {} (seed {seed})", round + 1))?;
+    }
+
+    stop.store(true, Ordering::SeqCst);
+    for p in producers {
+        p.await?;
+    }
+    watcher.await?;
+    wait_healthy(&client, &nodes, Duration::from_secs(30)).await?;
+    // Let the consumer drain, then stop it (it commits).
+    let outcomes = outcomes.lock().unwrap().clone();
+    let acked = outcomes.values().filter(|o| matches!(o, Outcome::Acked(..))).count();
+    let drain_end = Instant::now() + Duration::from_secs(30);
+    while consumed
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, _, b)| b.clone())
+        .collect::<BTreeSet<_>>()
+        .len()
+        < acked
+        && Instant::now() < drain_end
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    consumer.shutdown().await;
+
+    // The checker: read every queue from every replica.
+    let mut replicas: BTreeMap<u64, BTreeMap<(u32, u64), Vec<u8>>> = BTreeMap::new();
+    for (id, addr) in &nodes {
+        let mut content = BTreeMap::new();
+        let mut b = client.broker(addr)?;
+        for queue_id in 0..4 {
+            let mut offset = 0;
+            loop {
+                let r = b
+                    .pull(pb::PullRequest {
+                        topic: args.topic.clone(),
+                        queue_id,
+                        offset,
+                        max_messages: 1024,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|s| anyhow::anyhow!("reading node {id}: {}", s.message()))?
+                    .into_inner();
+                if r.messages.is_empty() {
+                    break;
+                }
+                for m in r.messages {
+                    content.insert((queue_id, m.queue_offset), m.body);
+                }
+                offset = r.next_offset;
+            }
+        }
+        replicas.insert(*id, content);
+    }
+    let mut problems: Vec<String> = offsets_seen.lock().unwrap().clone();
+    let reference = replicas.values().next().cloned().unwrap_or_default();
+    for (id, content) in &replicas {
+        if *content != reference {
+            problems.push(format!(
+                "node {id} differs from node {}",
+                replicas.keys().next().unwrap()
+            ));
+        }
+    }
+    let mut lost = 0;
+    for (body, outcome) in &outcomes {
+        if let Outcome::Acked(q, offset) = outcome {
+            for (id, content) in &replicas {
+                if content.get(&(q.queue_id, *offset)) != Some(&body.as_bytes().to_vec()) {
+                    lost += 1;
+                    problems.push(format!(
+                        "acknowledged {body} at {q} offset {offset} missing on node {id}"
+                    ));
+                }
+            }
+        }
+    }
+    // Each body at most once; per producer and queue, offsets follow send order.
+    let mut seen: BTreeMap<Vec<u8>, u32> = BTreeMap::new();
+    let mut order: BTreeMap<(String, u32), Vec<(u64, u64)>> = BTreeMap::new();
+    for ((queue, offset), body) in &reference {
+        *seen.entry(body.clone()).or_default() += 1;
+        let text = String::from_utf8_lossy(body);
+        if let Some((p, seq)) = text.split_once('-') {
+            order
+                .entry((p.to_owned(), *queue))
+                .or_default()
+                .push((*offset, seq.parse().unwrap_or(0)));
+        }
+    }
+    let duplicates = seen.values().filter(|n| **n > 1).count();
+    for ((p, q), list) in &order {
+        if !list.windows(2).all(|w| w[0].1 < w[1].1) {
+            problems.push(format!("producer {p} is out of order in queue {q}"));
+        }
+    }
+    for (body, outcome) in &outcomes {
+        if let Outcome::Failed(error) = outcome {
+            if seen.contains_key(body.as_bytes()) {
+                problems.push(format!("{body} was reported failed ({error}) but is stored"));
+            }
+        }
+    }
+    let unknown: Vec<&String> = outcomes
+        .iter()
+        .filter(|(_, o)| matches!(o, Outcome::Unknown))
+        .map(|(b, _)| b)
+        .collect();
+    let unknown_present = unknown.iter().filter(|b| seen.contains_key(b.as_bytes())).count();
+    let consumed_set: BTreeSet<Vec<u8>> = consumed.lock().unwrap().iter().map(|(_, _, b)| b.clone()).collect();
+    let not_consumed = outcomes
+        .iter()
+        .filter(|(b, o)| matches!(o, Outcome::Acked(..)) && !consumed_set.contains(b.as_bytes()))
+        .count();
+    if not_consumed > 0 {
+        problems.push(format!(
+            "{not_consumed} acknowledged messages never reached the consumer group"
+        ));
+    }
+
+    let ms = |d: &Duration| d.as_secs_f64() * 1000.0;
+    if as_json {
+        let rec: BTreeMap<&String, serde_json::Value> = recovery
+            .iter()
+            .map(|(f, v)| {
+                let mut v = v.clone();
+                v.sort();
+                (
+                    f,
+                    json!({"min_ms": ms(&v[0]), "median_ms": ms(&v[v.len() / 2]), "max_ms": ms(&v[v.len() - 1])}),
+                )
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({"seed": seed, "rounds": args.rounds, "faults": counts, "acknowledged": acked, "lost": lost, "duplicates": duplicates, "unknown": unknown.len(), "unknown_stored": unknown_present, "recovery": rec, "problems": problems})
+        );
+    } else {
+        println!("seed {seed}, {} rounds", args.rounds);
+        println!(
+            "{:<18} {:>6} {:>12} {:>12} {:>12}",
+            "FAULT", "COUNT", "RECOVERY_MIN", "MEDIAN", "MAX"
+        );
+        for (fault, n) in &counts {
+            let mut v = recovery[fault].clone();
+            v.sort();
+            println!(
+                "{fault:<18} {n:>6} {:>9.0} ms {:>9.0} ms {:>9.0} ms",
+                ms(&v[0]),
+                ms(&v[v.len() / 2]),
+                ms(&v[v.len() - 1])
+            );
+        }
+        println!(
+            "acknowledged {acked}, lost {lost}, duplicates {duplicates}, unknown {} ({} stored, {} absent)",
+            unknown.len(),
+            unknown_present,
+            unknown.len() - unknown_present
+        );
+        for p in &problems {
+            println!("problem: {p}");
+        }
+    }
+    if lost > 0 || duplicates > 0 || !problems.is_empty() {
+        bail!("chaos found {} problems (seed {seed})", problems.len() + duplicates);
+    }
+    Ok(())
+}

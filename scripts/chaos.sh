@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The fault-injection suite against a real cluster: 1 NameServer and 1 group of 3 nodes with
+# fault injection on, random faults from a printed seed, then the checker (see raftmq chaos).
+#
+#   scripts/chaos.sh [--rounds N] [--seed S] [--faults a,b] [other raftmq chaos flags]
+#
+# The cluster runs from its own copy of cluster-config/small under .chaos/ and is removed at the
+# end (kept with RAFTMQ_CHAOS_KEEP=1 for a look at the logs).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+export RAFTMQ_HOME=${RAFTMQ_CHAOS_HOME:-$ROOT/.chaos}
+CLUSTER="$ROOT/scripts/cluster.sh"
+BIN=${RAFTMQ_BIN_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/release}
+"$CLUSTER" down --purge >/dev/null 2>&1 || true
+mkdir -p "$RAFTMQ_HOME"
+config="$RAFTMQ_HOME/config"
+rm -rf "$config"
+cp -r "$ROOT/cluster-config/small" "$config"
+for f in "$config"/broker-*.toml; do sed -i '1i fault-injection = true' "$f"; done
+[ "${RAFTMQ_CHAOS_KEEP:-}" = 1 ] || trap '"$CLUSTER" down --purge >/dev/null 2>&1 || true' EXIT
+"$CLUSTER" up "$config" >/dev/null
+namesrv=$(sed -n 's/^listen *= *"\(.*\)".*/\1/p' "$config/namesrv-1.toml")
+"$BIN/raftmq" --namesrv "$namesrv" chaos --script "$CLUSTER" "$@"
