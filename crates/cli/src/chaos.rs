@@ -67,6 +67,9 @@ impl Rng {
     }
 }
 
+/// A message the consumer group got: queue, offset, body.
+type Received = (MessageQueue, u64, Vec<u8>);
+
 /// What happened to one send.
 #[derive(Debug, Clone)]
 enum Outcome {
@@ -216,7 +219,7 @@ pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::
         }));
     }
     // A consumer group reading all along; it records the consume offsets it sees committed.
-    let consumed: Arc<Mutex<Vec<(MessageQueue, u64, Vec<u8>)>>> = Arc::default();
+    let consumed: Arc<Mutex<Vec<Received>>> = Arc::default();
     let consumer = {
         let consumed = consumed.clone();
         PushConsumer::builder(client.clone(), "chaos-group", &args.topic)
