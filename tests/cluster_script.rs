@@ -257,3 +257,34 @@ fn the_script_reports_clear_errors() {
     let status = cluster.must(&["status"]);
     assert_eq!(status.matches(" running").count(), 4, "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_chaos_run_loses_no_acknowledged_message() {
+    let cluster = ScriptCluster::up_with(1, &["broker-a"], "fault-injection = true");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("scripts/cluster.sh");
+    // A new seed every run (printed in the output, so a failure can be replayed).
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    let (ok, out, err) = cluster.cli(&[
+        "chaos",
+        "--rounds",
+        "8",
+        "--seed",
+        &seed.to_string(),
+        "--fault-ms",
+        "1000",
+        "--script",
+        script.to_str().unwrap(),
+    ]);
+    assert!(
+        ok,
+        "chaos failed (replay: scripts/chaos.sh --seed {seed}):\n{out}\n{err}"
+    );
+    assert!(out.contains(", lost 0, duplicates 0"), "{out}");
+}

@@ -130,6 +130,11 @@ fn repo_root() -> PathBuf {
 impl ScriptCluster {
     /// Writes configs for `namesrvs` NameServers and the named groups of 3 nodes, then `up`.
     pub fn up(namesrvs: usize, groups: &[&str]) -> ScriptCluster {
+        Self::up_with(namesrvs, groups, "")
+    }
+
+    /// As [`ScriptCluster::up`], with extra top-level keys in every broker's config.
+    pub fn up_with(namesrvs: usize, groups: &[&str], broker_extra: &str) -> ScriptCluster {
         let home = tempfile::tempdir().expect("temp dir");
         let config = home.path().join("config");
         std::fs::create_dir_all(&config).expect("config dir");
@@ -159,7 +164,7 @@ impl ScriptCluster {
                 })
                 .collect();
             for node in 1..=3 {
-                let text = format!("group = \"{group}\"\nnode-id = {node}\nnamesrv = [{list}]\nnamesrv-heartbeat-ms = 500\n\n{members}");
+                let text = format!("{broker_extra}\ngroup = \"{group}\"\nnode-id = {node}\nnamesrv = [{list}]\nnamesrv-heartbeat-ms = 500\n\n{members}");
                 std::fs::write(config.join(format!("{group}-{node}.toml")), text).expect("write");
             }
         }

@@ -105,6 +105,24 @@ async fn group_info(admin: &Admin, group: &str) -> Option<pb::GroupInfo> {
         .find(|g| g.group == group)
 }
 
+/// The group as the NameServers route it, once they do (a restarted NameServer is empty until
+/// the next broker heartbeats).
+async fn routed_group(admin: &Admin, group: &str) -> anyhow::Result<pb::GroupInfo> {
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(g) = group_info(admin, group)
+            .await
+            .filter(|g| !g.master_addr.is_empty() && g.nodes.len() >= 3)
+        {
+            return Ok(g);
+        }
+        if Instant::now() >= end {
+            bail!("the NameServers did not route group {group} with a master within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn status(client: &Client, addr: &str) -> Option<pb::NodeStatus> {
     let mut b = client.broker(addr).ok()?;
     let mut req = tonic::Request::new(pb::NodeStatusRequest {});
@@ -166,16 +184,18 @@ pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::
     let mut rng = Rng(seed);
     let client = Client::new(ClientConfig::new(namesrv.to_vec()))?;
     let admin = Admin::new(client.clone());
-    admin
-        .upsert_topic(
-            &args.topic,
-            4,
-            4,
-            pb::Permission::ReadWrite,
-            std::slice::from_ref(&args.group),
-        )
-        .await?;
-    let info = group_info(&admin, &args.group).await.context("group not registered")?;
+    let info = routed_group(&admin, &args.group).await?;
+    let end = Instant::now() + Duration::from_secs(30);
+    let groups = std::slice::from_ref(&args.group);
+    while let Err(e) = admin
+        .upsert_topic(&args.topic, 4, 4, pb::Permission::ReadWrite, groups)
+        .await
+    {
+        if Instant::now() >= end {
+            return Err(e.into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let nodes: BTreeMap<u64, String> = info.nodes.iter().map(|n| (n.node_id, n.addr.clone())).collect();
     wait_healthy(&client, &nodes, Duration::from_secs(30)).await?;
 
@@ -241,20 +261,43 @@ pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::
             .await?
     };
     let offsets_seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    // Committed consume offsets as the current master (highest term seen) reports them: they
+    // must never move backwards. (A lagging slave may show older ones; that is not a commit
+    // going back, so slaves are not asked.)
     let watcher = {
-        let (admin, stop, topic, violations) = (admin.clone(), stop.clone(), args.topic.clone(), offsets_seen.clone());
+        let (client, stop, nodes, violations) = (client.clone(), stop.clone(), nodes.clone(), offsets_seen.clone());
         tokio::spawn(async move {
-            let mut last: BTreeMap<MessageQueue, u64> = BTreeMap::new();
+            let mut last: BTreeMap<u32, u64> = BTreeMap::new();
+            let mut term = 0;
             while !stop.load(Ordering::SeqCst) {
-                if let Ok(progress) = admin.group_progress("chaos-group", &topic).await {
-                    for p in progress {
-                        if let Some(o) = p.consume_offset {
-                            if let Some(prev) = last.insert(p.queue.clone(), o) {
-                                if o < prev {
-                                    violations
-                                        .lock()
-                                        .unwrap()
-                                        .push(format!("{} moved back from {prev} to {o}", p.queue));
+                let mut master = None;
+                for addr in nodes.values() {
+                    if let Some(s) = status(&client, addr).await {
+                        if s.role == pb::Role::Master as i32
+                            && s.term >= term
+                            && master.as_ref().is_none_or(|(t, _)| s.term > *t)
+                        {
+                            master = Some((s.term, addr.clone()));
+                        }
+                    }
+                }
+                if let Some((t, addr)) = master {
+                    term = t;
+                    let req = pb::GetConsumeOffsetsRequest {
+                        consumer_group: "chaos-group".into(),
+                        topic: String::new(),
+                    };
+                    if let Ok(mut b) = client.broker(&addr) {
+                        if let Ok(reply) = b.get_consume_offsets(req).await {
+                            for o in reply.into_inner().offsets {
+                                if let Some(prev) = last.insert(o.queue_id, o.offset) {
+                                    if o.offset < prev {
+                                        let text = format!(
+                                            "queue {} offset moved back from {prev} to {} (term {t})",
+                                            o.queue_id, o.offset
+                                        );
+                                        violations.lock().unwrap().push(text);
+                                    }
                                 }
                             }
                         }
@@ -271,7 +314,7 @@ pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::
     tokio::time::sleep(Duration::from_millis(500)).await;
     for round in 0..args.rounds {
         let fault = faults[(rng.next() % faults.len() as u64) as usize].clone();
-        let info = group_info(&admin, &args.group).await.context("group vanished")?;
+        let info = routed_group(&admin, &args.group).await?;
         let master = info.master_node_id;
         let slaves: Vec<u64> = nodes.keys().copied().filter(|n| *n != master).collect();
         let slave = slaves[(rng.next() % slaves.len() as u64) as usize];
@@ -348,17 +391,17 @@ pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::
     // Let the consumer drain, then stop it (it commits).
     let outcomes = outcomes.lock().unwrap().clone();
     let acked = outcomes.values().filter(|o| matches!(o, Outcome::Acked(..))).count();
-    let drain_end = Instant::now() + Duration::from_secs(30);
-    while consumed
-        .lock()
-        .unwrap()
+    let acked_bodies: BTreeSet<Vec<u8>> = outcomes
         .iter()
-        .map(|(_, _, b)| b.clone())
-        .collect::<BTreeSet<_>>()
-        .len()
-        < acked
-        && Instant::now() < drain_end
-    {
+        .filter(|(_, o)| matches!(o, Outcome::Acked(..)))
+        .map(|(b, _)| b.as_bytes().to_vec())
+        .collect();
+    let drain_end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got: BTreeSet<Vec<u8>> = consumed.lock().unwrap().iter().map(|(_, _, b)| b.clone()).collect();
+        if acked_bodies.is_subset(&got) || Instant::now() >= drain_end {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     consumer.shutdown().await;
