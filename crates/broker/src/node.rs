@@ -18,7 +18,6 @@ use raftmq_store::{BrokerNode, FlushMode, Store, StoreOptions, StoreReader, Type
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::{self, BrokerConfig};
 use crate::consumers::Consumers;
@@ -186,7 +185,7 @@ impl Broker {
         let serve = |router: tonic::transport::server::Router, listener: TcpListener| {
             let mut stopped = stopped.clone();
             tokio::spawn(
-                router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                router.serve_with_incoming_shutdown(raftmq_common::runtime::incoming(listener), async move {
                     let _ = stopped.wait_for(|s| *s).await;
                 }),
             )

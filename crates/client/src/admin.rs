@@ -70,7 +70,22 @@ impl Admin {
     }
 
     /// Masters of every live group, or of the named ones: (group, master address).
+    /// A group may be between masters for a moment (an election): wait for one up to the
+    /// request deadline rather than fail at once.
     async fn masters(&self, groups: &[String]) -> Result<Vec<(String, String)>, ClientError> {
+        let deadline = tokio::time::Instant::now() + self.client.config().send_timeout;
+        loop {
+            match self.masters_now(groups).await {
+                Err(ClientError::Unavailable(m)) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!("waiting for masters: {m}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn masters_now(&self, groups: &[String]) -> Result<Vec<(String, String)>, ClientError> {
         let info = self.client.cluster_info().await?;
         let mut out = Vec::new();
         for g in &info.groups {

@@ -15,6 +15,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use tokio::sync::{mpsc, oneshot};
+
 use raftmq_proto as pb;
 
 use crate::error::{classify, ClientError, Retry};
@@ -30,6 +32,88 @@ const MAX_HOPS: usize = 3;
 pub struct Producer {
     client: Client,
     next: Arc<AtomicUsize>,
+    batcher: mpsc::UnboundedSender<(Message, oneshot::Sender<Result<SendResult, ClientError>>)>,
+}
+
+/// What the batching task holds: everything but the channel, so it ends when the last
+/// [`Producer`] clone is dropped.
+#[derive(Clone)]
+struct WeakProducer {
+    client: Client,
+    next: Arc<AtomicUsize>,
+}
+
+/// Send requests one producer keeps in flight before it coalesces messages.
+pub const MAX_BATCH_RPCS: usize = 8;
+/// Most messages coalesced into one request.
+const MAX_COALESCED: usize = 256;
+/// Most bytes coalesced into one request.
+const MAX_COALESCED_BYTES: usize = 1 << 20;
+
+type Pending = (Message, oneshot::Sender<Result<SendResult, ClientError>>);
+
+/// Coalesces single sends: takes what queued, groups it by topic, one request per group.
+async fn batch_sends(producer: WeakProducer, mut rx: mpsc::UnboundedReceiver<Pending>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_BATCH_RPCS));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut bytes = first.0.body.len();
+        let mut by_topic: std::collections::BTreeMap<String, Vec<Pending>> = Default::default();
+        by_topic.entry(first.0.topic.clone()).or_default().push(first);
+        let mut count = 1;
+        while count < MAX_COALESCED && bytes < MAX_COALESCED_BYTES {
+            let Ok(p) = rx.try_recv() else { break };
+            bytes += p.0.body.len();
+            count += 1;
+            by_topic.entry(p.0.topic.clone()).or_default().push(p);
+        }
+        let producer = producer.clone();
+        tokio::spawn(async move {
+            let sends = by_topic.into_iter().map(|(topic, pending)| {
+                let producer = producer.clone();
+                async move { producer.send_coalesced(&topic, pending).await }
+            });
+            futures::future::join_all(sends).await;
+            drop(permit);
+        });
+    }
+}
+
+impl WeakProducer {
+    fn strong(&self) -> Producer {
+        // A detached handle for the batch: it must not keep the batcher alive.
+        let (tx, _) = mpsc::unbounded_channel();
+        Producer {
+            client: self.client.clone(),
+            next: self.next.clone(),
+            batcher: tx,
+        }
+    }
+
+    async fn send_coalesced(&self, topic: &str, pending: Vec<Pending>) {
+        let producer = self.strong();
+        let (messages, replies): (Vec<Message>, Vec<_>) = pending.into_iter().unzip();
+        match producer.send_to(topic, messages.clone(), None).await {
+            Ok(results) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(Ok(result));
+                }
+            }
+            // One bad message must not fail its neighbours: send each alone to find it.
+            Err(ClientError::MessageTooLarge(_)) | Err(ClientError::InvalidArgument(_)) if messages.len() > 1 => {
+                for (message, reply) in messages.into_iter().zip(replies) {
+                    let _ = reply.send(first(producer.send_to(topic, vec![message], None).await));
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
 }
 
 /// A send running in the background; await it for the result.
@@ -53,16 +137,43 @@ pub fn stable_hash(key: &str) -> u64 {
 
 impl Producer {
     pub fn new(client: Client) -> Producer {
-        Producer {
+        // Start the round robin at a different queue in every process, as RocketMQ's producers
+        // do, so short-lived producers do not all write to queue 0.
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as usize)
+            .unwrap_or(0)
+            ^ std::process::id() as usize;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let producer = Producer {
             client,
-            next: Arc::new(AtomicUsize::new(0)),
-        }
+            next: Arc::new(AtomicUsize::new(seed)),
+            batcher: tx,
+        };
+        tokio::spawn(batch_sends(producer.downgrade(), rx));
+        producer
     }
 
     /// Sends one message and waits for it to be committed.
+    ///
+    /// Concurrent sends of one producer (async sends, many tasks) are coalesced: while
+    /// [`MAX_BATCH_RPCS`] requests are in flight, new messages of a topic wait and go together in
+    /// the next request, to one queue. An idle producer sends each message at once.
     pub async fn send(&self, message: Message) -> Result<SendResult, ClientError> {
-        let topic = message.topic.clone();
-        first(self.send_to(&topic, vec![message], None).await)
+        let (reply, result) = oneshot::channel();
+        if self.batcher.send((message, reply)).is_err() {
+            return Err(ClientError::Other("the producer's batcher stopped".into()));
+        }
+        result
+            .await
+            .unwrap_or_else(|_| Err(ClientError::Other("the producer's batcher stopped".into())))
+    }
+
+    fn downgrade(&self) -> WeakProducer {
+        WeakProducer {
+            client: self.client.clone(),
+            next: self.next.clone(),
+        }
     }
 
     /// Sends one message to the queue its sharding key hashes to: messages with the same key

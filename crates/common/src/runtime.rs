@@ -43,3 +43,19 @@ pub fn check_log_level(level: &str) -> Result<(), String> {
         .map(|_| ())
         .map_err(|e| format!("{level:?} is not a log filter ({e})"))
 }
+
+/// The connections a listener accepts, with Nagle's algorithm off. tonic sets `TCP_NODELAY`
+/// only on sockets it binds itself; without it, small replies wait for delayed ACKs (~40 ms).
+pub fn incoming(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures::stream::unfold(listener, |listener| async move {
+        let accepted = listener.accept().await.map(|(stream, _)| {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!("cannot set TCP_NODELAY: {e}");
+            }
+            stream
+        });
+        Some((accepted, listener))
+    })
+}

@@ -10,7 +10,6 @@ use raftmq_proto::name_server_server::NameServerServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::NamesrvConfig;
 use crate::service::{NameServerService, Shared};
@@ -56,7 +55,7 @@ impl NameServer {
         let server = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(NameServerServer::new(NameServerService::new(shared)))
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                .serve_with_incoming_shutdown(raftmq_common::runtime::incoming(listener), async move {
                     let _ = stopped_server.wait_for(|s| *s).await;
                 }),
         );

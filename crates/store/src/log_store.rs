@@ -36,6 +36,43 @@ struct Shared {
     flush: FlushMode,
     /// Cached copy of the purge point, read on every log read.
     last_purged: Mutex<Option<LogId>>,
+    /// Appended-but-not-yet-synced batches wait here for the syncer thread.
+    syncer: Mutex<std::sync::mpsc::Sender<LogFlushed<TypeConfig>>>,
+}
+
+/// Syncs the WAL off openraft's core task and reports appends flushed only after that.
+///
+/// An append writes its batch without sync (so the entries are readable at once, as openraft
+/// requires) and hands its callback here. One fsync of the WAL covers every write made before
+/// it, so the thread takes every callback waiting, syncs once, then reports them all: group
+/// commit at the disk, and the Raft core never blocks on an fsync.
+///
+/// It holds the database weakly: the store's owner decides when the database closes, never this
+/// thread (a database closed by a thread racing process exit aborts the process).
+fn run_syncer(db: std::sync::Weak<Db>, rx: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    while let Ok(first) = rx.recv() {
+        let mut waiting = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            waiting.push(more);
+        }
+        let synced = match db.upgrade() {
+            Some(db) => db.db.flush_wal(true).map_err(|e| e.to_string()),
+            None => Err("the database is closed".to_string()),
+        };
+        match synced {
+            Ok(()) => {
+                for callback in waiting {
+                    callback.log_io_completed(Ok(()));
+                }
+            }
+            Err(e) => {
+                tracing::error!("syncing the Raft log failed: {e}");
+                for callback in waiting {
+                    callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                }
+            }
+        }
+    }
 }
 
 /// The Raft log store. Cheap to clone; every clone sees the same log.
@@ -63,11 +100,18 @@ impl LogStore {
             Some(bytes) => Some(codec::decode(&bytes, || "last purged log id".into()).map_err(read_err)?),
             None => None,
         };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sync_db = Arc::downgrade(&db);
+        std::thread::Builder::new()
+            .name("raftmq-log-sync".into())
+            .spawn(move || run_syncer(sync_db, rx))
+            .map_err(write_err)?;
         Ok(LogStore {
             shared: Arc::new(Shared {
                 db,
                 flush,
                 last_purged: Mutex::new(last_purged),
+                syncer: Mutex::new(tx),
             }),
         })
     }
@@ -199,17 +243,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for entry in entries {
             batch.put_cf(cf, keys::log(entry.get_log_id().index), codec::encode(&entry));
         }
-        let result = db.write(batch, self.shared.flush == FlushMode::Sync);
-        match result {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(write_err(e))
+        // Written unsynced: readable now; durable when the syncer has synced the WAL.
+        if let Err(e) = db.write(batch, false) {
+            callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+            return Err(write_err(e));
+        }
+        match self.shared.flush {
+            FlushMode::Async => callback.log_io_completed(Ok(())),
+            FlushMode::Sync => {
+                let sent = self
+                    .shared
+                    .syncer
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .send(callback);
+                if let Err(std::sync::mpsc::SendError(callback)) = sent {
+                    callback.log_io_completed(Err(std::io::Error::other("the log syncer stopped")));
+                    return Err(write_err(std::io::Error::other("the log syncer stopped")));
+                }
             }
         }
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
