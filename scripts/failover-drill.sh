@@ -10,7 +10,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RUN=${RAFTMQ_HOME:-$ROOT/.cluster}
-if [ ! -f "$RUN/config-dir" ] || ! "$ROOT/scripts/cluster.sh" status >/dev/null 2>&1; then
+if [ ! -f "$RUN/config-dir" ] || ! "$ROOT/scripts/cluster.sh" status 2>/dev/null | grep -q ' running$'; then
     "$ROOT/scripts/cluster.sh" up "$ROOT/cluster-config/small"
 fi
 dir=$(cat "$RUN/config-dir")

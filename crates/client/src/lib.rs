@@ -124,6 +124,11 @@ impl Client {
         self.inner.routes.master_moved(topic, group, master).await
     }
 
+    /// Resolves at the next change of any cached route.
+    pub(crate) async fn route_changed(&self) {
+        self.inner.routes.changed().await
+    }
+
     /// A gRPC client for one broker node.
     pub fn broker(&self, addr: &str) -> Result<BrokerClient<Channel>, ClientError> {
         let mut pool = self.inner.pool.lock().unwrap_or_else(|p| p.into_inner());

@@ -267,8 +267,13 @@ impl Producer {
                     }
                 }
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(200));
+            // Wait before the next try, but no longer than until the NameServers announce a
+            // route change (a new master): sends resume as soon as the group does.
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = self.client.route_changed() => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_millis(100));
             route = self.client.refresh_route(topic).await.unwrap_or(route);
         }
     }

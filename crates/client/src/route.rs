@@ -227,6 +227,12 @@ impl Routes {
         route
     }
 
+    /// Resolves at the next change of any cached route.
+    pub async fn changed(&self) {
+        let mut version = self.version.subscribe();
+        let _ = version.changed().await;
+    }
+
     /// Resolves once the cached route names a master for `group` other than `master`.
     pub async fn master_moved(&self, topic: &str, group: &str, master: &str) {
         let mut version = self.version.subscribe();

@@ -270,6 +270,19 @@ impl Group {
         }
     }
 
+    /// Opens a stopped node's database directly (to damage it on purpose), waiting while the
+    /// node's last background thread lets go of it.
+    pub async fn open_db(&self, id: u64) -> std::sync::Arc<raftmq_store::db::Db> {
+        assert!(!self.is_up(id), "node {id} is running");
+        let dir = self.configs[id as usize - 1].data_dir.join("db");
+        wait_until(
+            &format!("node {id}'s database is free"),
+            Duration::from_secs(10),
+            || async { raftmq_store::db::Db::open(&dir).ok() },
+        )
+        .await
+    }
+
     /// Stops every node and the NameServer cleanly.
     pub async fn shutdown(mut self) {
         for id in self.up() {

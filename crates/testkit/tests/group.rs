@@ -360,8 +360,7 @@ async fn a_corrupted_committed_record_keeps_the_node_down() {
     let victim = group.ids().into_iter().find(|id| *id != master).unwrap();
     group.stop(victim).await;
     {
-        let dir = group.configs[victim as usize - 1].data_dir.join("db");
-        let db = raftmq_store::db::Db::open(&dir).unwrap();
+        let db = group.open_db(victim).await;
         let cf = db.cf(raftmq_store::db::CF_LOG);
         let key = raftmq_store::keys::log(3);
         let mut value = db.db.get_cf(cf, key).unwrap().expect("entry 3 exists");
