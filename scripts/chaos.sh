@@ -16,7 +16,7 @@ mkdir -p "$RAFTMQ_HOME"
 config="$RAFTMQ_HOME/config"
 rm -rf "$config"
 cp -r "$ROOT/cluster-config/small" "$config"
-for f in "$config"/broker-*.toml; do sed -i '1i fault-injection = true' "$f"; done
+for f in "$config"/broker-*.toml; do sed -i "1i fault-injection = true\ndisk-clean-percent = 100\ndisk-full-percent = 100" "$f"; done
 [ "${RAFTMQ_CHAOS_KEEP:-}" = 1 ] || trap '"$CLUSTER" down --purge >/dev/null 2>&1 || true' EXIT
 "$CLUSTER" up "$config" >/dev/null
 namesrv=$(sed -n 's/^listen *= *"\(.*\)".*/\1/p' "$config/namesrv-1.toml")

@@ -260,7 +260,11 @@ fn the_script_reports_clear_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_chaos_run_loses_no_acknowledged_message() {
-    let cluster = ScriptCluster::up_with(1, &["broker-a"], "fault-injection = true");
+    let cluster = ScriptCluster::up_with(
+        1,
+        &["broker-a"],
+        "fault-injection = true\ndisk-clean-percent = 100\ndisk-full-percent = 100",
+    );
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()

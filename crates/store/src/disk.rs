@@ -7,16 +7,23 @@ use std::path::Path;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DiskUsage {
     pub total_bytes: u64,
+    /// Free blocks, including those reserved for root.
+    pub free_bytes: u64,
+    /// Free blocks an unprivileged process may use.
     pub available_bytes: u64,
 }
 
 impl DiskUsage {
-    /// Percentage used, as `df` counts it (space reserved for root counts as used).
+    /// Percentage used, as `df` counts it: used / (used + available). Space reserved for root
+    /// (or otherwise unavailable) counts neither way, so a disk is 100 % full exactly when
+    /// nothing more can be written.
     pub fn used_percent(&self) -> f64 {
-        if self.total_bytes == 0 {
+        let used = self.total_bytes.saturating_sub(self.free_bytes);
+        let usable = used + self.available_bytes;
+        if usable == 0 {
             return 100.0;
         }
-        100.0 * (self.total_bytes - self.available_bytes.min(self.total_bytes)) as f64 / self.total_bytes as f64
+        100.0 * used as f64 / usable as f64
     }
 }
 
@@ -34,6 +41,7 @@ pub fn usage(path: &Path) -> std::io::Result<DiskUsage> {
     let fragment = stat.f_frsize as u64;
     Ok(DiskUsage {
         total_bytes: stat.f_blocks as u64 * fragment,
+        free_bytes: stat.f_bfree as u64 * fragment,
         available_bytes: stat.f_bavail as u64 * fragment,
     })
 }
@@ -41,6 +49,26 @@ pub fn usage(path: &Path) -> std::io::Result<DiskUsage> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_like_df() {
+        // 100 blocks, 60 free of which 10 reserved: 40 used of 90 usable.
+        let u = DiskUsage {
+            total_bytes: 100,
+            free_bytes: 60,
+            available_bytes: 50,
+        };
+        assert!((u.used_percent() - 100.0 * 40.0 / 90.0).abs() < 1e-9);
+        assert_eq!(
+            DiskUsage {
+                total_bytes: 100,
+                free_bytes: 10,
+                available_bytes: 0
+            }
+            .used_percent(),
+            100.0
+        );
+    }
 
     #[test]
     fn reads_the_temp_dir() {
