@@ -20,6 +20,8 @@ use raftmq_common::ErrorCode;
 use raftmq_proto as pb;
 use serde_json::json;
 
+use crate::ops::{group_info, node_status, script};
+
 #[derive(Debug, Args)]
 pub struct ChaosArgs {
     #[arg(long, default_value_t = 10)]
@@ -79,32 +81,6 @@ enum Outcome {
     Unknown,
 }
 
-fn script(path: &PathBuf, args: &[&str]) -> anyhow::Result<()> {
-    let out = std::process::Command::new(path)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {}", path.display()))?;
-    if !out.status.success() {
-        bail!(
-            "{} {} failed: {}",
-            path.display(),
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-async fn group_info(admin: &Admin, group: &str) -> Option<pb::GroupInfo> {
-    admin
-        .cluster()
-        .await
-        .ok()?
-        .groups
-        .into_iter()
-        .find(|g| g.group == group)
-}
-
 /// The group as the NameServers route it, once they do (a restarted NameServer is empty until
 /// the next broker heartbeats).
 async fn routed_group(admin: &Admin, group: &str) -> anyhow::Result<pb::GroupInfo> {
@@ -123,13 +99,6 @@ async fn routed_group(admin: &Admin, group: &str) -> anyhow::Result<pb::GroupInf
     }
 }
 
-async fn status(client: &Client, addr: &str) -> Option<pb::NodeStatus> {
-    let mut b = client.broker(addr).ok()?;
-    let mut req = tonic::Request::new(pb::NodeStatusRequest {});
-    req.set_timeout(Duration::from_millis(500));
-    b.get_node_status(req).await.ok().map(|r| r.into_inner())
-}
-
 async fn cut(client: &Client, addr: &str, from: Vec<u64>) -> anyhow::Result<()> {
     let mut b = client.broker(addr)?;
     b.inject_fault(pb::InjectFaultRequest { cut_from: from })
@@ -144,7 +113,7 @@ async fn wait_healthy(client: &Client, nodes: &BTreeMap<u64, String>, deadline: 
     loop {
         let mut statuses = Vec::new();
         for addr in nodes.values() {
-            statuses.push(status(client, addr).await);
+            statuses.push(node_status(client, addr).await);
         }
         if let Some(all) = statuses.into_iter().collect::<Option<Vec<_>>>() {
             let masters: Vec<_> = all.iter().filter(|s| s.role == pb::Role::Master as i32).collect();
@@ -272,7 +241,7 @@ pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::
             while !stop.load(Ordering::SeqCst) {
                 let mut master = None;
                 for addr in nodes.values() {
-                    if let Some(s) = status(&client, addr).await {
+                    if let Some(s) = node_status(&client, addr).await {
                         if s.role == pb::Role::Master as i32
                             && s.term >= term
                             && master.as_ref().is_none_or(|(t, _)| s.term > *t)

@@ -13,6 +13,8 @@ use raftmq_client::{Admin, Client, ClientConfig, Message, MessageQueue, Producer
 use raftmq_proto as pb;
 use serde_json::json;
 
+use crate::ops::{group_info, node_status, script};
+
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum Fault {
     /// SIGKILL the master, then start it again.
@@ -60,39 +62,6 @@ struct Round {
     acked_after: usize,
     lost: usize,
     unknown: usize,
-}
-
-fn script(path: &PathBuf, args: &[&str]) -> anyhow::Result<()> {
-    let out = std::process::Command::new(path)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {}", path.display()))?;
-    if !out.status.success() {
-        bail!(
-            "{} {} failed: {}",
-            path.display(),
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-async fn group_info(admin: &Admin, group: &str) -> anyhow::Result<pb::GroupInfo> {
-    admin
-        .cluster()
-        .await?
-        .groups
-        .into_iter()
-        .find(|g| g.group == group)
-        .with_context(|| format!("no group {group} registered"))
-}
-
-async fn node_status(client: &Client, addr: &str) -> Option<pb::NodeStatus> {
-    let mut b = client.broker(addr).ok()?;
-    let mut req = tonic::Request::new(pb::NodeStatusRequest {});
-    req.set_timeout(Duration::from_millis(300));
-    b.get_node_status(req).await.ok().map(|r| r.into_inner())
 }
 
 fn summary(name: &str, mut values: Vec<Duration>) -> String {
@@ -179,7 +148,9 @@ async fn drill_round(
     namesrv: &[String],
     round: u32,
 ) -> anyhow::Result<Round> {
-    let before = group_info(admin, &args.group).await?;
+    let before = group_info(admin, &args.group)
+        .await
+        .with_context(|| format!("no group {} registered", args.group))?;
     if before.master_addr.is_empty() {
         bail!("group {} has no master", args.group);
     }

@@ -5,6 +5,7 @@
 mod bench;
 mod chaos;
 mod drill;
+mod ops;
 mod table;
 
 use std::collections::BTreeMap;
