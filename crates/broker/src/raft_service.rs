@@ -14,6 +14,10 @@ pub struct RaftService {
     pub group: String,
     pub me: NodeId,
     pub raft: Raft<TypeConfig>,
+    /// When the leader's last append (or heartbeat) arrived.
+    pub last_append: std::sync::Mutex<std::time::Instant>,
+    /// Silence from the leader longer than this means it is gone (election-timeout-min).
+    pub leader_silence: std::time::Duration,
 }
 
 impl RaftService {
@@ -50,12 +54,35 @@ impl RaftTransport for RaftService {
     async fn append_entries(&self, request: Request<RaftEnvelope>) -> Result<Response<RaftEnvelope>, Status> {
         let (envelope, rpc) = self.open(request)?;
         let result = self.raft.append_entries(rpc).await;
+        if result.is_ok() {
+            *self.last_append.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
+        }
         self.reply(&envelope, &result)
     }
 
     async fn vote(&self, request: Request<RaftEnvelope>) -> Result<Response<RaftEnvelope>, Status> {
-        let (envelope, rpc) = self.open(request)?;
+        let (envelope, rpc): (RaftEnvelope, openraft::raft::VoteRequest<NodeId>) = self.open(request)?;
+        let candidate_log = rpc.last_log_id;
         let result = self.raft.vote(rpc).await;
+        // A candidate whose log is behind ours can never win, and waiting for our own election
+        // timer costs another timeout: when the leader has been silent past the election
+        // timeout, stand for election now. (Safe: elections never lose committed entries; the
+        // silence check keeps a healthy leader from being disturbed by a stale candidate.)
+        if let Ok(resp) = &result {
+            let leader_gone =
+                self.last_append.lock().unwrap_or_else(|p| p.into_inner()).elapsed() > self.leader_silence;
+            let follower = self.raft.metrics().borrow().state == openraft::ServerState::Follower;
+            if !resp.vote_granted && candidate_log < resp.last_log_id && leader_gone && follower {
+                tracing::info!(
+                    node = self.me,
+                    "a candidate with an older log asked for a vote; standing for election"
+                );
+                let raft = self.raft.clone();
+                tokio::spawn(async move {
+                    let _ = raft.trigger().elect().await;
+                });
+            }
+        }
         self.reply(&envelope, &result)
     }
 
