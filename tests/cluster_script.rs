@@ -4,29 +4,15 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use raftmq_blackbox::ScriptCluster;
 use raftmq_client::{Admin, Client, ClientConfig, Message, MessageQueue, Producer, PullConsumer, ReadPreference};
 use raftmq_proto as pb;
+use raftmq_testkit::wait_until;
 
 fn client(namesrv: &[String]) -> Client {
     Client::new(ClientConfig::new(namesrv.to_vec())).expect("client")
-}
-
-async fn wait<T, F, Fut>(what: &str, deadline: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let end = Instant::now() + deadline;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < end, "timed out after {deadline:?} waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn node_status(c: &Client, addr: &str) -> Option<pb::NodeStatus> {
@@ -58,7 +44,7 @@ async fn two_groups_fail_over_under_load_and_survive_a_nameserver_loss() {
     // Every NameServer routes T to the nodes that call themselves master, and the others as slaves.
     for ns in &cluster.namesrv {
         let single = client(std::slice::from_ref(ns));
-        let route = wait("T routed in both groups", Duration::from_secs(15), || async {
+        let route = wait_until("T routed in both groups", Duration::from_secs(15), || async {
             let r = single.refresh_route("T").await.ok()?;
             (r.groups.len() == 2 && r.groups.iter().all(|g| g.master.is_some() && g.slaves.len() == 2)).then_some(r)
         })
@@ -104,21 +90,21 @@ async fn two_groups_fail_over_under_load_and_survive_a_nameserver_loss() {
     };
     let admin = Admin::new(c.clone());
     for group in &cluster.groups {
-        let before = wait("a master", Duration::from_secs(15), || async {
+        let before = wait_until("a master", Duration::from_secs(15), || async {
             group_info(&admin, group).await.filter(|g| !g.master_addr.is_empty())
         })
         .await;
         let victim = format!("{group}-{}", before.master_node_id);
         cluster.must(&["kill", &victim]);
         let acked_at_kill = acked.lock().unwrap().len();
-        let after = wait("a new master with a higher term", Duration::from_secs(15), || async {
+        let after = wait_until("a new master with a higher term", Duration::from_secs(15), || async {
             group_info(&admin, group).await.filter(|g| {
                 g.master_node_id != before.master_node_id && g.term > before.term && !g.master_addr.is_empty()
             })
         })
         .await;
         assert!(after.term > before.term);
-        wait("sends resume in the failed group", Duration::from_secs(15), || async {
+        wait_until("sends resume in the failed group", Duration::from_secs(15), || async {
             let n = acked.lock().unwrap()[acked_at_kill..]
                 .iter()
                 .filter(|(q, _, _)| &q.group == group)
@@ -172,7 +158,7 @@ async fn two_groups_fail_over_under_load_and_survive_a_nameserver_loss() {
     let (ok, out, err) = cluster.cli(&["topic", "create", "U", "--queues", "1"]);
     assert!(ok, "{out}{err}");
     let other = client(&cluster.namesrv[1..]);
-    wait(
+    wait_until(
         "the other NameServer routes the new topic",
         Duration::from_secs(15),
         || async { other.refresh_route("U").await.ok() },
