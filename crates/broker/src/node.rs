@@ -59,6 +59,7 @@ impl Listeners {
 /// A running broker node.
 pub struct Broker {
     state: Arc<BrokerState>,
+    db: Arc<raftmq_store::db::Db>,
     client_addr: SocketAddr,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -96,6 +97,7 @@ impl Broker {
         }
         let reader: StoreReader = store.reader.clone();
         let retention = store.retention.clone();
+        let db = store.db.clone();
 
         let raft_config = openraft::Config {
             cluster_name: config.group.clone(),
@@ -223,6 +225,7 @@ impl Broker {
         tracing::info!(group = %state.config.group, node = state.config.node_id, %client_addr, "broker node started");
         Ok(Broker {
             state,
+            db,
             client_addr,
             stop,
             tasks: vec![proposer_task, heartbeat_task, retention_task],
@@ -264,6 +267,10 @@ impl Broker {
             .shutdown()
             .await
             .map_err(|e| anyhow::anyhow!("raft did not stop cleanly: {e}"))?;
+        // So that the next start need not replay the WAL.
+        if let Err(e) = raftmq_store::flush_memtables(&self.db) {
+            tracing::warn!("flushing memtables at stop failed (the next start replays the WAL): {e}");
+        }
         tracing::info!(node = self.state.config.node_id, "broker node stopped");
         Ok(())
     }

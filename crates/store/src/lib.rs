@@ -74,6 +74,18 @@ pub struct Store {
     pub state_machine: StateMachine,
     pub reader: StoreReader,
     pub retention: Retention,
+    /// The database itself, for [`flush_memtables`] at a clean stop.
+    pub db: std::sync::Arc<Db>,
+}
+
+/// Writes every memtable to disk. Nothing needs it for durability (the WAL is synced), but a
+/// store closed after it opens without replaying the WAL: a clean restart with a large log
+/// takes a tenth of the time.
+pub fn flush_memtables(db: &Db) -> Result<(), rocksdb::Error> {
+    for name in db::ALL_CFS {
+        db.db.flush_cf(db.cf(name))?;
+    }
+    Ok(())
 }
 
 /// What the recovery checks found, for the start-up log line.
@@ -180,6 +192,7 @@ impl Store {
             shared: shared.clone(),
             log: log.clone(),
         };
+        let db_handle = db.clone();
         let state_machine = StateMachine::new(db, shared, snapshot_dir);
         let recovered = Recovered {
             applied_index: applied.map(|a| a.index),
@@ -191,6 +204,7 @@ impl Store {
                 state_machine,
                 reader,
                 retention,
+                db: db_handle,
             },
             recovered,
         ))
