@@ -7,6 +7,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "raftmq/v1/namesrv.proto",
         "raftmq/v1/broker.proto",
         "raftmq/v1/raft.proto",
+        "apache/rocketmq/v2/definition.proto",
+        "apache/rocketmq/v2/service.proto",
     ];
     for file in files {
         // A directory's mtime does not change when a file in it does: name every file.

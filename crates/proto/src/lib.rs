@@ -10,3 +10,8 @@ pub mod v1 {
 }
 
 pub use v1::*;
+
+/// Apache RocketMQ 5's gRPC protocol (`apache.rocketmq.v2`), served for the official clients.
+pub mod rocketmq {
+    tonic::include_proto!("apache.rocketmq.v2");
+}

@@ -9,6 +9,7 @@ use rocksdb::WriteBatch;
 use crate::codec;
 use crate::db::{Db, CF_CQ, CF_OFFSETS, CF_QUEUES, CF_TOPICS};
 use crate::keys;
+use crate::pop;
 use crate::state::{CqEntry, QueueState, SmState};
 use crate::types::{perm, Command, CommandResult, MessageIn, OffsetUpdate, Rejection, Request, TopicConfig};
 
@@ -55,6 +56,56 @@ pub fn apply_request(
                 offsets,
                 increase_only,
             } => commit_offsets(db, state, batch, group, offsets, *increase_only),
+            Command::Pop(p) => pop::pop(db, state, batch, log_index, req.store_timestamp_ms, p),
+            Command::PopAck {
+                group,
+                topic,
+                queue_id,
+                entries,
+            } => pop::ack(db, state, batch, group, topic, *queue_id, entries),
+            Command::PopChangeInvisible {
+                group,
+                topic,
+                queue_id,
+                lease,
+                invisible_ms,
+            } => pop::change_invisible(
+                db,
+                state,
+                batch,
+                log_index,
+                req.store_timestamp_ms,
+                group,
+                topic,
+                *queue_id,
+                lease,
+                *invisible_ms,
+            ),
+            Command::PopDeadLetter {
+                group,
+                topic,
+                queue_id,
+                lease,
+                dlq_topic,
+                message,
+            } => {
+                let result = pop::dead_letter(
+                    db,
+                    state,
+                    batch,
+                    log_index,
+                    req.store_timestamp_ms,
+                    position,
+                    group,
+                    topic,
+                    *queue_id,
+                    lease,
+                    dlq_topic,
+                    message,
+                );
+                position += 1;
+                result
+            }
         })
         .collect()
 }
@@ -90,6 +141,33 @@ fn send(
             ),
         );
     }
+    append(
+        db,
+        state,
+        batch,
+        log_index,
+        store_timestamp_ms,
+        first_position,
+        topic,
+        queue_id,
+        messages,
+    )
+}
+
+/// Appends messages to a queue that exists and takes writes: the consume-queue entries and the
+/// queue's new bound.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn append(
+    db: &Db,
+    state: &mut SmState,
+    batch: &mut WriteBatch,
+    log_index: u64,
+    store_timestamp_ms: i64,
+    first_position: u32,
+    topic: &str,
+    queue_id: u32,
+    messages: &[MessageIn],
+) -> CommandResult {
     let queue = state.queues.entry((topic.to_owned(), queue_id)).or_default();
     let first_offset = queue.next_offset;
     let cq = db.cf(CF_CQ);
@@ -149,6 +227,7 @@ fn delete_topic(db: &Db, state: &mut SmState, batch: &mut WriteBatch, name: &str
     batch.delete_range_cf(db.cf(CF_QUEUES), &prefix, &end);
     state.queues.retain(|(t, _), _| t != name);
     let offsets = db.cf(CF_OFFSETS);
+    crate::pop::delete_topic(db, state, batch, name);
     state.offsets.retain(|(group, topic, queue), _| {
         if topic == name {
             batch.delete_cf(offsets, keys::consume_offset(group, topic, *queue));

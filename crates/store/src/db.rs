@@ -8,6 +8,7 @@
 //! | `queues` | topic, queue | min and next offset |
 //! | `cq` | topic, queue, offset | consume-queue entry: where the message sits in the log |
 //! | `offsets` | group, topic, queue | consume offset |
+//! | `pop` | group, topic, queue [, offset] | POP cursor, or one delivery in flight |
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,7 +21,8 @@ pub const CF_TOPICS: &str = "topics";
 pub const CF_QUEUES: &str = "queues";
 pub const CF_CQ: &str = "cq";
 pub const CF_OFFSETS: &str = "offsets";
-pub const ALL_CFS: [&str; 6] = [CF_LOG, CF_META, CF_TOPICS, CF_QUEUES, CF_CQ, CF_OFFSETS];
+pub const CF_POP: &str = "pop";
+pub const ALL_CFS: [&str; 7] = [CF_LOG, CF_META, CF_TOPICS, CF_QUEUES, CF_CQ, CF_OFFSETS, CF_POP];
 
 pub const META_VOTE: &[u8] = b"vote";
 pub const META_COMMITTED: &[u8] = b"committed";

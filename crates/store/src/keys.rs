@@ -55,6 +55,32 @@ pub fn parse_consume_offset(key: &[u8]) -> Option<(String, String, u32)> {
     Some((group, topic, queue))
 }
 
+/// POP cursor of a consumer group in a queue (the same layout as a consume offset).
+pub fn pop_cursor(group: &str, topic: &str, queue_id: u32) -> Vec<u8> {
+    consume_offset(group, topic, queue_id)
+}
+
+/// One in-flight POP delivery: its cursor key, then the offset.
+pub fn pop_inflight(group: &str, topic: &str, queue_id: u32, offset: u64) -> Vec<u8> {
+    let mut k = consume_offset(group, topic, queue_id);
+    k.extend_from_slice(&offset.to_be_bytes());
+    k
+}
+
+/// Parses a [`pop_cursor`] (offset `None`) or [`pop_inflight`] key.
+pub fn parse_pop(key: &[u8]) -> Option<(String, String, u32, Option<u64>)> {
+    let first = key.iter().position(|b| *b == 0)?;
+    let second = first + 1 + key[first + 1..].iter().position(|b| *b == 0)?;
+    let cursor_len = second + 5;
+    let (cursor, rest) = (key.get(..cursor_len)?, &key[cursor_len.min(key.len())..]);
+    let (group, topic, queue) = parse_consume_offset(cursor)?;
+    match rest.len() {
+        0 => Some((group, topic, queue, None)),
+        8 => Some((group, topic, queue, Some(u64::from_be_bytes(rest.try_into().ok()?)))),
+        _ => None,
+    }
+}
+
 /// The smallest key greater than every key starting with `prefix`.
 pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
@@ -85,6 +111,15 @@ mod tests {
             Some(("g1".into(), "T".into(), 3))
         );
         assert_eq!(log_index(&log(42)), Some(42));
+        assert_eq!(
+            parse_pop(&pop_cursor("g", "T", 2)),
+            Some(("g".into(), "T".into(), 2, None))
+        );
+        assert_eq!(
+            parse_pop(&pop_inflight("g", "T", 2, 9)),
+            Some(("g".into(), "T".into(), 2, Some(9)))
+        );
+        assert!(pop_inflight("g", "T", 2, 0) > pop_cursor("g", "T", 2));
         assert_eq!(prefix_end(b"ab"), b"ac".to_vec());
         assert!(prefix_end(&topic_prefix("T")) > cq("T", u32::MAX, u64::MAX));
     }

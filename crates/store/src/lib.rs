@@ -16,6 +16,7 @@ pub mod db;
 pub mod disk;
 pub mod keys;
 pub mod log_store;
+pub mod pop;
 pub mod reader;
 pub mod retention;
 pub mod snapshot;

@@ -16,7 +16,7 @@ use crate::keys;
 use crate::log_store::decode_entry;
 use crate::state::{CqEntry, QueueState};
 use crate::state_machine::SmShared;
-use crate::types::{Command, Entry, TopicConfig};
+use crate::types::{Entry, TopicConfig};
 
 /// A stored message as readers get it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,6 +166,29 @@ impl StoreReader {
             .collect();
         groups.dedup();
         groups
+    }
+
+    /// A consumer group's POP state in a queue at `now_ms` (see [`crate::pop::view`]).
+    pub fn pop_view(
+        &self,
+        group: &str,
+        topic: &str,
+        queue_id: u32,
+        now_ms: i64,
+        max_expired: usize,
+    ) -> crate::pop::PopView {
+        crate::pop::view(&self.shared.read(), group, topic, queue_id, now_ms, max_expired)
+    }
+
+    /// The current delivery named by a lease, if it is current.
+    pub fn pop_delivery(
+        &self,
+        group: &str,
+        topic: &str,
+        queue_id: u32,
+        lease: &crate::types::PopLease,
+    ) -> Option<crate::state::Inflight> {
+        crate::pop::delivery(&self.shared.read(), group, topic, queue_id, lease)
     }
 
     pub fn applied_index(&self) -> u64 {
@@ -340,17 +363,12 @@ impl StoreReader {
         };
         let mut first = 0u32;
         for command in &request.commands {
-            let Command::Send {
-                topic: t,
-                queue_id: q,
-                messages,
-            } = command
-            else {
+            let Some((t, q, messages)) = command.stored_messages() else {
                 continue;
             };
             let count = messages.len() as u32;
             if cq.position >= first && cq.position < first + count {
-                if t != topic || *q != queue_id {
+                if t != topic || q != queue_id {
                     return Err(broken(format!(
                         "position {} is {t}/{q}, the index says {topic}/{queue_id}",
                         cq.position

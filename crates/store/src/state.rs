@@ -1,4 +1,5 @@
-//! The state machine's in-memory state: topics, queue bounds, consume offsets, applied position.
+//! The state machine's in-memory state: topics, queue bounds, consume offsets, POP deliveries in
+//! flight, applied position.
 //!
 //! All of it is also in RocksDB; memory holds it so that apply and reads need no lookups. It is
 //! small: a few numbers per queue and per (group, queue). The consume-queue index and the bodies
@@ -10,7 +11,7 @@ use rocksdb::IteratorMode;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, CorruptRecord};
-use crate::db::{Db, CF_OFFSETS, CF_QUEUES, CF_TOPICS, META_APPLIED, META_MEMBERSHIP};
+use crate::db::{Db, CF_OFFSETS, CF_POP, CF_QUEUES, CF_TOPICS, META_APPLIED, META_MEMBERSHIP};
 use crate::keys;
 use crate::types::{LogId, StoredMembership, TopicConfig};
 
@@ -38,6 +39,32 @@ pub struct CqEntry {
 /// (group, topic, queue)
 pub type OffsetKey = (String, String, u32);
 
+/// One message handed to a consumer group by a POP receive and not yet acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inflight {
+    /// When it may be delivered again (master's clock, from the entry's store timestamp).
+    pub visible_at_ms: i64,
+    /// How many times it was delivered.
+    pub attempt: u32,
+    /// Index of the entry that delivered it or last changed its invisibility.
+    pub lease: u64,
+}
+
+/// A consumer group's POP state in one queue.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PopQueue {
+    /// The next offset never delivered to the group.
+    pub next: u64,
+    pub inflight: BTreeMap<u64, Inflight>,
+}
+
+impl PopQueue {
+    /// Where the group's consume progress stands: nothing below it awaits an acknowledgement.
+    pub fn low_watermark(&self) -> u64 {
+        self.inflight.keys().next().copied().unwrap_or(self.next).min(self.next)
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct SmState {
     pub applied: Option<LogId>,
@@ -45,6 +72,7 @@ pub struct SmState {
     pub topics: BTreeMap<String, TopicConfig>,
     pub queues: HashMap<(String, u32), QueueState>,
     pub offsets: BTreeMap<OffsetKey, u64>,
+    pub pops: BTreeMap<OffsetKey, PopQueue>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +115,21 @@ impl SmState {
                 reason: "bad key".into(),
             })?;
             state.offsets.insert(id, codec::decode(&value, what)?);
+        }
+        for item in db.db.iterator_cf(db.cf(CF_POP), IteratorMode::Start) {
+            let (key, value) = item?;
+            let what = || format!("pop state {}", String::from_utf8_lossy(&key));
+            let (group, topic, queue, offset) = keys::parse_pop(&key).ok_or_else(|| CorruptRecord {
+                what: what(),
+                reason: "bad key".into(),
+            })?;
+            let pq = state.pops.entry((group, topic, queue)).or_default();
+            match offset {
+                None => pq.next = codec::decode(&value, what)?,
+                Some(offset) => {
+                    pq.inflight.insert(offset, codec::decode(&value, what)?);
+                }
+            }
         }
         Ok(state)
     }

@@ -122,6 +122,79 @@ pub enum Command {
         offsets: Vec<OffsetUpdate>,
         increase_only: bool,
     },
+    /// Hands messages of one queue to a consumer group for a while (RocketMQ 5's POP receive):
+    /// new ones from the group's cursor and expired ones again. See [`Pop`].
+    Pop(Pop),
+    /// Acknowledges deliveries: each names its offset and the lease it was delivered under.
+    PopAck {
+        group: String,
+        topic: String,
+        queue_id: u32,
+        entries: Vec<PopLease>,
+    },
+    /// Keeps a delivery invisible for `invisible_ms` more (from the entry's timestamp); the
+    /// delivery gets this entry's index as its new lease.
+    PopChangeInvisible {
+        group: String,
+        topic: String,
+        queue_id: u32,
+        lease: PopLease,
+        invisible_ms: u64,
+    },
+    /// Ends a delivery by moving a copy of its message to the group's dead-letter topic.
+    PopDeadLetter {
+        group: String,
+        topic: String,
+        queue_id: u32,
+        lease: PopLease,
+        dlq_topic: String,
+        message: MessageIn,
+    },
+}
+
+impl Command {
+    /// The messages this command stores, with their topic and queue: what message positions in
+    /// an entry count.
+    pub fn stored_messages(&self) -> Option<(&str, u32, &[MessageIn])> {
+        match self {
+            Command::Send {
+                topic,
+                queue_id,
+                messages,
+            } => Some((topic, *queue_id, messages)),
+            Command::PopDeadLetter { dlq_topic, message, .. } => Some((dlq_topic, 0, std::slice::from_ref(message))),
+            _ => None,
+        }
+    }
+}
+
+/// One delivery of a message to a consumer group: the message's offset and the index of the
+/// entry that delivered it (or last changed its invisibility). A receipt handle carries both, so
+/// a handle from an earlier delivery no longer matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PopLease {
+    pub offset: u64,
+    pub lease: u64,
+}
+
+/// A POP receive as the master proposes it, from what it read of the state; apply grants only
+/// what is still true when the entry applies, so concurrent receives never share a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pop {
+    pub group: String,
+    pub topic: String,
+    pub queue_id: u32,
+    /// Deliveries whose invisibility has expired, to deliver again.
+    pub redeliver: Vec<PopLease>,
+    /// Deliveries whose message retention removed: forgotten.
+    pub forget: Vec<PopLease>,
+    /// The group's cursor the master saw; new offsets are granted only if it is still there.
+    pub new_from: u64,
+    /// Where the cursor moves: past `new` and past messages the group's filter skipped.
+    pub new_to: u64,
+    /// New offsets to deliver, ascending, in `new_from..new_to`.
+    pub new: Vec<u64>,
+    pub invisible_ms: u64,
 }
 
 /// A Raft log entry's application data: a batch of commands proposed together.
@@ -145,6 +218,8 @@ pub enum Rejection {
     QueueNotFound,
     NoPermission,
     InvalidArgument,
+    /// A POP lease that is no longer current (acknowledged, redelivered or changed since).
+    StaleLease,
 }
 
 /// The outcome of one command.
@@ -159,6 +234,11 @@ pub enum CommandResult {
     },
     Done,
     Rejected(Rejection, String),
+    /// Offsets delivered by a [`Pop`], with their delivery attempt; the lease is the entry's
+    /// index.
+    Popped(Vec<(u64, u32)>),
+    /// Per acknowledged entry: whether its lease was current.
+    Acked(Vec<bool>),
 }
 
 /// The outcome of applying one entry.
