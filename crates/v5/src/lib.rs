@@ -1,0 +1,134 @@
+//! Apache RocketMQ 5's gRPC protocol, `apache.rocketmq.v2.MessagingService`, as raftmq serves it
+//! so that the official RocketMQ 5 clients work unchanged.
+//!
+//! This crate is the protocol: requests in, statuses, routes, settings and receipt handles out.
+//! What the operations mean (storing, POP deliveries) belongs to a [`Backend`]: the broker's does
+//! everything, the NameServer's only answers routes. Every node serves the service; a node that
+//! is not its group's master forwards writes and receives to the master, so a client that
+//! reaches any node of a group keeps working through a failover.
+//!
+//! Business errors travel in the response's `status` with RocketMQ's codes, never as gRPC
+//! errors; messages start with raftmq's stable code where there is one.
+
+pub mod receipt;
+pub mod route;
+pub mod service;
+pub mod settings;
+pub mod status;
+
+use std::time::Duration;
+
+use raftmq_proto::rocketmq as v2;
+use raftmq_proto::v1;
+
+pub use service::MessagingService;
+pub use status::Fail;
+
+/// Where a node serves writes and receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// This node is its group's master.
+    Here,
+    /// Forward to the master at this client address.
+    Master(String),
+}
+
+/// What the protocol needs from the node it runs on. Every method but [`Backend::route`] has a
+/// default that answers "not served here" (what a NameServer says).
+#[tonic::async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// The route of a topic (its full name, namespace included) as the NameServers know it.
+    async fn route(&self, topic: &str) -> Result<v1::TopicRoute, Fail>;
+
+    /// Where writes and receives go from here; may wait a bounded time for a master to exist.
+    async fn target(&self) -> Result<Target, Fail> {
+        Err(Fail::illegal_access_point())
+    }
+
+    /// Stores messages of one topic; one result per message, in order.
+    async fn send(&self, _ns: &str, _messages: Vec<v2::Message>) -> Result<Vec<v2::SendResultEntry>, Fail> {
+        Err(Fail::illegal_access_point())
+    }
+
+    /// A POP receive, waiting up to `wait` for messages; an empty list means none arrived.
+    async fn receive(
+        &self,
+        _ns: &str,
+        _req: &v2::ReceiveMessageRequest,
+        _wait: Duration,
+    ) -> Result<Vec<v2::Message>, Fail> {
+        Err(Fail::illegal_access_point())
+    }
+
+    /// Acknowledges deliveries; one result per entry, in order.
+    async fn ack(&self, _ns: &str, _req: &v2::AckMessageRequest) -> Result<Vec<v2::AckMessageResultEntry>, Fail> {
+        Err(Fail::illegal_access_point())
+    }
+
+    /// Changes a delivery's invisibility; returns the delivery's new receipt handle.
+    async fn change_invisible(&self, _ns: &str, _req: &v2::ChangeInvisibleDurationRequest) -> Result<String, Fail> {
+        Err(Fail::illegal_access_point())
+    }
+
+    /// Moves a delivered message to its group's dead-letter topic.
+    async fn forward_to_dead_letter(
+        &self,
+        _ns: &str,
+        _req: &v2::ForwardMessageToDeadLetterQueueRequest,
+    ) -> Result<(), Fail> {
+        Err(Fail::illegal_access_point())
+    }
+}
+
+/// RocketMQ's namespaced name: `ns%name`, or the name alone without a namespace.
+pub fn full_name(ns: &str, name: &str) -> String {
+    if ns.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{ns}%{name}")
+    }
+}
+
+/// A consumer group's dead-letter topic, as RocketMQ names it.
+pub fn dead_letter_topic(group: &str) -> String {
+    format!("%DLQ%{group}")
+}
+
+/// Longest a message may stay invisible after a receive (RocketMQ's limit).
+pub const MAX_INVISIBLE: Duration = Duration::from_secs(12 * 3600);
+/// Shortest invisibility accepted.
+pub const MIN_INVISIBLE: Duration = Duration::from_secs(1);
+/// Invisibility of a receive that names none (push consumers ask for auto-renewal).
+pub const DEFAULT_INVISIBLE: Duration = Duration::from_secs(60);
+/// Deliveries of one message before it goes to the dead-letter topic (RocketMQ's default).
+pub const MAX_DELIVERY_ATTEMPTS: u32 = 16;
+/// Most messages one receive returns.
+pub const MAX_RECEIVE_BATCH: usize = 256;
+
+/// A protobuf duration as a std one (negative values are zero).
+pub fn duration(d: &prost_types::Duration) -> Duration {
+    if d.seconds < 0 || (d.seconds == 0 && d.nanos <= 0) {
+        return Duration::ZERO;
+    }
+    Duration::new(d.seconds as u64, d.nanos.max(0) as u32)
+}
+
+pub fn proto_duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+pub fn timestamp_ms(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+pub fn timestamp_to_ms(t: &prost_types::Timestamp) -> i64 {
+    t.seconds
+        .saturating_mul(1000)
+        .saturating_add(i64::from(t.nanos) / 1_000_000)
+}

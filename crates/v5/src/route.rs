@@ -1,0 +1,196 @@
+//! raftmq routes as RocketMQ 5 message queues and assignments.
+//!
+//! Each broker group is one RocketMQ broker with id 0 (the one clients write to) whose endpoints
+//! list every live node of the group: clients connect to any of them, and a node that is not the
+//! master forwards. So a client rides through a failover without waiting for a route refresh.
+
+use std::net::IpAddr;
+
+use raftmq_proto::rocketmq as v2;
+use raftmq_proto::v1;
+
+/// RocketMQ permission bits as raftmq stores them.
+const READ: i32 = 4;
+const WRITE: i32 = 2;
+
+/// Endpoints of `host:port` addresses: IPv4 or IPv6 when every host is one, otherwise a single
+/// domain name (clients accept only one address with that scheme).
+pub fn endpoints(addrs: &[String]) -> Option<v2::Endpoints> {
+    let parsed: Vec<(String, i32)> = addrs
+        .iter()
+        .filter_map(|a| {
+            let (host, port) = a.rsplit_once(':')?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            Some((host.to_owned(), port.parse().ok()?))
+        })
+        .collect();
+    let first = parsed.first()?;
+    let kind = |h: &str| match h.parse::<IpAddr>() {
+        Ok(IpAddr::V4(_)) => v2::AddressScheme::IPv4,
+        Ok(IpAddr::V6(_)) => v2::AddressScheme::IPv6,
+        Err(_) => v2::AddressScheme::DomainName,
+    };
+    let scheme = kind(&first.0);
+    let addresses: Vec<v2::Address> =
+        if scheme == v2::AddressScheme::DomainName || parsed.iter().any(|(h, _)| kind(h) != scheme) {
+            vec![v2::Address {
+                host: first.0.clone(),
+                port: first.1,
+            }]
+        } else {
+            parsed
+                .iter()
+                .map(|(host, port)| v2::Address {
+                    host: host.clone(),
+                    port: *port,
+                })
+                .collect()
+        };
+    Some(v2::Endpoints {
+        scheme: scheme as i32,
+        addresses,
+    })
+}
+
+/// A group's broker: every live node, the master first.
+pub fn broker(group: &v1::GroupData) -> Option<v2::Broker> {
+    let mut addrs = Vec::new();
+    if !group.master_addr.is_empty() {
+        addrs.push(group.master_addr.clone());
+    }
+    addrs.extend(group.slaves.iter().map(|s| s.addr.clone()).filter(|a| !a.is_empty()));
+    Some(v2::Broker {
+        name: group.group.clone(),
+        id: 0,
+        endpoints: Some(endpoints(&addrs)?),
+    })
+}
+
+fn permission(bits: i32) -> v2::Permission {
+    match (bits & READ != 0, bits & WRITE != 0) {
+        (true, true) => v2::Permission::ReadWrite,
+        (true, false) => v2::Permission::Read,
+        (false, true) => v2::Permission::Write,
+        (false, false) => v2::Permission::None,
+    }
+}
+
+/// What raftmq accepts: normal messages (FIFO, delay and transactions are not served).
+pub fn accepted_types() -> Vec<i32> {
+    vec![v2::MessageType::Normal as i32]
+}
+
+/// The message queues of a route; `topic` is echoed back as the client named it.
+pub fn message_queues(route: &v1::TopicRoute, topic: &v2::Resource) -> Vec<v2::MessageQueue> {
+    let mut out = Vec::new();
+    for q in &route.queues {
+        let Some(group) = route.groups.iter().find(|g| g.group == q.group) else {
+            continue;
+        };
+        let Some(broker) = broker(group) else { continue };
+        for id in 0..q.write_queues.max(q.read_queues) {
+            let mut bits = q.permission;
+            if id >= q.read_queues {
+                bits &= !READ;
+            }
+            if id >= q.write_queues {
+                bits &= !WRITE;
+            }
+            out.push(v2::MessageQueue {
+                topic: Some(topic.clone()),
+                id: id as i32,
+                permission: permission(bits) as i32,
+                broker: Some(broker.clone()),
+                accept_message_types: accepted_types(),
+            });
+        }
+    }
+    out
+}
+
+/// A push consumer's assignments: one per readable broker group, queue id -1 (every queue of
+/// the group, served by POP receives shared among the consumer group's members).
+pub fn assignments(route: &v1::TopicRoute, topic: &v2::Resource) -> Vec<v2::Assignment> {
+    let mut out = Vec::new();
+    for q in &route.queues {
+        if q.permission & READ == 0 || q.read_queues == 0 {
+            continue;
+        }
+        let Some(group) = route.groups.iter().find(|g| g.group == q.group) else {
+            continue;
+        };
+        let Some(broker) = broker(group) else { continue };
+        out.push(v2::Assignment {
+            message_queue: Some(v2::MessageQueue {
+                topic: Some(topic.clone()),
+                id: -1,
+                permission: permission(q.permission) as i32,
+                broker: Some(broker),
+                accept_message_types: accepted_types(),
+            }),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route() -> v1::TopicRoute {
+        v1::TopicRoute {
+            topic: "ns%T".into(),
+            queues: vec![v1::QueueData {
+                group: "broker-a".into(),
+                write_queues: 2,
+                read_queues: 3,
+                permission: 6,
+            }],
+            groups: vec![v1::GroupData {
+                cluster: "c".into(),
+                group: "broker-a".into(),
+                master_addr: "127.0.0.1:10912".into(),
+                master_node_id: 2,
+                term: 3,
+                slaves: vec![v1::NodeAddr {
+                    node_id: 1,
+                    addr: "127.0.0.1:10911".into(),
+                }],
+            }],
+        }
+    }
+
+    #[test]
+    fn every_node_is_an_endpoint_of_broker_id_zero() {
+        let topic = v2::Resource {
+            resource_namespace: "ns".into(),
+            name: "T".into(),
+        };
+        let queues = message_queues(&route(), &topic);
+        assert_eq!(queues.len(), 3);
+        let b = queues[0].broker.as_ref().unwrap();
+        assert_eq!((b.name.as_str(), b.id), ("broker-a", 0));
+        let e = b.endpoints.as_ref().unwrap();
+        assert_eq!(e.scheme, v2::AddressScheme::IPv4 as i32);
+        assert_eq!(e.addresses.len(), 2);
+        assert_eq!(queues[0].topic.as_ref(), Some(&topic));
+        assert_eq!(queues[0].permission, v2::Permission::ReadWrite as i32);
+        assert_eq!(
+            queues[2].permission,
+            v2::Permission::Read as i32,
+            "queue 2 is read-only"
+        );
+        assert_eq!(queues[0].accept_message_types, vec![v2::MessageType::Normal as i32]);
+        let a = assignments(&route(), &topic);
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].message_queue.as_ref().unwrap().id, -1);
+    }
+
+    #[test]
+    fn domain_names_give_one_address() {
+        let e = endpoints(&["a.example:1".into(), "b.example:2".into()]).unwrap();
+        assert_eq!(e.scheme, v2::AddressScheme::DomainName as i32);
+        assert_eq!(e.addresses.len(), 1);
+        assert!(endpoints(&[]).is_none());
+    }
+}

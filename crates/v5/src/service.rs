@@ -1,0 +1,570 @@
+//! The `MessagingService` gRPC service over a [`Backend`], with forwarding to the master.
+//!
+//! Writes and receives (send, receive, ack, change invisible duration, dead-letter) run where
+//! the backend says: here on the master, otherwise forwarded once to the master with the
+//! caller's metadata and deadline. A forwarded request that lands on a node that is no longer
+//! master is not forwarded again (it answers HA_NOT_AVAILABLE and the client retries), so
+//! requests never loop between nodes during an election.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::{Stream, StreamExt};
+use raftmq_common::validate;
+use raftmq_proto::rocketmq::messaging_service_client::MessagingServiceClient;
+use raftmq_proto::rocketmq::messaging_service_server::MessagingService as Service;
+use raftmq_proto::rocketmq::{self as v2, Code};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::{KeyAndValueRef, MetadataMap};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::status::{ok, summary, Fail};
+use crate::{full_name, route, settings, timestamp_ms, Backend, Target};
+
+/// Marks a request one node forwarded to another.
+const FORWARDED: &str = "x-raftmq-forwarded";
+/// The namespace header RocketMQ clients send.
+const NAMESPACE: &str = "x-mq-namespace";
+/// Largest message accepted or sent: a 4 MiB body plus headers and properties, with room.
+pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
+/// Receives end this long before the caller's deadline, so the answer arrives in time.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
+/// Longest receive wait when the client names none.
+const DEFAULT_POLL: Duration = Duration::from_secs(20);
+/// Deadline of a forwarded request when the caller set none.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Reply<T> = Result<Response<T>, Status>;
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// The service, cloned per connection by tonic.
+pub struct MessagingService<B> {
+    backend: Arc<B>,
+    masters: Arc<Mutex<HashMap<String, MessagingServiceClient<Channel>>>>,
+    stop: watch::Receiver<bool>,
+}
+
+impl<B> Clone for MessagingService<B> {
+    fn clone(&self) -> Self {
+        MessagingService {
+            backend: self.backend.clone(),
+            masters: self.masters.clone(),
+            stop: self.stop.clone(),
+        }
+    }
+}
+
+impl<B: Backend> MessagingService<B> {
+    /// `stop` turning true ends telemetry streams, so a node can shut down.
+    pub fn new(backend: Arc<B>, stop: watch::Receiver<bool>) -> Self {
+        MessagingService {
+            backend,
+            masters: Arc::default(),
+            stop,
+        }
+    }
+
+    /// The tonic server, with decode and encode limits that fit a 4 MiB body.
+    pub fn server(self) -> v2::messaging_service_server::MessagingServiceServer<Self> {
+        v2::messaging_service_server::MessagingServiceServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE)
+    }
+
+    fn client(&self, addr: &str) -> Result<MessagingServiceClient<Channel>, Fail> {
+        let mut masters = self.masters.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = masters.get(addr) {
+            return Ok(c.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| Fail::new(Code::InternalServerError, format!("bad master address {addr:?}: {e}")))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true);
+        let client = MessagingServiceClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE);
+        masters.insert(addr.to_owned(), client.clone());
+        Ok(client)
+    }
+
+    /// Where a write or receive runs: `Ok(None)` here, `Ok(Some(client))` on the master.
+    async fn route_write(&self, md: &MetadataMap) -> Result<Option<MessagingServiceClient<Channel>>, Fail> {
+        match self.backend.target().await? {
+            Target::Here => Ok(None),
+            Target::Master(_) if md.contains_key(FORWARDED) => Err(Fail::new(
+                Code::HaNotAvailable,
+                "NOT_MASTER: the master moved while the request was forwarded; retry",
+            )),
+            Target::Master(addr) => Ok(Some(self.client(&addr)?)),
+        }
+    }
+}
+
+/// The request's namespace: from the resource when it names one, else the header.
+fn namespace(md: &MetadataMap, resource: Option<&v2::Resource>) -> String {
+    match resource {
+        Some(r) if !r.resource_namespace.is_empty() => r.resource_namespace.clone(),
+        _ => md
+            .get(NAMESPACE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned(),
+    }
+}
+
+/// The caller's deadline from the `grpc-timeout` header.
+fn caller_timeout(md: &MetadataMap) -> Option<Duration> {
+    let v = md.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// A request to forward: the caller's metadata (namespace, client id, ...), its deadline, and
+/// the mark that stops a second hop.
+fn forwarded<T>(md: &MetadataMap, message: T) -> Request<T> {
+    let mut req = Request::new(message);
+    for kv in md.iter() {
+        if let KeyAndValueRef::Ascii(k, v) = kv {
+            let name = k.as_str();
+            if !(name.starts_with("grpc-") || matches!(name, "te" | "content-type" | "user-agent")) {
+                req.metadata_mut().insert(k.clone(), v.clone());
+            }
+        }
+    }
+    req.metadata_mut().insert(FORWARDED, "1".parse().expect("ascii"));
+    req.set_timeout(caller_timeout(md).unwrap_or(FORWARD_TIMEOUT));
+    req
+}
+
+/// A forwarded call that failed in transport: its outcome is unknown to us.
+fn forward_failed(e: Status) -> Fail {
+    Fail::new(
+        Code::ProxyTimeout,
+        format!(
+            "TIMEOUT: forwarding to the master failed ({}): {}",
+            e.code(),
+            e.message()
+        ),
+    )
+}
+
+fn check_topic(ns: &str, topic: Option<&v2::Resource>) -> Result<String, Fail> {
+    let topic = topic.ok_or_else(|| Fail::new(Code::IllegalTopic, "field `topic`: missing"))?;
+    let name = full_name(ns, &topic.name);
+    validate::name("topic", &name).map_err(|e| Fail::new(Code::IllegalTopic, e.to_string()))?;
+    Ok(name)
+}
+
+fn check_group(ns: &str, group: Option<&v2::Resource>) -> Result<String, Fail> {
+    let group = group.ok_or_else(|| Fail::new(Code::IllegalConsumerGroup, "field `group`: missing"))?;
+    let name = full_name(ns, &group.name);
+    validate::name("group", &name).map_err(|e| Fail::new(Code::IllegalConsumerGroup, e.to_string()))?;
+    Ok(name)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn unsupported(what: &str) -> v2::Status {
+    Fail::new(Code::Unsupported, format!("raftmq does not serve {what}")).status()
+}
+
+fn one<T: Send + 'static>(item: T) -> BoxStream<T> {
+    Box::pin(futures::stream::iter([Ok(item)]))
+}
+
+fn receive_status(status: v2::Status) -> v2::ReceiveMessageResponse {
+    v2::ReceiveMessageResponse {
+        content: Some(v2::receive_message_response::Content::Status(status)),
+    }
+}
+
+#[tonic::async_trait]
+impl<B: Backend> Service for MessagingService<B> {
+    async fn query_route(&self, request: Request<v2::QueryRouteRequest>) -> Reply<v2::QueryRouteResponse> {
+        let (md, _, req) = request.into_parts();
+        let ns = namespace(&md, req.topic.as_ref());
+        let answer = async {
+            let name = check_topic(&ns, req.topic.as_ref())?;
+            let route = self.backend.route(&name).await?;
+            let mut echoed = req.topic.clone().unwrap_or_default();
+            echoed.resource_namespace = ns.clone();
+            let queues = route::message_queues(&route, &echoed);
+            if queues.is_empty() {
+                return Err(Fail::new(
+                    Code::TopicNotFound,
+                    format!("TOPIC_NOT_FOUND: no live broker group holds topic {name:?}"),
+                ));
+            }
+            Ok(queues)
+        };
+        Ok(Response::new(match answer.await {
+            Ok(message_queues) => v2::QueryRouteResponse {
+                status: Some(ok()),
+                message_queues,
+            },
+            Err(f) => v2::QueryRouteResponse {
+                status: Some(f.status()),
+                message_queues: vec![],
+            },
+        }))
+    }
+
+    async fn heartbeat(&self, _request: Request<v2::HeartbeatRequest>) -> Reply<v2::HeartbeatResponse> {
+        Ok(Response::new(v2::HeartbeatResponse { status: Some(ok()) }))
+    }
+
+    async fn send_message(&self, request: Request<v2::SendMessageRequest>) -> Reply<v2::SendMessageResponse> {
+        let (md, _, req) = request.into_parts();
+        let fail = |f: Fail| {
+            Ok(Response::new(v2::SendMessageResponse {
+                status: Some(f.status()),
+                entries: vec![],
+            }))
+        };
+        let Some(first) = req.messages.first() else {
+            return fail(Fail::bad_request("field `messages`: empty"));
+        };
+        let ns = namespace(&md, first.topic.as_ref());
+        let mut topic = None;
+        for m in &req.messages {
+            match check_topic(&ns, m.topic.as_ref()) {
+                Ok(name) if topic.as_ref().is_none_or(|t| *t == name) => topic = Some(name),
+                Ok(_) => {
+                    return fail(Fail::bad_request(
+                        "every message of one request must name the same topic",
+                    ))
+                }
+                Err(f) => return fail(f),
+            }
+        }
+        match self.route_write(&md).await {
+            Err(f) => fail(f),
+            Ok(Some(mut master)) => match master.send_message(forwarded(&md, req)).await {
+                Ok(r) => Ok(r),
+                Err(e) => fail(forward_failed(e)),
+            },
+            Ok(None) => match self.backend.send(&ns, req.messages).await {
+                Ok(entries) => Ok(Response::new(v2::SendMessageResponse {
+                    status: Some(summary(entries.iter().filter_map(|e| e.status.as_ref()))),
+                    entries,
+                })),
+                Err(f) => fail(f),
+            },
+        }
+    }
+
+    async fn query_assignment(
+        &self,
+        request: Request<v2::QueryAssignmentRequest>,
+    ) -> Reply<v2::QueryAssignmentResponse> {
+        let (md, _, req) = request.into_parts();
+        let ns = namespace(&md, req.topic.as_ref());
+        let answer = async {
+            let name = check_topic(&ns, req.topic.as_ref())?;
+            check_group(&namespace(&md, req.group.as_ref()), req.group.as_ref())?;
+            let route = self.backend.route(&name).await?;
+            let mut echoed = req.topic.clone().unwrap_or_default();
+            echoed.resource_namespace = ns.clone();
+            Ok::<_, Fail>(route::assignments(&route, &echoed))
+        };
+        Ok(Response::new(match answer.await {
+            Ok(assignments) => v2::QueryAssignmentResponse {
+                status: Some(ok()),
+                assignments,
+            },
+            Err(f) => v2::QueryAssignmentResponse {
+                status: Some(f.status()),
+                assignments: vec![],
+            },
+        }))
+    }
+
+    type ReceiveMessageStream = BoxStream<v2::ReceiveMessageResponse>;
+
+    async fn receive_message(&self, request: Request<v2::ReceiveMessageRequest>) -> Reply<Self::ReceiveMessageStream> {
+        let (md, _, req) = request.into_parts();
+        let topic = req.message_queue.as_ref().and_then(|q| q.topic.as_ref());
+        let ns = namespace(&md, req.group.as_ref().or(topic));
+        let checked = check_group(&ns, req.group.as_ref()).and_then(|_| check_topic(&ns, topic));
+        if let Err(f) = checked {
+            return Ok(Response::new(one(receive_status(f.status()))));
+        }
+        let master = match self.route_write(&md).await {
+            Ok(m) => m,
+            Err(f) => return Ok(Response::new(one(receive_status(f.status())))),
+        };
+        if let Some(mut master) = master {
+            return Ok(Response::new(match master.receive_message(forwarded(&md, req)).await {
+                Ok(stream) => Box::pin(stream.into_inner()),
+                Err(e) => one(receive_status(forward_failed(e).status())),
+            }));
+        }
+        // Wait up to what the client asked, but answer before its deadline.
+        let asked = req
+            .long_polling_timeout
+            .as_ref()
+            .map(crate::duration)
+            .unwrap_or(DEFAULT_POLL);
+        let wait = match caller_timeout(&md) {
+            Some(t) => asked.min(t.saturating_sub(DEADLINE_MARGIN.max(t / 5))),
+            None => asked,
+        };
+        let mut items = Vec::new();
+        match self.backend.receive(&ns, &req, wait).await {
+            Ok(messages) if messages.is_empty() => {
+                items.push(receive_status(
+                    Fail::new(Code::MessageNotFound, "no new message within the long-polling time").status(),
+                ));
+            }
+            Ok(messages) => {
+                items.push(receive_status(ok()));
+                items.extend(messages.into_iter().map(|m| v2::ReceiveMessageResponse {
+                    content: Some(v2::receive_message_response::Content::Message(m)),
+                }));
+            }
+            Err(f) => items.push(receive_status(f.status())),
+        }
+        items.push(v2::ReceiveMessageResponse {
+            content: Some(v2::receive_message_response::Content::DeliveryTimestamp(timestamp_ms(
+                now_ms(),
+            ))),
+        });
+        Ok(Response::new(Box::pin(futures::stream::iter(
+            items.into_iter().map(Ok),
+        ))))
+    }
+
+    async fn ack_message(&self, request: Request<v2::AckMessageRequest>) -> Reply<v2::AckMessageResponse> {
+        let (md, _, req) = request.into_parts();
+        let fail = |f: Fail| {
+            Ok(Response::new(v2::AckMessageResponse {
+                status: Some(f.status()),
+                entries: vec![],
+            }))
+        };
+        let ns = namespace(&md, req.group.as_ref());
+        if let Err(f) = check_group(&ns, req.group.as_ref()).and_then(|_| check_topic(&ns, req.topic.as_ref())) {
+            return fail(f);
+        }
+        if req.entries.is_empty() {
+            return fail(Fail::bad_request("field `entries`: empty"));
+        }
+        match self.route_write(&md).await {
+            Err(f) => fail(f),
+            Ok(Some(mut master)) => match master.ack_message(forwarded(&md, req)).await {
+                Ok(r) => Ok(r),
+                Err(e) => fail(forward_failed(e)),
+            },
+            Ok(None) => match self.backend.ack(&ns, &req).await {
+                Ok(entries) => Ok(Response::new(v2::AckMessageResponse {
+                    status: Some(summary(entries.iter().filter_map(|e| e.status.as_ref()))),
+                    entries,
+                })),
+                Err(f) => fail(f),
+            },
+        }
+    }
+
+    async fn forward_message_to_dead_letter_queue(
+        &self,
+        request: Request<v2::ForwardMessageToDeadLetterQueueRequest>,
+    ) -> Reply<v2::ForwardMessageToDeadLetterQueueResponse> {
+        let (md, _, req) = request.into_parts();
+        let answer = |r: Result<(), Fail>| {
+            Ok(Response::new(v2::ForwardMessageToDeadLetterQueueResponse {
+                status: Some(match r {
+                    Ok(()) => ok(),
+                    Err(f) => f.status(),
+                }),
+            }))
+        };
+        let ns = namespace(&md, req.group.as_ref());
+        if let Err(f) = check_group(&ns, req.group.as_ref()).and_then(|_| check_topic(&ns, req.topic.as_ref())) {
+            return answer(Err(f));
+        }
+        match self.route_write(&md).await {
+            Err(f) => answer(Err(f)),
+            Ok(Some(mut master)) => match master.forward_message_to_dead_letter_queue(forwarded(&md, req)).await {
+                Ok(r) => Ok(r),
+                Err(e) => answer(Err(forward_failed(e))),
+            },
+            Ok(None) => answer(self.backend.forward_to_dead_letter(&ns, &req).await),
+        }
+    }
+
+    type PullMessageStream = BoxStream<v2::PullMessageResponse>;
+
+    async fn pull_message(&self, _request: Request<v2::PullMessageRequest>) -> Reply<Self::PullMessageStream> {
+        Ok(Response::new(one(v2::PullMessageResponse {
+            content: Some(v2::pull_message_response::Content::Status(unsupported(
+                "PullMessage (use raftmq's own pull consumer, or POP receives)",
+            ))),
+        })))
+    }
+
+    async fn update_offset(&self, _request: Request<v2::UpdateOffsetRequest>) -> Reply<v2::UpdateOffsetResponse> {
+        Ok(Response::new(v2::UpdateOffsetResponse {
+            status: Some(unsupported("UpdateOffset")),
+        }))
+    }
+
+    async fn get_offset(&self, _request: Request<v2::GetOffsetRequest>) -> Reply<v2::GetOffsetResponse> {
+        Ok(Response::new(v2::GetOffsetResponse {
+            status: Some(unsupported("GetOffset")),
+            offset: 0,
+        }))
+    }
+
+    async fn query_offset(&self, _request: Request<v2::QueryOffsetRequest>) -> Reply<v2::QueryOffsetResponse> {
+        Ok(Response::new(v2::QueryOffsetResponse {
+            status: Some(unsupported("QueryOffset")),
+            offset: 0,
+        }))
+    }
+
+    async fn end_transaction(&self, _request: Request<v2::EndTransactionRequest>) -> Reply<v2::EndTransactionResponse> {
+        Ok(Response::new(v2::EndTransactionResponse {
+            status: Some(unsupported("transactional messages")),
+        }))
+    }
+
+    type TelemetryStream = BoxStream<v2::TelemetryCommand>;
+
+    async fn telemetry(&self, request: Request<Streaming<v2::TelemetryCommand>>) -> Reply<Self::TelemetryStream> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let mut stop = self.stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let command = tokio::select! {
+                    c = inbound.next() => c,
+                    _ = stop.wait_for(|s| *s) => break,
+                };
+                let command = match command {
+                    Some(Ok(c)) => c,
+                    Some(Err(e)) => {
+                        tracing::debug!("telemetry stream ended: {e}");
+                        break;
+                    }
+                    None => break,
+                };
+                // Settings get the effective settings; everything else (thread stack traces,
+                // verification results) needs no answer.
+                if let Some(v2::telemetry_command::Command::Settings(s)) = command.command {
+                    let reply = v2::TelemetryCommand {
+                        status: Some(ok()),
+                        command: Some(v2::telemetry_command::Command::Settings(settings::effective(&s))),
+                    };
+                    if tx.send(Ok(reply)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn notify_client_termination(
+        &self,
+        _request: Request<v2::NotifyClientTerminationRequest>,
+    ) -> Reply<v2::NotifyClientTerminationResponse> {
+        Ok(Response::new(v2::NotifyClientTerminationResponse {
+            status: Some(ok()),
+        }))
+    }
+
+    async fn change_invisible_duration(
+        &self,
+        request: Request<v2::ChangeInvisibleDurationRequest>,
+    ) -> Reply<v2::ChangeInvisibleDurationResponse> {
+        let (md, _, req) = request.into_parts();
+        let answer = |r: Result<String, Fail>| {
+            Ok(Response::new(match r {
+                Ok(receipt_handle) => v2::ChangeInvisibleDurationResponse {
+                    status: Some(ok()),
+                    receipt_handle,
+                },
+                Err(f) => v2::ChangeInvisibleDurationResponse {
+                    status: Some(f.status()),
+                    receipt_handle: String::new(),
+                },
+            }))
+        };
+        let ns = namespace(&md, req.group.as_ref());
+        if let Err(f) = check_group(&ns, req.group.as_ref()).and_then(|_| check_topic(&ns, req.topic.as_ref())) {
+            return answer(Err(f));
+        }
+        match self.route_write(&md).await {
+            Err(f) => answer(Err(f)),
+            Ok(Some(mut master)) => match master.change_invisible_duration(forwarded(&md, req)).await {
+                Ok(r) => Ok(r),
+                Err(e) => answer(Err(forward_failed(e))),
+            },
+            Ok(None) => answer(self.backend.change_invisible(&ns, &req).await),
+        }
+    }
+
+    async fn recall_message(&self, _request: Request<v2::RecallMessageRequest>) -> Reply<v2::RecallMessageResponse> {
+        Ok(Response::new(v2::RecallMessageResponse {
+            status: Some(unsupported("RecallMessage (delayed messages)")),
+            message_id: String::new(),
+        }))
+    }
+
+    async fn sync_lite_subscription(
+        &self,
+        _request: Request<v2::SyncLiteSubscriptionRequest>,
+    ) -> Reply<v2::SyncLiteSubscriptionResponse> {
+        Ok(Response::new(v2::SyncLiteSubscriptionResponse {
+            status: Some(unsupported("lite topics")),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        let mut md = MetadataMap::new();
+        md.insert("grpc-timeout", "33S".parse().unwrap());
+        assert_eq!(caller_timeout(&md), Some(Duration::from_secs(33)));
+        md.insert("grpc-timeout", "2500m".parse().unwrap());
+        assert_eq!(caller_timeout(&md), Some(Duration::from_millis(2500)));
+        md.insert("grpc-timeout", "x".parse().unwrap());
+        assert_eq!(caller_timeout(&md), None);
+    }
+
+    #[test]
+    fn the_namespace_comes_from_the_resource_then_the_header() {
+        let mut md = MetadataMap::new();
+        md.insert(NAMESPACE, "hdr".parse().unwrap());
+        let r = v2::Resource {
+            resource_namespace: "res".into(),
+            name: "T".into(),
+        };
+        assert_eq!(namespace(&md, Some(&r)), "res");
+        assert_eq!(namespace(&md, None), "hdr");
+        assert_eq!(full_name("hdr", "T"), "hdr%T");
+        assert_eq!(full_name("", "T"), "T");
+    }
+}

@@ -1,0 +1,121 @@
+//! The telemetry handshake: a client sends its settings, the server answers the effective ones.
+//!
+//! Without an answer the official clients do not start (they wait for it), and without sane
+//! values they misbehave: a push consumer busy-loops on a zero long-polling timeout, a producer
+//! stops retrying without a backoff policy.
+
+use std::time::Duration;
+
+use raftmq_proto::rocketmq as v2;
+
+use crate::{proto_duration, MAX_DELIVERY_ATTEMPTS};
+
+/// Largest message body accepted (the broker's default message size limit).
+pub const MAX_BODY_SIZE: i32 = 4 << 20;
+/// How long a receive waits for messages when the client asks the server to decide.
+pub const LONG_POLLING_TIMEOUT: Duration = Duration::from_secs(20);
+/// Messages per receive a push consumer asks for.
+pub const RECEIVE_BATCH_SIZE: i32 = 32;
+/// Attempts of one send (the first and two retries), as RocketMQ's proxy says.
+pub const SEND_ATTEMPTS: i32 = 3;
+
+/// RocketMQ's redelivery delays for push consumers: 1s 5s 10s 30s 1m 2m 3m ... 2h.
+const REDELIVERY_DELAYS: [u64; 16] = [
+    1, 5, 10, 30, 60, 120, 180, 240, 300, 360, 420, 480, 540, 600, 1200, 1800,
+];
+
+/// The settings the server answers to the client's `settings`.
+pub fn effective(client: &v2::Settings) -> v2::Settings {
+    let mut s = v2::Settings {
+        client_type: client.client_type,
+        access_point: client.access_point.clone(),
+        request_timeout: client.request_timeout,
+        user_agent: client.user_agent.clone(),
+        metric: Some(v2::Metric {
+            on: false,
+            endpoints: None,
+        }),
+        ..Default::default()
+    };
+    match &client.pub_sub {
+        Some(v2::settings::PubSub::Publishing(p)) => {
+            s.backoff_policy = Some(v2::RetryPolicy {
+                max_attempts: SEND_ATTEMPTS,
+                strategy: Some(v2::retry_policy::Strategy::ExponentialBackoff(v2::ExponentialBackoff {
+                    initial: Some(proto_duration(Duration::from_millis(10))),
+                    max: Some(proto_duration(Duration::from_secs(1))),
+                    multiplier: 2.0,
+                })),
+            });
+            s.pub_sub = Some(v2::settings::PubSub::Publishing(v2::Publishing {
+                topics: p.topics.clone(),
+                max_body_size: MAX_BODY_SIZE,
+                validate_message_type: true,
+            }));
+        }
+        Some(v2::settings::PubSub::Subscription(sub)) => {
+            s.backoff_policy = Some(v2::RetryPolicy {
+                max_attempts: MAX_DELIVERY_ATTEMPTS as i32,
+                strategy: Some(v2::retry_policy::Strategy::CustomizedBackoff(v2::CustomizedBackoff {
+                    next: REDELIVERY_DELAYS
+                        .iter()
+                        .map(|s| proto_duration(Duration::from_secs(*s)))
+                        .collect(),
+                })),
+            });
+            let long_polling = sub
+                .long_polling_timeout
+                .as_ref()
+                .map(crate::duration)
+                .filter(|d| !d.is_zero())
+                .unwrap_or(LONG_POLLING_TIMEOUT);
+            s.pub_sub = Some(v2::settings::PubSub::Subscription(v2::Subscription {
+                group: sub.group.clone(),
+                subscriptions: sub.subscriptions.clone(),
+                // FIFO delivery is not served: messages of a group are delivered as normal ones.
+                fifo: Some(false),
+                receive_batch_size: Some(RECEIVE_BATCH_SIZE),
+                long_polling_timeout: Some(proto_duration(long_polling)),
+                lite_subscription_quota: None,
+                max_lite_topic_size: None,
+            }));
+        }
+        None => {}
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn producers_get_limits_and_retries_consumers_get_polling_and_backoff() {
+        let producer = effective(&v2::Settings {
+            client_type: Some(v2::ClientType::Producer as i32),
+            pub_sub: Some(v2::settings::PubSub::Publishing(v2::Publishing::default())),
+            ..Default::default()
+        });
+        let Some(v2::settings::PubSub::Publishing(p)) = producer.pub_sub else {
+            panic!()
+        };
+        assert_eq!(p.max_body_size, MAX_BODY_SIZE);
+        assert!(p.validate_message_type);
+        assert!(matches!(
+            producer.backoff_policy.unwrap().strategy,
+            Some(v2::retry_policy::Strategy::ExponentialBackoff(_))
+        ));
+        let consumer = effective(&v2::Settings {
+            pub_sub: Some(v2::settings::PubSub::Subscription(v2::Subscription::default())),
+            ..Default::default()
+        });
+        let Some(v2::settings::PubSub::Subscription(sub)) = consumer.pub_sub else {
+            panic!()
+        };
+        assert_eq!(sub.long_polling_timeout.unwrap().seconds, 20);
+        assert_eq!(sub.receive_batch_size, Some(32));
+        assert_eq!(sub.fifo, Some(false));
+        assert_eq!(consumer.backoff_policy.unwrap().max_attempts, 16);
+        assert!(!consumer.metric.unwrap().on);
+    }
+}
