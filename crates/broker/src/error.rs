@@ -21,6 +21,9 @@ pub enum BrokerError {
     MessageNotFound(String),
     #[error("{0}")]
     MessageTooLarge(String),
+    /// A POP receipt handle that is no longer current: give up on that delivery.
+    #[error("{0}")]
+    StaleHandle(String),
     #[error("{0}")]
     DiskFull(String),
     /// The outcome is unknown: the write may or may not have been committed.
@@ -40,7 +43,7 @@ impl BrokerError {
     pub fn code(&self) -> ErrorCode {
         match self {
             BrokerError::NotMaster { .. } => ErrorCode::NotMaster,
-            BrokerError::InvalidArgument(_) => ErrorCode::InvalidArgument,
+            BrokerError::InvalidArgument(_) | BrokerError::StaleHandle(_) => ErrorCode::InvalidArgument,
             BrokerError::TopicNotFound(_) => ErrorCode::TopicNotFound,
             BrokerError::QueueNotFound(_) => ErrorCode::QueueNotFound,
             BrokerError::NoPermission(_) => ErrorCode::NoPermission,

@@ -28,7 +28,7 @@ pub fn role(state: ServerState) -> Role {
     }
 }
 
-fn connect(addr: &str) -> Option<NameServerClient<Channel>> {
+pub(crate) fn connect(addr: &str) -> Option<NameServerClient<Channel>> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .ok()?
         .connect_timeout(RPC_TIMEOUT)

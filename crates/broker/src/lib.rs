@@ -14,6 +14,7 @@ pub mod proposer;
 pub mod raft_service;
 pub mod retention;
 pub mod service;
+pub mod v5;
 
 pub use config::BrokerConfig;
 pub use network::Faults;

@@ -174,6 +174,9 @@ impl Broker {
         let broker_service = BrokerServer::new(BrokerService::new(state.clone()))
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(max_message.max(16 << 20));
+        let rocketmq =
+            raftmq_v5::MessagingService::new(Arc::new(crate::v5::RocketMqBroker::new(state.clone())), stopped.clone())
+                .server();
         let raft_service = || {
             RaftTransportServer::new(RaftService {
                 group: state.config.group.clone(),
@@ -199,12 +202,15 @@ impl Broker {
             None => servers.push(serve(
                 tonic::transport::Server::builder()
                     .add_service(broker_service)
+                    .add_service(rocketmq)
                     .add_service(raft_service()),
                 listeners.client,
             )),
             Some(raft_listener) => {
                 servers.push(serve(
-                    tonic::transport::Server::builder().add_service(broker_service),
+                    tonic::transport::Server::builder()
+                        .add_service(broker_service)
+                        .add_service(rocketmq),
                     listeners.client,
                 ));
                 servers.push(serve(

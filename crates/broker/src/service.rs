@@ -67,7 +67,7 @@ impl BrokerState {
     }
 
     /// Proposes a command and maps a refusal by the state machine to its error.
-    async fn commit(&self, command: Command, bytes: usize) -> Result<(u64, CommandResult), BrokerError> {
+    pub(crate) async fn commit(&self, command: Command, bytes: usize) -> Result<(u64, CommandResult), BrokerError> {
         let (index, result) = self.proposer.submit(command, bytes).await?;
         match result {
             CommandResult::Rejected(why, message) => Err(match why {
@@ -75,6 +75,7 @@ impl BrokerState {
                 Rejection::QueueNotFound => BrokerError::QueueNotFound(message),
                 Rejection::NoPermission => BrokerError::NoPermission(message),
                 Rejection::InvalidArgument => BrokerError::InvalidArgument(message),
+                Rejection::StaleLease => BrokerError::StaleHandle(message),
             }),
             ok => Ok((index, ok)),
         }
@@ -95,7 +96,7 @@ impl BrokerState {
     }
 
     /// The topic to send to, created first when auto-create is on.
-    async fn topic_for_send(&self, topic: &str) -> Result<TopicConfig, BrokerError> {
+    pub(crate) async fn topic_for_send(&self, topic: &str) -> Result<TopicConfig, BrokerError> {
         if let Some(config) = self.reader.topic(topic) {
             return Ok(config);
         }

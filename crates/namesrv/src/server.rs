@@ -4,6 +4,7 @@
 //! only after all of them ended: no task outlives the server.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use raftmq_proto::name_server_server::NameServerServer;
@@ -51,10 +52,15 @@ impl NameServer {
             })
         };
 
+        let rocketmq = raftmq_v5::MessagingService::new(
+            Arc::new(crate::service::RocketMqRoutes(shared.clone())),
+            stopped.clone(),
+        );
         let mut stopped_server = stopped;
         let server = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(NameServerServer::new(NameServerService::new(shared)))
+                .add_service(rocketmq.server())
                 .serve_with_incoming_shutdown(raftmq_common::runtime::incoming(listener), async move {
                     let _ = stopped_server.wait_for(|s| *s).await;
                 }),

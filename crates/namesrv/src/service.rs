@@ -64,6 +64,11 @@ impl Shared {
         }
     }
 
+    /// The route of a topic, `None` when no live group holds it.
+    pub fn route(&self, topic: &str) -> Option<raftmq_proto::TopicRoute> {
+        self.table().route(topic)
+    }
+
     /// Drops silent nodes; called by the scanner.
     pub fn expire(&self, now: Instant) {
         let changed = self.table().expire(now, self.expiry);
@@ -234,5 +239,22 @@ fn snapshot(shared: &Shared, watched: Option<&str>) -> Vec<RouteEvent> {
                 topic: t,
             })
             .collect(),
+    }
+}
+
+/// The NameServer's part of the RocketMQ 5 protocol: routes (and, through them, assignments).
+/// Clients configured with a NameServer as their access point query routes here and then talk
+/// to the broker nodes the routes list.
+pub struct RocketMqRoutes(pub Arc<Shared>);
+
+#[tonic::async_trait]
+impl raftmq_v5::Backend for RocketMqRoutes {
+    async fn route(&self, topic: &str) -> Result<raftmq_proto::TopicRoute, raftmq_v5::Fail> {
+        self.0.route(topic).ok_or_else(|| {
+            raftmq_v5::Fail::new(
+                raftmq_proto::rocketmq::Code::TopicNotFound,
+                format!("TOPIC_NOT_FOUND: no live broker group holds topic {topic:?}"),
+            )
+        })
     }
 }

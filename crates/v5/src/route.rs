@@ -1,8 +1,14 @@
 //! raftmq routes as RocketMQ 5 message queues and assignments.
 //!
-//! Each broker group is one RocketMQ broker with id 0 (the one clients write to) whose endpoints
-//! list every live node of the group: clients connect to any of them, and a node that is not the
-//! master forwards. So a client rides through a failover without waiting for a route refresh.
+//! Each broker group is one RocketMQ broker with id 0 (the one clients write to). Every live node
+//! of the group serves it, and a node that is not the master forwards writes, so the group's
+//! queues are spread over its nodes, the master first: queue `i` names node `i mod n` as its
+//! endpoint. A client that cannot reach one node retries on the next queue, which names
+//! another, so it rides through a failover without waiting for its route refresh.
+//!
+//! Why not every node in one endpoint list: the gRPC C core (the Python client, among others)
+//! sends such a multi-address target as the HTTP/2 `:authority` ("a:1,b:2"), which is not a
+//! valid authority, and the HTTP/2 server raftmq uses refuses the request with a protocol error.
 
 use std::net::IpAddr;
 
@@ -52,17 +58,24 @@ pub fn endpoints(addrs: &[String]) -> Option<v2::Endpoints> {
     })
 }
 
-/// A group's broker: every live node, the master first.
-pub fn broker(group: &v1::GroupData) -> Option<v2::Broker> {
+/// The live nodes of a group, the master first.
+pub fn nodes(group: &v1::GroupData) -> Vec<String> {
     let mut addrs = Vec::new();
     if !group.master_addr.is_empty() {
         addrs.push(group.master_addr.clone());
     }
     addrs.extend(group.slaves.iter().map(|s| s.addr.clone()).filter(|a| !a.is_empty()));
+    addrs
+}
+
+/// The group's broker as queue `queue_id` names it: one of its nodes as the endpoint.
+pub fn broker(group: &v1::GroupData, queue_id: u32) -> Option<v2::Broker> {
+    let nodes = nodes(group);
+    let node = nodes.get(queue_id as usize % nodes.len().max(1))?;
     Some(v2::Broker {
         name: group.group.clone(),
         id: 0,
-        endpoints: Some(endpoints(&addrs)?),
+        endpoints: Some(endpoints(std::slice::from_ref(node))?),
     })
 }
 
@@ -87,8 +100,8 @@ pub fn message_queues(route: &v1::TopicRoute, topic: &v2::Resource) -> Vec<v2::M
         let Some(group) = route.groups.iter().find(|g| g.group == q.group) else {
             continue;
         };
-        let Some(broker) = broker(group) else { continue };
         for id in 0..q.write_queues.max(q.read_queues) {
+            let Some(broker) = broker(group, id) else { continue };
             let mut bits = q.permission;
             if id >= q.read_queues {
                 bits &= !READ;
@@ -100,7 +113,7 @@ pub fn message_queues(route: &v1::TopicRoute, topic: &v2::Resource) -> Vec<v2::M
                 topic: Some(topic.clone()),
                 id: id as i32,
                 permission: permission(bits) as i32,
-                broker: Some(broker.clone()),
+                broker: Some(broker),
                 accept_message_types: accepted_types(),
             });
         }
@@ -108,29 +121,19 @@ pub fn message_queues(route: &v1::TopicRoute, topic: &v2::Resource) -> Vec<v2::M
     out
 }
 
-/// A push consumer's assignments: one per readable broker group, queue id -1 (every queue of
-/// the group, served by POP receives shared among the consumer group's members).
+/// A push consumer's assignments: every readable queue. Receives are POP receives, so every
+/// member of a consumer group can poll every queue and still gets each message alone.
 pub fn assignments(route: &v1::TopicRoute, topic: &v2::Resource) -> Vec<v2::Assignment> {
-    let mut out = Vec::new();
-    for q in &route.queues {
-        if q.permission & READ == 0 || q.read_queues == 0 {
-            continue;
-        }
-        let Some(group) = route.groups.iter().find(|g| g.group == q.group) else {
-            continue;
-        };
-        let Some(broker) = broker(group) else { continue };
-        out.push(v2::Assignment {
-            message_queue: Some(v2::MessageQueue {
-                topic: Some(topic.clone()),
-                id: -1,
-                permission: permission(q.permission) as i32,
-                broker: Some(broker),
-                accept_message_types: accepted_types(),
-            }),
-        });
-    }
-    out
+    message_queues(route, topic)
+        .into_iter()
+        .filter(|q| {
+            matches!(
+                v2::Permission::try_from(q.permission),
+                Ok(v2::Permission::Read | v2::Permission::ReadWrite)
+            )
+        })
+        .map(|q| v2::Assignment { message_queue: Some(q) })
+        .collect()
 }
 
 #[cfg(test)]
@@ -161,18 +164,26 @@ mod tests {
     }
 
     #[test]
-    fn every_node_is_an_endpoint_of_broker_id_zero() {
+    fn queues_spread_over_every_node_of_broker_id_zero() {
         let topic = v2::Resource {
             resource_namespace: "ns".into(),
             name: "T".into(),
         };
         let queues = message_queues(&route(), &topic);
         assert_eq!(queues.len(), 3);
-        let b = queues[0].broker.as_ref().unwrap();
-        assert_eq!((b.name.as_str(), b.id), ("broker-a", 0));
-        let e = b.endpoints.as_ref().unwrap();
-        assert_eq!(e.scheme, v2::AddressScheme::IPv4 as i32);
-        assert_eq!(e.addresses.len(), 2);
+        let endpoint = |i: usize| {
+            let b = queues[i].broker.as_ref().unwrap();
+            assert_eq!((b.name.as_str(), b.id), ("broker-a", 0));
+            let e = b.endpoints.as_ref().unwrap();
+            assert_eq!(e.scheme, v2::AddressScheme::IPv4 as i32);
+            assert_eq!(e.addresses.len(), 1);
+            e.addresses[0].port
+        };
+        assert_eq!(
+            (endpoint(0), endpoint(1), endpoint(2)),
+            (10912, 10911, 10912),
+            "queues spread over the nodes, the master first"
+        );
         assert_eq!(queues[0].topic.as_ref(), Some(&topic));
         assert_eq!(queues[0].permission, v2::Permission::ReadWrite as i32);
         assert_eq!(
@@ -182,8 +193,7 @@ mod tests {
         );
         assert_eq!(queues[0].accept_message_types, vec![v2::MessageType::Normal as i32]);
         let a = assignments(&route(), &topic);
-        assert_eq!(a.len(), 1);
-        assert_eq!(a[0].message_queue.as_ref().unwrap().id, -1);
+        assert_eq!(a.len(), 3, "every readable queue");
     }
 
     #[test]

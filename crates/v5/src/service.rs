@@ -258,7 +258,7 @@ impl<B: Backend> Service for MessagingService<B> {
         match self.route_write(&md).await {
             Err(f) => fail(f),
             Ok(Some(mut master)) => match master.send_message(forwarded(&md, req)).await {
-                Ok(r) => Ok(r),
+                Ok(r) => Ok(Response::new(r.into_inner())),
                 Err(e) => fail(forward_failed(e)),
             },
             Ok(None) => match self.backend.send(&ns, req.messages).await {
@@ -370,7 +370,7 @@ impl<B: Backend> Service for MessagingService<B> {
         match self.route_write(&md).await {
             Err(f) => fail(f),
             Ok(Some(mut master)) => match master.ack_message(forwarded(&md, req)).await {
-                Ok(r) => Ok(r),
+                Ok(r) => Ok(Response::new(r.into_inner())),
                 Err(e) => fail(forward_failed(e)),
             },
             Ok(None) => match self.backend.ack(&ns, &req).await {
@@ -403,7 +403,7 @@ impl<B: Backend> Service for MessagingService<B> {
         match self.route_write(&md).await {
             Err(f) => answer(Err(f)),
             Ok(Some(mut master)) => match master.forward_message_to_dead_letter_queue(forwarded(&md, req)).await {
-                Ok(r) => Ok(r),
+                Ok(r) => Ok(Response::new(r.into_inner())),
                 Err(e) => answer(Err(forward_failed(e))),
             },
             Ok(None) => answer(self.backend.forward_to_dead_letter(&ns, &req).await),
@@ -515,7 +515,7 @@ impl<B: Backend> Service for MessagingService<B> {
         match self.route_write(&md).await {
             Err(f) => answer(Err(f)),
             Ok(Some(mut master)) => match master.change_invisible_duration(forwarded(&md, req)).await {
-                Ok(r) => Ok(r),
+                Ok(r) => Ok(Response::new(r.into_inner())),
                 Err(e) => answer(Err(forward_failed(e))),
             },
             Ok(None) => answer(self.backend.change_invisible(&ns, &req).await),

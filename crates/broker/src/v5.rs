@@ -1,0 +1,814 @@
+//! The broker's side of the RocketMQ 5 protocol: sends, POP receives and their acknowledgements
+//! on top of the group-commit proposer and the replicated POP state.
+//!
+//! Everything that changes state is a Raft command, committed before it is answered: a sent
+//! message is on a majority's disk, and a delivery (its invisibility, its attempt count, its
+//! acknowledgement) survives a failover. A receive proposes what the master read and hands out
+//! only what apply granted, so two receives never get the same message.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Read;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use md5::{Digest, Md5};
+use openraft::ServerState;
+use raftmq_proto::name_server_client::NameServerClient;
+use raftmq_proto::rocketmq::{self as v2, Code};
+use raftmq_proto::{v1, GetRouteRequest};
+use raftmq_store::pop::MAX_INFLIGHT_PER_QUEUE;
+use raftmq_store::types::{perm, Command, CommandResult, MessageIn, Pop, PopLease};
+use raftmq_store::{body_crc, StoredMessage};
+use raftmq_v5::receipt::ReceiptHandle;
+use raftmq_v5::{full_name, Backend, Fail, Target};
+use tonic::transport::Channel;
+
+use crate::error::BrokerError;
+use crate::service::{BrokerState, TagFilter};
+
+/// Property holding the producer's message id (RocketMQ's name for it).
+pub const PROP_MESSAGE_ID: &str = "UNIQ_KEY";
+/// Property holding the producer's host.
+pub const PROP_BORN_HOST: &str = "__BORNHOST";
+/// Properties a dead-lettered copy carries about its origin.
+pub const PROP_DLQ_ORIGIN_TOPIC: &str = "DLQ_ORIGIN_TOPIC";
+pub const PROP_DLQ_ORIGIN_MESSAGE_ID: &str = "DLQ_ORIGIN_MESSAGE_ID";
+/// Properties raftmq sets itself: a user property may not use these names.
+const RESERVED: [&str; 4] = [
+    PROP_MESSAGE_ID,
+    PROP_BORN_HOST,
+    PROP_DLQ_ORIGIN_TOPIC,
+    PROP_DLQ_ORIGIN_MESSAGE_ID,
+];
+/// Largest total of tags, keys and properties of one message.
+const MAX_PROPERTIES_SIZE: usize = 64 << 10;
+/// How long a write waits for the group to have a master before it answers HA_NOT_AVAILABLE.
+const MASTER_WAIT: Duration = Duration::from_secs(3);
+/// Deadline of a route query to a NameServer.
+const ROUTE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The backend of a broker node.
+pub struct RocketMqBroker {
+    state: Arc<BrokerState>,
+    namesrv: Vec<NameServerClient<Channel>>,
+    next_queue: AtomicU32,
+    /// (group, topic, queue) a receive on this node is proposing for: others skip it.
+    busy: Mutex<HashSet<(String, String, u32)>>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn fail(e: BrokerError) -> Fail {
+    Fail::from_raftmq(e.code(), &e.to_string())
+}
+
+/// Marks a queue busy for one receive; unmarked on drop.
+struct BusyGuard<'a> {
+    set: &'a Mutex<HashSet<(String, String, u32)>>,
+    key: (String, String, u32),
+}
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        self.set.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+    }
+}
+
+impl RocketMqBroker {
+    pub fn new(state: Arc<BrokerState>) -> RocketMqBroker {
+        let namesrv = state
+            .config
+            .namesrv
+            .iter()
+            .filter_map(|addr| crate::heartbeat::connect(addr))
+            .collect();
+        RocketMqBroker {
+            state,
+            namesrv,
+            next_queue: AtomicU32::new(0),
+            busy: Mutex::default(),
+        }
+    }
+
+    fn group(&self) -> &str {
+        &self.state.config.group
+    }
+
+    fn try_busy(&self, key: (String, String, u32)) -> Option<BusyGuard<'_>> {
+        let mut set = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        set.insert(key.clone()).then_some(BusyGuard { set: &self.busy, key })
+    }
+
+    /// This group's own route of a topic, for when no NameServer answers.
+    fn local_route(&self, topic: &str) -> Option<v1::TopicRoute> {
+        let config = self.state.reader.topic(topic)?;
+        let metrics = self.state.raft.metrics().borrow().clone();
+        let members = metrics.membership_config.membership();
+        let leader = metrics.current_leader;
+        let mut group = v1::GroupData {
+            cluster: self.state.config.cluster.clone(),
+            group: self.group().to_owned(),
+            term: metrics.current_term,
+            ..Default::default()
+        };
+        for (id, node) in members.nodes() {
+            if Some(*id) == leader {
+                group.master_addr = node.client_addr.clone();
+                group.master_node_id = *id;
+            } else {
+                group.slaves.push(v1::NodeAddr {
+                    node_id: *id,
+                    addr: node.client_addr.clone(),
+                });
+            }
+        }
+        Some(v1::TopicRoute {
+            topic: topic.to_owned(),
+            queues: vec![v1::QueueData {
+                group: self.group().to_owned(),
+                write_queues: config.write_queues,
+                read_queues: config.read_queues,
+                permission: config.permission as i32,
+            }],
+            groups: vec![group],
+        })
+    }
+
+    fn handle(&self, queue_id: u32, offset: u64, lease: u64) -> String {
+        ReceiptHandle {
+            broker: self.group().to_owned(),
+            queue_id,
+            offset,
+            lease,
+        }
+        .to_string()
+    }
+
+    /// Parses a receipt handle made by this group.
+    fn parse_handle(&self, handle: &str) -> Result<ReceiptHandle, Fail> {
+        ReceiptHandle::parse(handle)
+            .filter(|h| h.broker == self.group())
+            .ok_or_else(|| {
+                Fail::new(
+                    Code::InvalidReceiptHandle,
+                    format!(
+                        "receipt handle {handle:?} was not issued by broker group {}",
+                        self.group()
+                    ),
+                )
+            })
+    }
+
+    /// Converts a protocol message into what the store keeps.
+    fn message_in(&self, m: v2::Message) -> Result<MessageIn, Fail> {
+        let sys = m.system_properties.unwrap_or_default();
+        match v2::MessageType::try_from(sys.message_type).unwrap_or(v2::MessageType::Unspecified) {
+            v2::MessageType::Normal | v2::MessageType::Unspecified => {}
+            other => {
+                return Err(Fail::new(
+                    Code::Unsupported,
+                    format!(
+                        "{} messages are not served by raftmq; send NORMAL ones",
+                        other.as_str_name()
+                    ),
+                ))
+            }
+        }
+        if sys.message_group.is_some() || sys.delivery_timestamp.is_some() {
+            return Err(Fail::new(
+                Code::Unsupported,
+                "message groups (FIFO) and delivery timestamps (delay) are not served by raftmq",
+            ));
+        }
+        if sys.message_id.is_empty() || sys.message_id.len() > 128 {
+            return Err(Fail::new(
+                Code::IllegalMessageId,
+                "field `message_id`: must be 1 to 128 bytes",
+            ));
+        }
+        let max = self.state.config.max_message_size;
+        let body = match v2::Encoding::try_from(sys.body_encoding).unwrap_or(v2::Encoding::Unspecified) {
+            v2::Encoding::Gzip => {
+                let mut out = Vec::new();
+                flate2::read::GzDecoder::new(m.body.as_slice())
+                    .take(max as u64 + 1)
+                    .read_to_end(&mut out)
+                    .map_err(|e| Fail::new(Code::MessageCorrupted, format!("the gzip body does not decode: {e}")))?;
+                out
+            }
+            _ => m.body,
+        };
+        if body.is_empty() {
+            return Err(Fail::new(Code::MessageBodyEmpty, "the message body is empty"));
+        }
+        if body.len() > max {
+            return Err(Fail::new(
+                Code::MessageBodyTooLarge,
+                format!(
+                    "MESSAGE_TOO_LARGE: the body is {} bytes; the limit is {max}",
+                    body.len()
+                ),
+            ));
+        }
+        let mut properties = Vec::with_capacity(m.user_properties.len() + 2);
+        for (k, v) in m.user_properties {
+            if RESERVED.contains(&k.as_str()) || k.is_empty() {
+                return Err(Fail::new(
+                    Code::IllegalMessagePropertyKey,
+                    format!("property {k:?} is reserved or empty"),
+                ));
+            }
+            properties.push((k, v));
+        }
+        properties.push((PROP_MESSAGE_ID.to_owned(), sys.message_id));
+        if !sys.born_host.is_empty() {
+            properties.push((PROP_BORN_HOST.to_owned(), sys.born_host));
+        }
+        properties.sort();
+        let message = MessageIn {
+            body_crc: body_crc(&body),
+            tags: sys.tag.unwrap_or_default(),
+            keys: sys.keys.join(" "),
+            properties,
+            body,
+            born_timestamp_ms: sys.born_timestamp.as_ref().map(raftmq_v5::timestamp_to_ms).unwrap_or(0),
+        };
+        if message.size() - message.body.len() > MAX_PROPERTIES_SIZE {
+            return Err(Fail::new(
+                Code::MessagePropertiesTooLarge,
+                format!("tags, keys and properties exceed {MAX_PROPERTIES_SIZE} bytes"),
+            ));
+        }
+        Ok(message)
+    }
+
+    /// A stored message as a delivery to a client.
+    fn delivery(
+        &self,
+        ns: &str,
+        topic_name: &str,
+        m: StoredMessage,
+        handle: String,
+        attempt: u32,
+        invisible: Duration,
+    ) -> v2::Message {
+        let mut message_id = m.msg_id.clone();
+        let mut born_host = String::new();
+        let mut user = std::collections::HashMap::new();
+        for (k, v) in m.properties {
+            match k.as_str() {
+                PROP_MESSAGE_ID => message_id = v,
+                PROP_BORN_HOST => born_host = v,
+                _ => {
+                    user.insert(k, v);
+                }
+            }
+        }
+        let digest = Md5::digest(&m.body);
+        let checksum: String = digest.iter().map(|b| format!("{b:02X}")).collect();
+        v2::Message {
+            topic: Some(v2::Resource {
+                resource_namespace: ns.to_owned(),
+                name: topic_name.to_owned(),
+            }),
+            user_properties: user,
+            system_properties: Some(v2::SystemProperties {
+                tag: (!m.tags.is_empty()).then_some(m.tags),
+                keys: m.keys.split_whitespace().map(str::to_owned).collect(),
+                message_id,
+                body_digest: Some(v2::Digest {
+                    r#type: v2::DigestType::Md5 as i32,
+                    checksum,
+                }),
+                body_encoding: v2::Encoding::Identity as i32,
+                message_type: v2::MessageType::Normal as i32,
+                born_timestamp: Some(raftmq_v5::timestamp_ms(m.born_timestamp_ms)),
+                born_host,
+                store_timestamp: Some(raftmq_v5::timestamp_ms(m.store_timestamp_ms)),
+                store_host: self.state.config.me().client_addr.clone(),
+                receipt_handle: Some(handle),
+                queue_id: m.queue_id as i32,
+                queue_offset: Some(m.queue_offset as i64),
+                invisible_duration: Some(raftmq_v5::proto_duration(invisible)),
+                delivery_attempt: Some(attempt as i32),
+                ..Default::default()
+            }),
+            body: m.body,
+        }
+    }
+
+    /// One POP round in one queue: dead-letters what used up its attempts, redelivers what
+    /// expired, and hands out new messages; returns what apply granted, with messages.
+    #[allow(clippy::too_many_arguments)]
+    async fn pop_queue(
+        &self,
+        group: &str,
+        topic: &str,
+        queue_id: u32,
+        filter: &TagFilter,
+        max: usize,
+        invisible: Duration,
+    ) -> Result<Vec<(StoredMessage, u32, u64)>, Fail> {
+        let s = &self.state;
+        let Some(_busy) = self.try_busy((group.to_owned(), topic.to_owned(), queue_id)) else {
+            return Ok(vec![]);
+        };
+        let view = s.reader.pop_view(group, topic, queue_id, now_ms(), max * 2);
+        let mut redeliver = Vec::new();
+        let mut forget = Vec::new();
+        let mut messages: BTreeMap<u64, StoredMessage> = BTreeMap::new();
+        for (lease, attempt) in view.expired {
+            let Some(m) = s
+                .reader
+                .get(topic, queue_id, lease.offset)
+                .map_err(|e| fail(e.into()))?
+            else {
+                // Retention removed the message: nothing left to deliver.
+                forget.push(lease);
+                continue;
+            };
+            if attempt >= raftmq_v5::MAX_DELIVERY_ATTEMPTS {
+                self.dead_letter(group, topic, queue_id, lease, m, "delivered too many times")
+                    .await?;
+                continue;
+            }
+            if redeliver.len() < max {
+                redeliver.push(lease);
+                messages.insert(lease.offset, m);
+            }
+        }
+        let room = max.saturating_sub(redeliver.len());
+        let (mut new, mut new_to) = (Vec::new(), view.cursor);
+        if room > 0 && view.inflight < MAX_INFLIGHT_PER_QUEUE {
+            let read = s
+                .reader
+                .read(
+                    topic,
+                    queue_id,
+                    view.cursor,
+                    room.min(MAX_INFLIGHT_PER_QUEUE - view.inflight),
+                    4 << 20,
+                    &|tags| filter.matches(tags),
+                )
+                .map_err(|e| fail(e.into()))?;
+            new_to = read.next_offset.max(view.cursor);
+            for m in read.messages {
+                new.push(m.queue_offset);
+                messages.insert(m.queue_offset, m);
+            }
+        }
+        if redeliver.is_empty() && forget.is_empty() && new.is_empty() && new_to == view.cursor {
+            return Ok(vec![]);
+        }
+        let command = Command::Pop(Pop {
+            group: group.to_owned(),
+            topic: topic.to_owned(),
+            queue_id,
+            redeliver,
+            forget,
+            new_from: view.cursor,
+            new_to,
+            new,
+            invisible_ms: invisible.as_millis() as u64,
+        });
+        let (lease, result) = s.commit(command, 0).await.map_err(fail)?;
+        let CommandResult::Popped(granted) = result else {
+            return Err(Fail::new(
+                Code::InternalServerError,
+                format!("a POP applied as {result:?}"),
+            ));
+        };
+        Ok(granted
+            .into_iter()
+            .filter_map(|(offset, attempt)| messages.remove(&offset).map(|m| (m, attempt, lease)))
+            .collect())
+    }
+
+    /// Moves one delivered message to the group's dead-letter topic.
+    async fn dead_letter(
+        &self,
+        group: &str,
+        topic: &str,
+        queue_id: u32,
+        lease: PopLease,
+        m: StoredMessage,
+        why: &str,
+    ) -> Result<(), Fail> {
+        let dlq_topic = raftmq_v5::dead_letter_topic(group);
+        let mut properties = m.properties;
+        properties.retain(|(k, _)| k != PROP_DLQ_ORIGIN_TOPIC && k != PROP_DLQ_ORIGIN_MESSAGE_ID);
+        properties.push((PROP_DLQ_ORIGIN_TOPIC.to_owned(), topic.to_owned()));
+        properties.push((PROP_DLQ_ORIGIN_MESSAGE_ID.to_owned(), m.msg_id.clone()));
+        properties.sort();
+        let bytes = m.body.len();
+        let message = MessageIn {
+            tags: m.tags,
+            keys: m.keys,
+            properties,
+            body_crc: m.body_crc,
+            body: m.body,
+            born_timestamp_ms: m.born_timestamp_ms,
+        };
+        let command = Command::PopDeadLetter {
+            group: group.to_owned(),
+            topic: topic.to_owned(),
+            queue_id,
+            lease,
+            dlq_topic: dlq_topic.clone(),
+            message,
+        };
+        match self.state.commit(command, bytes).await {
+            Ok(_) => {
+                tracing::info!(
+                    group,
+                    topic,
+                    queue_id,
+                    offset = lease.offset,
+                    dlq_topic,
+                    why,
+                    "message dead-lettered"
+                );
+                Ok(())
+            }
+            Err(BrokerError::StaleHandle(e)) => Err(stale(&e)),
+            Err(e) => Err(fail(e)),
+        }
+    }
+}
+
+fn stale(message: &str) -> Fail {
+    Fail::new(Code::InvalidReceiptHandle, message)
+}
+
+fn check_invisible(d: Duration) -> Result<Duration, Fail> {
+    if d < raftmq_v5::MIN_INVISIBLE || d > raftmq_v5::MAX_INVISIBLE {
+        return Err(Fail::new(
+            Code::IllegalInvisibleTime,
+            format!(
+                "invisible duration {d:?} is outside {:?}..={:?}",
+                raftmq_v5::MIN_INVISIBLE,
+                raftmq_v5::MAX_INVISIBLE
+            ),
+        ));
+    }
+    Ok(d)
+}
+
+#[tonic::async_trait]
+impl Backend for RocketMqBroker {
+    async fn route(&self, topic: &str) -> Result<v1::TopicRoute, Fail> {
+        let mut not_found = false;
+        for client in &self.namesrv {
+            let mut client = client.clone();
+            let mut req = tonic::Request::new(GetRouteRequest {
+                topic: topic.to_owned(),
+            });
+            req.set_timeout(ROUTE_TIMEOUT);
+            match client.get_route(req).await {
+                Ok(route) => return Ok(route.into_inner()),
+                Err(e)
+                    if raftmq_common::RemoteError::from_status(&e).code
+                        == Some(raftmq_common::ErrorCode::TopicNotFound) =>
+                {
+                    not_found = true
+                }
+                Err(e) => tracing::debug!("route query to a NameServer failed: {e}"),
+            }
+        }
+        // No NameServer knows it (or none answers): this group's own view still serves clients
+        // that came straight to a broker.
+        self.local_route(topic).ok_or_else(|| {
+            Fail::new(
+                Code::TopicNotFound,
+                format!(
+                    "TOPIC_NOT_FOUND: topic {topic:?} does not exist{}",
+                    if not_found {
+                        ""
+                    } else {
+                        " in this broker group (no NameServer answered)"
+                    }
+                ),
+            )
+        })
+    }
+
+    async fn target(&self) -> Result<Target, Fail> {
+        let deadline = Instant::now() + MASTER_WAIT;
+        let mut metrics = self.state.raft.metrics();
+        loop {
+            {
+                let m = metrics.borrow_and_update();
+                if m.state == ServerState::Leader {
+                    return Ok(Target::Here);
+                }
+                if let Some(leader) = m.current_leader.filter(|l| *l != self.state.config.node_id) {
+                    if let Some(node) = m.membership_config.membership().get_node(&leader) {
+                        return Ok(Target::Master(node.client_addr.clone()));
+                    }
+                }
+            }
+            tokio::select! {
+                changed = metrics.changed() => if changed.is_err() { break },
+                _ = tokio::time::sleep_until(deadline.into()) => break,
+            }
+        }
+        Err(Fail::new(
+            Code::HaNotAvailable,
+            format!(
+                "NOT_MASTER: broker group {} has no master right now; retry",
+                self.group()
+            ),
+        ))
+    }
+
+    async fn send(&self, ns: &str, messages: Vec<v2::Message>) -> Result<Vec<v2::SendResultEntry>, Fail> {
+        let s = &self.state;
+        s.disk.check().map_err(fail)?;
+        let topic = full_name(
+            ns,
+            &messages[0].topic.as_ref().map(|t| t.name.clone()).unwrap_or_default(),
+        );
+        let mut ids = Vec::with_capacity(messages.len());
+        let mut stored = Vec::with_capacity(messages.len());
+        let mut bytes = 0;
+        for m in messages {
+            ids.push(
+                m.system_properties
+                    .as_ref()
+                    .map(|p| p.message_id.clone())
+                    .unwrap_or_default(),
+            );
+            let m = self.message_in(m)?;
+            bytes += m.size();
+            stored.push(m);
+        }
+        let config = s.topic_for_send(&topic).await.map_err(fail)?;
+        if config.permission & perm::WRITE == 0 {
+            return Err(Fail::new(Code::Forbidden, format!("topic {topic:?} is not writable")));
+        }
+        let queue_id = self.next_queue.fetch_add(1, Ordering::Relaxed) % config.write_queues;
+        let command = Command::Send {
+            topic,
+            queue_id,
+            messages: stored,
+        };
+        let (_, result) = s.commit(command, bytes).await.map_err(fail)?;
+        let CommandResult::Sent { first_offset, .. } = result else {
+            return Err(Fail::new(
+                Code::InternalServerError,
+                format!("a send applied as {result:?}"),
+            ));
+        };
+        Ok(ids
+            .into_iter()
+            .enumerate()
+            .map(|(i, message_id)| v2::SendResultEntry {
+                status: Some(raftmq_v5::status::ok()),
+                message_id,
+                transaction_id: String::new(),
+                offset: (first_offset + i as u64) as i64,
+                recall_handle: String::new(),
+            })
+            .collect())
+    }
+
+    async fn receive(
+        &self,
+        ns: &str,
+        req: &v2::ReceiveMessageRequest,
+        wait: Duration,
+    ) -> Result<Vec<v2::Message>, Fail> {
+        let s = &self.state;
+        let group = full_name(ns, &req.group.as_ref().map(|g| g.name.clone()).unwrap_or_default());
+        let queue = req.message_queue.clone().unwrap_or_default();
+        let topic_name = queue.topic.as_ref().map(|t| t.name.clone()).unwrap_or_default();
+        let topic = full_name(ns, &topic_name);
+        let config = s.reader.topic(&topic).ok_or_else(|| {
+            Fail::new(
+                Code::TopicNotFound,
+                format!(
+                    "TOPIC_NOT_FOUND: topic {topic:?} does not exist in broker group {}",
+                    self.group()
+                ),
+            )
+        })?;
+        if config.permission & perm::READ == 0 {
+            return Err(Fail::new(Code::Forbidden, format!("topic {topic:?} is not readable")));
+        }
+        let filter = match &req.filter_expression {
+            Some(f) if f.r#type == v2::FilterType::Sql as i32 => {
+                return Err(Fail::new(
+                    Code::Unsupported,
+                    "SQL filter expressions are not served; use tags",
+                ))
+            }
+            Some(f) => {
+                TagFilter::parse(&f.expression).map_err(|e| Fail::new(Code::IllegalFilterExpression, e.to_string()))?
+            }
+            None => TagFilter::parse("*").map_err(fail)?,
+        };
+        let invisible = check_invisible(
+            req.invisible_duration
+                .as_ref()
+                .map(raftmq_v5::duration)
+                .unwrap_or(raftmq_v5::DEFAULT_INVISIBLE),
+        )?;
+        if req.batch_size <= 0 {
+            return Err(Fail::bad_request("field `batch_size`: must be positive"));
+        }
+        let batch = (req.batch_size as usize).min(raftmq_v5::MAX_RECEIVE_BATCH);
+        let queues: Vec<u32> = if queue.id >= 0 {
+            if queue.id as u32 >= config.read_queues {
+                return Err(Fail::new(
+                    Code::NotFound,
+                    format!(
+                        "topic {topic:?} has {} read queues; queue {} does not exist",
+                        config.read_queues, queue.id
+                    ),
+                ));
+            }
+            vec![queue.id as u32]
+        } else {
+            // Every readable queue, starting at a different one each time for fairness.
+            let start = self.next_queue.fetch_add(1, Ordering::Relaxed);
+            (0..config.read_queues)
+                .map(|i| (start + i) % config.read_queues)
+                .collect()
+        };
+        let deadline = Instant::now() + wait;
+        let mut applied = s.reader.subscribe_applied();
+        let mut stop = s.stop.clone();
+        loop {
+            applied.borrow_and_update();
+            let mut out = Vec::new();
+            let mut next_visible: Option<i64> = None;
+            for &q in &queues {
+                if out.len() >= batch {
+                    break;
+                }
+                for (m, attempt, lease) in self
+                    .pop_queue(&group, &topic, q, &filter, batch - out.len(), invisible)
+                    .await?
+                {
+                    let handle = self.handle(q, m.queue_offset, lease);
+                    out.push(self.delivery(ns, &topic_name, m, handle, attempt, invisible));
+                }
+                let v = s.reader.pop_view(&group, &topic, q, now_ms(), 0);
+                if let Some(t) = v.next_visible_at_ms {
+                    next_visible = Some(next_visible.map_or(t, |n| n.min(t)));
+                }
+            }
+            if !out.is_empty() || Instant::now() >= deadline {
+                return Ok(out);
+            }
+            // Wait for new messages, for an invisible one to come back, or for the deadline.
+            let mut until = deadline;
+            if let Some(t) = next_visible {
+                let ms = (t - now_ms()).max(1) as u64;
+                until = until.min(Instant::now() + Duration::from_millis(ms));
+            }
+            tokio::select! {
+                changed = applied.changed() => if changed.is_err() {
+                    return Err(Fail::new(Code::HaNotAvailable, "UNAVAILABLE: the store is closing"));
+                },
+                _ = tokio::time::sleep_until(until.into()) => {}
+                _ = stop.wait_for(|s| *s) => return Err(Fail::new(Code::HaNotAvailable, "UNAVAILABLE: the broker is shutting down")),
+            }
+            if s.raft.metrics().borrow().state != ServerState::Leader {
+                return Err(Fail::new(
+                    Code::HaNotAvailable,
+                    "NOT_MASTER: this node stopped being master; retry",
+                ));
+            }
+        }
+    }
+
+    async fn ack(&self, ns: &str, req: &v2::AckMessageRequest) -> Result<Vec<v2::AckMessageResultEntry>, Fail> {
+        let group = full_name(ns, &req.group.as_ref().map(|g| g.name.clone()).unwrap_or_default());
+        let topic = full_name(ns, &req.topic.as_ref().map(|t| t.name.clone()).unwrap_or_default());
+        let mut results: Vec<Option<v2::Status>> = vec![None; req.entries.len()];
+        let mut by_queue: BTreeMap<u32, Vec<(usize, PopLease)>> = BTreeMap::new();
+        for (i, e) in req.entries.iter().enumerate() {
+            match self.parse_handle(&e.receipt_handle) {
+                Ok(h) => by_queue.entry(h.queue_id).or_default().push((
+                    i,
+                    PopLease {
+                        offset: h.offset,
+                        lease: h.lease,
+                    },
+                )),
+                Err(f) => results[i] = Some(f.status()),
+            }
+        }
+        let commits = by_queue.into_iter().map(|(queue_id, entries)| {
+            let command = Command::PopAck {
+                group: group.clone(),
+                topic: topic.clone(),
+                queue_id,
+                entries: entries.iter().map(|(_, l)| *l).collect(),
+            };
+            async move { (entries, self.state.commit(command, 0).await) }
+        });
+        for (entries, result) in futures::future::join_all(commits).await {
+            match result {
+                Ok((_, CommandResult::Acked(acked))) => {
+                    for ((i, _), current) in entries.into_iter().zip(acked) {
+                        results[i] = Some(if current {
+                            raftmq_v5::status::ok()
+                        } else {
+                            stale("the receipt handle is stale: the message was acknowledged, redelivered or changed since")
+                                .status()
+                        });
+                    }
+                }
+                Ok((_, other)) => {
+                    let f = Fail::new(Code::InternalServerError, format!("an ack applied as {other:?}"));
+                    for (i, _) in entries {
+                        results[i] = Some(f.status());
+                    }
+                }
+                Err(e) => {
+                    let f = fail(e);
+                    for (i, _) in entries {
+                        results[i] = Some(f.status());
+                    }
+                }
+            }
+        }
+        Ok(req
+            .entries
+            .iter()
+            .zip(results)
+            .map(|(e, status)| v2::AckMessageResultEntry {
+                message_id: e.message_id.clone(),
+                receipt_handle: e.receipt_handle.clone(),
+                status,
+            })
+            .collect())
+    }
+
+    async fn change_invisible(&self, ns: &str, req: &v2::ChangeInvisibleDurationRequest) -> Result<String, Fail> {
+        let group = full_name(ns, &req.group.as_ref().map(|g| g.name.clone()).unwrap_or_default());
+        let topic = full_name(ns, &req.topic.as_ref().map(|t| t.name.clone()).unwrap_or_default());
+        let h = self.parse_handle(&req.receipt_handle)?;
+        let invisible = check_invisible(
+            req.invisible_duration
+                .as_ref()
+                .map(raftmq_v5::duration)
+                .unwrap_or_default(),
+        )?;
+        let command = Command::PopChangeInvisible {
+            group,
+            topic,
+            queue_id: h.queue_id,
+            lease: PopLease {
+                offset: h.offset,
+                lease: h.lease,
+            },
+            invisible_ms: invisible.as_millis() as u64,
+        };
+        match self.state.commit(command, 0).await {
+            Ok((index, _)) => Ok(self.handle(h.queue_id, h.offset, index)),
+            Err(BrokerError::StaleHandle(e)) => Err(stale(&e)),
+            Err(e) => Err(fail(e)),
+        }
+    }
+
+    async fn forward_to_dead_letter(
+        &self,
+        ns: &str,
+        req: &v2::ForwardMessageToDeadLetterQueueRequest,
+    ) -> Result<(), Fail> {
+        let group = full_name(ns, &req.group.as_ref().map(|g| g.name.clone()).unwrap_or_default());
+        let topic = full_name(ns, &req.topic.as_ref().map(|t| t.name.clone()).unwrap_or_default());
+        let h = self.parse_handle(&req.receipt_handle)?;
+        let lease = PopLease {
+            offset: h.offset,
+            lease: h.lease,
+        };
+        if self
+            .state
+            .reader
+            .pop_delivery(&group, &topic, h.queue_id, &lease)
+            .is_none()
+        {
+            return Err(stale(
+                "the receipt handle is stale: the message was acknowledged, redelivered or changed since",
+            ));
+        }
+        let m = self
+            .state
+            .reader
+            .get(&topic, h.queue_id, h.offset)
+            .map_err(|e| fail(e.into()))?
+            .ok_or_else(|| Fail::new(Code::MessageNotFound, "the message is no longer stored"))?;
+        self.dead_letter(&group, &topic, h.queue_id, lease, m, "the consumer gave up on it")
+            .await
+    }
+}
