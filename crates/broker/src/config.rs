@@ -78,6 +78,9 @@ pub struct BrokerConfig {
     pub retention_check_ms: u64,
     /// A consumer silent this long leaves its group, milliseconds.
     pub consumer_expiry_ms: u64,
+    /// Deliveries of one message to a RocketMQ 5 (POP) consumer group before it moves to the
+    /// group's dead-letter topic `%DLQ%<group>` (RocketMQ's default: 16).
+    pub max_delivery_attempts: u32,
     pub log_level: String,
     /// Accept the test-only InjectFault RPC (link cuts for the chaos suite). Never in production.
     pub fault_injection: bool,
@@ -107,6 +110,7 @@ impl Default for BrokerConfig {
             snapshot_every_entries: 100_000,
             snapshot_log_keep: 1_000,
             retention_hours: 72,
+            max_delivery_attempts: 16,
             disk_clean_percent: 75,
             disk_full_percent: 90,
             retention_check_ms: 10_000,
@@ -184,6 +188,7 @@ impl BrokerConfig {
             ("consumer-expiry-ms", self.consumer_expiry_ms),
             ("retention-hours", self.retention_hours),
             ("retention-check-ms", self.retention_check_ms),
+            ("max-delivery-attempts", self.max_delivery_attempts as u64),
         ];
         for (key, value) in positive {
             if value == 0 {

@@ -317,6 +317,7 @@ impl RocketMqBroker {
     ) -> Result<Vec<(StoredMessage, u32, u64)>, Fail> {
         let s = &self.state;
         let Some(_busy) = self.try_busy((group.to_owned(), topic.to_owned(), queue_id)) else {
+            tracing::debug!(group, topic, queue_id, "queue busy with another receive");
             return Ok(vec![]);
         };
         let view = s.reader.pop_view(group, topic, queue_id, now_ms(), max * 2);
@@ -333,7 +334,12 @@ impl RocketMqBroker {
                 forget.push(lease);
                 continue;
             };
-            if attempt >= raftmq_v5::MAX_DELIVERY_ATTEMPTS {
+            if !filter.matches(&m.tags) {
+                // The group's subscription changed since: this message is not for it any more.
+                forget.push(lease);
+                continue;
+            }
+            if attempt >= s.config.max_delivery_attempts {
                 self.dead_letter(group, topic, queue_id, lease, m, "delivered too many times")
                     .await?;
                 continue;
@@ -363,6 +369,7 @@ impl RocketMqBroker {
                 messages.insert(m.queue_offset, m);
             }
         }
+        tracing::debug!(group, topic, queue_id, cursor = view.cursor, new_to, ?new, ?redeliver, "pop");
         if redeliver.is_empty() && forget.is_empty() && new.is_empty() && new_to == view.cursor {
             return Ok(vec![]);
         }
@@ -462,6 +469,10 @@ fn check_invisible(d: Duration) -> Result<Duration, Fail> {
 
 #[tonic::async_trait]
 impl Backend for RocketMqBroker {
+    fn max_delivery_attempts(&self) -> u32 {
+        self.state.config.max_delivery_attempts
+    }
+
     async fn route(&self, topic: &str) -> Result<v1::TopicRoute, Fail> {
         let mut not_found = false;
         for client in &self.namesrv {

@@ -186,7 +186,8 @@ pub struct Pop {
     pub queue_id: u32,
     /// Deliveries whose invisibility has expired, to deliver again.
     pub redeliver: Vec<PopLease>,
-    /// Deliveries whose message retention removed: forgotten.
+    /// Deliveries to forget: retention removed their message, or the group's filter no longer
+    /// selects it.
     pub forget: Vec<PopLease>,
     /// The group's cursor the master saw; new offsets are granted only if it is still there.
     pub new_from: u64,

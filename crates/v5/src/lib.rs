@@ -40,6 +40,11 @@ pub trait Backend: Send + Sync + 'static {
     /// The route of a topic (its full name, namespace included) as the NameServers know it.
     async fn route(&self, topic: &str) -> Result<v1::TopicRoute, Fail>;
 
+    /// Deliveries of a message before it is dead-lettered, told to consumers in their settings.
+    fn max_delivery_attempts(&self) -> u32 {
+        MAX_DELIVERY_ATTEMPTS
+    }
+
     /// Where writes and receives go from here; may wait a bounded time for a master to exist.
     async fn target(&self) -> Result<Target, Fail> {
         Err(Fail::illegal_access_point())

@@ -328,7 +328,15 @@ impl<B: Backend> Service for MessagingService<B> {
             None => asked,
         };
         let mut items = Vec::new();
-        match self.backend.receive(&ns, &req, wait).await {
+        let received = self.backend.receive(&ns, &req, wait).await;
+        tracing::debug!(
+            group = req.group.as_ref().map(|g| g.name.as_str()).unwrap_or_default(),
+            queue = req.message_queue.as_ref().map(|q| q.id).unwrap_or_default(),
+            ?wait,
+            result = ?received.as_ref().map(|m| m.len()),
+            "receive"
+        );
+        match received {
             Ok(messages) if messages.is_empty() => {
                 items.push(receive_status(
                     Fail::new(Code::MessageNotFound, "no new message within the long-polling time").status(),
@@ -452,6 +460,7 @@ impl<B: Backend> Service for MessagingService<B> {
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let mut stop = self.stop.clone();
+        let max_attempts = self.backend.max_delivery_attempts();
         tokio::spawn(async move {
             loop {
                 let command = tokio::select! {
@@ -471,7 +480,7 @@ impl<B: Backend> Service for MessagingService<B> {
                 if let Some(v2::telemetry_command::Command::Settings(s)) = command.command {
                     let reply = v2::TelemetryCommand {
                         status: Some(ok()),
-                        command: Some(v2::telemetry_command::Command::Settings(settings::effective(&s))),
+                        command: Some(v2::telemetry_command::Command::Settings(settings::effective(&s, max_attempts))),
                     };
                     if tx.send(Ok(reply)).await.is_err() {
                         break;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use raftmq_proto::rocketmq as v2;
 
-use crate::{proto_duration, MAX_DELIVERY_ATTEMPTS};
+use crate::proto_duration;
 
 /// Largest message body accepted (the broker's default message size limit).
 pub const MAX_BODY_SIZE: i32 = 4 << 20;
@@ -24,8 +24,9 @@ const REDELIVERY_DELAYS: [u64; 16] = [
     1, 5, 10, 30, 60, 120, 180, 240, 300, 360, 420, 480, 540, 600, 1200, 1800,
 ];
 
-/// The settings the server answers to the client's `settings`.
-pub fn effective(client: &v2::Settings) -> v2::Settings {
+/// The settings the server answers to the client's `settings`; consumers are told that a message
+/// is delivered at most `max_delivery_attempts` times.
+pub fn effective(client: &v2::Settings, max_delivery_attempts: u32) -> v2::Settings {
     let mut s = v2::Settings {
         client_type: client.client_type,
         access_point: client.access_point.clone(),
@@ -55,7 +56,7 @@ pub fn effective(client: &v2::Settings) -> v2::Settings {
         }
         Some(v2::settings::PubSub::Subscription(sub)) => {
             s.backoff_policy = Some(v2::RetryPolicy {
-                max_attempts: MAX_DELIVERY_ATTEMPTS as i32,
+                max_attempts: max_delivery_attempts as i32,
                 strategy: Some(v2::retry_policy::Strategy::CustomizedBackoff(v2::CustomizedBackoff {
                     next: REDELIVERY_DELAYS
                         .iter()
@@ -91,11 +92,14 @@ mod tests {
 
     #[test]
     fn producers_get_limits_and_retries_consumers_get_polling_and_backoff() {
-        let producer = effective(&v2::Settings {
-            client_type: Some(v2::ClientType::Producer as i32),
-            pub_sub: Some(v2::settings::PubSub::Publishing(v2::Publishing::default())),
-            ..Default::default()
-        });
+        let producer = effective(
+            &v2::Settings {
+                client_type: Some(v2::ClientType::Producer as i32),
+                pub_sub: Some(v2::settings::PubSub::Publishing(v2::Publishing::default())),
+                ..Default::default()
+            },
+            16,
+        );
         let Some(v2::settings::PubSub::Publishing(p)) = producer.pub_sub else {
             panic!()
         };
@@ -105,10 +109,13 @@ mod tests {
             producer.backoff_policy.unwrap().strategy,
             Some(v2::retry_policy::Strategy::ExponentialBackoff(_))
         ));
-        let consumer = effective(&v2::Settings {
-            pub_sub: Some(v2::settings::PubSub::Subscription(v2::Subscription::default())),
-            ..Default::default()
-        });
+        let consumer = effective(
+            &v2::Settings {
+                pub_sub: Some(v2::settings::PubSub::Subscription(v2::Subscription::default())),
+                ..Default::default()
+            },
+            16,
+        );
         let Some(v2::settings::PubSub::Subscription(sub)) = consumer.pub_sub else {
             panic!()
         };

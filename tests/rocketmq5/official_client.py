@@ -1,0 +1,273 @@
+#!/usr/bin/env python3
+"""Drives the official Apache RocketMQ 5 Python client (PyPI rocketmq-python-client 5.1.2),
+unmodified, against a raftmq cluster. Run by tests/rocketmq5.rs; usable by hand:
+
+    python3 tests/rocketmq5/official_client.py basics 127.0.0.1:9876 TopicA
+    python3 tests/rocketmq5/official_client.py push 127.0.0.1:9876 TopicB
+    python3 tests/rocketmq5/official_client.py dead-letter 127.0.0.1:9876 TopicC 3
+    python3 tests/rocketmq5/official_client.py failover 127.0.0.1:9876 TopicD 12
+
+Each mode checks what a user would check and exits non-zero with the reason on the first
+failure; the last line of a success is `RESULT {json}`.
+"""
+import json
+import os
+import sys
+import threading
+import time
+
+from rocketmq import (ClientConfiguration, ConsumeResult, Credentials, FilterExpression, Message, Producer,
+                      PushConsumer, SimpleConsumer)
+from rocketmq.grpc_protocol import Code
+from rocketmq.v5.consumer import MessageListener
+from rocketmq.v5.exception import BadRequestException
+
+
+def config(endpoint):
+    return ClientConfiguration(endpoint, Credentials(), request_timeout=5)
+
+
+def fail(why):
+    print(f"FAILED: {why}", flush=True)
+    os._exit(1)
+
+
+def check(condition, why):
+    if not condition:
+        fail(why)
+
+
+def message(topic, body, tag=None, keys=None, props=None):
+    m = Message()
+    m.topic = topic
+    m.body = body
+    if tag:
+        m.tag = tag
+    if keys:
+        m.keys = keys
+    for k, v in (props or {}).items():
+        m.add_property(k, v)
+    return m
+
+
+def receive_until(consumer, want, deadline_s, invisible_s=20, ack=True):
+    """Receives until `want(received)` holds; returns every message received, in order."""
+    received = []
+    end = time.time() + deadline_s
+    while time.time() < end and not want(received):
+        for m in consumer.receive(32, invisible_s):
+            received.append(m)
+            if ack:
+                consumer.ack(m)
+    return received
+
+
+def basics(endpoint, topic):
+    producer = Producer(config(endpoint), (topic,))
+    producer.startup()
+    sent = {}
+    for i in range(10):
+        tag = "A" if i % 2 == 0 else "B"
+        body = f"message {i}".encode()
+        receipt = producer.send(message(topic, body, tag, f"key-{i}", {"n": str(i)}))
+        check(receipt.message_id, "a send receipt carries the message id")
+        sent[receipt.message_id] = (body, tag, i)
+    big = os.urandom(4 << 20)
+    big_receipt = producer.send(message(topic, big, "A", "big"))
+    sent[big_receipt.message_id] = (big, "A", "big")
+    try:
+        producer.send(message("NoSuchTopic", b"x"))
+        fail("a send to a topic that does not exist succeeded")
+    except Exception as e:  # the client reports a failed route query as a plain Exception
+        check("NoSuchTopic" in str(e), f"unexpected error for an unknown topic: {e}")
+    producer.shutdown()
+
+    # A tag filter delivers exactly the tagged messages, byte for byte, with their properties.
+    consumer = SimpleConsumer(config(endpoint), "g-basics-a", {topic: FilterExpression("A")}, await_duration=3)
+    consumer.startup()
+    want_a = {mid for mid, (_, tag, _) in sent.items() if tag == "A"}
+    got = receive_until(consumer, lambda r: {m.message_id for m in r} >= want_a, 30)
+    ids = [m.message_id for m in got]
+    check(set(ids) == want_a, f"tag A delivered {sorted(ids)}, expected {sorted(want_a)}")
+    check(len(ids) == len(set(ids)), "an acknowledged message was delivered twice")
+    for m in got:
+        body, tag, n = sent[m.message_id]
+        check(m.body == body, f"body of {m.message_id} differs ({len(m.body)} bytes vs {len(body)})")
+        check(m.tag == tag, f"tag {m.tag} != {tag}")
+        check(not m.corrupted, "the MD5 digest matches the body")
+        check(m.delivery_attempt == 1, f"first delivery has attempt {m.delivery_attempt}")
+        if n != "big":
+            check(m.properties.get("n") == str(n), f"property n = {m.properties}")
+            check(m.keys == {f"key-{n}"}, f"keys = {m.keys}")
+    consumer.shutdown()
+
+    # Invisibility: an unacknowledged message comes back with attempt 2; a changed one stays
+    # away; a stale receipt handle is refused.
+    consumer = SimpleConsumer(config(endpoint), "g-basics-all", {topic: FilterExpression("*")}, await_duration=3)
+    consumer.startup()
+    first = receive_until(consumer, lambda r: {m.message_id for m in r} >= set(sent), 30, invisible_s=30, ack=False)
+    check(len(first) == len(sent), f"{len(first)} deliveries of {len(sent)} messages: one came back early")
+    check({m.message_id for m in first} == set(sent), "every message is delivered to a second group")
+    keep, extend, rest = first[0], first[1], first[2:]
+    # `keep` comes back in 2 s instead of 30; `extend` stays away for 60 s.
+    consumer.change_invisible_duration(keep, 2)
+    old_handle = extend.receipt_handle
+    consumer.change_invisible_duration(extend, 60)
+    check(extend.receipt_handle != old_handle, "change invisible duration returns a new handle")
+    for m in rest:
+        consumer.ack(m)
+    stale = Message()
+    stale.topic = extend.topic
+    stale.message_id = extend.message_id
+    stale.receipt_handle = old_handle
+    stale.endpoints = extend.endpoints
+    try:
+        consumer.ack(stale)
+        fail("an ack with a stale receipt handle succeeded")
+    except BadRequestException as e:
+        check(e.code == Code.INVALID_RECEIPT_HANDLE, f"stale handle answered {e.code}")
+    again = receive_until(consumer, lambda r: any(m.message_id == keep.message_id for m in r), 20, ack=False)
+    back = [m for m in again if m.message_id == keep.message_id]
+    check(back, "an unacknowledged message came back after its invisible duration")
+    check(back[0].delivery_attempt == 2, f"redelivery attempt {back[0].delivery_attempt}")
+    check(all(m.message_id != extend.message_id for m in again), "a message made invisible for 60 s came back")
+    consumer.ack(back[0])
+    consumer.ack(extend)
+    try:
+        consumer.ack(extend)
+        fail("a second ack of the same delivery succeeded")
+    except BadRequestException as e:
+        check(e.code == Code.INVALID_RECEIPT_HANDLE, f"repeated ack answered {e.code}")
+    consumer.shutdown()
+    return {"sent": len(sent), "tag_a": len(want_a), "redelivered_attempt": back[0].delivery_attempt}
+
+
+def push(endpoint, topic):
+    delivered = {}
+    lock = threading.Lock()
+
+    class Listener(MessageListener):
+        def consume(self, m):
+            with lock:
+                delivered.setdefault(m.message_id, []).append(m.delivery_attempt)
+                n = len(delivered[m.message_id])
+            # Odd messages fail their first delivery: the server must redeliver them.
+            odd = int(m.body.decode().split()[1]) % 2 == 1
+            return ConsumeResult.FAILURE if odd and n == 1 else ConsumeResult.SUCCESS
+
+    consumer = PushConsumer(config(endpoint), "g-push", Listener(), {topic: FilterExpression("*")})
+    consumer.startup()
+    producer = Producer(config(endpoint), (topic,))
+    producer.startup()
+    ids = [producer.send(message(topic, f"push {i}".encode())).message_id for i in range(40)]
+    producer.shutdown()
+    end = time.time() + 60
+
+    def done():
+        with lock:
+            return all(len(delivered.get(mid, [])) >= (2 if i % 2 else 1) for i, mid in enumerate(ids))
+
+    while time.time() < end and not done():
+        time.sleep(0.2)
+    consumer.shutdown()
+    check(done(), f"push consumer got {len(delivered)} of {len(ids)} messages, failures not all redelivered")
+    for i, mid in enumerate(ids):
+        attempts = delivered[mid]
+        if i % 2:
+            check(attempts[:2] == [1, 2], f"a failed message was redelivered with attempts {attempts}")
+    return {"messages": len(ids), "redelivered": sum(1 for mid in ids if len(delivered[mid]) > 1)}
+
+
+def dead_letter(endpoint, topic, max_attempts):
+    producer = Producer(config(endpoint), (topic,))
+    producer.startup()
+    mid = producer.send(message(topic, b"poison")).message_id
+    producer.shutdown()
+    consumer = SimpleConsumer(config(endpoint), "g-dlq", {topic: FilterExpression("*")}, await_duration=2)
+    consumer.startup()
+    attempts = []
+    end = time.time() + 30 + 3 * max_attempts
+    # Never acknowledged: delivered max_attempts times, then moved to %DLQ%g-dlq.
+    while time.time() < end:
+        for m in consumer.receive(8, 1):
+            check(m.message_id == mid, "only the poison message is in the topic")
+            attempts.append(m.delivery_attempt)
+        if len(attempts) >= max_attempts:
+            # One more round must find nothing: the message is in the dead-letter topic now.
+            extra = [m for _ in range(3) for m in consumer.receive(8, 1)]
+            check(not extra, f"delivered again after {max_attempts} attempts: {[m.delivery_attempt for m in extra]}")
+            break
+    consumer.shutdown()
+    check(attempts == list(range(1, max_attempts + 1)), f"delivery attempts were {attempts}")
+    return {"attempts": attempts, "message_id": mid}
+
+
+def failover(endpoint, topic, seconds):
+    """Sends for `seconds` while the test kills the master (it writes KILLED on stdin), then
+    reads everything back: every acknowledged message must be there."""
+    producer = Producer(config(endpoint), (topic,))
+    producer.startup()
+    acked = {}
+    errors = []
+    killed_at = [None]
+
+    def watch_stdin():
+        for line in sys.stdin:
+            if line.strip() == "KILLED":
+                killed_at[0] = time.time()
+
+    threading.Thread(target=watch_stdin, daemon=True).start()
+    start = time.time()
+    i = 0
+    announced = False
+    while time.time() - start < seconds:
+        body = f"failover {i}".encode()
+        try:
+            receipt = producer.send(message(topic, body))
+            acked[receipt.message_id] = (body, time.time())
+        except Exception as e:  # a failed send is allowed; a lost acknowledged one is not
+            errors.append(f"{type(e).__name__}: {e}")
+        i += 1
+        if not announced and len(acked) >= 50:
+            print("SENDING", flush=True)
+            announced = True
+    producer.shutdown()
+    check(killed_at[0] is not None, "the test never killed the master")
+    after_kill = sum(1 for _, t in acked.values() if t > killed_at[0] + 1)
+    check(after_kill > 0, "no send was acknowledged after the master was killed")
+
+    consumer = SimpleConsumer(config(endpoint), "g-failover", {topic: FilterExpression("*")}, await_duration=3)
+    consumer.startup()
+    seen = {}
+    end = time.time() + 90
+    while time.time() < end and not set(acked) <= set(seen):
+        for m in consumer.receive(32, 30):
+            seen.setdefault(m.message_id, m.body)
+            consumer.ack(m)
+    consumer.shutdown()
+    lost = [mid for mid in acked if mid not in seen]
+    check(not lost, f"{len(lost)} acknowledged messages lost, e.g. {lost[:3]}")
+    for mid, (body, _) in acked.items():
+        check(seen[mid] == body, f"message {mid} came back with another body")
+    return {"attempted": i, "acked": len(acked), "failed": len(errors), "acked_after_kill": after_kill,
+            "lost": len(lost), "errors": errors[:5]}
+
+
+def main():
+    mode, endpoint, topic = sys.argv[1], sys.argv[2], sys.argv[3]
+    if mode == "basics":
+        result = basics(endpoint, topic)
+    elif mode == "push":
+        result = push(endpoint, topic)
+    elif mode == "dead-letter":
+        result = dead_letter(endpoint, topic, int(sys.argv[4]))
+    elif mode == "failover":
+        result = failover(endpoint, topic, float(sys.argv[4]))
+    else:
+        fail(f"unknown mode {mode}")
+    print("RESULT " + json.dumps(result), flush=True)
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
