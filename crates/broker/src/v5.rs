@@ -101,8 +101,10 @@ impl RocketMqBroker {
     }
 
     fn try_busy(&self, key: (String, String, u32)) -> Option<BusyGuard<'_>> {
-        let mut set = self.busy.lock().unwrap_or_else(|p| p.into_inner());
-        set.insert(key.clone()).then_some(BusyGuard { set: &self.busy, key })
+        let inserted = self.busy.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone());
+        // Built only when inserted: a guard dropped here would unmark the other receive's queue
+        // (and lock the set again while it is still held).
+        inserted.then(|| BusyGuard { set: &self.busy, key })
     }
 
     /// This group's own route of a topic, for when no NameServer answers.
@@ -369,7 +371,16 @@ impl RocketMqBroker {
                 messages.insert(m.queue_offset, m);
             }
         }
-        tracing::debug!(group, topic, queue_id, cursor = view.cursor, new_to, ?new, ?redeliver, "pop");
+        tracing::debug!(
+            group,
+            topic,
+            queue_id,
+            cursor = view.cursor,
+            new_to,
+            ?new,
+            ?redeliver,
+            "pop"
+        );
         if redeliver.is_empty() && forget.is_empty() && new.is_empty() && new_to == view.cursor {
             return Ok(vec![]);
         }
@@ -634,24 +645,26 @@ impl Backend for RocketMqBroker {
             return Err(Fail::bad_request("field `batch_size`: must be positive"));
         }
         let batch = (req.batch_size as usize).min(raftmq_v5::MAX_RECEIVE_BATCH);
-        let queues: Vec<u32> = if queue.id >= 0 {
-            if queue.id as u32 >= config.read_queues {
-                return Err(Fail::new(
-                    Code::NotFound,
-                    format!(
-                        "topic {topic:?} has {} read queues; queue {} does not exist",
-                        config.read_queues, queue.id
-                    ),
-                ));
-            }
-            vec![queue.id as u32]
+        // A receive pops from every readable queue of the topic in this group, starting at the
+        // one the client named (official clients pick a queue at random per receive; a message
+        // must not wait for its queue to be picked).
+        if queue.id >= 0 && queue.id as u32 >= config.read_queues {
+            return Err(Fail::new(
+                Code::NotFound,
+                format!(
+                    "topic {topic:?} has {} read queues; queue {} does not exist",
+                    config.read_queues, queue.id
+                ),
+            ));
+        }
+        let start = if queue.id >= 0 {
+            queue.id as u32
         } else {
-            // Every readable queue, starting at a different one each time for fairness.
-            let start = self.next_queue.fetch_add(1, Ordering::Relaxed);
-            (0..config.read_queues)
-                .map(|i| (start + i) % config.read_queues)
-                .collect()
+            self.next_queue.fetch_add(1, Ordering::Relaxed)
         };
+        let queues: Vec<u32> = (0..config.read_queues)
+            .map(|i| (start + i) % config.read_queues)
+            .collect();
         let deadline = Instant::now() + wait;
         let mut applied = s.reader.subscribe_applied();
         let mut stop = s.stop.clone();

@@ -55,7 +55,8 @@ pub trait Backend: Send + Sync + 'static {
         Err(Fail::illegal_access_point())
     }
 
-    /// A POP receive, waiting up to `wait` for messages; an empty list means none arrived.
+    /// A POP receive from the topic's queues in this broker group (the named queue first),
+    /// waiting up to `wait` for messages; an empty list means none arrived.
     async fn receive(
         &self,
         _ns: &str,

@@ -480,7 +480,10 @@ impl<B: Backend> Service for MessagingService<B> {
                 if let Some(v2::telemetry_command::Command::Settings(s)) = command.command {
                     let reply = v2::TelemetryCommand {
                         status: Some(ok()),
-                        command: Some(v2::telemetry_command::Command::Settings(settings::effective(&s, max_attempts))),
+                        command: Some(v2::telemetry_command::Command::Settings(settings::effective(
+                            &s,
+                            max_attempts,
+                        ))),
                     };
                     if tx.send(Ok(reply)).await.is_err() {
                         break;

@@ -1,0 +1,215 @@
+//! The official Apache RocketMQ 5 Python client (PyPI `rocketmq-python-client` 5.1.2, installed
+//! by `scripts/install-deps.sh`), unmodified, against a real cluster started by
+//! `scripts/cluster.sh`: sends, tag filters, a 4 MiB body, POP receives with invisibility,
+//! acknowledgements and stale receipt handles, a push consumer with redelivery, the dead-letter
+//! topic, and a master killed while the producer sends.
+//!
+//! The client side of each check is `tests/rocketmq5/official_client.py`; these tests start the
+//! cluster, run a mode of it, and do the cluster-side parts (killing the master, reading the
+//! dead-letter topic with raftmq's own tools).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use raftmq_blackbox::ScriptCluster;
+use raftmq_client::{Admin, Client, ClientConfig};
+use raftmq_testkit::wait_until;
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("rocketmq5/official_client.py")
+}
+
+/// Fails with what to do when the official client is not installed (never skips: a skipped
+/// check would pass on a machine that cannot run it).
+fn require_client() {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import rocketmq; from rocketmq import Producer, SimpleConsumer, PushConsumer",
+        ])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "the official RocketMQ 5 Python client is missing; install it with scripts/install-deps.sh \
+         (pip install rocketmq-python-client==5.1.2): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs a mode of the client script to its end; returns its RESULT line's JSON.
+fn run_client(args: &[&str], deadline: Duration) -> String {
+    let mut child = Command::new("python3")
+        .arg(script())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start python3");
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let out = child.wait_with_output().expect("output");
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(
+                status.success(),
+                "official_client.py {} failed:\n{stdout}\n{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return result_line(&stdout);
+        }
+        if start.elapsed() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "official_client.py {} did not finish in {deadline:?}:\n{}\n{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn result_line(stdout: &str) -> String {
+    stdout
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .unwrap_or_else(|| panic!("no RESULT line in:\n{stdout}"))
+        .to_owned()
+}
+
+fn create_topic(cluster: &ScriptCluster, topic: &str) {
+    let (ok, out, err) = cluster.cli(&["topic", "create", topic, "--queues", "4"]);
+    assert!(ok, "topic create {topic}: {out}{err}");
+}
+
+/// A broker node's client address (any node serves the protocol).
+fn some_broker_addr(cluster: &ScriptCluster, node: u64) -> String {
+    let text = std::fs::read_to_string(cluster.config.join(format!("broker-a-{node}.toml"))).expect("config");
+    let mine = text
+        .split("[[members]]")
+        .skip(1)
+        .find(|m| m.contains(&format!("node-id = {node}\n")))
+        .expect("own member entry");
+    let line = mine
+        .lines()
+        .find(|l| l.starts_with("client-addr"))
+        .expect("client-addr");
+    line.split('"').nth(1).expect("quoted").to_owned()
+}
+
+#[test]
+fn sends_filters_invisibility_and_stale_handles_through_a_nameserver_and_a_broker() {
+    require_client();
+    let cluster = ScriptCluster::up(1, &["broker-a"]);
+    create_topic(&cluster, "V5Basics");
+    create_topic(&cluster, "V5Direct");
+    let result = run_client(&["basics", &cluster.namesrv[0], "V5Basics"], Duration::from_secs(180));
+    assert!(result.contains("\"redelivered_attempt\": 2"), "{result}");
+    // A broker node works as the access point too, and not only the master: node 3 answers
+    // QueryRoute itself and forwards writes when it is a slave.
+    let broker = some_broker_addr(&cluster, 3);
+    run_client(&["basics", &broker, "V5Direct"], Duration::from_secs(180));
+}
+
+#[test]
+fn a_push_consumer_gets_every_message_and_failed_ones_again() {
+    require_client();
+    let cluster = ScriptCluster::up(1, &["broker-a"]);
+    create_topic(&cluster, "V5Push");
+    let result = run_client(&["push", &cluster.namesrv[0], "V5Push"], Duration::from_secs(120));
+    assert!(result.contains("\"redelivered\": 20"), "{result}");
+}
+
+#[test]
+fn a_message_delivered_max_attempts_times_moves_to_the_dead_letter_topic() {
+    require_client();
+    let cluster = ScriptCluster::up_with(1, &["broker-a"], "max-delivery-attempts = 3");
+    create_topic(&cluster, "V5Poison");
+    let result = run_client(
+        &["dead-letter", &cluster.namesrv[0], "V5Poison", "3"],
+        Duration::from_secs(120),
+    );
+    let message_id = result
+        .split("\"message_id\": \"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("id");
+    // raftmq's own tools read the dead-letter topic: the message is there once, with its
+    // origin recorded.
+    let (ok, out, err) = cluster.cli(&["consume", "%DLQ%g-dlq", "--json", "--idle-secs", "2"]);
+    assert!(ok, "{out}{err}");
+    let copies: Vec<&str> = out.lines().filter(|l| l.contains("poison")).collect();
+    assert_eq!(copies.len(), 1, "one dead-lettered copy: {out}");
+    assert!(
+        copies[0].contains(message_id),
+        "it keeps the producer's message id: {}",
+        copies[0]
+    );
+    assert!(
+        copies[0].contains("V5Poison"),
+        "it names its origin topic: {}",
+        copies[0]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_producer_rides_through_a_master_kill_without_losing_an_acknowledged_message() {
+    require_client();
+    let cluster = ScriptCluster::up(1, &["broker-a"]);
+    create_topic(&cluster, "V5Failover");
+    let mut child = Command::new("python3")
+        .arg(script())
+        .args(["failover", &cluster.namesrv[0], "V5Failover", "12"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start python3");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = stdout.read_line(&mut line).expect("read");
+        assert!(n > 0, "the client ended before sending: {}", {
+            let out = child.wait_with_output().expect("output");
+            String::from_utf8_lossy(&out.stderr).into_owned()
+        });
+        if line.trim() == "SENDING" {
+            break;
+        }
+    }
+    let admin = Admin::new(Client::new(ClientConfig::new(cluster.namesrv.clone())).expect("client"));
+    let before = wait_until("a master", Duration::from_secs(15), || async {
+        admin
+            .cluster()
+            .await
+            .ok()?
+            .groups
+            .into_iter()
+            .find(|g| g.group == "broker-a" && !g.master_addr.is_empty())
+    })
+    .await;
+    cluster.must(&["kill", &format!("broker-a-{}", before.master_node_id)]);
+    let mut stdin = child.stdin.take().expect("stdin");
+    writeln!(stdin, "KILLED").expect("tell the client");
+    drop(stdin);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).expect("read");
+    let status = child.wait().expect("wait");
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+    }
+    assert!(status.success(), "the failover check failed:\n{rest}\n{stderr}");
+    let result = result_line(&rest);
+    assert!(result.contains("\"lost\": 0"), "{result}");
+    eprintln!("failover under the official Python producer: {result}");
+}
