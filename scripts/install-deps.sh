@@ -14,6 +14,9 @@ fi
 command -v g++ >/dev/null || need+=(g++)
 command -v make >/dev/null || need+=(make)
 
+# The RocketMQ 5 compatibility tests drive the official Python client (tests/rocketmq5.rs).
+command -v python3 >/dev/null || need+=(python3 python3-pip)
+
 if ((${#need[@]})); then
     echo "install-deps: installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -30,3 +33,12 @@ for component in rustfmt clippy; do
         rustup component add "$component"
     fi
 done
+
+# The official Apache RocketMQ 5 Python client, pinned: the compatibility tests check raftmq
+# against exactly this version.
+ROCKETMQ_PY=5.1.2
+if ! python3 -c "import importlib.metadata as m, sys; sys.exit(m.version('rocketmq-python-client') != '$ROCKETMQ_PY')" 2>/dev/null; then
+    echo "install-deps: installing rocketmq-python-client==$ROCKETMQ_PY (pip)"
+    python3 -m pip install -q --disable-pip-version-check "rocketmq-python-client==$ROCKETMQ_PY" \
+        || python3 -m pip install -q --disable-pip-version-check --break-system-packages "rocketmq-python-client==$ROCKETMQ_PY"
+fi

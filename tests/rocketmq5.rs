@@ -160,14 +160,12 @@ fn a_message_delivered_max_attempts_times_moves_to_the_dead_letter_topic() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_python_producer_rides_through_a_master_kill_without_losing_an_acknowledged_message() {
-    require_client();
-    let cluster = ScriptCluster::up(1, &["broker-a"]);
-    create_topic(&cluster, "V5Failover");
+/// Runs a failover mode of the client script: when it prints `ready`, kills the group's master
+/// and tells it so; returns its RESULT line.
+async fn run_with_master_kill(cluster: &ScriptCluster, args: &[&str], ready: &str) -> String {
     let mut child = Command::new("python3")
         .arg(script())
-        .args(["failover", &cluster.namesrv[0], "V5Failover", "12"])
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -178,11 +176,15 @@ async fn the_python_producer_rides_through_a_master_kill_without_losing_an_ackno
     loop {
         line.clear();
         let n = stdout.read_line(&mut line).expect("read");
-        assert!(n > 0, "the client ended before sending: {}", {
+        if n == 0 {
             let out = child.wait_with_output().expect("output");
-            String::from_utf8_lossy(&out.stderr).into_owned()
-        });
-        if line.trim() == "SENDING" {
+            panic!(
+                "official_client.py {} ended before {ready}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        if line.trim() == ready {
             break;
         }
     }
@@ -208,8 +210,40 @@ async fn the_python_producer_rides_through_a_master_kill_without_losing_an_ackno
     if let Some(mut e) = child.stderr.take() {
         let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
     }
-    assert!(status.success(), "the failover check failed:\n{rest}\n{stderr}");
-    let result = result_line(&rest);
+    assert!(
+        status.success(),
+        "official_client.py {} failed:\n{rest}\n{stderr}",
+        args.join(" ")
+    );
+    result_line(&rest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_producer_rides_through_a_master_kill_without_losing_an_acknowledged_message() {
+    require_client();
+    let cluster = ScriptCluster::up(1, &["broker-a"]);
+    create_topic(&cluster, "V5Failover");
+    let result = run_with_master_kill(
+        &cluster,
+        &["failover", &cluster.namesrv[0], "V5Failover", "12"],
+        "SENDING",
+    )
+    .await;
     assert!(result.contains("\"lost\": 0"), "{result}");
     eprintln!("failover under the official Python producer: {result}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_in_flight_survive_a_master_kill() {
+    require_client();
+    let cluster = ScriptCluster::up(1, &["broker-a"]);
+    create_topic(&cluster, "V5PopFailover");
+    let result = run_with_master_kill(
+        &cluster,
+        &["pop-failover", &cluster.namesrv[0], "V5PopFailover"],
+        "RECEIVED",
+    )
+    .await;
+    assert!(result.contains("\"redelivered\": 10"), "{result}");
+    eprintln!("POP deliveries across a master kill: {result}");
 }

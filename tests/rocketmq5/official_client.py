@@ -6,6 +6,10 @@ unmodified, against a raftmq cluster. Run by tests/rocketmq5.rs; usable by hand:
     python3 tests/rocketmq5/official_client.py push 127.0.0.1:9876 TopicB
     python3 tests/rocketmq5/official_client.py dead-letter 127.0.0.1:9876 TopicC 3
     python3 tests/rocketmq5/official_client.py failover 127.0.0.1:9876 TopicD 12
+    python3 tests/rocketmq5/official_client.py pop-failover 127.0.0.1:9876 TopicE
+
+The two failover modes print a line (SENDING, RECEIVED) when it is time to kill the master, and
+go on when they read KILLED on stdin.
 
 Each mode checks what a user would check and exits non-zero with the reason on the first
 failure; the last line of a success is `RESULT {json}`.
@@ -212,9 +216,7 @@ def failover(endpoint, topic, seconds):
     killed_at = [None]
 
     def watch_stdin():
-        for line in sys.stdin:
-            if line.strip() == "KILLED":
-                killed_at[0] = time.time()
+        killed_at[0] = wait_for_kill()
 
     threading.Thread(target=watch_stdin, daemon=True).start()
     start = time.time()
@@ -241,9 +243,13 @@ def failover(endpoint, topic, seconds):
     seen = {}
     end = time.time() + 90
     while time.time() < end and not set(acked) <= set(seen):
-        for m in consumer.receive(32, 30):
-            seen.setdefault(m.message_id, m.body)
-            consumer.ack(m)
+        try:
+            for m in consumer.receive(32, 30):
+                seen.setdefault(m.message_id, m.body)
+                consumer.ack(m)
+        except Exception as e:  # the killed node may still be in the client's route
+            errors.append(f"receive: {type(e).__name__}: {e}")
+            time.sleep(0.2)
     consumer.shutdown()
     lost = [mid for mid in acked if mid not in seen]
     check(not lost, f"{len(lost)} acknowledged messages lost, e.g. {lost[:3]}")
@@ -251,6 +257,61 @@ def failover(endpoint, topic, seconds):
         check(seen[mid] == body, f"message {mid} came back with another body")
     return {"attempted": i, "acked": len(acked), "failed": len(errors), "acked_after_kill": after_kill,
             "lost": len(lost), "errors": errors[:5]}
+
+
+def wait_for_kill():
+    for line in sys.stdin:
+        if line.strip() == "KILLED":
+            return time.time()
+    fail("stdin closed before the master was killed")
+
+
+def pop_failover(endpoint, topic):
+    """Deliveries in flight survive a master kill: acknowledged ones stay acknowledged,
+    unacknowledged ones come back after their invisible duration with the next attempt."""
+    producer = Producer(config(endpoint), (topic,))
+    producer.startup()
+    ids = [producer.send(message(topic, f"pop {i}".encode())).message_id for i in range(20)]
+    producer.shutdown()
+    consumer = SimpleConsumer(config(endpoint), "g-pop-failover", {topic: FilterExpression("*")}, await_duration=2)
+    consumer.startup()
+    invisible = 8
+    first = receive_until(consumer, lambda r: {m.message_id for m in r} >= set(ids), 30, invisible_s=invisible,
+                          ack=False)
+    received_at = time.time()
+    check(sorted(m.message_id for m in first) == sorted(ids), "every message delivered once before the kill")
+    acked = {m.message_id for m in first[::2]}
+    for m in first[::2]:
+        consumer.ack(m)
+    print("RECEIVED", flush=True)
+    killed_at = wait_for_kill()
+    back = {}
+    end = time.time() + 60
+    # Keep receiving a while after everything came back: an acknowledged message must not.
+    settle = None
+    errors = []
+    while time.time() < end and (settle is None or time.time() < settle):
+        try:
+            for m in consumer.receive(32, 30):
+                check(m.message_id not in acked, f"acknowledged message {m.message_id} delivered again after failover")
+                back.setdefault(m.message_id, (m.delivery_attempt, time.time()))
+                consumer.ack(m)
+        except Exception as e:  # a consumer loop rides over the election: it retries
+            errors.append(f"{type(e).__name__}: {e}")
+            time.sleep(0.2)
+        if settle is None and set(back) >= set(ids) - acked:
+            settle = time.time() + 4
+    consumer.shutdown()
+    missing = set(ids) - acked - set(back)
+    check(not missing, f"{len(missing)} unacknowledged messages never came back after the failover")
+    attempts = sorted({a for a, _ in back.values()})
+    check(attempts == [2], f"redeliveries after the failover had attempts {attempts}, expected [2]")
+    early = [t for _, t in back.values() if t < received_at + invisible - 1.5]
+    check(not early, "a message came back before its invisible duration ended")
+    return {"messages": len(ids), "acked_before_kill": len(acked), "redelivered": len(back),
+            "kill_after_receive_s": round(killed_at - received_at, 2),
+            "first_redelivery_after_receive_s": round(min(t for _, t in back.values()) - received_at, 2),
+            "errors": errors[:5]}
 
 
 def main():
@@ -261,6 +322,8 @@ def main():
         result = push(endpoint, topic)
     elif mode == "dead-letter":
         result = dead_letter(endpoint, topic, int(sys.argv[4]))
+    elif mode == "pop-failover":
+        result = pop_failover(endpoint, topic)
     elif mode == "failover":
         result = failover(endpoint, topic, float(sys.argv[4]))
     else:

@@ -118,7 +118,7 @@ pub(crate) fn classify(status: &tonic::Status) -> (Retry, ClientError) {
         // No raftmq code: the transport failed. Only a failed connection proves the request
         // never reached the broker; anything else (a reset, a broken stream) may have come after
         // the broker committed it, so its outcome is unknown.
-        None if never_sent(status) => (Retry::Unreachable, error),
+        None if raftmq_common::code::never_sent(status) => (Retry::Unreachable, error),
         None => (
             Retry::Unknown,
             ClientError::Timeout(format!(
@@ -128,19 +128,4 @@ pub(crate) fn classify(status: &tonic::Status) -> (Retry, ClientError) {
             )),
         ),
     }
-}
-
-/// Whether a transport error happened before the request could be sent: the connection was
-/// never made.
-fn never_sent(status: &tonic::Status) -> bool {
-    if status.code() != tonic::Code::Unavailable {
-        return false;
-    }
-    let mut text = status.message().to_lowercase();
-    let mut source = std::error::Error::source(status);
-    while let Some(s) = source {
-        text.push_str(&s.to_string().to_lowercase());
-        source = s.source();
-    }
-    text.contains("connect") || text.contains("refused")
 }

@@ -38,7 +38,31 @@ const DEFAULT_POLL: Duration = Duration::from_secs(20);
 /// Deadline of a forwarded request when the caller set none.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a forward waits for a new master after the old one turned out unreachable.
+const NEXT_MASTER_WAIT: Duration = Duration::from_secs(3);
+
 type Reply<T> = Result<Response<T>, Status>;
+
+/// The master a request is forwarded to.
+struct Master {
+    addr: String,
+    client: MessagingServiceClient<Channel>,
+}
+
+/// Calls the master, and when the connection to it fails before the request is sent, once more
+/// on the master the group names next.
+macro_rules! forward {
+    ($self:expr, $md:expr, $master:expr, $req:expr, $method:ident) => {{
+        let Master { addr, mut client } = $master;
+        match client.$method(forwarded(&$md, $req.clone())).await {
+            Err(e) if raftmq_common::code::never_sent(&e) => match $self.next_master(&addr).await {
+                Ok(mut next) => next.$method(forwarded(&$md, $req)).await.map_err(forward_failed),
+                Err(f) => Err(f),
+            },
+            other => other.map_err(forward_failed),
+        }
+    }};
+}
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// The service, cloned per connection by tonic.
@@ -91,16 +115,38 @@ impl<B: Backend> MessagingService<B> {
         Ok(client)
     }
 
-    /// Where a write or receive runs: `Ok(None)` here, `Ok(Some(client))` on the master.
-    async fn route_write(&self, md: &MetadataMap) -> Result<Option<MessagingServiceClient<Channel>>, Fail> {
+    /// Where a write or receive runs: `Ok(None)` here, `Ok(Some(master))` forwarded.
+    async fn route_write(&self, md: &MetadataMap) -> Result<Option<Master>, Fail> {
         match self.backend.target().await? {
             Target::Here => Ok(None),
             Target::Master(_) if md.contains_key(FORWARDED) => Err(Fail::new(
                 Code::HaNotAvailable,
                 "NOT_MASTER: the master moved while the request was forwarded; retry",
             )),
-            Target::Master(addr) => Ok(Some(self.client(&addr)?)),
+            Target::Master(addr) => Ok(Some(Master {
+                client: self.client(&addr)?,
+                addr,
+            })),
         }
+    }
+
+    /// After the master at `dead` could not be reached (the request was never sent): waits for
+    /// the group to name another master, so the request can go there instead of failing.
+    async fn next_master(&self, dead: &str) -> Result<MessagingServiceClient<Channel>, Fail> {
+        let deadline = tokio::time::Instant::now() + NEXT_MASTER_WAIT;
+        loop {
+            match self.backend.target().await? {
+                Target::Master(addr) if addr != dead => return self.client(&addr),
+                // This node became master: the client's retry lands here.
+                Target::Here => break,
+                Target::Master(_) if tokio::time::Instant::now() >= deadline => break,
+                Target::Master(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        Err(Fail::new(
+            Code::HaNotAvailable,
+            format!("NOT_MASTER: the master at {dead} is unreachable and no other master is known yet; retry"),
+        ))
     }
 }
 
@@ -257,9 +303,9 @@ impl<B: Backend> Service for MessagingService<B> {
         }
         match self.route_write(&md).await {
             Err(f) => fail(f),
-            Ok(Some(mut master)) => match master.send_message(forwarded(&md, req)).await {
+            Ok(Some(master)) => match forward!(self, md, master, req, send_message) {
                 Ok(r) => Ok(Response::new(r.into_inner())),
-                Err(e) => fail(forward_failed(e)),
+                Err(f) => fail(f),
             },
             Ok(None) => match self.backend.send(&ns, req.messages).await {
                 Ok(entries) => Ok(Response::new(v2::SendMessageResponse {
@@ -311,10 +357,10 @@ impl<B: Backend> Service for MessagingService<B> {
             Ok(m) => m,
             Err(f) => return Ok(Response::new(one(receive_status(f.status())))),
         };
-        if let Some(mut master) = master {
-            return Ok(Response::new(match master.receive_message(forwarded(&md, req)).await {
+        if let Some(master) = master {
+            return Ok(Response::new(match forward!(self, md, master, req, receive_message) {
                 Ok(stream) => Box::pin(stream.into_inner()),
-                Err(e) => one(receive_status(forward_failed(e).status())),
+                Err(f) => one(receive_status(f.status())),
             }));
         }
         // Wait up to what the client asked, but answer before its deadline.
@@ -377,9 +423,9 @@ impl<B: Backend> Service for MessagingService<B> {
         }
         match self.route_write(&md).await {
             Err(f) => fail(f),
-            Ok(Some(mut master)) => match master.ack_message(forwarded(&md, req)).await {
+            Ok(Some(master)) => match forward!(self, md, master, req, ack_message) {
                 Ok(r) => Ok(Response::new(r.into_inner())),
-                Err(e) => fail(forward_failed(e)),
+                Err(f) => fail(f),
             },
             Ok(None) => match self.backend.ack(&ns, &req).await {
                 Ok(entries) => Ok(Response::new(v2::AckMessageResponse {
@@ -410,9 +456,9 @@ impl<B: Backend> Service for MessagingService<B> {
         }
         match self.route_write(&md).await {
             Err(f) => answer(Err(f)),
-            Ok(Some(mut master)) => match master.forward_message_to_dead_letter_queue(forwarded(&md, req)).await {
+            Ok(Some(master)) => match forward!(self, md, master, req, forward_message_to_dead_letter_queue) {
                 Ok(r) => Ok(Response::new(r.into_inner())),
-                Err(e) => answer(Err(forward_failed(e))),
+                Err(f) => answer(Err(f)),
             },
             Ok(None) => answer(self.backend.forward_to_dead_letter(&ns, &req).await),
         }
@@ -526,9 +572,9 @@ impl<B: Backend> Service for MessagingService<B> {
         }
         match self.route_write(&md).await {
             Err(f) => answer(Err(f)),
-            Ok(Some(mut master)) => match master.change_invisible_duration(forwarded(&md, req)).await {
+            Ok(Some(master)) => match forward!(self, md, master, req, change_invisible_duration) {
                 Ok(r) => Ok(Response::new(r.into_inner())),
-                Err(e) => answer(Err(forward_failed(e))),
+                Err(f) => answer(Err(f)),
             },
             Ok(None) => answer(self.backend.change_invisible(&ns, &req).await),
         }
