@@ -16,6 +16,8 @@ command -v make >/dev/null || need+=(make)
 
 # The RocketMQ 5 compatibility tests drive the official Python client (tests/rocketmq5.rs).
 command -v python3 >/dev/null || need+=(python3 python3-pip)
+# ... and the official Node.js client (tests/rocketmq5/node-client).
+command -v npm >/dev/null || need+=(nodejs npm)
 
 if ((${#need[@]})); then
     echo "install-deps: installing ${need[*]}"
@@ -41,4 +43,11 @@ if ! python3 -c "import importlib.metadata as m, sys; sys.exit(m.version('rocket
     echo "install-deps: installing rocketmq-python-client==$ROCKETMQ_PY (pip)"
     python3 -m pip install -q --disable-pip-version-check "rocketmq-python-client==$ROCKETMQ_PY" \
         || python3 -m pip install -q --disable-pip-version-check --break-system-packages "rocketmq-python-client==$ROCKETMQ_PY"
+fi
+
+# The official Node.js client, at the version its lockfile pins.
+node_check="$(dirname "$0")/../tests/rocketmq5/node-client"
+if [ ! -d "$node_check/node_modules/rocketmq-client-nodejs" ]; then
+    echo "install-deps: installing rocketmq-client-nodejs (npm ci in tests/rocketmq5/node-client)"
+    (cd "$node_check" && npm ci --no-audit --no-fund --loglevel=error)
 fi

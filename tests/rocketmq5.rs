@@ -1,12 +1,18 @@
-//! The official Apache RocketMQ 5 Python client (PyPI `rocketmq-python-client` 5.1.2, installed
-//! by `scripts/install-deps.sh`), unmodified, against a real cluster started by
-//! `scripts/cluster.sh`: sends, tag filters, a 4 MiB body, POP receives with invisibility,
-//! acknowledgements and stale receipt handles, a push consumer with redelivery, the dead-letter
-//! topic, and a master killed while the producer sends.
+//! The official Apache RocketMQ 5 clients, unmodified, against real clusters started by
+//! `scripts/cluster.sh`:
 //!
-//! The client side of each check is `tests/rocketmq5/official_client.py`; these tests start the
-//! cluster, run a mode of it, and do the cluster-side parts (killing the master, reading the
-//! dead-letter topic with raftmq's own tools).
+//! - Python (PyPI `rocketmq-python-client` 5.1.2, installed by `scripts/install-deps.sh`):
+//!   sends, tag filters, a 4 MiB body, POP receives with invisibility, acknowledgements and
+//!   stale receipt handles, a push consumer with redelivery, the dead-letter topic, a master
+//!   killed while the producer sends, and deliveries in flight across a master kill
+//!   (`tests/rocketmq5/official_client.py`);
+//! - Rust (crates.io `rocketmq` 5.0.0): producer and simple consumer
+//!   (`tests/rocketmq5/rust-client`, built by the test);
+//! - Node.js (npm `rocketmq-client-nodejs` 1.0.8, installed by `scripts/install-deps.sh`):
+//!   producer and simple consumer (`tests/rocketmq5/node-client`).
+//!
+//! These tests start the cluster, run the client side, and do the cluster-side parts (killing
+//! the master, reading the dead-letter topic with raftmq's own tools).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -158,6 +164,78 @@ fn a_message_delivered_max_attempts_times_moves_to_the_dead_letter_topic() {
         "it names its origin topic: {}",
         copies[0]
     );
+}
+
+/// Runs a command to its end within `deadline`; returns its RESULT line.
+fn run_check(mut command: Command, what: &str, deadline: Duration) -> String {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let start = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if start.elapsed() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().expect("output");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed (or ran past {deadline:?}):\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    result_line(&stdout)
+}
+
+#[test]
+fn the_official_rust_client_sends_and_receives() {
+    // Built here, outside the workspace: it pins its own (older) tonic and prost.
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("rocketmq5/rust-client/Cargo.toml");
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+        .join("rocketmq5-rust-client");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let build = Command::new(cargo)
+        .args(["build", "--quiet", "--locked", "--manifest-path"])
+        .arg(&manifest)
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .expect("run cargo");
+    assert!(
+        build.status.success(),
+        "building the official Rust client check failed: {}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let cluster = ScriptCluster::up(1, &["broker-a"]);
+    create_topic(&cluster, "V5Rust");
+    let mut command = Command::new(target.join("debug/rocketmq5-rust-client-check"));
+    command.args([&cluster.namesrv[0], "V5Rust"]);
+    let result = run_check(command, "the Rust client check", Duration::from_secs(120));
+    assert!(result.contains("\"received_even\": 10"), "{result}");
+}
+
+#[test]
+fn the_official_node_client_sends_and_receives_through_a_broker_node() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("rocketmq5/node-client");
+    assert!(
+        dir.join("node_modules/rocketmq-client-nodejs").exists(),
+        "the official Node.js client is missing; install it with scripts/install-deps.sh \
+         (npm ci in tests/rocketmq5/node-client)"
+    );
+    let cluster = ScriptCluster::up(1, &["broker-a"]);
+    create_topic(&cluster, "V5Node");
+    let mut command = Command::new("node");
+    command
+        .current_dir(&dir)
+        .args(["check.js", &some_broker_addr(&cluster, 2), "V5Node"]);
+    let result = run_check(command, "the Node.js client check", Duration::from_secs(120));
+    assert!(result.contains("\"received_even\":10"), "{result}");
 }
 
 /// Runs a failover mode of the client script: when it prints `ready`, kills the group's master
