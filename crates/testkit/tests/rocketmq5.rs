@@ -1,0 +1,456 @@
+//! The RocketMQ 5 protocol (`apache.rocketmq.v2`) at the wire, against an in-process group:
+//! statuses for bad input, the receive stream's shape, digests, namespaces, the telemetry
+//! handshake, forwarding from slaves, and POP state across a restart of every node. The
+//! official clients themselves are driven in `tests/rocketmq5.rs`.
+
+use std::time::Duration;
+
+use raftmq_proto as pb;
+use raftmq_proto::rocketmq::messaging_service_client::MessagingServiceClient;
+use raftmq_proto::rocketmq::{self as v2, Code};
+use raftmq_testkit::{topic, wait_until, Group};
+use tonic::transport::Channel;
+
+async fn v2_client(addr: &str) -> MessagingServiceClient<Channel> {
+    MessagingServiceClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect")
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
+}
+
+fn resource(name: &str) -> Option<v2::Resource> {
+    Some(v2::Resource {
+        resource_namespace: String::new(),
+        name: name.into(),
+    })
+}
+
+fn message(topic: &str, id: &str, body: &[u8]) -> v2::Message {
+    v2::Message {
+        topic: resource(topic),
+        user_properties: Default::default(),
+        system_properties: Some(v2::SystemProperties {
+            message_id: id.into(),
+            message_type: v2::MessageType::Normal as i32,
+            body_encoding: v2::Encoding::Identity as i32,
+            tag: Some("TagA".into()),
+            ..Default::default()
+        }),
+        body: body.to_vec(),
+    }
+}
+
+fn code(status: &Option<v2::Status>) -> Code {
+    Code::try_from(status.as_ref().expect("a status").code).expect("a known code")
+}
+
+async fn send(c: &mut MessagingServiceClient<Channel>, m: v2::Message) -> v2::SendMessageResponse {
+    c.send_message(v2::SendMessageRequest { messages: vec![m] })
+        .await
+        .expect("business errors are statuses, not gRPC errors")
+        .into_inner()
+}
+
+fn receive_request(group: &str, topic: &str, invisible: Duration) -> v2::ReceiveMessageRequest {
+    v2::ReceiveMessageRequest {
+        group: resource(group),
+        message_queue: Some(v2::MessageQueue {
+            topic: resource(topic),
+            id: 0,
+            ..Default::default()
+        }),
+        filter_expression: Some(v2::FilterExpression {
+            r#type: v2::FilterType::Tag as i32,
+            expression: "*".into(),
+        }),
+        batch_size: 32,
+        invisible_duration: Some(prost_duration(invisible)),
+        auto_renew: false,
+        long_polling_timeout: Some(prost_duration(Duration::from_secs(1))),
+        attempt_id: None,
+    }
+}
+
+fn prost_duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+/// A whole receive stream, as (status code, messages, saw a delivery timestamp last).
+async fn receive(
+    c: &mut MessagingServiceClient<Channel>,
+    req: v2::ReceiveMessageRequest,
+) -> (Code, Vec<v2::Message>, bool) {
+    use v2::receive_message_response::Content;
+    let mut stream = c.receive_message(req).await.expect("receive").into_inner();
+    let mut items = Vec::new();
+    while let Some(item) = stream.message().await.expect("stream") {
+        items.push(item.content.expect("content"));
+    }
+    let Some(Content::Status(status)) = items.first() else {
+        panic!("a receive stream starts with its status: {items:?}")
+    };
+    let code = Code::try_from(status.code).expect("known code");
+    let timestamp_last = matches!(items.last(), Some(Content::DeliveryTimestamp(_)));
+    let messages = items
+        .into_iter()
+        .filter_map(|c| match c {
+            Content::Message(m) => Some(m),
+            _ => None,
+        })
+        .collect();
+    (code, messages, timestamp_last)
+}
+
+async fn setup() -> (Group, u64, u64) {
+    let group = Group::start(3, |c| c.max_delivery_attempts = 3).await;
+    let master = group.wait_for_master(Duration::from_secs(10)).await;
+    let slave = group.ids().into_iter().find(|id| *id != master).expect("a slave");
+    for name in ["T", "ns%T"] {
+        group
+            .client(master)
+            .await
+            .upsert_topic(pb::UpsertTopicRequest {
+                topic: Some(topic(name, 2)),
+            })
+            .await
+            .expect("topic");
+    }
+    (group, master, slave)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_rocketmq_codes_and_nothing_is_stored() {
+    let (group, _master, slave) = setup().await;
+    // Through a slave: every write is forwarded to the master.
+    let mut c = v2_client(&group.addr(slave)).await;
+    let cases: Vec<(v2::Message, Code)> = vec![
+        (message("T", "id-empty", b""), Code::MessageBodyEmpty),
+        (
+            message("T", "id-big", &vec![7u8; (4 << 20) + 1]),
+            Code::MessageBodyTooLarge,
+        ),
+        (message("T", "", b"no id"), Code::IllegalMessageId),
+        (message("bad topic!", "id", b"x"), Code::IllegalTopic),
+        (message("NoSuchTopic", "id", b"x"), Code::TopicNotFound),
+        (
+            {
+                let mut m = message("T", "id-fifo", b"x");
+                m.system_properties.as_mut().unwrap().message_group = Some("g".into());
+                m
+            },
+            Code::Unsupported,
+        ),
+        (
+            {
+                let mut m = message("T", "id-prop", b"x");
+                m.user_properties.insert("UNIQ_KEY".into(), "forged".into());
+                m
+            },
+            Code::IllegalMessagePropertyKey,
+        ),
+    ];
+    for (m, want) in cases {
+        let id = m.system_properties.as_ref().unwrap().message_id.clone();
+        let r = send(&mut c, m).await;
+        assert_eq!(code(&r.status), want, "message {id:?}: {:?}", r.status);
+    }
+    let empty = c
+        .send_message(v2::SendMessageRequest { messages: vec![] })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&empty.status), Code::BadRequest);
+
+    // A 4 MiB body fits (the gRPC decode limit is raised), and is the only thing stored.
+    let big = vec![0xA5u8; 4 << 20];
+    let r = send(&mut c, message("T", "id-4mib", &big)).await;
+    assert_eq!(code(&r.status), Code::Ok, "{:?}", r.status);
+    assert_eq!(r.entries.len(), 1);
+    assert_eq!(
+        r.entries[0].message_id, "id-4mib",
+        "the client's own message id comes back"
+    );
+    let (status, messages, timestamp_last) = receive(&mut c, receive_request("G", "T", Duration::from_secs(30))).await;
+    assert_eq!(status, Code::Ok);
+    assert!(timestamp_last, "the stream ends with a delivery timestamp");
+    assert_eq!(messages.len(), 1, "refused messages were not stored");
+    let m = &messages[0];
+    assert_eq!(m.body, big);
+    let sys = m.system_properties.as_ref().unwrap();
+    assert_eq!(sys.message_id, "id-4mib");
+    assert_eq!(sys.delivery_attempt, Some(1));
+    assert_eq!(sys.body_encoding, v2::Encoding::Identity as i32);
+    let digest = sys.body_digest.as_ref().unwrap();
+    assert_eq!(digest.r#type, v2::DigestType::Md5 as i32);
+    assert_eq!(digest.checksum.len(), 32);
+    assert_eq!(digest.checksum, digest.checksum.to_uppercase(), "upper-case hex");
+
+    // Receives and acks with bad input.
+    let (status, _, timestamp_last) =
+        receive(&mut c, receive_request("G", "NoSuchTopic", Duration::from_secs(30))).await;
+    assert_eq!(status, Code::TopicNotFound);
+    assert!(timestamp_last);
+    let mut sql = receive_request("G", "T", Duration::from_secs(30));
+    sql.filter_expression = Some(v2::FilterExpression {
+        r#type: v2::FilterType::Sql as i32,
+        expression: "a > 1".into(),
+    });
+    assert_eq!(receive(&mut c, sql).await.0, Code::Unsupported);
+    let (status, _, _) = receive(&mut c, receive_request("G", "T", Duration::ZERO)).await;
+    assert_eq!(status, Code::IllegalInvisibleTime);
+    let (status, messages, _) = receive(&mut c, receive_request("G", "T", Duration::from_secs(30))).await;
+    assert_eq!(
+        (status, messages.len()),
+        (Code::MessageNotFound, 0),
+        "nothing new, nothing expired"
+    );
+
+    let ack = c
+        .ack_message(v2::AckMessageRequest {
+            group: resource("G"),
+            topic: resource("T"),
+            entries: vec![
+                v2::AckMessageEntry {
+                    message_id: "id-4mib".into(),
+                    receipt_handle: sys.receipt_handle.clone().unwrap(),
+                    lite_topic: None,
+                },
+                v2::AckMessageEntry {
+                    message_id: "garbage".into(),
+                    receipt_handle: "not a handle".into(),
+                    lite_topic: None,
+                },
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&ack.status), Code::MultipleResults);
+    assert_eq!(code(&ack.entries[0].status), Code::Ok);
+    assert_eq!(code(&ack.entries[1].status), Code::InvalidReceiptHandle);
+    let change = c
+        .change_invisible_duration(v2::ChangeInvisibleDurationRequest {
+            group: resource("G"),
+            topic: resource("T"),
+            receipt_handle: sys.receipt_handle.clone().unwrap(),
+            invisible_duration: Some(prost_duration(Duration::from_secs(10))),
+            message_id: "id-4mib".into(),
+            lite_topic: None,
+            suspend: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        code(&change.status),
+        Code::InvalidReceiptHandle,
+        "an acknowledged delivery is over"
+    );
+
+    // Not served: a clear status, not a gRPC error.
+    let tx = c
+        .end_transaction(v2::EndTransactionRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&tx.status), Code::Unsupported);
+
+    // A NameServer answers routes but not sends.
+    let mut ns = v2_client(&group.namesrv_addr()).await;
+    let r = send(&mut ns, message("T", "id-ns", b"x")).await;
+    assert_eq!(code(&r.status), Code::IllegalAccessPoint);
+    let route = ns
+        .query_route(v2::QueryRouteRequest {
+            topic: resource("NoSuchTopic"),
+            endpoints: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&route.status), Code::TopicNotFound);
+    group.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_routes_and_the_settings_handshake() {
+    let (group, master, slave) = setup().await;
+    let ns = v2_client(&group.namesrv_addr()).await;
+    let namespaced = v2::Resource {
+        resource_namespace: "ns".into(),
+        name: "T".into(),
+    };
+    let route = wait_until("ns%T routed", Duration::from_secs(10), || {
+        let mut ns = ns.clone();
+        let topic = namespaced.clone();
+        async move {
+            let r = ns
+                .query_route(v2::QueryRouteRequest {
+                    topic: Some(topic),
+                    endpoints: None,
+                })
+                .await
+                .ok()?
+                .into_inner();
+            (!r.message_queues.is_empty()).then_some(r)
+        }
+    })
+    .await;
+    assert_eq!(code(&route.status), Code::Ok);
+    assert_eq!(route.message_queues.len(), 2);
+    let mut endpoints = Vec::new();
+    for q in &route.message_queues {
+        assert_eq!(
+            q.topic.as_ref(),
+            Some(&namespaced),
+            "the topic is echoed with its namespace"
+        );
+        assert_eq!(q.permission, v2::Permission::ReadWrite as i32);
+        assert_eq!(q.accept_message_types, vec![v2::MessageType::Normal as i32]);
+        let broker = q.broker.as_ref().unwrap();
+        assert_eq!((broker.name.as_str(), broker.id), ("broker-a", 0));
+        let e = broker.endpoints.as_ref().unwrap();
+        assert_eq!(e.scheme, v2::AddressScheme::IPv4 as i32);
+        endpoints.push(format!("{}:{}", e.addresses[0].host, e.addresses[0].port));
+    }
+    assert_eq!(endpoints[0], group.addr(master), "queue 0 names the master");
+    assert_ne!(endpoints[1], endpoints[0], "the other queues name the other nodes");
+
+    // A namespaced send lands in raftmq's topic `ns%T` and comes back with its namespace.
+    let mut c = v2_client(&group.addr(slave)).await;
+    let mut m = message("T", "id-ns", b"namespaced");
+    m.topic = Some(namespaced.clone());
+    assert_eq!(code(&send(&mut c, m).await.status), Code::Ok);
+    let stored = group
+        .client(master)
+        .await
+        .get_queue_offsets(pb::QueueOffsetsRequest {
+            topic: "ns%T".into(),
+            queue_id: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .max_offset
+        + group
+            .client(master)
+            .await
+            .get_queue_offsets(pb::QueueOffsetsRequest {
+                topic: "ns%T".into(),
+                queue_id: 1,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .max_offset;
+    assert_eq!(stored, 1);
+    let mut req = receive_request("G", "T", Duration::from_secs(30));
+    req.group.as_mut().unwrap().resource_namespace = "ns".into();
+    req.message_queue.as_mut().unwrap().topic = Some(namespaced.clone());
+    let (status, messages, _) = receive(&mut c, req).await;
+    assert_eq!(status, Code::Ok);
+    assert_eq!(messages[0].topic.as_ref(), Some(&namespaced));
+
+    // Telemetry: each Settings gets OK and the effective settings; the stream stays open.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut replies = c
+        .telemetry(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    for pub_sub in [
+        v2::settings::PubSub::Publishing(v2::Publishing::default()),
+        v2::settings::PubSub::Subscription(v2::Subscription::default()),
+    ] {
+        tx.send(v2::TelemetryCommand {
+            status: None,
+            command: Some(v2::telemetry_command::Command::Settings(v2::Settings {
+                pub_sub: Some(pub_sub),
+                ..Default::default()
+            })),
+        })
+        .await
+        .unwrap();
+        let reply = replies.message().await.unwrap().expect("a reply per settings");
+        assert_eq!(code(&reply.status), Code::Ok);
+        let Some(v2::telemetry_command::Command::Settings(s)) = reply.command else {
+            panic!("settings back")
+        };
+        match s.pub_sub.unwrap() {
+            v2::settings::PubSub::Publishing(p) => {
+                assert_eq!(p.max_body_size, 4 << 20);
+                assert!(p.validate_message_type);
+                assert!(s.backoff_policy.unwrap().max_attempts >= 1);
+            }
+            v2::settings::PubSub::Subscription(sub) => {
+                assert!(sub.long_polling_timeout.unwrap().seconds > 0);
+                assert_eq!(sub.fifo, Some(false));
+                assert_eq!(
+                    s.backoff_policy.unwrap().max_attempts,
+                    3,
+                    "the broker's max-delivery-attempts"
+                );
+            }
+        }
+    }
+    drop(tx);
+    group.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_survive_a_restart_of_every_node_and_dead_letter_after_max_attempts() {
+    let (mut group, master, _) = setup().await;
+    let mut c = v2_client(&group.addr(master)).await;
+    assert_eq!(
+        code(&send(&mut c, message("T", "id-1", b"survivor")).await.status),
+        Code::Ok
+    );
+    let (status, messages, _) = receive(&mut c, receive_request("G", "T", Duration::from_secs(2))).await;
+    assert_eq!((status, messages.len()), (Code::Ok, 1));
+
+    for id in group.ids() {
+        group.stop(id).await;
+    }
+    for id in group.ids() {
+        group.restart(id).await.expect("restart");
+    }
+    let master = group.wait_for_master(Duration::from_secs(10)).await;
+    let mut c = v2_client(&group.addr(master)).await;
+    // Still invisible right after the restart is fine; once visible it comes back as attempt 2,
+    // then 3, then (max-delivery-attempts = 3) it goes to the dead-letter topic.
+    let mut attempts = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while attempts.len() < 2 && tokio::time::Instant::now() < deadline {
+        let (_, messages, _) = receive(&mut c, receive_request("G", "T", Duration::from_secs(1))).await;
+        for m in messages {
+            assert_eq!(m.body, b"survivor");
+            attempts.push(m.system_properties.unwrap().delivery_attempt.unwrap());
+        }
+    }
+    assert_eq!(attempts, vec![2, 3], "the attempt count survived the restart");
+    let dlq = wait_until("the message in %DLQ%G", Duration::from_secs(15), || {
+        let mut c = c.clone();
+        async move {
+            let (_, messages, _) = receive(&mut c, receive_request("G", "T", Duration::from_secs(1))).await;
+            assert!(messages.is_empty(), "delivered past max-delivery-attempts");
+            let mut admin = MessagingServiceClient::clone(&c);
+            let (_, dead, _) = receive(
+                &mut admin,
+                receive_request("dlq-reader", "%DLQ%G", Duration::from_secs(30)),
+            )
+            .await;
+            dead.into_iter().next()
+        }
+    })
+    .await;
+    assert_eq!(dlq.body, b"survivor");
+    assert_eq!(dlq.system_properties.unwrap().message_id, "id-1");
+    assert_eq!(
+        dlq.user_properties.get("DLQ_ORIGIN_TOPIC").map(String::as_str),
+        Some("T")
+    );
+    group.shutdown().await;
+}
