@@ -169,6 +169,22 @@ impl fmt::Display for RemoteError {
 
 impl std::error::Error for RemoteError {}
 
+/// Whether a transport error happened before the request could be sent: the connection was
+/// never made. Only then is a write safe to send again; any other transport error leaves its
+/// outcome unknown.
+pub fn never_sent(status: &Status) -> bool {
+    if status.code() != tonic::Code::Unavailable {
+        return false;
+    }
+    let mut text = status.message().to_lowercase();
+    let mut source = std::error::Error::source(status);
+    while let Some(s) = source {
+        text.push_str(&s.to_string().to_lowercase());
+        source = s.source();
+    }
+    text.contains("connect") || text.contains("refused")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,20 +214,4 @@ mod tests {
         assert_eq!(err.code, None);
         assert_eq!(err.grpc_code, Code::Unavailable);
     }
-}
-
-/// Whether a transport error happened before the request could be sent: the connection was
-/// never made. Only then is a write safe to send again; any other transport error leaves its
-/// outcome unknown.
-pub fn never_sent(status: &Status) -> bool {
-    if status.code() != tonic::Code::Unavailable {
-        return false;
-    }
-    let mut text = status.message().to_lowercase();
-    let mut source = std::error::Error::source(status);
-    while let Some(s) = source {
-        text.push_str(&s.to_string().to_lowercase());
-        source = s.source();
-    }
-    text.contains("connect") || text.contains("refused")
 }
