@@ -212,6 +212,10 @@ cmd_down() {
         done
     fi
     if [ "$purge" = --purge ]; then
+        # The chaos suite's disk-full fault mounts small tmpfs data dirs; never leave one behind.
+        if [ -r /proc/mounts ]; then
+            awk -v run="$RUN/" 'index($2, run) == 1 { print $2 }' /proc/mounts | while read -r m; do umount "$m" || true; done
+        fi
         rm -rf "$RUN"
         echo "removed $RUN"
     fi

@@ -81,6 +81,8 @@ impl Broker {
                 config::FlushMode::Async => FlushMode::Async,
             },
             id_prefix: crc32fast::hash(config.group.as_bytes()),
+            // The chaos suite's torn-tail fault needs to know what a power loss could take.
+            mark_synced_wal: config.fault_injection,
         };
         let dir = config.data_dir.clone();
         let (store, recovered) = tokio::task::spawn_blocking(move || Store::open(&dir, store_options)).await??;
@@ -292,11 +294,31 @@ impl Broker {
         let _ = self.state.raft.shutdown().await;
     }
 
-    /// Waits until a server ends by itself (only on an error).
+    /// Waits until the node cannot go on: a server ended by itself, or the Raft core stopped
+    /// (a storage error: a full disk, a failed write). Either is an error; the process should
+    /// exit loudly rather than linger as a node that answers but never commits.
     pub async fn stopped(&mut self) -> anyhow::Result<()> {
-        let (result, _, _) = futures::future::select_all(self.servers.iter_mut()).await;
-        result??;
-        Ok(())
+        let mut metrics = self.state.raft.metrics();
+        let raft_stopped = async move {
+            loop {
+                if let Err(fatal) = &metrics.borrow_and_update().running_state {
+                    return fatal.to_string();
+                }
+                if metrics.changed().await.is_err() {
+                    return "the Raft core ended".to_owned();
+                }
+            }
+        };
+        tokio::select! {
+            (result, _, _) = futures::future::select_all(self.servers.iter_mut()) => {
+                result??;
+                Ok(())
+            }
+            fatal = raft_stopped => Err(anyhow::anyhow!(
+                "the Raft core stopped ({fatal}); this node stops: fix the cause (a full disk, a failing \
+                 device) and start it again, it recovers from its log"
+            )),
+        }
     }
 }
 

@@ -2,8 +2,9 @@
 //! and a consumer group reads continuously while faults chosen at random from a printed seed hit
 //! one broker group; then the checker proves that no acknowledged message was lost.
 //!
-//! Faults go through the cluster script (kill, pause, restart) and the brokers' test-only
-//! `InjectFault` RPC (Raft link cuts; nodes must run with `fault-injection = true`).
+//! Faults go through the cluster script (kill, pause, restart), the brokers' test-only
+//! `InjectFault` RPC (Raft link cuts; nodes must run with `fault-injection = true`), and the
+//! nodes' data directories (a full disk, a torn WAL tail: [`crate::chaos_disk`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -37,7 +38,8 @@ pub struct ChaosArgs {
     #[arg(long, default_value_t = 2)]
     producers: usize,
     /// Faults to draw from (default: all). Names: kill-master, pause-master, kill-slave,
-    /// kill-all, restart-namesrv, partition-master, partition-slave.
+    /// kill-all, restart-namesrv, partition-master, partition-slave, disk-full (needs root to
+    /// mount a tmpfs), torn-tail (needs brokers with fault-injection = true).
     #[arg(long, value_delimiter = ',')]
     faults: Vec<String>,
     /// How long a fault lasts before it is healed, ms.
@@ -47,7 +49,7 @@ pub struct ChaosArgs {
     script: PathBuf,
 }
 
-const ALL_FAULTS: [&str; 7] = [
+const ALL_FAULTS: [&str; 9] = [
     "kill-master",
     "pause-master",
     "kill-slave",
@@ -55,6 +57,8 @@ const ALL_FAULTS: [&str; 7] = [
     "restart-namesrv",
     "partition-master",
     "partition-slave",
+    "disk-full",
+    "torn-tail",
 ];
 
 /// xorshift64*: small, seedable, the same everywhere.
@@ -277,6 +281,7 @@ pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::
         })
     };
 
+    let mut disk = crate::chaos_disk::DiskFaults::new(&args.script);
     let mut counts: BTreeMap<String, u32> = BTreeMap::new();
     let mut recovery: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
     let fault_time = Duration::from_millis(args.fault_ms);
@@ -330,6 +335,22 @@ pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::
                     cut(&client, addr, vec![]).await?;
                 }
             }
+            "disk-full" => {
+                let victim = *nodes
+                    .keys()
+                    .nth((rng.next() % nodes.len() as u64) as usize)
+                    .expect("a node");
+                let what = disk.disk_full(&name(victim), fault_time).await?;
+                eprintln!("chaos:   {what}");
+            }
+            "torn-tail" => {
+                let victim = *nodes
+                    .keys()
+                    .nth((rng.next() % nodes.len() as u64) as usize)
+                    .expect("a node");
+                let what = disk.torn_tail(&name(victim), rng.next())?;
+                eprintln!("chaos:   {what}");
+            }
             other => bail!("unknown fault {other}"),
         }
         // Healed: time until an acknowledgement comes after the heal.
@@ -352,6 +373,8 @@ pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::
     }
 
     stop.store(true, Ordering::SeqCst);
+    // Data moved onto small disks goes back to the real one (each such node restarts once).
+    disk.restore()?;
     for p in producers {
         p.await?;
     }

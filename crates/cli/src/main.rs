@@ -4,6 +4,7 @@
 
 mod bench;
 mod chaos;
+mod chaos_disk;
 mod drill;
 mod ops;
 mod table;

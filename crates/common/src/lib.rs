@@ -10,3 +10,9 @@ pub mod runtime;
 pub mod validate;
 
 pub use code::{ErrorCode, RemoteError};
+
+/// File in a broker's RocksDB directory naming its newest WAL file and how many of its bytes are
+/// synced (`000012.log 4096`), kept only with `fault-injection = true`: the chaos suite's
+/// torn-tail fault cuts a killed node's WAL back to somewhere between this mark and its end,
+/// which is what a power loss may do, and never further.
+pub const SYNCED_WAL_MARK: &str = "SYNCED-WAL";

@@ -11,7 +11,8 @@
 //! | `pop` | group, topic, queue [, offset] | POP cursor, or one delivery in flight |
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
 
@@ -32,9 +33,28 @@ pub const META_MEMBERSHIP: &[u8] = b"membership";
 pub const META_SNAPSHOT: &[u8] = b"snapshot";
 pub const META_INSTALLING: &[u8] = b"installing";
 
+/// Kept when [`Db::enable_synced_wal_mark`] was called (fault injection).
+pub use raftmq_common::SYNCED_WAL_MARK;
+
 /// The opened database, shared by the log store, the state machine and readers.
 pub struct Db {
     pub db: DB,
+    mark_enabled: AtomicBool,
+    /// The highest (WAL file number, length) known synced.
+    mark: Mutex<Option<(u64, u64)>>,
+}
+
+/// The newest WAL file of a RocksDB directory: (number, length).
+fn newest_wal(dir: &Path) -> Option<(u64, u64)> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let number: u64 = name.strip_suffix(".log")?.parse().ok()?;
+            Some((number, e.metadata().ok()?.len()))
+        })
+        .max()
 }
 
 impl Db {
@@ -57,7 +77,43 @@ impl Db {
             ColumnFamilyDescriptor::new(*name, cf)
         });
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
-        Ok(Arc::new(Db { db }))
+        Ok(Arc::new(Db {
+            db,
+            mark_enabled: AtomicBool::new(false),
+            mark: Mutex::new(None),
+        }))
+    }
+
+    /// Starts keeping [`SYNCED_WAL_MARK`] (fault injection only: it costs a directory listing
+    /// and a file write per sync).
+    pub fn enable_synced_wal_mark(&self) {
+        self.mark_enabled.store(true, Ordering::SeqCst);
+    }
+
+    /// Runs a write or flush that syncs the WAL; with the mark enabled, records what it made
+    /// durable (the WAL length measured before it, so never more than was synced).
+    pub fn synced<T>(&self, sync: impl FnOnce() -> Result<T, rocksdb::Error>) -> Result<T, rocksdb::Error> {
+        if !self.mark_enabled.load(Ordering::SeqCst) {
+            return sync();
+        }
+        let before = newest_wal(self.db.path());
+        let result = sync()?;
+        if let Some((number, len)) = before {
+            let mut mark = self.mark.lock().unwrap_or_else(|p| p.into_inner());
+            // Concurrent syncs may finish out of order: the mark only moves forward.
+            if mark.is_none_or(|m| (number, len) > m) {
+                *mark = Some((number, len));
+                let dir = self.db.path();
+                let tmp = dir.join(format!("{SYNCED_WAL_MARK}.tmp"));
+                let text = format!("{number:06}.log {len}\n");
+                if let Err(e) =
+                    std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, dir.join(SYNCED_WAL_MARK)))
+                {
+                    tracing::warn!("cannot record the synced WAL length: {e}");
+                }
+            }
+        }
+        Ok(result)
     }
 
     pub fn cf(&self, name: &str) -> &ColumnFamily {
@@ -71,7 +127,11 @@ impl Db {
     pub fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), rocksdb::Error> {
         let mut opts = WriteOptions::default();
         opts.set_sync(sync);
-        self.db.write_opt(batch, &opts)
+        if sync {
+            self.synced(|| self.db.write_opt(batch, &opts))
+        } else {
+            self.db.write_opt(batch, &opts)
+        }
     }
 
     pub fn get_meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, rocksdb::Error> {

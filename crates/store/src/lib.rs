@@ -45,6 +45,9 @@ pub struct StoreOptions {
     pub flush: FlushMode,
     /// First part of every message id, telling broker groups apart.
     pub id_prefix: u32,
+    /// Record after every WAL sync how much of the WAL is synced (see
+    /// [`db::SYNCED_WAL_MARK`]); for fault injection only.
+    pub mark_synced_wal: bool,
 }
 
 impl Default for StoreOptions {
@@ -52,6 +55,7 @@ impl Default for StoreOptions {
         StoreOptions {
             flush: FlushMode::Sync,
             id_prefix: 0,
+            mark_synced_wal: false,
         }
     }
 }
@@ -112,6 +116,9 @@ impl Store {
             path: shown.clone(),
             source,
         })?;
+        if options.mark_synced_wal {
+            db.enable_synced_wal_mark();
+        }
         let corrupt = |detail: String| OpenError::Corrupt {
             path: shown.clone(),
             detail,

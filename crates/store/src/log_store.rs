@@ -56,7 +56,7 @@ fn run_syncer(db: std::sync::Weak<Db>, rx: std::sync::mpsc::Receiver<LogFlushed<
             waiting.push(more);
         }
         let synced = match db.upgrade() {
-            Some(db) => db.db.flush_wal(true).map_err(|e| e.to_string()),
+            Some(db) => db.synced(|| db.db.flush_wal(true)).map_err(|e| e.to_string()),
             None => Err("the database is closed".to_string()),
         };
         match synced {
