@@ -251,6 +251,38 @@ async fn bad_input_gets_rocketmq_codes_and_nothing_is_stored() {
         "an acknowledged delivery is over"
     );
 
+    // A consumer that gives up on a message sends it to the dead-letter topic itself.
+    assert_eq!(
+        code(&send(&mut c, message("T", "id-giveup", b"give up")).await.status),
+        Code::Ok
+    );
+    let (_, got, _) = receive(&mut c, receive_request("G", "T", Duration::from_secs(30))).await;
+    let giveup = got[0].system_properties.clone().unwrap();
+    let forward = |handle: String| v2::ForwardMessageToDeadLetterQueueRequest {
+        group: resource("G"),
+        topic: resource("T"),
+        receipt_handle: handle,
+        message_id: "id-giveup".into(),
+        delivery_attempt: 1,
+        max_delivery_attempts: 16,
+        lite_topic: None,
+    };
+    let r = c
+        .forward_message_to_dead_letter_queue(forward(giveup.receipt_handle.clone().unwrap()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r.status), Code::Ok);
+    let again = c
+        .forward_message_to_dead_letter_queue(forward(giveup.receipt_handle.unwrap()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&again.status), Code::InvalidReceiptHandle, "the delivery is over");
+    let (_, dead, _) = receive(&mut c, receive_request("dlq-reader", "%DLQ%G", Duration::from_secs(30))).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].body, b"give up");
+
     // Not served: a clear status, not a gRPC error.
     let tx = c
         .end_transaction(v2::EndTransactionRequest::default())
