@@ -238,7 +238,13 @@ pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::
     // must never move backwards. (A lagging slave may show older ones; that is not a commit
     // going back, so slaves are not asked.)
     let watcher = {
-        let (client, stop, nodes, violations) = (client.clone(), stop.clone(), nodes.clone(), offsets_seen.clone());
+        let (client, stop, nodes, violations, topic) = (
+            client.clone(),
+            stop.clone(),
+            nodes.clone(),
+            offsets_seen.clone(),
+            args.topic.clone(),
+        );
         tokio::spawn(async move {
             let mut last: BTreeMap<u32, u64> = BTreeMap::new();
             let mut term = 0;
@@ -256,9 +262,10 @@ pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::
                 }
                 if let Some((t, addr)) = master {
                     term = t;
+                    // This run's topic only: the group may have offsets in earlier runs' topics.
                     let req = pb::GetConsumeOffsetsRequest {
                         consumer_group: "chaos-group".into(),
-                        topic: String::new(),
+                        topic: topic.clone(),
                     };
                     if let Ok(mut b) = client.broker(&addr) {
                         if let Ok(reply) = b.get_consume_offsets(req).await {
