@@ -234,3 +234,22 @@ impl Drop for ScriptCluster {
         let _ = self.script(&["down", "--purge"]);
     }
 }
+
+/// A broker group as the NameServers report it, if they know it (and answer).
+pub async fn group_info(admin: &raftmq_client::Admin, group: &str) -> Option<raftmq_proto::GroupInfo> {
+    admin.group(group).await.ok().flatten()
+}
+
+/// The cluster script, for tools that drive it themselves (`raftmq chaos`, `raftmq drill`).
+pub fn cluster_script() -> PathBuf {
+    repo_root().join("scripts/cluster.sh")
+}
+
+/// A new seed every run, printed by whoever uses it so a failure can be replayed.
+pub fn fresh_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+        | 1
+}

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use raftmq_blackbox::ScriptCluster;
+use raftmq_blackbox::{group_info, ScriptCluster};
 use raftmq_client::{Admin, Client, ClientConfig};
 use raftmq_testkit::wait_until;
 
@@ -268,13 +268,9 @@ async fn run_with_master_kill(cluster: &ScriptCluster, args: &[&str], ready: &st
     }
     let admin = Admin::new(Client::new(ClientConfig::new(cluster.namesrv.clone())).expect("client"));
     let before = wait_until("a master", Duration::from_secs(15), || async {
-        admin
-            .cluster()
+        group_info(&admin, "broker-a")
             .await
-            .ok()?
-            .groups
-            .into_iter()
-            .find(|g| g.group == "broker-a" && !g.master_addr.is_empty())
+            .filter(|g| !g.master_addr.is_empty())
     })
     .await;
     cluster.must(&["kill", &format!("broker-a-{}", before.master_node_id)]);

@@ -27,13 +27,7 @@ pub fn script(path: &Path, args: &[&str]) -> anyhow::Result<()> {
 
 /// A group as the NameServers list it, if they do.
 pub async fn group_info(admin: &Admin, group: &str) -> Option<pb::GroupInfo> {
-    admin
-        .cluster()
-        .await
-        .ok()?
-        .groups
-        .into_iter()
-        .find(|g| g.group == group)
+    admin.group(group).await.ok().flatten()
 }
 
 /// A node's own view of itself, asked directly (short deadline: a paused node does not answer).

@@ -177,6 +177,11 @@ impl Admin {
         self.client.cluster_info().await
     }
 
+    /// One broker group as the NameServers report it; `None` when they do not know it.
+    pub async fn group(&self, group: &str) -> Result<Option<pb::GroupInfo>, ClientError> {
+        Ok(self.cluster().await?.groups.into_iter().find(|g| g.group == group))
+    }
+
     pub async fn topics(&self) -> Result<Vec<String>, ClientError> {
         self.client.topics().await
     }
