@@ -1,9 +1,9 @@
 //! The `MessagingService` gRPC service over a [`Backend`], with forwarding to the master.
 //!
 //! Writes and receives (send, receive, ack, change invisible duration, dead-letter) run where
-//! the backend says: here on the master, otherwise forwarded once to the master with the
-//! caller's metadata and deadline. A forwarded request that lands on a node that is no longer
-//! master is not forwarded again (it answers HA_NOT_AVAILABLE and the client retries), so
+//! the backend says: here on the master, otherwise forwarded to the master with the caller's
+//! metadata and deadline. A forwarded request that lands on a node that is no longer master is
+//! forwarded once more at most (then it answers HA_NOT_AVAILABLE and the client retries), so
 //! requests never loop between nodes during an election.
 
 use std::collections::HashMap;
@@ -25,8 +25,11 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::status::{ok, summary, Fail};
 use crate::{full_name, route, settings, timestamp_ms, Backend, Target};
 
-/// Marks a request one node forwarded to another.
+/// Marks a request one node forwarded to another, with how many times it was forwarded.
 const FORWARDED: &str = "x-raftmq-forwarded";
+/// Most times one request is forwarded: a master that moved while the request travelled gets one
+/// more hop (the request was not processed anywhere yet), never a loop.
+const MAX_HOPS: u32 = 2;
 /// The namespace header RocketMQ clients send.
 const NAMESPACE: &str = "x-mq-namespace";
 /// Largest message accepted or sent: a 4 MiB body plus headers and properties, with room.
@@ -119,7 +122,7 @@ impl<B: Backend> MessagingService<B> {
     async fn route_write(&self, md: &MetadataMap) -> Result<Option<Master>, Fail> {
         match self.backend.target().await? {
             Target::Here => Ok(None),
-            Target::Master(_) if md.contains_key(FORWARDED) => Err(Fail::new(
+            Target::Master(_) if hops(md) >= MAX_HOPS => Err(Fail::new(
                 Code::HaNotAvailable,
                 "NOT_MASTER: the master moved while the request was forwarded; retry",
             )),
@@ -162,6 +165,14 @@ fn namespace(md: &MetadataMap, resource: Option<&v2::Resource>) -> String {
     }
 }
 
+/// How many times a request was forwarded already.
+fn hops(md: &MetadataMap) -> u32 {
+    md.get(FORWARDED)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The caller's deadline from the `grpc-timeout` header.
 fn caller_timeout(md: &MetadataMap) -> Option<Duration> {
     let v = md.get("grpc-timeout")?.to_str().ok()?;
@@ -190,7 +201,9 @@ fn forwarded<T>(md: &MetadataMap, message: T) -> Request<T> {
             }
         }
     }
-    req.metadata_mut().insert(FORWARDED, "1".parse().expect("ascii"));
+    let hops = (hops(md) + 1).to_string();
+    req.metadata_mut()
+        .insert(FORWARDED, hops.parse().expect("digits are ascii"));
     req.set_timeout(caller_timeout(md).unwrap_or(FORWARD_TIMEOUT));
     req
 }
