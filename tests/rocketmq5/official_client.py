@@ -24,7 +24,7 @@ from rocketmq import (ClientConfiguration, ConsumeResult, Credentials, FilterExp
                       PushConsumer, SimpleConsumer)
 from rocketmq.grpc_protocol import Code
 from rocketmq.v5.consumer import MessageListener
-from rocketmq.v5.exception import BadRequestException
+from rocketmq.v5.exception import BadRequestException, ClientException
 
 
 def config(endpoint):
@@ -59,7 +59,16 @@ def receive_until(consumer, want, deadline_s, invisible_s=20, ack=True):
     received = []
     end = time.time() + deadline_s
     while time.time() < end and not want(received):
-        for m in consumer.receive(32, invisible_s):
+        try:
+            messages = consumer.receive(32, invisible_s)
+        except ClientException as e:
+            # What the server calls transient (no master during an election): try again, as an
+            # application's receive loop does. Anything else fails the check.
+            if e.code not in (Code.HA_NOT_AVAILABLE, Code.PROXY_TIMEOUT):
+                raise
+            time.sleep(0.2)
+            continue
+        for m in messages:
             received.append(m)
             if ack:
                 consumer.ack(m)
