@@ -134,7 +134,25 @@ impl ScriptCluster {
     }
 
     /// As [`ScriptCluster::up`], with extra top-level keys in every broker's config.
+    ///
+    /// Free ports are picked by binding and releasing them, so another process (a client's
+    /// outgoing connection among them) may take one before the node binds it: when the script
+    /// says a port is in use, the cluster is torn down and started again on new ports.
     pub fn up_with(namesrvs: usize, groups: &[&str], broker_extra: &str) -> ScriptCluster {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::try_up(namesrvs, groups, broker_extra) {
+                Ok(cluster) => return cluster,
+                Err(why) if attempt < 4 && why.contains("in use") => {
+                    eprintln!("cluster.sh up: a port was taken meanwhile; again on new ports:\n{why}");
+                }
+                Err(why) => panic!("cluster.sh up failed:\n{why}"),
+            }
+        }
+    }
+
+    fn try_up(namesrvs: usize, groups: &[&str], broker_extra: &str) -> Result<ScriptCluster, String> {
         let home = tempfile::tempdir().expect("temp dir");
         let config = home.path().join("config");
         std::fs::create_dir_all(&config).expect("config dir");
@@ -175,13 +193,16 @@ impl ScriptCluster {
             groups: groups.iter().map(|g| g.to_string()).collect(),
         };
         let out = cluster.script(&["up", cluster.config.to_str().expect("utf-8 path")]);
-        assert!(
-            out.status.success(),
-            "cluster.sh up failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        cluster
+        if out.status.success() {
+            Ok(cluster)
+        } else {
+            // Dropping the cluster runs `down --purge`.
+            Err(format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
     }
 
     /// Runs `scripts/cluster.sh` with this cluster's environment.
