@@ -47,39 +47,9 @@ fn require_client() {
 
 /// Runs a mode of the client script to its end; returns its RESULT line's JSON.
 fn run_client(args: &[&str], deadline: Duration) -> String {
-    let mut child = Command::new("python3")
-        .arg(script())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start python3");
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            let out = child.wait_with_output().expect("output");
-            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-            assert!(
-                status.success(),
-                "official_client.py {} failed:\n{stdout}\n{}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            return result_line(&stdout);
-        }
-        if start.elapsed() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("output");
-            panic!(
-                "official_client.py {} did not finish in {deadline:?}:\n{}\n{}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut command = Command::new("python3");
+    command.arg(script()).args(args);
+    run_check(command, &format!("official_client.py {}", args.join(" ")), deadline)
 }
 
 fn result_line(stdout: &str) -> String {

@@ -68,6 +68,15 @@ fn fail(e: BrokerError) -> Fail {
     Fail::from_raftmq(e.code(), &e.to_string())
 }
 
+/// What one POP round in one queue produced.
+#[derive(Default)]
+struct Popped {
+    /// Granted messages with their delivery attempt and lease.
+    deliveries: Vec<(StoredMessage, u32, u64)>,
+    /// When the earliest delivery still invisible becomes visible again.
+    next_visible_at_ms: Option<i64>,
+}
+
 /// Marks a queue busy for one receive; unmarked on drop.
 struct BusyGuard<'a> {
     set: &'a Mutex<HashSet<(String, String, u32)>>,
@@ -306,7 +315,8 @@ impl RocketMqBroker {
     }
 
     /// One POP round in one queue: dead-letters what used up its attempts, redelivers what
-    /// expired, and hands out new messages; returns what apply granted, with messages.
+    /// expired, and hands out new messages; returns what apply granted, with messages, and when
+    /// the next delivery still invisible comes back.
     #[allow(clippy::too_many_arguments)]
     async fn pop_queue(
         &self,
@@ -316,13 +326,16 @@ impl RocketMqBroker {
         filter: &TagFilter,
         max: usize,
         invisible: Duration,
-    ) -> Result<Vec<(StoredMessage, u32, u64)>, Fail> {
+    ) -> Result<Popped, Fail> {
         let s = &self.state;
         let Some(_busy) = self.try_busy((group.to_owned(), topic.to_owned(), queue_id)) else {
             tracing::debug!(group, topic, queue_id, "queue busy with another receive");
-            return Ok(vec![]);
+            return Ok(Popped::default());
         };
         let view = s.reader.pop_view(group, topic, queue_id, now_ms(), max * 2);
+        // What was invisible stays so; what this round grants comes back after the receive
+        // returns, so the view before it is the one a waiting receive needs.
+        let next_visible_at_ms = view.next_visible_at_ms;
         let mut redeliver = Vec::new();
         let mut forget = Vec::new();
         let mut messages: BTreeMap<u64, StoredMessage> = BTreeMap::new();
@@ -382,7 +395,10 @@ impl RocketMqBroker {
             "pop"
         );
         if redeliver.is_empty() && forget.is_empty() && new.is_empty() && new_to == view.cursor {
-            return Ok(vec![]);
+            return Ok(Popped {
+                deliveries: vec![],
+                next_visible_at_ms,
+            });
         }
         let command = Command::Pop(Pop {
             group: group.to_owned(),
@@ -402,10 +418,14 @@ impl RocketMqBroker {
                 format!("a POP applied as {result:?}"),
             ));
         };
-        Ok(granted
+        let deliveries = granted
             .into_iter()
             .filter_map(|(offset, attempt)| messages.remove(&offset).map(|m| (m, attempt, lease)))
-            .collect())
+            .collect();
+        Ok(Popped {
+            deliveries,
+            next_visible_at_ms,
+        })
     }
 
     /// Moves one delivered message to the group's dead-letter topic.
@@ -676,15 +696,14 @@ impl Backend for RocketMqBroker {
                 if out.len() >= batch {
                     break;
                 }
-                for (m, attempt, lease) in self
+                let popped = self
                     .pop_queue(&group, &topic, q, &filter, batch - out.len(), invisible)
-                    .await?
-                {
+                    .await?;
+                for (m, attempt, lease) in popped.deliveries {
                     let handle = self.handle(q, m.queue_offset, lease);
                     out.push(self.delivery(ns, &topic_name, m, handle, attempt, invisible));
                 }
-                let v = s.reader.pop_view(&group, &topic, q, now_ms(), 0);
-                if let Some(t) = v.next_visible_at_ms {
+                if let Some(t) = popped.next_visible_at_ms {
                     next_visible = Some(next_visible.map_or(t, |n| n.min(t)));
                 }
             }

@@ -356,28 +356,19 @@ async fn namespaces_routes_and_the_settings_handshake() {
     let mut m = message("T", "id-ns", b"namespaced");
     m.topic = Some(namespaced.clone());
     assert_eq!(code(&send(&mut c, m).await.status), Code::Ok);
-    let stored = group
-        .client(master)
-        .await
-        .get_queue_offsets(pb::QueueOffsetsRequest {
-            topic: "ns%T".into(),
-            queue_id: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .max_offset
-        + group
-            .client(master)
-            .await
+    let mut admin = group.client(master).await;
+    let mut stored = 0;
+    for queue_id in 0..2 {
+        let offsets = admin
             .get_queue_offsets(pb::QueueOffsetsRequest {
                 topic: "ns%T".into(),
-                queue_id: 1,
+                queue_id,
             })
             .await
             .unwrap()
-            .into_inner()
-            .max_offset;
+            .into_inner();
+        stored += offsets.max_offset;
+    }
     assert_eq!(stored, 1);
     let mut req = receive_request("G", "T", Duration::from_secs(30));
     req.group.as_mut().unwrap().resource_namespace = "ns".into();
