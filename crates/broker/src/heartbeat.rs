@@ -66,8 +66,10 @@ pub async fn run(state: Arc<BrokerState>, mut stop: watch::Receiver<bool>) {
     if clients.is_empty() {
         tracing::warn!("no NameServer configured: clients can only reach this node by its address");
     }
-    let mut metrics = state.raft.metrics();
-    let mut applied = state.reader.subscribe_applied();
+    // Role, term and leader live in the server metrics, which change rarely; the full metrics
+    // and the applied index change with every entry, far too often to wake on.
+    let mut metrics = state.raft.server_metrics();
+    let mut topics = state.reader.subscribe_topics();
     let mut tick = tokio::time::interval(Duration::from_millis(state.config.namesrv_heartbeat_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // What the NameServers last heard; a change is sent at once, not at the next tick.
@@ -77,7 +79,7 @@ pub async fn run(state: Arc<BrokerState>, mut stop: watch::Receiver<bool>) {
         let on_timer = tokio::select! {
             _ = tick.tick() => true,
             changed = metrics.changed() => { if changed.is_err() { break } false }
-            changed = applied.changed() => { if changed.is_err() { break } false }
+            changed = topics.changed() => { if changed.is_err() { break } false }
             _ = stop.wait_for(|s| *s) => break,
         };
         let hb = build(&state);

@@ -298,15 +298,16 @@ impl Broker {
     /// (a storage error: a full disk, a failed write). Either is an error; the process should
     /// exit loudly rather than linger as a node that answers but never commits.
     pub async fn stopped(&mut self) -> anyhow::Result<()> {
-        let mut metrics = self.state.raft.metrics();
+        // The server metrics change only with role, term or leader, and their channel closes
+        // when the core ends; the full metrics change with every entry, and waking this task
+        // (the process's main thread) for each one costs a context switch per entry.
+        let mut server = self.state.raft.server_metrics();
+        let metrics = self.state.raft.metrics();
         let raft_stopped = async move {
-            loop {
-                if let Err(fatal) = &metrics.borrow_and_update().running_state {
-                    return fatal.to_string();
-                }
-                if metrics.changed().await.is_err() {
-                    return "the Raft core ended".to_owned();
-                }
+            while server.changed().await.is_ok() {}
+            match &metrics.borrow().running_state {
+                Err(fatal) => fatal.to_string(),
+                Ok(()) => "the Raft core ended".to_owned(),
             }
         };
         tokio::select! {

@@ -200,6 +200,11 @@ impl StoreReader {
         self.shared.subscribe()
     }
 
+    /// Changes whenever the topic table may have changed (not on every applied entry).
+    pub fn subscribe_topics(&self) -> watch::Receiver<u64> {
+        self.shared.subscribe_topics()
+    }
+
     /// Reads up to `max_messages` messages (and about `max_bytes`, at least one) of a queue from
     /// `offset`, skipping those whose tags `filter` rejects.
     pub fn read(

@@ -24,12 +24,15 @@ use crate::db::{Db, CF_LOG, CF_META, META_APPLIED, META_INSTALLING, META_MEMBERS
 use crate::keys;
 use crate::snapshot::{self, Record, SnapshotReader, SNAPSHOT_CFS};
 use crate::state::SmState;
+use crate::types::Command;
 use crate::types::{LogId, Response, SnapshotFile, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 /// State shared between the state machine (the only writer) and readers.
 pub struct SmShared {
     state: RwLock<SmState>,
     applied_tx: watch::Sender<u64>,
+    /// Counts changes of the topic table (its value means nothing else).
+    topics_tx: watch::Sender<u64>,
 }
 
 impl SmShared {
@@ -38,6 +41,7 @@ impl SmShared {
         Arc::new(SmShared {
             state: RwLock::new(state),
             applied_tx: watch::channel(applied).0,
+            topics_tx: watch::channel(0).0,
         })
     }
 
@@ -52,6 +56,15 @@ impl SmShared {
     /// Changes every time entries are applied; the value is the applied index.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.applied_tx.subscribe()
+    }
+
+    /// Changes every time the topic table may have changed.
+    pub fn subscribe_topics(&self) -> watch::Receiver<u64> {
+        self.topics_tx.subscribe()
+    }
+
+    fn topics_changed(&self) {
+        self.topics_tx.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 
@@ -150,6 +163,7 @@ pub(crate) fn install_from_file(
     let applied = state.applied.map(|l| l.index).unwrap_or(0);
     drop(state);
     shared.applied_tx.send_replace(applied);
+    shared.topics_changed();
     Ok(())
 }
 
@@ -194,12 +208,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut state = self.shared.write();
         let mut batch = WriteBatch::default();
         let mut responses = Vec::new();
+        let mut topics_changed = false;
         for entry in entries {
             let log_index = entry.log_id.index;
             state.applied = Some(entry.log_id);
             let results = match entry.payload {
                 EntryPayload::Blank => Vec::new(),
-                EntryPayload::Normal(request) => apply_request(db, &mut state, &mut batch, log_index, &request),
+                EntryPayload::Normal(request) => {
+                    topics_changed |= request
+                        .commands
+                        .iter()
+                        .any(|c| matches!(c, Command::UpsertTopic(_) | Command::DeleteTopic { .. }));
+                    apply_request(db, &mut state, &mut batch, log_index, &request)
+                }
                 EntryPayload::Membership(membership) => {
                     state.membership = StoredMembership::new(Some(entry.log_id), membership);
                     batch.put_cf(db.cf(CF_META), META_MEMBERSHIP, codec::encode(&state.membership));
@@ -213,6 +234,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let applied = state.applied.map(|l| l.index).unwrap_or(0);
         drop(state);
         self.shared.applied_tx.send_replace(applied);
+        if topics_changed {
+            self.shared.topics_changed();
+        }
         Ok(responses)
     }
 
