@@ -163,7 +163,7 @@ async fn propose(
     let (commands, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.command, p.reply)).unzip();
     let request = Request {
         store_timestamp_ms: *last_ts,
-        commands,
+        commands: commands.into(),
     };
     // `client_write_ff` only queues the entry, in order; the result comes through `pending`.
     let pending = raft.client_write_ff(request).await;

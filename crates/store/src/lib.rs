@@ -138,7 +138,7 @@ impl Store {
                 codec::decode(&bytes, || "snapshot install marker".into()).map_err(|e| corrupt(e.to_string()))?;
             tracing::warn!(snapshot = %meta.snapshot_id, "finishing a snapshot install interrupted by a crash");
             let path = snapshot::file_name(&snapshot_dir, &meta);
-            state_machine::install_from_file(&db, &shared, &path, &meta)
+            state_machine::install_from_file(&db, &shared, &path, &meta, &log.shared_cache())
                 .map_err(|e| corrupt(format!("redoing snapshot install: {e}")))?;
         }
         let current = match db.get_meta(db::META_SNAPSHOT).map_err(|e| corrupt(e.to_string()))? {
@@ -201,7 +201,7 @@ impl Store {
             log: log.clone(),
         };
         let db_handle = db.clone();
-        let state_machine = StateMachine::new(db, shared, snapshot_dir);
+        let state_machine = StateMachine::new(db, shared, snapshot_dir, log.shared_cache());
         let recovered = Recovered {
             applied_index: applied.map(|a| a.index),
             ..recovered

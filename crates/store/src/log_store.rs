@@ -7,7 +7,12 @@
 //! `purge` only records how far openraft no longer needs the log: the entries stay, because they
 //! hold message bodies that consumers still read. Retention deletes them physically, never past
 //! the purge point.
+//!
+//! The newest entries are also kept in memory ([`EntryCache`]): openraft reads every entry back
+//! soon after appending it, to replicate it and to apply it, and serving those reads from memory
+//! saves a database read and a decode of every message per read.
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::{Arc, Mutex};
@@ -38,6 +43,85 @@ struct Shared {
     last_purged: Mutex<Option<LogId>>,
     /// Appended-but-not-yet-synced batches wait here for the syncer thread.
     syncer: Mutex<std::sync::mpsc::Sender<LogFlushed<TypeConfig>>>,
+    cache: SharedCache,
+}
+
+/// The entry cache, shared with the state machine (installing a snapshot drops entries).
+pub(crate) type SharedCache = Arc<Mutex<EntryCache>>;
+
+/// Most entries, and most encoded bytes, the cache holds: enough for the entries between
+/// appended and applied-everywhere under load, small enough to stay out of the memory budget.
+const CACHE_MAX_ENTRIES: usize = 1024;
+const CACHE_MAX_BYTES: usize = 16 << 20;
+
+/// The newest log entries, contiguous by index; what it holds is always identical to what the
+/// database holds at those indexes (appends, truncations and purges update both).
+#[derive(Default)]
+pub(crate) struct EntryCache {
+    /// (entry, its encoded size), oldest first.
+    entries: VecDeque<(Entry, usize)>,
+    bytes: usize,
+}
+
+impl EntryCache {
+    fn first_index(&self) -> Option<u64> {
+        self.entries.front().map(|(e, _)| e.log_id.index)
+    }
+
+    /// Drops every entry at `index` or later.
+    fn truncate_from(&mut self, index: u64) {
+        while let Some((last, size)) = self.entries.back() {
+            if last.log_id.index < index {
+                break;
+            }
+            self.bytes -= size;
+            self.entries.pop_back();
+        }
+    }
+
+    /// Drops every entry up to `index`.
+    pub(crate) fn purge_upto(&mut self, index: u64) {
+        while let Some((first, size)) = self.entries.front() {
+            if first.log_id.index > index {
+                break;
+            }
+            self.bytes -= size;
+            self.entries.pop_front();
+        }
+    }
+
+    fn push(&mut self, entry: Entry, size: usize) {
+        let index = entry.log_id.index;
+        // Appends are contiguous; anything else (a gap, an overwrite) restarts the cache there.
+        self.truncate_from(index);
+        if self
+            .entries
+            .back()
+            .is_some_and(|(last, _)| last.log_id.index + 1 != index)
+        {
+            self.entries.clear();
+            self.bytes = 0;
+        }
+        self.entries.push_back((entry, size));
+        self.bytes += size;
+        while self.entries.len() > CACHE_MAX_ENTRIES || (self.bytes > CACHE_MAX_BYTES && self.entries.len() > 1) {
+            if let Some((_, size)) = self.entries.pop_front() {
+                self.bytes -= size;
+            }
+        }
+    }
+
+    /// The entries `start..end` if the cache holds all of them.
+    fn get(&self, start: u64, end: u64) -> Option<Vec<Entry>> {
+        let first = self.first_index()?;
+        let last = self.entries.back()?.0.log_id.index;
+        if start < first || end > last + 1 {
+            return None;
+        }
+        let from = (start - first) as usize;
+        let to = (end.max(start) - first) as usize;
+        Some(self.entries.range(from..to).map(|(e, _)| e.clone()).collect())
+    }
 }
 
 /// Syncs the WAL off openraft's core task and reports appends flushed only after that.
@@ -112,12 +196,21 @@ impl LogStore {
                 flush,
                 last_purged: Mutex::new(last_purged),
                 syncer: Mutex::new(tx),
+                cache: SharedCache::default(),
             }),
         })
     }
 
     fn db(&self) -> &Db {
         &self.shared.db
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, EntryCache> {
+        self.shared.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn shared_cache(&self) -> SharedCache {
+        self.shared.cache.clone()
     }
 
     pub(crate) fn last_purged(&self) -> Option<LogId> {
@@ -164,6 +257,14 @@ impl RaftLogReader<TypeConfig> for LogStore {
         // Entries up to the purge point are gone as far as openraft is concerned.
         if let Some(purged) = self.last_purged() {
             start = start.max(purged.index + 1);
+        }
+        let end = match range.end_bound() {
+            Bound::Included(i) => i.saturating_add(1),
+            Bound::Excluded(i) => *i,
+            Bound::Unbounded => u64::MAX,
+        };
+        if let Some(entries) = self.cache().get(start, end) {
+            return Ok(entries);
         }
         let db = self.db();
         let from = keys::log(start);
@@ -240,13 +341,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let db = self.db();
         let cf = db.cf(CF_LOG);
         let mut batch = WriteBatch::default();
+        let mut appended = Vec::new();
         for entry in entries {
-            batch.put_cf(cf, keys::log(entry.get_log_id().index), codec::encode(&entry));
+            let bytes = codec::encode(&entry);
+            batch.put_cf(cf, keys::log(entry.get_log_id().index), &bytes);
+            appended.push((entry, bytes.len()));
         }
         // Written unsynced: readable now; durable when the syncer has synced the WAL.
         if let Err(e) = db.write(batch, false) {
+            // The database may hold part of it or none: the cache must not claim either.
+            if let Some((first, _)) = appended.first() {
+                self.cache().truncate_from(first.log_id.index);
+            }
             callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
             return Err(write_err(e));
+        }
+        {
+            let mut cache = self.cache();
+            for (entry, size) in appended {
+                cache.push(entry, size);
+            }
         }
         match self.shared.flush {
             FlushMode::Async => callback.log_io_completed(Ok(())),
@@ -268,6 +382,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         tracing::debug!(%log_id, "truncating the log from here on");
+        self.cache().truncate_from(log_id.index);
         let db = self.db();
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(db.cf(CF_LOG), keys::log(log_id.index), keys::log(u64::MAX));
@@ -279,6 +394,80 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.write_meta(META_LAST_PURGED, &log_id, true).map_err(write_err)?;
         *self.shared.last_purged.lock().unwrap_or_else(|p| p.into_inner()) = Some(log_id);
+        self.cache().purge_upto(log_id.index);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+
+    fn entry(term: u64, index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    fn indexes(entries: &[Entry]) -> Vec<(u64, u64)> {
+        entries
+            .iter()
+            .map(|e| (e.log_id.leader_id.term, e.log_id.index))
+            .collect()
+    }
+
+    #[test]
+    fn the_cache_serves_only_ranges_it_holds_whole() {
+        let mut cache = EntryCache::default();
+        assert!(cache.get(1, 2).is_none());
+        for i in 1..=5 {
+            cache.push(entry(1, i), 10);
+        }
+        assert_eq!(indexes(&cache.get(2, 4).unwrap()), vec![(1, 2), (1, 3)]);
+        assert_eq!(cache.get(3, 3).unwrap().len(), 0);
+        assert!(cache.get(0, 3).is_none(), "index 0 is not cached");
+        assert!(cache.get(4, 7).is_none(), "index 6 is not cached");
+    }
+
+    #[test]
+    fn an_overwrite_truncation_or_purge_never_leaves_a_stale_entry() {
+        let mut cache = EntryCache::default();
+        for i in 1..=5 {
+            cache.push(entry(1, i), 10);
+        }
+        // A new leader overwrites 4..: the old term's 4 and 5 must be gone.
+        cache.push(entry(2, 4), 10);
+        assert_eq!(indexes(&cache.get(1, 5).unwrap()), vec![(1, 1), (1, 2), (1, 3), (2, 4)]);
+        assert!(cache.get(5, 6).is_none());
+        cache.truncate_from(3);
+        assert!(cache.get(3, 4).is_none());
+        cache.purge_upto(1);
+        assert!(cache.get(1, 2).is_none());
+        assert_eq!(indexes(&cache.get(2, 3).unwrap()), vec![(1, 2)]);
+        // A gap restarts the cache at the new entry.
+        cache.push(entry(2, 9), 10);
+        assert!(cache.get(2, 3).is_none());
+        assert_eq!(indexes(&cache.get(9, 10).unwrap()), vec![(2, 9)]);
+        assert_eq!(cache.bytes, 10);
+    }
+
+    #[test]
+    fn the_cache_stays_within_its_bounds() {
+        let mut cache = EntryCache::default();
+        for i in 1..=(CACHE_MAX_ENTRIES as u64 + 10) {
+            cache.push(entry(1, i), 10);
+        }
+        assert_eq!(cache.entries.len(), CACHE_MAX_ENTRIES);
+        assert_eq!(cache.first_index(), Some(11));
+        for i in 1..=4 {
+            cache.push(entry(1, CACHE_MAX_ENTRIES as u64 + 10 + i), CACHE_MAX_BYTES / 2);
+        }
+        assert!(cache.bytes <= CACHE_MAX_BYTES, "{} bytes cached", cache.bytes);
+        // One entry larger than the bound is still kept: it is the newest.
+        cache.push(entry(1, CACHE_MAX_ENTRIES as u64 + 15), CACHE_MAX_BYTES * 2);
+        assert_eq!(cache.entries.len(), 1);
     }
 }

@@ -367,7 +367,7 @@ impl StoreReader {
             return Err(broken("holds no messages".into()).into());
         };
         let mut first = 0u32;
-        for command in &request.commands {
+        for command in request.commands.iter() {
             let Some((t, q, messages)) = command.stored_messages() else {
                 continue;
             };

@@ -22,6 +22,7 @@ use crate::apply::apply_request;
 use crate::codec;
 use crate::db::{Db, CF_LOG, CF_META, META_APPLIED, META_INSTALLING, META_MEMBERSHIP, META_SNAPSHOT};
 use crate::keys;
+use crate::log_store::SharedCache;
 use crate::snapshot::{self, Record, SnapshotReader, SNAPSHOT_CFS};
 use crate::state::SmState;
 use crate::types::Command;
@@ -73,6 +74,7 @@ pub struct StateMachine {
     db: Arc<Db>,
     shared: Arc<SmShared>,
     snapshot_dir: PathBuf,
+    log_cache: SharedCache,
 }
 
 fn sm_read_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -88,11 +90,12 @@ fn snap_err(e: impl std::error::Error + 'static) -> StorageError {
 }
 
 impl StateMachine {
-    pub(crate) fn new(db: Arc<Db>, shared: Arc<SmShared>, snapshot_dir: PathBuf) -> Self {
+    pub(crate) fn new(db: Arc<Db>, shared: Arc<SmShared>, snapshot_dir: PathBuf, log_cache: SharedCache) -> Self {
         StateMachine {
             db,
             shared,
             snapshot_dir,
+            log_cache,
         }
     }
 
@@ -115,6 +118,7 @@ pub(crate) fn install_from_file(
     shared: &SmShared,
     path: &Path,
     meta: &SnapshotMeta,
+    log_cache: &SharedCache,
 ) -> Result<(), StorageError> {
     let mut marker = WriteBatch::default();
     marker.put_cf(db.cf(CF_META), META_INSTALLING, codec::encode(meta));
@@ -129,6 +133,12 @@ pub(crate) fn install_from_file(
             // Entries past the snapshot stay: they may be this node's own newer log.
             let end = meta.last_log_id.map(|l| l.index + 1).unwrap_or(0);
             batch.delete_range_cf(cf, keys::log(0), keys::log(end));
+            if let Some(last) = meta.last_log_id {
+                log_cache
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .purge_upto(last.index);
+            }
         } else {
             // Keys are names (at most 127 bytes) plus fixed-size numbers: all below 300 x 0xff.
             batch.delete_range_cf(cf, [].as_slice(), [0xffu8; 300].as_slice());
@@ -303,7 +313,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             out.sync_all().await.map_err(snap_err)?;
         }
         tokio::fs::rename(&tmp, &path).await.map_err(snap_err)?;
-        install_from_file(&self.db, &self.shared, &path, meta)?;
+        install_from_file(&self.db, &self.shared, &path, meta, &self.log_cache)?;
         remove_other_snapshots(&self.snapshot_dir, &path);
         Ok(())
     }

@@ -18,7 +18,7 @@ fn entry(index: u64, ts: i64, commands: Vec<Command>) -> Entry {
         log_id: log_id(index),
         payload: EntryPayload::Normal(Request {
             store_timestamp_ms: ts,
-            commands,
+            commands: commands.into(),
         }),
     }
 }

@@ -16,7 +16,7 @@ fn entry(index: u64, commands: Vec<Command>) -> Entry {
         log_id: log_id(index),
         payload: EntryPayload::Normal(Request {
             store_timestamp_ms: 1_000 + index as i64,
-            commands,
+            commands: commands.into(),
         }),
     }
 }
