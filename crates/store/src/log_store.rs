@@ -41,8 +41,6 @@ struct Shared {
     flush: FlushMode,
     /// Cached copy of the purge point, read on every log read.
     last_purged: Mutex<Option<LogId>>,
-    /// Appended-but-not-yet-synced batches wait here for the syncer thread.
-    syncer: Mutex<std::sync::mpsc::Sender<LogFlushed<TypeConfig>>>,
     cache: SharedCache,
 }
 
@@ -124,41 +122,6 @@ impl EntryCache {
     }
 }
 
-/// Syncs the WAL off openraft's core task and reports appends flushed only after that.
-///
-/// An append writes its batch without sync (so the entries are readable at once, as openraft
-/// requires) and hands its callback here. One fsync of the WAL covers every write made before
-/// it, so the thread takes every callback waiting, syncs once, then reports them all: group
-/// commit at the disk, and the Raft core never blocks on an fsync.
-///
-/// It holds the database weakly: the store's owner decides when the database closes, never this
-/// thread (a database closed by a thread racing process exit aborts the process).
-fn run_syncer(db: std::sync::Weak<Db>, rx: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
-    while let Ok(first) = rx.recv() {
-        let mut waiting = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            waiting.push(more);
-        }
-        let synced = match db.upgrade() {
-            Some(db) => db.synced(|| db.db.flush_wal(true)).map_err(|e| e.to_string()),
-            None => Err("the database is closed".to_string()),
-        };
-        match synced {
-            Ok(()) => {
-                for callback in waiting {
-                    callback.log_io_completed(Ok(()));
-                }
-            }
-            Err(e) => {
-                tracing::error!("syncing the Raft log failed: {e}");
-                for callback in waiting {
-                    callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                }
-            }
-        }
-    }
-}
-
 /// The Raft log store. Cheap to clone; every clone sees the same log.
 #[derive(Clone)]
 pub struct LogStore {
@@ -184,18 +147,11 @@ impl LogStore {
             Some(bytes) => Some(codec::decode(&bytes, || "last purged log id".into()).map_err(read_err)?),
             None => None,
         };
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sync_db = Arc::downgrade(&db);
-        std::thread::Builder::new()
-            .name("raftmq-log-sync".into())
-            .spawn(move || run_syncer(sync_db, rx))
-            .map_err(write_err)?;
         Ok(LogStore {
             shared: Arc::new(Shared {
                 db,
                 flush,
                 last_purged: Mutex::new(last_purged),
-                syncer: Mutex::new(tx),
                 cache: SharedCache::default(),
             }),
         })
@@ -347,8 +303,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.put_cf(cf, keys::log(entry.get_log_id().index), &bytes);
             appended.push((entry, bytes.len()));
         }
-        // Written unsynced: readable now; durable when the syncer has synced the WAL.
-        if let Err(e) = db.write(batch, false) {
+        // openraft 0.9's core waits for this append to be flushed before it does anything else
+        // (replicating it included), so the sync is made here, in the one write: handing it to
+        // another thread only added two thread wake-ups to every commit's critical path.
+        let sync = self.shared.flush == FlushMode::Sync;
+        if let Err(e) = db.write(batch, sync) {
             // The database may hold part of it or none: the cache must not claim either.
             if let Some((first, _)) = appended.first() {
                 self.cache().truncate_from(first.log_id.index);
@@ -362,21 +321,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 cache.push(entry, size);
             }
         }
-        match self.shared.flush {
-            FlushMode::Async => callback.log_io_completed(Ok(())),
-            FlushMode::Sync => {
-                let sent = self
-                    .shared
-                    .syncer
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .send(callback);
-                if let Err(std::sync::mpsc::SendError(callback)) = sent {
-                    callback.log_io_completed(Err(std::io::Error::other("the log syncer stopped")));
-                    return Err(write_err(std::io::Error::other("the log syncer stopped")));
-                }
-            }
-        }
+        callback.log_io_completed(Ok(()));
         Ok(())
     }
 
