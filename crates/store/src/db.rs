@@ -90,15 +90,17 @@ impl Db {
         self.mark_enabled.store(true, Ordering::SeqCst);
     }
 
-    /// Runs a write or flush that syncs the WAL; with the mark enabled, records what it made
-    /// durable (the WAL length measured before it, so never more than was synced).
-    pub fn synced<T>(&self, sync: impl FnOnce() -> Result<T, rocksdb::Error>) -> Result<T, rocksdb::Error> {
+    /// Runs a synced write; with the mark enabled, records what it made durable: the WAL's
+    /// length measured after it returns. That covers the write itself and everything before it
+    /// (one fsync syncs the whole file). It may also cover a concurrent unsynced write that
+    /// landed in between, which only means the fault never cuts that one; measuring before the
+    /// write would leave this write's own synced record outside the mark, to be cut.
+    fn synced<T>(&self, sync: impl FnOnce() -> Result<T, rocksdb::Error>) -> Result<T, rocksdb::Error> {
         if !self.mark_enabled.load(Ordering::SeqCst) {
             return sync();
         }
-        let before = newest_wal(self.db.path());
         let result = sync()?;
-        if let Some((number, len)) = before {
+        if let Some((number, len)) = newest_wal(self.db.path()) {
             let mut mark = self.mark.lock().unwrap_or_else(|p| p.into_inner());
             // Concurrent syncs may finish out of order: the mark only moves forward.
             if mark.is_none_or(|m| (number, len) > m) {
