@@ -296,3 +296,59 @@ fn chaos(cluster: &ScriptCluster, extra: &[&str]) {
     );
     assert!(out.contains(", lost 0, duplicates 0"), "{out}");
 }
+
+/// `raftmq bench` reports exactly what it sent and read, with a latency sample per send, and
+/// a bench against a topic that does not exist fails with the error instead of reporting zeros.
+#[test]
+fn the_bench_counts_what_it_sends_and_reads() {
+    let cluster = ScriptCluster::up(1, &["broker-a"]);
+    let (ok, out, err) = cluster.cli(&["topic", "create", "BenchT", "--queues", "4"]);
+    assert!(ok, "{out}{err}");
+    let bench = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["--json", "bench"];
+        all.extend_from_slice(args);
+        let (ok, out, err) = cluster.cli(&all);
+        assert!(ok, "bench {args:?} failed:\n{out}{err}");
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("bench {args:?} printed no JSON ({e}):\n{out}"))
+    };
+
+    let sent = bench(&["produce", "--topic", "BenchT", "--count", "3000", "--window", "64"]);
+    assert_eq!(sent["messages"], 3000, "{sent}");
+    assert_eq!(sent["errors"], serde_json::json!({}), "{sent}");
+    let latency = &sent["latency"];
+    assert_eq!(latency["samples"], 3000, "one latency sample per send: {sent}");
+    let (p50, p99, max) = (
+        latency["p50_ms"].as_f64().unwrap(),
+        latency["p99_ms"].as_f64().unwrap(),
+        latency["max_ms"].as_f64().unwrap(),
+    );
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{latency}");
+
+    // Batch sends: 40 requests of 10 messages, one latency sample per request.
+    let batched = bench(&[
+        "produce", "--topic", "BenchT", "--count", "400", "--batch", "10", "--window", "4",
+    ]);
+    assert_eq!(batched["messages"], 400, "{batched}");
+    assert_eq!(batched["latency"]["samples"], 40, "{batched}");
+
+    // A sync producer (window 1) and a keyed one.
+    let sync = bench(&[
+        "produce", "--topic", "BenchT", "--count", "50", "--window", "1", "--keyed",
+    ]);
+    assert_eq!(sync["messages"], 50, "{sync}");
+
+    // Consume reads every stored message, from the master and from a slave.
+    for slave in [false, true] {
+        let mut args = vec!["consume", "--topic", "BenchT"];
+        if slave {
+            args.push("--slave");
+        }
+        let read = bench(&args);
+        assert_eq!(read["messages"], 3450, "slave={slave}: {read}");
+        assert_eq!(read["errors"], serde_json::json!({}), "slave={slave}: {read}");
+    }
+
+    let (ok, out, err) = cluster.cli(&["bench", "produce", "--topic", "NoSuchTopic", "--count", "10"]);
+    assert!(!ok, "a bench of a missing topic succeeded:\n{out}");
+    assert!(err.contains("NoSuchTopic"), "the error names the topic: {err}");
+}
