@@ -40,17 +40,15 @@ impl Message {
         self
     }
 
-    pub(crate) fn to_proto(&self) -> pb::Message {
+    /// The message as a send request carries it; the request names the topic once, for all.
+    pub(crate) fn to_proto(&self, born_timestamp_ms: i64) -> pb::Message {
         pb::Message {
-            topic: self.topic.clone(),
+            topic: String::new(),
             tags: self.tags.clone(),
             keys: self.keys.clone(),
             properties: self.properties.clone().into_iter().collect(),
             body: self.body.clone(),
-            born_timestamp_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0),
+            born_timestamp_ms,
         }
     }
 }

@@ -107,7 +107,7 @@ impl WeakProducer {
     async fn send_coalesced(&self, topic: &str, pending: Vec<Pending>) {
         let producer = self.strong();
         let (messages, replies): (Vec<Message>, Vec<_>) = pending.into_iter().unzip();
-        match producer.send_to(topic, messages.clone(), None).await {
+        match producer.send_to(topic, &messages, None).await {
             Ok(results) => {
                 for (reply, result) in replies.into_iter().zip(results) {
                     let _ = reply.send(Ok(result));
@@ -116,7 +116,9 @@ impl WeakProducer {
             // One bad message must not fail its neighbours: send each alone to find it.
             Err(ClientError::MessageTooLarge(_)) | Err(ClientError::InvalidArgument(_)) if messages.len() > 1 => {
                 for (message, reply) in messages.into_iter().zip(replies) {
-                    let _ = reply.send(first(producer.send_to(topic, vec![message], None).await));
+                    let _ = reply.send(first(
+                        producer.send_to(topic, std::slice::from_ref(&message), None).await,
+                    ));
                 }
             }
             Err(e) => {
@@ -184,7 +186,7 @@ impl Producer {
         if self.queued.load(Ordering::SeqCst) == 0 {
             if let Ok(_permit) = self.slots.clone().try_acquire_owned() {
                 let topic = message.topic.clone();
-                return first(self.send_to(&topic, vec![message], None).await);
+                return first(self.send_to(&topic, std::slice::from_ref(&message), None).await);
             }
         }
         let (reply, result) = oneshot::channel();
@@ -208,7 +210,10 @@ impl Producer {
     /// keep their order (while the topic's queue count is unchanged). No retry on another queue.
     pub async fn send_ordered(&self, message: Message, sharding_key: &str) -> Result<SendResult, ClientError> {
         let topic = message.topic.clone();
-        first(self.send_to(&topic, vec![message], Some(sharding_key)).await)
+        first(
+            self.send_to(&topic, std::slice::from_ref(&message), Some(sharding_key))
+                .await,
+        )
     }
 
     /// Sends messages of one topic as one batch, into one queue, committed together.
@@ -223,7 +228,7 @@ impl Producer {
                 m.topic
             )));
         }
-        self.send_to(&topic, messages, None).await
+        self.send_to(&topic, &messages, None).await
     }
 
     /// Starts a send and returns at once; the future yields its result.
@@ -245,13 +250,16 @@ impl Producer {
     async fn send_to(
         &self,
         topic: &str,
-        messages: Vec<Message>,
+        messages: &[Message],
         key: Option<&str>,
     ) -> Result<Vec<SendResult>, ClientError> {
         if messages.is_empty() {
             return Err(ClientError::InvalidArgument("nothing to send".into()));
         }
-        let request_messages: Vec<pb::Message> = messages.iter().map(Message::to_proto).collect();
+        let born_timestamp_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
         let timeout = self.client.config().send_timeout;
         let deadline = Instant::now() + timeout;
         let mut route = self.client.route(topic).await?;
@@ -276,7 +284,7 @@ impl Producer {
             let master = route.group(&queue.group).and_then(|g| g.master.clone());
             let outcome = match master {
                 Some(addr) => {
-                    self.send_following_leader(&addr, topic, &queue, &request_messages, deadline)
+                    self.send_following_leader(&addr, topic, &queue, messages, born_timestamp_ms, deadline)
                         .await
                 }
                 None => Err((
@@ -312,7 +320,8 @@ impl Producer {
         master: &str,
         topic: &str,
         queue: &MessageQueue,
-        messages: &[pb::Message],
+        messages: &[Message],
+        born_timestamp_ms: i64,
         deadline: Instant,
     ) -> Result<Vec<SendResult>, (Retry, ClientError)> {
         let mut target = master.to_owned();
@@ -330,7 +339,9 @@ impl Producer {
                 pb::SendRequest {
                     topic: topic.to_owned(),
                     queue_id: queue.queue_id,
-                    messages: messages.to_vec(),
+                    // Built for each attempt: tonic takes the request, and a copy kept for a
+                    // retry would cost every send a copy of every body.
+                    messages: messages.iter().map(|m| m.to_proto(born_timestamp_ms)).collect(),
                 },
                 left,
             );
