@@ -348,6 +348,22 @@ fn the_bench_counts_what_it_sends_and_reads() {
         assert_eq!(read["errors"], serde_json::json!({}), "slave={slave}: {read}");
     }
 
+    // A consumer group reads everything once: its offsets are committed on the broker, so a
+    // second run of the same group has nothing left, while another group reads it all again.
+    for (group, slave, expected) in [("BG1", false, 3450), ("BG1", false, 0), ("BG2", true, 3450)] {
+        let mut args = vec!["consume", "--topic", "BenchT", "--group", group, "--duration", "60"];
+        if slave {
+            args.push("--slave");
+        }
+        let read = bench(&args);
+        assert_eq!(read["settings"]["expected"], expected, "{group}: {read}");
+        assert_eq!(read["messages"], expected, "{group}: {read}");
+        assert_eq!(read["errors"], serde_json::json!({}), "{group}: {read}");
+        if expected > 0 {
+            assert_eq!(read["latency"]["samples"], expected, "{group}: {read}");
+        }
+    }
+
     let (ok, out, err) = cluster.cli(&["bench", "produce", "--topic", "NoSuchTopic", "--count", "10"]);
     assert!(!ok, "a bench of a missing topic succeeded:\n{out}");
     assert!(err.contains("NoSuchTopic"), "the error names the topic: {err}");

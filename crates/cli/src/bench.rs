@@ -13,14 +13,18 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::bail;
 use clap::{Args, Subcommand};
 use futures::stream::{FuturesUnordered, StreamExt};
-use raftmq_client::{Client, ClientError, Message, MessageQueue, Producer, PullConsumer, ReadPreference};
+use raftmq_client::{
+    Client, ClientError, ConsumeFrom, ConsumeResult, Message, MessageQueue, Producer, PullConsumer, PushConsumer,
+    ReadPreference, ReceivedMessage,
+};
 use serde_json::json;
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Send as fast as the window allows; latency is send to acknowledgement.
     Produce(ProduceArgs),
-    /// Read a topic from the start; latency is from the send time in each body.
+    /// Read a topic from the start (or a group's committed offsets); latency is from each
+    /// message's store timestamp to its receipt.
     Consume(ConsumeArgs),
     /// Produce and consume together; latency is send to receipt.
     E2e(E2eArgs),
@@ -63,6 +67,11 @@ pub struct ConsumeArgs {
     /// Read from slaves only.
     #[arg(long)]
     slave: bool,
+    /// Consume as a member of this consumer group (offsets stored on the broker, queues
+    /// assigned by rebalancing), from the group's committed offsets or else from the start,
+    /// instead of pulling every queue from its start.
+    #[arg(long)]
+    group: Option<String>,
     /// Stop after this many seconds (or when every queue is read to its end).
     #[arg(long, default_value_t = 30)]
     duration: u64,
@@ -87,6 +96,10 @@ fn body(size: usize) -> Vec<u8> {
     let mut b = vec![b'x'; size.max(8)];
     b[..8].copy_from_slice(&now_us().to_le_bytes());
     b
+}
+
+fn store_us(m: &ReceivedMessage) -> u64 {
+    (m.store_timestamp_ms.max(0) as u64).saturating_mul(1000)
 }
 
 fn sent_at(body: &[u8]) -> Option<u64> {
@@ -210,6 +223,7 @@ pub async fn run(client: Client, command: BenchCommand, as_json: bool) -> anyhow
                 topic: args.produce.topic.clone(),
                 batch: 256,
                 slave: args.slave,
+                group: None,
                 duration: args.produce.duration + 5,
             };
             // Start reading at the current end, so only this run's messages count.
@@ -312,6 +326,9 @@ async fn consume(
     };
     let reader = PullConsumer::new(client.clone(), preference);
     let queues = reader.queues(&args.topic).await?;
+    if let Some(group) = &args.group {
+        return consume_in_group(client, reader, queues, group, args.clone(), preference, as_json).await;
+    }
     let progress = Progress::new();
     let line = progress.spawn_line("consume");
     let deadline = Instant::now() + Duration::from_secs(args.duration);
@@ -348,7 +365,14 @@ async fn consume(
                     Ok(r) => {
                         let now = now_us();
                         for m in &r.messages {
-                            if let Some(t) = sent_at(&m.body) {
+                            // e2e: from the send time the producer wrote into the body (µs);
+                            // consume: from the store timestamp the broker gave it (ms).
+                            let since = if live.is_some() {
+                                sent_at(&m.body)
+                            } else {
+                                Some(store_us(m))
+                            };
+                            if let Some(t) = since {
                                 local.push(now.saturating_sub(t));
                             }
                             bytes.fetch_add(m.body.len() as u64, Ordering::Relaxed);
@@ -378,5 +402,81 @@ async fn consume(
     let kind = if live.is_some() { "e2e" } else { "consume" };
     let extra = json!({"batch": args.batch, "from": if args.slave { "slave" } else { "master" }});
     report(kind, &progress, elapsed, size, extra, as_json);
+    Ok(())
+}
+
+/// `bench consume --group`: one member of a consumer group reads until every queue reaches the
+/// end it had when the run started (or the duration ends), then commits its offsets and leaves.
+async fn consume_in_group(
+    client: Client,
+    reader: PullConsumer,
+    queues: Vec<MessageQueue>,
+    group: &str,
+    args: ConsumeArgs,
+    preference: ReadPreference,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    // Where each queue ends now, and where the group starts in it: its committed offset, or
+    // the queue's start for a group that has none.
+    let mut ends: BTreeMap<MessageQueue, (u64, u64)> = BTreeMap::new();
+    let mut committed: BTreeMap<String, BTreeMap<u32, u64>> = BTreeMap::new();
+    for q in &queues {
+        if !committed.contains_key(&q.group) {
+            let offsets = reader.committed_offsets(&args.topic, &q.group, group).await?;
+            committed.insert(q.group.clone(), offsets);
+        }
+        let (min, max) = reader.queue_offsets(&args.topic, q).await?;
+        let from = committed[&q.group].get(&q.queue_id).copied().unwrap_or(min).max(min);
+        ends.insert(q.clone(), (from, max));
+    }
+    let expected: u64 = ends.values().map(|(from, end)| end.saturating_sub(*from)).sum();
+    let progress = Progress::new();
+    let line = progress.spawn_line("consume");
+    let bytes = Arc::new(AtomicU64::new(0));
+    // The next offset each queue's handler is at.
+    let positions: Arc<Mutex<BTreeMap<MessageQueue, u64>>> = Arc::default();
+    let (caught_up_tx, mut caught_up) = tokio::sync::watch::channel(expected == 0);
+    let handler = {
+        let (progress, bytes, positions, ends) = (progress.clone(), bytes.clone(), positions.clone(), ends.clone());
+        move |batch: &[ReceivedMessage]| {
+            let now = now_us();
+            let mut local = Vec::with_capacity(batch.len());
+            for m in batch {
+                local.push(now.saturating_sub(store_us(m)));
+                bytes.fetch_add(m.body.len() as u64, Ordering::Relaxed);
+            }
+            progress.done.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            progress.samples.lock().unwrap().0.extend(local);
+            if let Some(last) = batch.last() {
+                let q = MessageQueue {
+                    group: last.group.clone(),
+                    queue_id: last.queue_id,
+                };
+                let mut positions = positions.lock().unwrap();
+                positions.insert(q, last.queue_offset + 1);
+                let done = ends
+                    .iter()
+                    .all(|(q, (from, end))| positions.get(q).copied().unwrap_or(*from) >= *end);
+                if done {
+                    let _ = caught_up_tx.send(true);
+                }
+            }
+            ConsumeResult::Success
+        }
+    };
+    let consumer = PushConsumer::builder(client, group, &args.topic)
+        .read_preference(preference)
+        .consume_from(ConsumeFrom::First)
+        .batch_size(args.batch)
+        .start(handler)
+        .await?;
+    let _ = tokio::time::timeout(Duration::from_secs(args.duration), caught_up.wait_for(|c| *c)).await;
+    let elapsed = progress.start.elapsed();
+    consumer.shutdown().await;
+    line.abort();
+    let done = progress.done.load(Ordering::Relaxed).max(1);
+    let size = (bytes.load(Ordering::Relaxed) / done) as usize;
+    let extra = json!({"batch": args.batch, "from": if args.slave { "slave" } else { "master" }, "group": group, "expected": expected});
+    report("consume", &progress, elapsed, size, extra, as_json);
     Ok(())
 }
