@@ -67,6 +67,9 @@ async fn batch_sends(
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
+        // Senders woken by the request that freed this slot are queueing their next messages
+        // right now: one turn of the scheduler lets them join this request.
+        tokio::task::yield_now().await;
         queued.fetch_sub(1, Ordering::SeqCst);
         let mut bytes = first.0.body.len();
         let mut by_topic: std::collections::BTreeMap<String, Vec<Pending>> = Default::default();
@@ -181,9 +184,11 @@ impl Producer {
     /// [`MAX_BATCH_RPCS`] requests are in flight, new messages of a topic wait and go together in
     /// the next request, to one queue. An idle producer sends each message at once.
     pub async fn send(&self, message: Message) -> Result<SendResult, ClientError> {
-        // Nothing waiting and a request slot free: send from this task, sparing the hand-offs
-        // to the batcher and back (a sync sender's latency).
-        if self.queued.load(Ordering::SeqCst) == 0 {
+        // An idle producer (nothing waiting, no request in flight) sends from this task, sparing
+        // the hand-offs to the batcher and back (a sync sender's latency). A busy one leaves it
+        // to the batcher: a message sent alone the moment a slot frees would take that slot
+        // for a request of one.
+        if self.queued.load(Ordering::SeqCst) == 0 && self.slots.available_permits() == MAX_BATCH_RPCS {
             if let Ok(_permit) = self.slots.clone().try_acquire_owned() {
                 let topic = message.topic.clone();
                 return first(self.send_to(&topic, std::slice::from_ref(&message), None).await);
