@@ -15,6 +15,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={root}/{file}");
     }
     let fds = protox::compile(files, [root])?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    tonic_prost_build::configure()
+        // A Raft payload (a batch of entries) is sliced out of the received buffer, not copied.
+        .bytes(".raftmq.v1.RaftEnvelope.payload")
+        .compile_fds(fds)?;
     Ok(())
 }

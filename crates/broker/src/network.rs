@@ -156,7 +156,7 @@ impl Connection {
             group: self.net.group.clone(),
             from_node_id: self.net.me,
             target_node_id: self.target,
-            payload,
+            payload: payload.into(),
         });
         request.set_timeout(option.hard_ttl().min(self.net.timeout.max(option.soft_ttl())));
         let mut client = self.client().map_err(RPCError::Unreachable)?;

@@ -44,7 +44,7 @@ impl RaftService {
             group: self.group.clone(),
             from_node_id: self.me,
             target_node_id: envelope.from_node_id,
-            payload,
+            payload: payload.into(),
         }))
     }
 }

@@ -650,7 +650,7 @@ async fn raft_messages_for_another_node_are_rejected() {
                 group: group_name.into(),
                 from_node_id: 3,
                 target_node_id: target,
-                payload: vec![],
+                payload: Default::default(),
             })
             .await
             .unwrap_err();
@@ -661,7 +661,7 @@ async fn raft_messages_for_another_node_are_rejected() {
             group: "broker-a".into(),
             from_node_id: 3,
             target_node_id: 1,
-            payload: vec![0xff; 7],
+            payload: vec![0xff; 7].into(),
         })
         .await
         .unwrap_err();
