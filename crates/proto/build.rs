@@ -1,7 +1,12 @@
 //! Compiles `proto/` with protox (a pure-Rust protobuf compiler), so no system `protoc` is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../proto");
+    // Read when the script runs, not baked in when it is compiled: cargo reuses a compiled build
+    // script for a checkout at another path sharing the target directory (a CI clone), and a
+    // baked-in path would point at the other checkout, or at nothing once it is gone.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR")?;
+    let root = format!("{manifest_dir}/../../proto");
+    let root = root.as_str();
     let files = [
         "raftmq/v1/common.proto",
         "raftmq/v1/namesrv.proto",
