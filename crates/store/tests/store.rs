@@ -415,3 +415,44 @@ async fn retention_deletes_old_entries_but_never_what_raft_still_needs() {
     assert_eq!(store.reader.queue_state("T", 0).min_offset, 3);
     assert_eq!(store.reader.get("T", 0, 3).unwrap().unwrap().body, b"d");
 }
+
+/// Every message body goes through the WAL; old WAL files must go once their data is in table
+/// files, or a busy node keeps gigabytes of WAL on disk and replays all of it after a crash.
+#[tokio::test]
+async fn the_wal_stays_bounded_under_a_steady_stream_of_sends() {
+    let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+    let mut store = open(dir.path());
+    commit(&mut store, vec![entry(1, vec![topic("T", 4)])]).await;
+    let wal_bytes = |dir: &Path| -> u64 {
+        std::fs::read_dir(dir.join("db"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+            .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+            .sum()
+    };
+    // 3 × the bound in 1 MiB entries of incompressible bodies (128 × 8 KiB each).
+    let body: String = (0..8192u32)
+        .map(|i| char::from(b'a' + (i.wrapping_mul(2_654_435_761) >> 27) as u8 % 26))
+        .collect();
+    let entries = (3 * raftmq_store::db::MAX_TOTAL_WAL_BYTES / (1 << 20)) as u64;
+    for i in 0..entries {
+        let bodies: Vec<(&str, &str)> = (0..128).map(|_| (body.as_str(), "t")).collect();
+        commit(&mut store, vec![entry(2 + i, vec![send("T", (i % 4) as u32, &bodies)])]).await;
+    }
+    // Flushes run in the background: wait for the oldest WAL files to be released.
+    let limit = raftmq_store::db::MAX_TOTAL_WAL_BYTES + (64 << 20);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let now = wal_bytes(dir.path());
+        if now <= limit {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{now} bytes of WAL after {} MiB of sends; expected at most {limit}",
+            entries
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
