@@ -435,7 +435,7 @@ async fn the_wal_stays_bounded_under_a_steady_stream_of_sends() {
     let body: String = (0..8192u32)
         .map(|i| char::from(b'a' + (i.wrapping_mul(2_654_435_761) >> 27) as u8 % 26))
         .collect();
-    let entries = (3 * raftmq_store::db::MAX_TOTAL_WAL_BYTES / (1 << 20)) as u64;
+    let entries = 3 * raftmq_store::db::MAX_TOTAL_WAL_BYTES / (1 << 20);
     for i in 0..entries {
         let bodies: Vec<(&str, &str)> = (0..128).map(|_| (body.as_str(), "t")).collect();
         commit(&mut store, vec![entry(2 + i, vec![send("T", (i % 4) as u32, &bodies)])]).await;
