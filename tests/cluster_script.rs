@@ -364,6 +364,19 @@ fn the_bench_counts_what_it_sends_and_reads() {
         }
     }
 
+    // A reader that stops early (`| head`) ends the tool quietly, as with any Unix tool.
+    let piped = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "'{}' --namesrv '{}' consume BenchT --count 3450 | head -n 1 >/dev/null",
+            raftmq_testkit::binary("raftmq").display(),
+            cluster.namesrv_list()
+        ))
+        .output()
+        .expect("run sh");
+    let err = String::from_utf8_lossy(&piped.stderr);
+    assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
+
     let (ok, out, err) = cluster.cli(&["bench", "produce", "--topic", "NoSuchTopic", "--count", "10"]);
     assert!(!ok, "a bench of a missing topic succeeded:\n{out}");
     assert!(err.contains("NoSuchTopic"), "the error names the topic: {err}");

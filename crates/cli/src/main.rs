@@ -251,6 +251,13 @@ enum MessageCommand {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    // Like other command-line tools, end quietly when the reader of our output goes away
+    // (`raftmq consume T | head`); Rust ignores SIGPIPE, and the next print would panic.
+    // SAFETY: restoring a signal's default disposition at start, before any thread we own uses
+    // signals.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
