@@ -249,15 +249,25 @@ enum MessageCommand {
     },
 }
 
+/// Like other command-line tools, end quietly when the reader of our output goes away
+/// (`raftmq consume T | head`): a print to the closed pipe panics, and that panic becomes a quiet
+/// exit with the shell's status for SIGPIPE. SIGPIPE itself stays ignored, as Rust sets it: with
+/// its default action, a write to a broker connection that had just been reset would kill the
+/// tool without a word (the chaos suite lost its verdict that way).
+fn quiet_when_the_reader_goes_away() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info.payload_as_str().unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info)
+    }));
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    // Like other command-line tools, end quietly when the reader of our output goes away
-    // (`raftmq consume T | head`); Rust ignores SIGPIPE, and the next print would panic.
-    // SAFETY: restoring a signal's default disposition at start, before any thread we own uses
-    // signals.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    quiet_when_the_reader_goes_away();
     let cli = Cli::parse();
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
