@@ -33,9 +33,12 @@ pub const META_MEMBERSHIP: &[u8] = b"membership";
 pub const META_SNAPSHOT: &[u8] = b"snapshot";
 pub const META_INSTALLING: &[u8] = b"installing";
 
+/// Write buffer (memtable) of the log family, where every message body lands first.
+pub const LOG_WRITE_BUFFER_BYTES: usize = 64 << 20;
+
 /// Most WAL kept before the families holding the oldest WAL file are flushed: two of the log
-/// family's 64 MiB write buffers.
-pub const MAX_TOTAL_WAL_BYTES: u64 = 128 << 20;
+/// family's write buffers.
+pub const MAX_TOTAL_WAL_BYTES: u64 = 2 * LOG_WRITE_BUFFER_BYTES as u64;
 
 /// Kept when [`Db::enable_synced_wal_mark`] was called (fault injection).
 pub use raftmq_common::SYNCED_WAL_MARK;
@@ -80,8 +83,9 @@ impl Db {
             let mut cf = Options::default();
             if *name == CF_LOG {
                 // Bodies are written once and read mostly soon after; large buffers mean fewer
-                // flushes. Entries are already batched, so no compression on the hot path.
-                cf.set_write_buffer_size(64 << 20);
+                // flushes. LZ4 applies only when a memtable is flushed to a table file, in the
+                // background, not on the write path.
+                cf.set_write_buffer_size(LOG_WRITE_BUFFER_BYTES);
                 cf.set_compression_type(rocksdb::DBCompressionType::Lz4);
             }
             ColumnFamilyDescriptor::new(*name, cf)

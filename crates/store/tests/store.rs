@@ -441,7 +441,7 @@ async fn the_wal_stays_bounded_under_a_steady_stream_of_sends() {
         commit(&mut store, vec![entry(2 + i, vec![send("T", (i % 4) as u32, &bodies)])]).await;
     }
     // Flushes run in the background: wait for the oldest WAL files to be released.
-    let limit = raftmq_store::db::MAX_TOTAL_WAL_BYTES + (64 << 20);
+    let limit = raftmq_store::db::MAX_TOTAL_WAL_BYTES + raftmq_store::db::LOG_WRITE_BUFFER_BYTES as u64;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let now = wal_bytes(dir.path());
