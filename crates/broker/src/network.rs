@@ -7,15 +7,21 @@
 //! [`Faults`] lets tests cut links between nodes; production code never sets it.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError,
+    Unreachable,
+};
+use openraft::network::snapshot_transport::{Chunked, SnapshotTransport};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, SnapshotResponse,
+    VoteRequest, VoteResponse,
 };
+use openraft::{Snapshot, Vote};
 use raftmq_proto::raft_transport_client::RaftTransportClient;
 use raftmq_proto::RaftEnvelope;
 use raftmq_store::{BrokerNode, NodeId, TypeConfig};
@@ -196,6 +202,48 @@ impl RaftNetwork<TypeConfig> for Connection {
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<RaftError<NodeId, InstallSnapshotError>>> {
         self.call(Method::Snapshot, &rpc, &option).await
+    }
+
+    /// The state machine hands out a pointer to a checkpoint (see `raftmq_store::snapshot`): the
+    /// full snapshot is written out here, off the state machine's task, then sent in chunks.
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote<NodeId>,
+        snapshot: Snapshot<TypeConfig>,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let Snapshot { meta, snapshot: data } = snapshot;
+        let file = data.into_std().await;
+        let started = std::time::Instant::now();
+        let full = tokio::task::spawn_blocking(move || raftmq_store::snapshot::open_for_sending(file))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r.map_err(std::io::Error::other));
+        let full = match full {
+            Ok(full) => full,
+            Err(e) => {
+                // Reported as a network failure, which openraft retries (with a fresh snapshot),
+                // not as a storage error, which would stop this node: the commit log itself is
+                // fine, only this copy of it failed (a newer snapshot may have replaced the
+                // checkpoint while it was read, or the disk filled up).
+                tracing::warn!(snapshot = %meta.snapshot_id, target = self.target, "cannot write the snapshot out to send it: {e}");
+                return Err(StreamingError::Network(NetworkError::new(&e)));
+            }
+        };
+        let bytes = full.metadata().map(|m| m.len()).unwrap_or(0);
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            target = self.target,
+            bytes,
+            write_ms = started.elapsed().as_millis() as u64,
+            "sending a snapshot"
+        );
+        let snapshot = Snapshot {
+            meta,
+            snapshot: Box::new(tokio::fs::File::from_std(full)),
+        };
+        Chunked::send_snapshot(self, vote, snapshot, cancel, option).await
     }
 
     async fn vote(

@@ -223,6 +223,8 @@ impl Broker {
         }
         let retention_task = tokio::spawn(crate::retention::run(
             retention,
+            raft.clone(),
+            (state.config.snapshot_every_entries / 2).max(1),
             state.config.data_dir.clone(),
             state.config.retention_hours,
             state.config.disk_clean_percent,

@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use raftmq_store::{disk, Retention};
+use openraft::Raft;
+use raftmq_store::{disk, Retention, TypeConfig};
 use tokio::sync::watch;
 
 use crate::error::BrokerError;
@@ -78,14 +79,24 @@ impl DiskGuard {
 }
 
 /// Runs retention every `every` until `stop`.
+///
+/// Deleting entries frees no disk at once: the current snapshot's checkpoint still links the
+/// table files they were in, until a newer snapshot replaces it. So retention asks Raft for a
+/// new snapshot after a pass under disk pressure, and otherwise once it has deleted
+/// `snapshot_after` entries since it last asked. (The new snapshot also lets Raft purge further,
+/// so the next pass can delete more.)
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     retention: Retention,
+    raft: Raft<TypeConfig>,
+    snapshot_after: u64,
     dir: PathBuf,
     hours: u64,
     clean_percent: u8,
     every: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut deleted_since_snapshot = 0u64;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -105,7 +116,14 @@ pub async fn run(
         let r = retention.clone();
         match tokio::task::spawn_blocking(move || r.run(cutoff, force)).await {
             Ok(Ok(report)) if report.deleted_entries > 0 => {
-                tracing::info!(deleted = report.deleted_entries, first = ?report.first_index, pressure, "retention pass")
+                tracing::info!(deleted = report.deleted_entries, first = ?report.first_index, pressure, "retention pass");
+                deleted_since_snapshot += report.deleted_entries;
+                if pressure || deleted_since_snapshot >= snapshot_after {
+                    deleted_since_snapshot = 0;
+                    if let Err(e) = raft.trigger().snapshot().await {
+                        tracing::warn!("cannot ask for a snapshot after retention: {e}");
+                    }
+                }
             }
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::error!("retention failed: {e}"),

@@ -147,8 +147,7 @@ impl Store {
             ),
             None => None,
         };
-        let keep = current.as_ref().map(|m| snapshot::file_name(&snapshot_dir, m));
-        state_machine::clean_snapshot_dir(&snapshot_dir, keep.as_deref(), true);
+        state_machine::clean_snapshot_dir(&snapshot_dir, current.as_ref().map(|m| m.snapshot_id.as_str()), true);
 
         // Nothing went backwards: the log still reaches what was applied and committed.
         let applied = shared.read().applied;

@@ -1,14 +1,23 @@
-//! Snapshot files: the state machine plus the commit-log entries it points at.
+//! Snapshots: the state machine plus the commit-log entries it points at.
 //!
 //! Because the Raft log is the commit log, a snapshot must carry the retained message bodies
-//! too, or a node that installs it could index messages it does not have. A snapshot is built
-//! from a RocksDB checkpoint (hard links, taken in the state machine's task so it matches the
-//! applied position exactly) and streamed to a file, so neither building nor sending it holds
-//! the state in memory.
+//! too, or a node that installs it could index messages it does not have. That makes a full
+//! snapshot as large as the retained commit log, so one is only written out when a slave needs
+//! it:
 //!
-//! File format: the magic `RAFTMQS1`, then records `[len: u32 LE][checksummed record]`, the last
-//! one [`Record::End`] with the record count. A missing end, a bad checksum or a wrong count is
-//! an error: a truncated transfer is never installed.
+//! - Building a snapshot takes a RocksDB checkpoint (hard links, in the state machine's task so
+//!   it matches the applied position exactly) and writes a small *pointer* file naming it. Nothing
+//!   is copied: a build costs a memtable flush and a directory of links, however many messages
+//!   are stored.
+//! - Sending one ([`open_for_sending`]) streams the checkpoint into a *full* snapshot file,
+//!   outside the state machine's task, and sends that.
+//! - Installing one reads the full file into the database; the node then keeps a checkpoint and
+//!   a pointer of its own, like a node that built it.
+//!
+//! Full file format: the magic `RAFTMQS1`, then records `[len: u32 LE][checksummed record]`, the
+//! last one [`Record::End`] with the record count. A missing end, a bad checksum or a wrong count
+//! is an error: a truncated transfer is never installed. Pointer file format: the magic
+//! `RAFTMQP1`, then one checksummed [`Pointer`].
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -23,6 +32,9 @@ use crate::keys;
 use crate::types::SnapshotMeta;
 
 const MAGIC: &[u8; 8] = b"RAFTMQS1";
+const POINTER_MAGIC: &[u8; 8] = b"RAFTMQP1";
+/// Longest pointer file accepted.
+const MAX_POINTER: u64 = 64 << 10;
 /// Longest record accepted when reading: a log entry is bounded by the batch size limit.
 const MAX_RECORD: usize = 256 << 20;
 
@@ -45,6 +57,16 @@ pub enum Record {
     },
 }
 
+/// What a pointer file holds: the snapshot's metadata and where its checkpoint is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pointer {
+    pub meta: SnapshotMeta,
+    /// The checkpoint directory, an absolute path. (A pointer never leaves its node: it is
+    /// written out in full to be sent. A data directory moved elsewhere leaves it dangling, and
+    /// the state machine then has a new snapshot built.)
+    pub checkpoint: PathBuf,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     #[error("snapshot I/O: {0}")]
@@ -62,13 +84,15 @@ fn corrupt(reason: impl Into<String>) -> SnapshotError {
     })
 }
 
-/// Writes a snapshot file from a checkpoint directory. Only log entries up to the snapshot's
-/// last log index are included: later ones may not be committed.
+/// Writes a full snapshot file from a checkpoint directory. Only log entries up to the
+/// snapshot's last log index are included: later ones may not be committed.
+///
+/// The file is not synced: it is only read back to be sent, and the receiving node syncs its
+/// own copy before installing it.
 pub fn write_from_checkpoint(checkpoint: &Path, meta: &SnapshotMeta, out: &Path) -> Result<u64, SnapshotError> {
     let db = DB::open_cf_for_read_only(&Options::default(), checkpoint, crate::db::ALL_CFS, false)?;
     let last_index = meta.last_log_id.map(|l| l.index);
-    let tmp = out.with_extension("tmp");
-    let mut w = BufWriter::new(File::create(&tmp)?);
+    let mut w = BufWriter::new(File::create(out)?);
     w.write_all(MAGIC)?;
     let mut records = 0u64;
     let put = |w: &mut BufWriter<File>, records: &mut u64, record: &Record| -> std::io::Result<()> {
@@ -101,9 +125,7 @@ pub fn write_from_checkpoint(checkpoint: &Path, meta: &SnapshotMeta, out: &Path)
     }
     let end = Record::End { records: records + 1 };
     put(&mut w, &mut records, &end)?;
-    let file = w.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, out)?;
+    w.into_inner().map_err(|e| e.into_error())?;
     Ok(records)
 }
 
@@ -158,12 +180,81 @@ impl SnapshotReader {
     }
 }
 
-/// Reads only the metadata (first record) of a snapshot file.
+/// Reads only the metadata of a snapshot file, full or pointer.
 pub fn read_meta(path: &Path) -> Result<SnapshotMeta, SnapshotError> {
+    let mut file = File::open(path)?;
+    if let Some(pointer) = read_pointer(&mut file)? {
+        return Ok(pointer.meta);
+    }
     match SnapshotReader::open(path)?.next_record()? {
         Some(Record::Meta(meta)) => Ok(meta),
         _ => Err(corrupt("first record is not the metadata")),
     }
+}
+
+/// Writes a pointer file to `path` (atomically, synced) naming `checkpoint`.
+pub fn write_pointer(path: &Path, meta: &SnapshotMeta, checkpoint: &Path) -> Result<(), SnapshotError> {
+    let pointer = Pointer {
+        meta: meta.clone(),
+        checkpoint: std::path::absolute(checkpoint)?,
+    };
+    let tmp = path.with_extension("pointer-tmp");
+    {
+        let mut file = File::create(&tmp)?;
+        file.write_all(POINTER_MAGIC)?;
+        file.write_all(&codec::encode(&pointer))?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Reads a pointer from the start of `file`: `None` when it is a full snapshot instead. Leaves
+/// the file's position anywhere.
+pub fn read_pointer(file: &mut File) -> Result<Option<Pointer>, SnapshotError> {
+    use std::io::{Seek, SeekFrom};
+    file.seek(SeekFrom::Start(0))?;
+    let mut magic = [0u8; 8];
+    file.read_exact(&mut magic)
+        .map_err(|_| corrupt("too short for a snapshot"))?;
+    if &magic == MAGIC {
+        return Ok(None);
+    }
+    if &magic != POINTER_MAGIC {
+        return Err(corrupt("not a raftmq snapshot (bad magic)"));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_POINTER).read_to_end(&mut bytes)?;
+    Ok(Some(codec::decode(&bytes, || "snapshot pointer".into())?))
+}
+
+/// Turns the current snapshot's file, as the state machine hands it out, into a full snapshot
+/// to send: a full file is returned rewound; a pointer's checkpoint is streamed into a new file
+/// beside the checkpoint, which is unlinked at once and so goes away when the returned handle
+/// is dropped.
+///
+/// Blocking, and as slow as writing the retained commit log out: call it off the async runtime
+/// and off the state machine's task.
+pub fn open_for_sending(mut file: File) -> Result<File, SnapshotError> {
+    use std::io::{Seek, SeekFrom};
+    let Some(pointer) = read_pointer(&mut file)? else {
+        file.seek(SeekFrom::Start(0))?;
+        return Ok(file);
+    };
+    let checkpoint = &pointer.checkpoint;
+    let dir = checkpoint.parent().unwrap_or(Path::new("/"));
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let out = dir.join(format!("sending-{}-{stamp}.tmp", pointer.meta.snapshot_id));
+    write_from_checkpoint(checkpoint, &pointer.meta, &out)?;
+    let full = File::open(&out)?;
+    std::fs::remove_file(&out)?;
+    Ok(full)
 }
 
 /// File name of a snapshot.

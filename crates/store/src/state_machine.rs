@@ -9,7 +9,7 @@
 //! that a failover could take back.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use openraft::storage::RaftStateMachine;
@@ -75,6 +75,8 @@ pub struct StateMachine {
     shared: Arc<SmShared>,
     snapshot_dir: PathBuf,
     log_cache: SharedCache,
+    /// Serializes making a snapshot current (a build finishing, an install).
+    snapshot_lock: Arc<Mutex<()>>,
 }
 
 fn sm_read_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -96,16 +98,13 @@ impl StateMachine {
             shared,
             snapshot_dir,
             log_cache,
+            snapshot_lock: Arc::new(Mutex::new(())),
         }
     }
 
-    fn current_snapshot_meta(&self) -> Result<Option<SnapshotMeta>, StorageError> {
-        match self.db.get_meta(META_SNAPSHOT).map_err(sm_read_err)? {
-            Some(bytes) => Ok(Some(
-                codec::decode(&bytes, || "snapshot meta".into()).map_err(sm_read_err)?,
-            )),
-            None => Ok(None),
-        }
+    /// Where snapshot files and checkpoints are kept.
+    pub fn snapshot_dir(&self) -> &Path {
+        &self.snapshot_dir
     }
 }
 
@@ -177,28 +176,103 @@ pub(crate) fn install_from_file(
     Ok(())
 }
 
-/// Removes every snapshot file except `keep`. With `everything`, also leftovers of builds and
-/// transfers (only safe when no build or transfer runs: at start).
-pub(crate) fn remove_other_snapshots(dir: &Path, keep: &Path) {
-    clean_snapshot_dir(dir, Some(keep), false)
+/// The checkpoint directory of a snapshot.
+pub(crate) fn checkpoint_dir(dir: &Path, snapshot_id: &str) -> PathBuf {
+    dir.join(format!("checkpoint-{snapshot_id}"))
 }
 
-pub(crate) fn clean_snapshot_dir(dir: &Path, keep: Option<&Path>, everything: bool) {
+/// Removes every snapshot (file and checkpoint) but the one with id `keep`. With `everything`,
+/// also leftovers of builds, sends and transfers (only safe when none runs: at start).
+pub(crate) fn clean_snapshot_dir(dir: &Path, keep: Option<&str>, everything: bool) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let kept: Vec<PathBuf> = keep
+        .map(|id| vec![dir.join(format!("{id}.snap")), checkpoint_dir(dir, id)])
+        .unwrap_or_default();
     for entry in entries.flatten() {
         let path = entry.path();
-        let is_snapshot = path.extension().is_some_and(|e| e == "snap");
-        if Some(path.as_path()) != keep && (everything || is_snapshot) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let is_snapshot = name.ends_with(".snap") || name.starts_with("checkpoint-");
+        if !kept.contains(&path) && (everything || is_snapshot) {
             let removed = if path.is_dir() {
                 std::fs::remove_dir_all(&path)
             } else {
                 std::fs::remove_file(&path)
             };
             if let Err(e) = removed {
-                tracing::warn!(path = %path.display(), "cannot remove an old snapshot file: {e}");
+                tracing::warn!(path = %path.display(), "cannot remove an old snapshot: {e}");
             }
         }
     }
+}
+
+/// Takes a checkpoint of the whole database into `dir` (hard links, after a memtable flush).
+fn take_checkpoint(db: &Db, dir: &Path) -> Result<(), rocksdb::Error> {
+    rocksdb::checkpoint::Checkpoint::new(&db.db).and_then(|c| c.create_checkpoint(dir))
+}
+
+/// Makes a built snapshot the current one, unless the current one is as new: writes its pointer,
+/// records it, and removes older snapshots. Returns the current snapshot's metadata.
+fn publish(
+    db: &Db,
+    dir: &Path,
+    lock: &Mutex<()>,
+    meta: &SnapshotMeta,
+    checkpoint: &Path,
+) -> Result<SnapshotMeta, StorageError> {
+    let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+    // A usable current snapshot at least as new wins: an install overtook this build while it
+    // ran (and may have removed its checkpoint).
+    let current = current_meta(db)?;
+    if let Some(current) = current {
+        let newer = current.last_log_id >= meta.last_log_id || !checkpoint.is_dir();
+        if newer && open_current(dir, &current)?.is_some() {
+            let _ = std::fs::remove_dir_all(checkpoint);
+            return Ok(current);
+        }
+    }
+    if !checkpoint.is_dir() {
+        return Err(snap_err(std::io::Error::other(format!(
+            "the snapshot's checkpoint {} is gone",
+            checkpoint.display()
+        ))));
+    }
+    let path = snapshot::file_name(dir, meta);
+    snapshot::write_pointer(&path, meta, checkpoint).map_err(snap_err)?;
+    let mut batch = WriteBatch::default();
+    batch.put_cf(db.cf(CF_META), META_SNAPSHOT, codec::encode(meta));
+    db.write(batch, true).map_err(snap_err)?;
+    clean_snapshot_dir(dir, Some(&meta.snapshot_id), false);
+    Ok(meta.clone())
+}
+
+fn current_meta(db: &Db) -> Result<Option<SnapshotMeta>, StorageError> {
+    match db.get_meta(META_SNAPSHOT).map_err(sm_read_err)? {
+        Some(bytes) => Ok(Some(
+            codec::decode(&bytes, || "snapshot meta".into()).map_err(sm_read_err)?,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// Opens the current snapshot's file; `None` when it or its checkpoint is gone.
+fn open_current(dir: &Path, meta: &SnapshotMeta) -> Result<Option<std::fs::File>, StorageError> {
+    let path = snapshot::file_name(dir, meta);
+    let mut file = match std::fs::File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::warn!(path = %path.display(), "the current snapshot file is missing; a new one will be built");
+            return Ok(None);
+        }
+        Err(e) => return Err(StorageIOError::read_snapshot(None, &e).into()),
+    };
+    let pointer = snapshot::read_pointer(&mut file).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+    if let Some(pointer) = pointer {
+        if !pointer.checkpoint.is_dir() {
+            tracing::warn!(path = %pointer.checkpoint.display(), "the current snapshot's checkpoint is missing; a new one will be built");
+            return Ok(None);
+        }
+    }
+    Ok(Some(file))
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -263,14 +337,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Some(l) => format!("{}-{}-{stamp}", l.leader_id.term, l.index),
             None => format!("0-0-{stamp}"),
         };
-        let checkpoint_dir = self.snapshot_dir.join(format!("checkpoint-{snapshot_id}"));
-        let checkpoint = rocksdb::checkpoint::Checkpoint::new(&self.db.db)
-            .and_then(|c| c.create_checkpoint(&checkpoint_dir))
+        let checkpoint_dir = checkpoint_dir(&self.snapshot_dir, &snapshot_id);
+        let checkpoint = take_checkpoint(&self.db, &checkpoint_dir)
             .map(|()| checkpoint_dir)
             .map_err(|e| e.to_string());
         SnapshotBuilder {
             db: self.db.clone(),
             snapshot_dir: self.snapshot_dir.clone(),
+            snapshot_lock: self.snapshot_lock.clone(),
             checkpoint,
             meta: SnapshotMeta {
                 last_log_id,
@@ -312,35 +386,53 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             tokio::io::copy(&mut *snapshot, &mut out).await.map_err(snap_err)?;
             out.sync_all().await.map_err(snap_err)?;
         }
+        // Nodes send full snapshots, but a pointer is installable where its checkpoint is found:
+        // openraft's storage test suite hands one store's snapshot straight to another.
+        let mut received = std::fs::File::open(&tmp).map_err(snap_err)?;
+        if snapshot::read_pointer(&mut received).map_err(snap_err)?.is_some() {
+            let mut full = snapshot::open_for_sending(received).map_err(snap_err)?;
+            let mut out = std::fs::File::create(&tmp).map_err(snap_err)?;
+            std::io::copy(&mut full, &mut out).map_err(snap_err)?;
+            out.sync_all().map_err(snap_err)?;
+        }
         tokio::fs::rename(&tmp, &path).await.map_err(snap_err)?;
+        let _guard = self.snapshot_lock.lock().unwrap_or_else(|p| p.into_inner());
         install_from_file(&self.db, &self.shared, &path, meta, &self.log_cache)?;
-        remove_other_snapshots(&self.snapshot_dir, &path);
+        clean_snapshot_dir(&self.snapshot_dir, Some(&meta.snapshot_id), false);
+        // The database now holds exactly the snapshot (and perhaps newer log entries, which a
+        // pointer's reader skips): keep a checkpoint and a pointer, as a node that built it,
+        // instead of a second full copy of the retained log.
+        let checkpoint = checkpoint_dir(&self.snapshot_dir, &meta.snapshot_id);
+        if checkpoint.exists() {
+            // This node's own snapshot, installed again: its old checkpoint goes.
+            let _ = std::fs::remove_dir_all(&checkpoint);
+        }
+        let converted = take_checkpoint(&self.db, &checkpoint)
+            .map_err(|e| e.to_string())
+            .and_then(|()| snapshot::write_pointer(&path, meta, &checkpoint).map_err(|e| e.to_string()));
+        if let Err(e) = converted {
+            tracing::warn!(snapshot = %meta.snapshot_id, "keeping the received snapshot file: cannot replace it with a checkpoint: {e}");
+            let _ = std::fs::remove_dir_all(&checkpoint);
+        }
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let Some(meta) = self.current_snapshot_meta()? else {
+        let Some(meta) = current_meta(&self.db)? else {
             return Ok(None);
         };
-        let path = snapshot::file_name(&self.snapshot_dir, &meta);
-        match tokio::fs::File::open(&path).await {
-            Ok(file) => Ok(Some(Snapshot {
-                meta,
-                snapshot: Box::new(file),
-            })),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                tracing::warn!(path = %path.display(), "the current snapshot file is missing; a new one will be built");
-                Ok(None)
-            }
-            Err(e) => Err(StorageIOError::read_snapshot(None, &e).into()),
-        }
+        Ok(open_current(&self.snapshot_dir, &meta)?.map(|file| Snapshot {
+            meta,
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
+        }))
     }
 }
 
-/// Builds a snapshot file from a checkpoint, off the state machine's task.
+/// Finishes a snapshot from the checkpoint taken in the state machine's task.
 pub struct SnapshotBuilder {
     db: Arc<Db>,
     snapshot_dir: PathBuf,
+    snapshot_lock: Arc<Mutex<()>>,
     checkpoint: Result<PathBuf, String>,
     meta: SnapshotMeta,
 }
@@ -351,25 +443,24 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .checkpoint
             .clone()
             .map_err(|e| snap_err(std::io::Error::other(e)))?;
-        let meta = self.meta.clone();
-        let path = snapshot::file_name(&self.snapshot_dir, &meta);
-        let written = {
-            let (checkpoint, meta, path) = (checkpoint.clone(), meta.clone(), path.clone());
-            tokio::task::spawn_blocking(move || snapshot::write_from_checkpoint(&checkpoint, &meta, &path))
-                .await
-                .map_err(|e| snap_err(std::io::Error::other(e.to_string())))?
-        };
-        let _ = std::fs::remove_dir_all(&checkpoint);
-        let records = written.map_err(snap_err)?;
-        let mut batch = WriteBatch::default();
-        batch.put_cf(self.db.cf(CF_META), META_SNAPSHOT, codec::encode(&meta));
-        self.db.write(batch, true).map_err(snap_err)?;
-        remove_other_snapshots(&self.snapshot_dir, &path);
-        tracing::info!(snapshot = %meta.snapshot_id, records, "snapshot built");
-        let file = tokio::fs::File::open(&path).await.map_err(snap_err)?;
+        let (db, dir, lock, meta) = (
+            self.db.clone(),
+            self.snapshot_dir.clone(),
+            self.snapshot_lock.clone(),
+            self.meta.clone(),
+        );
+        let (current, file) = tokio::task::spawn_blocking(move || {
+            let current = publish(&db, &dir, &lock, &meta, &checkpoint)?;
+            let file = open_current(&dir, &current)?;
+            Ok::<_, StorageError>((current, file))
+        })
+        .await
+        .map_err(|e| snap_err(std::io::Error::other(e.to_string())))??;
+        let file = file.ok_or_else(|| snap_err(std::io::Error::other("the snapshot just made current is gone")))?;
+        tracing::info!(snapshot = %current.snapshot_id, last = ?current.last_log_id, "snapshot built (checkpoint)");
         Ok(Snapshot {
-            meta,
-            snapshot: Box::new(file),
+            meta: current,
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
         })
     }
 }

@@ -221,9 +221,11 @@ async fn in_flight_deliveries_travel_in_a_snapshot() {
         .await
         .unwrap();
     let mut follower = open(follower_dir.path());
+    let pointer = snapshot.snapshot.into_std().await;
+    let full = raftmq_store::snapshot::open_for_sending(pointer).unwrap();
+    let mut source = tokio::fs::File::from_std(full);
     let mut incoming = follower.state_machine.begin_receiving_snapshot().await.unwrap();
-    let mut source = snapshot.snapshot;
-    tokio::io::copy(&mut *source, &mut *incoming).await.unwrap();
+    tokio::io::copy(&mut source, &mut *incoming).await.unwrap();
     follower
         .state_machine
         .install_snapshot(&snapshot.meta, incoming)

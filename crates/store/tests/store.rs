@@ -3,9 +3,9 @@
 use std::path::Path;
 
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
-use openraft::{CommittedLeaderId, EntryPayload, RaftSnapshotBuilder};
+use openraft::{CommittedLeaderId, EntryPayload, RaftSnapshotBuilder, Snapshot};
 use raftmq_store::types::{perm, Command, CommandResult, MessageIn, OffsetUpdate, Rejection, Request, TopicConfig};
-use raftmq_store::{body_crc, Entry, LogId, OpenError, Store, StoreOptions};
+use raftmq_store::{body_crc, Entry, LogId, OpenError, Store, StoreOptions, TypeConfig};
 
 fn log_id(index: u64) -> LogId {
     LogId::new(CommittedLeaderId::new(1, 1), index)
@@ -57,6 +57,37 @@ async fn commit(store: &mut Store, entries: Vec<Entry>) -> Vec<raftmq_store::Res
 
 fn open(dir: &Path) -> Store {
     Store::open(dir, StoreOptions::default()).unwrap().0
+}
+
+/// Sends a snapshot as the network does: written out from its checkpoint, then received and
+/// installed. Returns the size of what was sent.
+async fn transfer(snapshot: Snapshot<TypeConfig>, to: &mut Store) -> u64 {
+    let pointer = snapshot.snapshot.into_std().await;
+    let full = raftmq_store::snapshot::open_for_sending(pointer).unwrap();
+    let size = full.metadata().unwrap().len();
+    let mut source = tokio::fs::File::from_std(full);
+    let mut incoming = to.state_machine.begin_receiving_snapshot().await.unwrap();
+    tokio::io::copy(&mut source, &mut *incoming).await.unwrap();
+    to.state_machine
+        .install_snapshot(&snapshot.meta, incoming)
+        .await
+        .unwrap();
+    size
+}
+
+/// The size of the file a snapshot hands out (a pointer, or a full snapshot).
+async fn handed_out(snapshot: &mut Snapshot<TypeConfig>) -> u64 {
+    snapshot.snapshot.metadata().await.unwrap().len()
+}
+
+/// Names in a store's snapshot directory, sorted.
+fn snapshot_dir_names(store: &Store) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(store.state_machine.snapshot_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
 }
 
 #[tokio::test]
@@ -287,14 +318,7 @@ async fn a_snapshot_carries_the_messages_to_another_node() {
     leader.log.purge(log_id(2)).await.unwrap();
 
     let mut follower = open(follower_dir.path());
-    let mut incoming = follower.state_machine.begin_receiving_snapshot().await.unwrap();
-    let mut source = snapshot.snapshot;
-    tokio::io::copy(&mut *source, &mut *incoming).await.unwrap();
-    follower
-        .state_machine
-        .install_snapshot(&snapshot.meta, incoming)
-        .await
-        .unwrap();
+    transfer(snapshot, &mut follower).await;
 
     let r = follower.reader.read("T", 0, 0, 10, u64::MAX, &|_| true).unwrap();
     assert_eq!(
@@ -308,6 +332,129 @@ async fn a_snapshot_carries_the_messages_to_another_node() {
     assert_eq!(follower.reader.get("T", 0, 1).unwrap().unwrap().body, b"b");
     // The leader still serves its purged (but retained) entries.
     assert_eq!(leader.reader.get("T", 0, 0).unwrap().unwrap().body, b"a");
+}
+
+#[tokio::test]
+async fn building_a_snapshot_copies_no_message_and_it_still_travels_whole() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut leader = open(dirs[0].path());
+    // 2,000 bodies of 1 KiB: 2 MB of commit log.
+    let body = "x".repeat(1024);
+    let mut entries = vec![entry(1, vec![topic("T", 2)])];
+    for i in 0..20u64 {
+        let bodies: Vec<(&str, &str)> = (0..100).map(|_| (body.as_str(), "")).collect();
+        entries.push(entry(2 + i, vec![send("T", (i % 2) as u32, &bodies)]));
+    }
+    commit(&mut leader, entries).await;
+    let mut snapshot = leader
+        .state_machine
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    // What the build wrote is a pointer to a checkpoint, not a copy of the log.
+    let pointer = handed_out(&mut snapshot).await;
+    assert!(pointer < 4096, "a built snapshot is {pointer} bytes");
+    let id = snapshot.meta.snapshot_id.clone();
+    assert_eq!(
+        snapshot_dir_names(&leader),
+        vec![format!("{id}.snap"), format!("checkpoint-{id}")]
+    );
+    leader.log.purge(log_id(21)).await.unwrap();
+    // Entries applied after the build are not part of it.
+    commit(&mut leader, vec![entry(22, vec![send("T", 0, &[("late", "")])])]).await;
+
+    // Sent, it carries every body: the follower reads all 2,000.
+    let mut follower = open(dirs[1].path());
+    let sent = transfer(snapshot, &mut follower).await;
+    assert!(sent > 2_000 * 1024, "sent {sent} bytes");
+    let read_all = |store: &Store| {
+        (0..2u32)
+            .map(|q| {
+                let r = store.reader.read("T", q, 0, 2_000, u64::MAX, &|_| true).unwrap();
+                assert!(r.messages.iter().all(|m| m.body == body.as_bytes()));
+                r.messages.len()
+            })
+            .sum::<usize>()
+    };
+    assert_eq!(read_all(&follower), 2_000);
+    assert_eq!(follower.reader.applied_index(), 21);
+    // The sending copy is gone once sent; the leader keeps its one pointer and checkpoint.
+    assert_eq!(snapshot_dir_names(&leader).len(), 2);
+
+    // The follower keeps a pointer of its own too, and can pass the snapshot on, also after a
+    // restart.
+    let mut current = follower.state_machine.get_current_snapshot().await.unwrap().unwrap();
+    assert!(handed_out(&mut current).await < 4096);
+    drop(follower);
+    let mut follower = open(dirs[1].path());
+    let current = follower.state_machine.get_current_snapshot().await.unwrap().unwrap();
+    let mut third = open(dirs[2].path());
+    transfer(current, &mut third).await;
+    assert_eq!(read_all(&third), 2_000);
+
+    // A newer snapshot replaces the old one's pointer and checkpoint.
+    let newer = leader
+        .state_machine
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let new_id = newer.meta.snapshot_id.clone();
+    assert_ne!(new_id, id);
+    assert_eq!(
+        snapshot_dir_names(&leader),
+        vec![format!("{new_id}.snap"), format!("checkpoint-{new_id}")]
+    );
+    // A restart keeps the current snapshot and removes what a crash could leave behind.
+    let leftover = leader.state_machine.snapshot_dir().join("incoming-1.tmp");
+    std::fs::write(&leftover, b"partial").unwrap();
+    drop(newer);
+    drop(leader);
+    let mut leader = open(dirs[0].path());
+    assert_eq!(
+        snapshot_dir_names(&leader),
+        vec![format!("{new_id}.snap"), format!("checkpoint-{new_id}")]
+    );
+    let current = leader.state_machine.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta.snapshot_id, new_id);
+    drop(follower);
+    let fresh_dir = tempfile::tempdir().unwrap();
+    let mut fresh = open(fresh_dir.path());
+    transfer(current, &mut fresh).await;
+    assert_eq!(fresh.reader.get("T", 0, 1_000).unwrap().unwrap().body, b"late");
+}
+
+#[tokio::test]
+async fn a_snapshot_whose_checkpoint_is_gone_is_not_handed_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    commit(&mut store, vec![entry(1, vec![topic("T", 1)])]).await;
+    let snapshot = store
+        .state_machine
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let checkpoint = store
+        .state_machine
+        .snapshot_dir()
+        .join(format!("checkpoint-{}", snapshot.meta.snapshot_id));
+    std::fs::remove_dir_all(checkpoint).unwrap();
+    // openraft then builds a new one (at start, or when a slave needs it).
+    assert!(store.state_machine.get_current_snapshot().await.unwrap().is_none());
+    let rebuilt = store
+        .state_machine
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    assert_eq!(rebuilt.meta.last_log_id, Some(log_id(1)));
+    assert!(store.state_machine.get_current_snapshot().await.unwrap().is_some());
 }
 
 #[tokio::test]

@@ -350,6 +350,78 @@ async fn a_node_down_while_the_log_was_purged_catches_up_by_snapshot() {
     group.shutdown().await;
 }
 
+/// The first commit-log entry in a node's snapshot checkpoint; `None` while there is none (or it
+/// is being replaced).
+fn first_entry_in_snapshot(dir: &std::path::Path) -> Option<u64> {
+    let checkpoint = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("checkpoint-"))?
+        .path();
+    let db = rocksdb::DB::open_cf_for_read_only(
+        &rocksdb::Options::default(),
+        &checkpoint,
+        raftmq_store::db::ALL_CFS,
+        false,
+    )
+    .ok()?;
+    let cf = db.cf_handle(raftmq_store::db::CF_LOG)?;
+    let (key, _) = db.iterator_cf(cf, rocksdb::IteratorMode::Start).next()?.ok()?;
+    raftmq_store::keys::log_index(&key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_under_disk_pressure_takes_a_snapshot_so_the_old_one_lets_go() {
+    let group = Group::start(3, |c| {
+        c.snapshot_every_entries = 40;
+        c.snapshot_log_keep = 0;
+        // Any disk counts as under pressure: retention deletes all that Raft no longer needs.
+        c.disk_clean_percent = 1;
+        c.retention_check_ms = 100;
+    })
+    .await;
+    let master = group.wait_for_master(ELECTION).await;
+    create_topic(&group, master, "T", 1).await;
+    send_stream(&group, 0, 50).await;
+    group.wait_caught_up(master, CATCH_UP).await;
+    // Retention deletes what the snapshot at entry 40 covers. That snapshot's checkpoint links
+    // the table files holding those entries; the snapshot retention asks for next replaces it,
+    // so no checkpoint holds a deleted entry (the interval alone would wait until entry 80).
+    for config in &group.configs {
+        let dir = config.data_dir.join("snapshots");
+        wait_until(
+            &format!("node {}'s snapshot holds no deleted entry", config.node_id),
+            Duration::from_secs(20),
+            || async { first_entry_in_snapshot(&dir).filter(|first| *first >= 40) },
+        )
+        .await;
+        // One snapshot is kept: a pointer and its checkpoint.
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(
+            names[0].ends_with(".snap") && names[1].starts_with("checkpoint-"),
+            "{names:?}"
+        );
+    }
+    // And the messages went with it: the first 40 entries held the group's setup and most of
+    // the first 40 messages, and the queue's first offset moved past them.
+    let mut client = group.client(master).await;
+    let bounds = client
+        .get_queue_offsets(pb::QueueOffsetsRequest {
+            topic: "T".into(),
+            queue_id: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(bounds.min_offset >= 30 && bounds.max_offset == 50, "{bounds:?}");
+    group.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_committed_record_keeps_the_node_down() {
     let mut group = Group::start(3, |_| {}).await;
