@@ -15,7 +15,6 @@ use openraft::error::{
     Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError,
     Unreachable,
 };
-use openraft::network::snapshot_transport::{Chunked, SnapshotTransport};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, SnapshotResponse,
@@ -28,6 +27,13 @@ use raftmq_store::{BrokerNode, NodeId, TypeConfig};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
+
+/// Snapshot chunk size when openraft names none.
+const DEFAULT_SNAPSHOT_CHUNK: usize = 3 << 20;
+/// Most tries of one snapshot chunk before the transfer starts over.
+const SNAPSHOT_CHUNK_TRIES: u32 = 5;
+/// Deadline of a snapshot's last chunk, whose reply waits for the install.
+const SNAPSHOT_INSTALL_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Largest Raft message accepted, encoded.
 pub const MAX_RAFT_MESSAGE: usize = 256 << 20;
@@ -52,6 +58,8 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::error::De
 #[derive(Debug, Default)]
 pub struct Faults {
     cut: Mutex<HashSet<(NodeId, NodeId)>>,
+    /// Milliseconds every node waits before installing a received snapshot.
+    slow_install_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Faults {
@@ -77,6 +85,16 @@ impl Faults {
                 self.cut(node, other);
             }
         }
+    }
+
+    /// Makes every snapshot install take at least `delay` longer, as a large one would.
+    pub fn slow_snapshot_installs(&self, delay: Duration) {
+        self.slow_install_ms
+            .store(delay.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn snapshot_install_delay(&self) -> Duration {
+        Duration::from_millis(self.slow_install_ms.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     pub fn heal_all(&self) {
@@ -129,6 +147,40 @@ enum Method {
 type RpcErr<E> = RPCError<NodeId, BrokerNode, E>;
 
 impl Connection {
+    /// Sends one snapshot chunk, retrying a few times on a timeout or a network error (the same
+    /// chunk again: the receiver takes a chunk at an offset it already has).
+    async fn send_chunk(
+        &mut self,
+        request: &InstallSnapshotRequest<TypeConfig>,
+        option: &RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let mut failures = 0u32;
+        loop {
+            let result: Result<InstallSnapshotResponse<NodeId>, RpcErr<RaftError<NodeId, InstallSnapshotError>>> =
+                self.call(Method::Snapshot, request, option).await;
+            let err = match result {
+                Ok(reply) => return Ok(reply),
+                Err(RPCError::Unreachable(e)) => return Err(StreamingError::Unreachable(e)),
+                Err(RPCError::RemoteError(e)) => {
+                    // A mismatch (the receiver lost the stream, e.g. it restarted) or a fatal
+                    // error: openraft starts over with a fresh stream.
+                    return Err(StreamingError::Network(NetworkError::new(&e)));
+                }
+                Err(e) => e,
+            };
+            failures += 1;
+            if failures >= SNAPSHOT_CHUNK_TRIES {
+                return Err(StreamingError::Network(NetworkError::new(&err)));
+            }
+            tracing::warn!(
+                target = self.target,
+                offset = request.offset,
+                "snapshot chunk failed, retrying: {err}"
+            );
+            tokio::time::sleep(Duration::from_millis(20 << failures)).await;
+        }
+    }
+
     fn client(&mut self) -> Result<RaftTransportClient<Channel>, Unreachable> {
         if let Some(client) = &self.client {
             return Ok(client.clone());
@@ -205,7 +257,9 @@ impl RaftNetwork<TypeConfig> for Connection {
     }
 
     /// The state machine hands out a pointer to a checkpoint (see `raftmq_store::snapshot`): the
-    /// full snapshot is written out here, off the state machine's task, then sent in chunks.
+    /// full snapshot is encoded from it chunk by chunk, off the async runtime, and each chunk sent
+    /// as soon as it is ready. The follower hears from the leader at once, however large the
+    /// snapshot: writing it all out first kept it silent past its election timeout.
     async fn full_snapshot(
         &mut self,
         vote: Vote<NodeId>,
@@ -215,35 +269,78 @@ impl RaftNetwork<TypeConfig> for Connection {
     ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
         let Snapshot { meta, snapshot: data } = snapshot;
         let file = data.into_std().await;
+        let chunk_size = option.snapshot_chunk_size().unwrap_or(DEFAULT_SNAPSHOT_CHUNK);
+        // Two chunks ahead at most: the encoder waits for the network, not the other way.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+        let mut encoder = tokio::task::spawn_blocking(move || {
+            raftmq_store::snapshot::stream_for_sending(file, chunk_size, |chunk| tx.blocking_send(chunk).is_ok())
+        });
         let started = std::time::Instant::now();
-        let full = tokio::task::spawn_blocking(move || raftmq_store::snapshot::open_for_sending(file))
-            .await
-            .map_err(std::io::Error::other)
-            .and_then(|r| r.map_err(std::io::Error::other));
-        let full = match full {
-            Ok(full) => full,
-            Err(e) => {
-                // Reported as a network failure, which openraft retries (with a fresh snapshot),
-                // not as a storage error, which would stop this node: the commit log itself is
-                // fine, only this copy of it failed (a newer snapshot may have replaced the
-                // checkpoint while it was read, or the disk filled up).
-                tracing::warn!(snapshot = %meta.snapshot_id, target = self.target, "cannot write the snapshot out to send it: {e}");
-                return Err(StreamingError::Network(NetworkError::new(&e)));
+        let mut cancel = std::pin::pin!(cancel);
+        let mut offset = 0u64;
+        let mut next = rx.recv().await;
+        while let Some(chunk) = next.take() {
+            next = rx.recv().await;
+            let done = next.is_none();
+            if done {
+                // The stream ended: only a complete one may be marked as the end.
+                let encoded = (&mut encoder)
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|r| r.map_err(std::io::Error::other));
+                if let Err(e) = encoded {
+                    // Reported as a network failure, which openraft retries with a fresh
+                    // snapshot, not as a storage error, which would stop this node: the commit
+                    // log is fine, only this reading of a checkpoint failed (a newer snapshot
+                    // may have replaced it meanwhile).
+                    tracing::warn!(snapshot = %meta.snapshot_id, target = self.target, "cannot read the snapshot to send it: {e}");
+                    return Err(StreamingError::Network(NetworkError::new(&e)));
+                }
             }
+            let len = chunk.len() as u64;
+            let request = InstallSnapshotRequest {
+                vote,
+                meta: meta.clone(),
+                offset,
+                data: chunk,
+                done,
+            };
+            // The last chunk's reply waits for the install, which takes as long as writing
+            // the whole snapshot into the store.
+            let chunk_option = if done {
+                RPCOption::new(option.hard_ttl().max(SNAPSHOT_INSTALL_TIMEOUT))
+            } else {
+                option.clone()
+            };
+            let reply = tokio::select! {
+                closed = &mut cancel => return Err(StreamingError::Closed(closed)),
+                reply = self.send_chunk(&request, &chunk_option) => reply?,
+            };
+            if reply.vote > vote {
+                // A newer leader or candidate: openraft steps down on seeing it.
+                return Ok(SnapshotResponse::new(reply.vote));
+            }
+            offset += len;
+            if done {
+                tracing::info!(
+                    snapshot = %meta.snapshot_id,
+                    target = self.target,
+                    bytes = offset,
+                    ms = started.elapsed().as_millis() as u64,
+                    "sent a snapshot"
+                );
+                return Ok(SnapshotResponse::new(reply.vote));
+            }
+        }
+        // The encoder stopped without a single chunk: it failed before writing anything. (The
+        // loop above awaits the encoder only on its way out.)
+        let e = match encoder.await {
+            Ok(Err(e)) => e.to_string(),
+            Ok(Ok(())) => "the snapshot stream was empty".to_string(),
+            Err(e) => e.to_string(),
         };
-        let bytes = full.metadata().map(|m| m.len()).unwrap_or(0);
-        tracing::info!(
-            snapshot = %meta.snapshot_id,
-            target = self.target,
-            bytes,
-            write_ms = started.elapsed().as_millis() as u64,
-            "sending a snapshot"
-        );
-        let snapshot = Snapshot {
-            meta,
-            snapshot: Box::new(tokio::fs::File::from_std(full)),
-        };
-        Chunked::send_snapshot(self, vote, snapshot, cancel, option).await
+        tracing::warn!(snapshot = %meta.snapshot_id, target = self.target, "cannot read the snapshot to send it: {e}");
+        Err(StreamingError::Network(NetworkError::new(&std::io::Error::other(e))))
     }
 
     async fn vote(

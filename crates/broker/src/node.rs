@@ -184,8 +184,9 @@ impl Broker {
                 group: state.config.group.clone(),
                 me: state.config.node_id,
                 raft: raft.clone(),
-                last_append: std::sync::Mutex::new(std::time::Instant::now()),
+                last_append: Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
                 leader_silence: Duration::from_millis(state.config.election_timeout_min_ms),
+                faults: state.faults.clone(),
             })
             .max_decoding_message_size(MAX_RAFT_MESSAGE)
             .max_encoding_message_size(MAX_RAFT_MESSAGE)

@@ -1,6 +1,10 @@
 //! The receiving side of Raft traffic: checks the envelope, hands the request to openraft.
 
-use openraft::Raft;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest};
+use openraft::{Raft, Vote};
 use raftmq_common::ErrorCode;
 use raftmq_proto::raft_transport_server::RaftTransport;
 use raftmq_proto::RaftEnvelope;
@@ -8,16 +12,66 @@ use raftmq_store::{NodeId, TypeConfig};
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
-use crate::network::{decode, encode};
+use crate::network::{decode, encode, Faults};
 
 pub struct RaftService {
     pub group: String,
     pub me: NodeId,
     pub raft: Raft<TypeConfig>,
     /// When the leader's last append (or heartbeat) arrived.
-    pub last_append: std::sync::Mutex<std::time::Instant>,
+    pub last_append: Arc<Mutex<Instant>>,
     /// Silence from the leader longer than this means it is gone (election-timeout-min).
-    pub leader_silence: std::time::Duration,
+    pub leader_silence: Duration,
+    /// Fault injection (tests only).
+    pub faults: Arc<Faults>,
+}
+
+/// Tells openraft, while a snapshot from the leader is being received or installed, that the
+/// leader is alive. openraft 0.9 resets a follower's election timer on appends only, and a
+/// leader streaming a snapshot sends nothing else to that follower: a snapshot that took longer
+/// than an election timeout to send and install made the follower stand for election, the
+/// leader step down on seeing its higher term, and the transfer start over, forever (measured:
+/// a slave that missed 600k messages never caught up, the term climbing past 1,000).
+///
+/// The keep-alive is an append with the snapshot's vote and nothing else (no previous entry, no
+/// entries, no commit index): openraft checks the vote as for a heartbeat and changes nothing
+/// else. Appends are not awaited one by one: while the snapshot installs, openraft holds their
+/// replies back until the install is done, but it checks (and renews) the vote on arrival. It
+/// stops when the snapshot call returns, or when this node's vote moves past the snapshot's.
+struct KeepAlive(tokio::task::JoinHandle<()>);
+
+impl KeepAlive {
+    fn start(raft: Raft<TypeConfig>, vote: Vote<NodeId>, every: Duration, last_append: Arc<Mutex<Instant>>) -> Self {
+        KeepAlive(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if raft.metrics().borrow().vote > vote {
+                    return;
+                }
+                let alive = AppendEntriesRequest {
+                    vote,
+                    prev_log_id: None,
+                    entries: Vec::new(),
+                    leader_commit: None,
+                };
+                let raft = raft.clone();
+                let last_append = last_append.clone();
+                tokio::spawn(async move {
+                    if let Ok(AppendEntriesResponse::Success) = raft.append_entries(alive).await {
+                        *last_append.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+                    }
+                });
+            }
+        }))
+    }
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl RaftService {
@@ -55,7 +109,7 @@ impl RaftTransport for RaftService {
         let (envelope, rpc) = self.open(request)?;
         let result = self.raft.append_entries(rpc).await;
         if result.is_ok() {
-            *self.last_append.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
+            *self.last_append.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
         }
         self.reply(&envelope, &result)
     }
@@ -87,7 +141,17 @@ impl RaftTransport for RaftService {
     }
 
     async fn install_snapshot(&self, request: Request<RaftEnvelope>) -> Result<Response<RaftEnvelope>, Status> {
-        let (envelope, rpc) = self.open(request)?;
+        let (envelope, rpc): (RaftEnvelope, InstallSnapshotRequest<TypeConfig>) = self.open(request)?;
+        let _alive = KeepAlive::start(
+            self.raft.clone(),
+            rpc.vote,
+            self.leader_silence / 4,
+            self.last_append.clone(),
+        );
+        let delay = self.faults.snapshot_install_delay();
+        if rpc.done && !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let result = self.raft.install_snapshot(rpc).await;
         self.reply(&envelope, &result)
     }

@@ -90,19 +90,26 @@ fn corrupt(reason: impl Into<String>) -> SnapshotError {
 /// The file is not synced: it is only read back to be sent, and the receiving node syncs its
 /// own copy before installing it.
 pub fn write_from_checkpoint(checkpoint: &Path, meta: &SnapshotMeta, out: &Path) -> Result<u64, SnapshotError> {
+    let mut w = BufWriter::new(File::create(out)?);
+    let records = write_full(checkpoint, meta, &mut w)?;
+    w.into_inner().map_err(|e| e.into_error())?;
+    Ok(records)
+}
+
+/// Writes the full snapshot of a checkpoint to `w`; returns the number of records.
+fn write_full(checkpoint: &Path, meta: &SnapshotMeta, w: &mut impl Write) -> Result<u64, SnapshotError> {
     let db = DB::open_cf_for_read_only(&Options::default(), checkpoint, crate::db::ALL_CFS, false)?;
     let last_index = meta.last_log_id.map(|l| l.index);
-    let mut w = BufWriter::new(File::create(out)?);
     w.write_all(MAGIC)?;
     let mut records = 0u64;
-    let put = |w: &mut BufWriter<File>, records: &mut u64, record: &Record| -> std::io::Result<()> {
+    let put = |w: &mut dyn Write, records: &mut u64, record: &Record| -> std::io::Result<()> {
         let bytes = codec::encode(record);
         w.write_all(&(bytes.len() as u32).to_le_bytes())?;
         w.write_all(&bytes)?;
         *records += 1;
         Ok(())
     };
-    put(&mut w, &mut records, &Record::Meta(meta.clone()))?;
+    put(w, &mut records, &Record::Meta(meta.clone()))?;
     for (cf_index, name) in SNAPSHOT_CFS.iter().enumerate() {
         let cf = db
             .cf_handle(name)
@@ -120,13 +127,84 @@ pub fn write_from_checkpoint(checkpoint: &Path, meta: &SnapshotMeta, out: &Path)
                 key: key.into_vec(),
                 value: value.into_vec(),
             };
-            put(&mut w, &mut records, &record)?;
+            put(w, &mut records, &record)?;
         }
     }
+    // The end record counts itself.
     let end = Record::End { records: records + 1 };
-    put(&mut w, &mut records, &end)?;
-    w.into_inner().map_err(|e| e.into_error())?;
+    put(w, &mut records, &end)?;
     Ok(records)
+}
+
+/// Cuts a byte stream into chunks of a fixed size and hands each to a sink.
+struct Chunker<F: FnMut(Vec<u8>) -> bool> {
+    size: usize,
+    buf: Vec<u8>,
+    sink: F,
+}
+
+impl<F: FnMut(Vec<u8>) -> bool> Chunker<F> {
+    fn pass(&mut self) -> std::io::Result<()> {
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(self.size));
+        if (self.sink)(chunk) {
+            Ok(())
+        } else {
+            Err(std::io::Error::other("the snapshot's receiver went away"))
+        }
+    }
+}
+
+impl<F: FnMut(Vec<u8>) -> bool> Write for Chunker<F> {
+    fn write(&mut self, mut data: &[u8]) -> std::io::Result<usize> {
+        let written = data.len();
+        while !data.is_empty() {
+            let take = (self.size - self.buf.len()).min(data.len());
+            self.buf.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.buf.len() == self.size {
+                self.pass()?;
+            }
+        }
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Streams the current snapshot, as the state machine hands it out, in chunks of `chunk_size`
+/// bytes (the last one shorter), as it is produced: a pointer's checkpoint is read and encoded
+/// on the fly, so the first chunk is ready at once however large the snapshot is, and nothing
+/// is written to disk. `sink` returns false to stop early. Blocking: run it off the async
+/// runtime.
+///
+/// Only a complete stream is a snapshot: a caller must not mark the last chunk it got as the
+/// end unless this returned `Ok`.
+pub fn stream_for_sending(
+    mut file: File,
+    chunk_size: usize,
+    sink: impl FnMut(Vec<u8>) -> bool,
+) -> Result<(), SnapshotError> {
+    use std::io::{Seek, SeekFrom};
+    let mut out = Chunker {
+        size: chunk_size.max(1),
+        buf: Vec::with_capacity(chunk_size.max(1)),
+        sink,
+    };
+    match read_pointer(&mut file)? {
+        Some(pointer) => {
+            write_full(&pointer.checkpoint, &pointer.meta, &mut out)?;
+        }
+        None => {
+            file.seek(SeekFrom::Start(0))?;
+            std::io::copy(&mut file, &mut out)?;
+        }
+    }
+    if !out.buf.is_empty() {
+        out.pass()?;
+    }
+    Ok(())
 }
 
 /// Reads a snapshot file record by record, checking every checksum and the final count.
@@ -178,6 +256,17 @@ impl SnapshotReader {
         }
         Ok(Some(record))
     }
+}
+
+/// Reads a full snapshot file through, checking every record and the end: a file that passes
+/// installs without a read error.
+pub fn verify_file(path: &Path) -> Result<u64, SnapshotError> {
+    let mut reader = SnapshotReader::open(path)?;
+    let mut records = 0;
+    while reader.next_record()?.is_some() {
+        records += 1;
+    }
+    Ok(records)
 }
 
 /// Reads only the metadata of a snapshot file, full or pointer.

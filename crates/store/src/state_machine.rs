@@ -395,6 +395,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             std::io::copy(&mut full, &mut out).map_err(snap_err)?;
             out.sync_all().map_err(snap_err)?;
         }
+        // Checked whole before anything changes: once the install marker is written, a restart
+        // redoes the install from this file, and a damaged one would keep the node down.
+        snapshot::verify_file(&tmp).map_err(snap_err)?;
         tokio::fs::rename(&tmp, &path).await.map_err(snap_err)?;
         let _guard = self.snapshot_lock.lock().unwrap_or_else(|p| p.into_inner());
         install_from_file(&self.db, &self.shared, &path, meta, &self.log_cache)?;

@@ -2,6 +2,8 @@
 
 use std::path::Path;
 
+use tokio::io::AsyncWriteExt;
+
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::{CommittedLeaderId, EntryPayload, RaftSnapshotBuilder, Snapshot};
 use raftmq_store::types::{perm, Command, CommandResult, MessageIn, OffsetUpdate, Rejection, Request, TopicConfig};
@@ -59,15 +61,23 @@ fn open(dir: &Path) -> Store {
     Store::open(dir, StoreOptions::default()).unwrap().0
 }
 
-/// Sends a snapshot as the network does: written out from its checkpoint, then received and
-/// installed. Returns the size of what was sent.
+/// Sends a snapshot as the network does: encoded chunk by chunk from its checkpoint, then
+/// received and installed. Returns the size of what was sent.
 async fn transfer(snapshot: Snapshot<TypeConfig>, to: &mut Store) -> u64 {
     let pointer = snapshot.snapshot.into_std().await;
-    let full = raftmq_store::snapshot::open_for_sending(pointer).unwrap();
-    let size = full.metadata().unwrap().len();
-    let mut source = tokio::fs::File::from_std(full);
+    let mut chunks = Vec::new();
+    raftmq_store::snapshot::stream_for_sending(pointer, 64 << 10, |c| {
+        chunks.push(c);
+        true
+    })
+    .unwrap();
+    assert!(chunks[..chunks.len() - 1].iter().all(|c| c.len() == 64 << 10));
     let mut incoming = to.state_machine.begin_receiving_snapshot().await.unwrap();
-    tokio::io::copy(&mut source, &mut *incoming).await.unwrap();
+    let mut size = 0;
+    for chunk in chunks {
+        incoming.write_all(&chunk).await.unwrap();
+        size += chunk.len() as u64;
+    }
     to.state_machine
         .install_snapshot(&snapshot.meta, incoming)
         .await
@@ -425,6 +435,63 @@ async fn building_a_snapshot_copies_no_message_and_it_still_travels_whole() {
     let mut fresh = open(fresh_dir.path());
     transfer(current, &mut fresh).await;
     assert_eq!(fresh.reader.get("T", 0, 1_000).unwrap().unwrap().body, b"late");
+}
+
+#[tokio::test]
+async fn a_streamed_snapshot_is_the_written_out_one_and_a_cut_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    let body = "y".repeat(3000);
+    let bodies: Vec<(&str, &str)> = (0..50).map(|_| (body.as_str(), "")).collect();
+    commit(
+        &mut store,
+        vec![entry(1, vec![topic("T", 1)]), entry(2, vec![send("T", 0, &bodies)])],
+    )
+    .await;
+    let snapshot = store
+        .state_machine
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let pointer = snapshot.snapshot.into_std().await;
+    let mut whole = Vec::new();
+    std::io::Read::read_to_end(
+        &mut raftmq_store::snapshot::open_for_sending(pointer.try_clone().unwrap()).unwrap(),
+        &mut whole,
+    )
+    .unwrap();
+    let mut streamed = Vec::new();
+    raftmq_store::snapshot::stream_for_sending(pointer.try_clone().unwrap(), 1000, |c| {
+        streamed.extend_from_slice(&c);
+        true
+    })
+    .unwrap();
+    assert!(whole.len() > 150_000, "{}", whole.len());
+    assert!(streamed == whole, "the stream differs from the file");
+
+    // A sink that stops early makes the stream fail, never end quietly.
+    let mut taken = 0;
+    let cut = raftmq_store::snapshot::stream_for_sending(pointer, 1000, |_| {
+        taken += 1;
+        taken < 5
+    });
+    assert!(cut.is_err());
+    // And a snapshot cut short is refused by the receiver, which keeps what it had.
+    let other_dir = tempfile::tempdir().unwrap();
+    let mut other = open(other_dir.path());
+    commit(&mut other, vec![entry(1, vec![topic("Mine", 1)])]).await;
+    let mut incoming = other.state_machine.begin_receiving_snapshot().await.unwrap();
+    incoming.write_all(&whole[..whole.len() - 10]).await.unwrap();
+    assert!(other
+        .state_machine
+        .install_snapshot(&snapshot.meta, incoming)
+        .await
+        .is_err());
+    drop(other);
+    let other = open(other_dir.path());
+    assert_eq!(other.reader.applied_index(), 1);
 }
 
 #[tokio::test]

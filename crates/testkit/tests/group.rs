@@ -350,6 +350,49 @@ async fn a_node_down_while_the_log_was_purged_catches_up_by_snapshot() {
     group.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_snapshot_install_does_not_unseat_the_master() {
+    let mut group = Group::start(3, |c| {
+        c.snapshot_every_entries = 20;
+        c.snapshot_log_keep = 0;
+    })
+    .await;
+    let master = group.wait_for_master(ELECTION).await;
+    create_topic(&group, master, "T", 1).await;
+    let lagging = group.ids().into_iter().find(|id| *id != master).unwrap();
+    group.kill(lagging).await;
+    let acked = send_stream(&group, 0, 60).await;
+    let master = group.wait_for_master(ELECTION).await;
+    wait_until(
+        "the master purged its log past a snapshot",
+        Duration::from_secs(20),
+        || async {
+            let m = group.node(master).raft().metrics().borrow().clone();
+            m.purged.filter(|p| p.index > 10).map(|_| ())
+        },
+    )
+    .await;
+    let term = group.term(master);
+    // Installing takes five times the longest election timeout, as a large snapshot does: the
+    // slave must not stand for election meanwhile (the master would step down on its higher
+    // term and start the transfer over).
+    group.faults.slow_snapshot_installs(Duration::from_secs(1));
+    group.restart(lagging).await.expect("restart");
+    wait_until(
+        "the lagging node installed a snapshot",
+        Duration::from_secs(20),
+        || async { group.node(lagging).raft().metrics().borrow().snapshot.map(|_| ()) },
+    )
+    .await;
+    group.wait_caught_up(master, CATCH_UP).await;
+    check_present(&group, lagging, &acked).await;
+    for id in group.ids() {
+        assert_eq!(group.term(id), term, "node {id}'s term moved during the install");
+    }
+    assert_eq!(group.wait_for_master(ELECTION).await, master);
+    group.shutdown().await;
+}
+
 /// The first commit-log entry in a node's snapshot checkpoint; `None` while there is none (or it
 /// is being replaced).
 fn first_entry_in_snapshot(dir: &std::path::Path) -> Option<u64> {
