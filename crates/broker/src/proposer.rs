@@ -91,7 +91,7 @@ impl Proposer {
                         Err(_) => break,
                     }
                 }
-                propose(&raft, batch, &mut last_ts, permit).await;
+                propose(&raft, batch, &mut last_ts, permit, limits.timeout).await;
             }
             if let Some(p) = carry {
                 let _ = p
@@ -157,6 +157,7 @@ async fn propose(
     batch: Vec<Proposal>,
     last_ts: &mut i64,
     permit: tokio::sync::OwnedSemaphorePermit,
+    timeout: Duration,
 ) {
     // Store timestamps never go backwards on one master, so a queue's timestamps are ordered.
     *last_ts = now_ms().max(*last_ts);
@@ -168,10 +169,20 @@ async fn propose(
     // `client_write_ff` only queues the entry, in order; the result comes through `pending`.
     let pending = raft.client_write_ff(request).await;
     tokio::spawn(async move {
+        // openraft 0.9 may never answer: an entry proposed by a master that was cut off, and
+        // then replaced on it by a snapshot from the new master, is neither applied nor
+        // truncated. Waiting for it forever kept the in-flight slot, and once every slot was
+        // taken this node never proposed again (found by the chaos suite: a master that took
+        // no sends). The callers have stopped waiting by then anyway.
         let outcome = match pending {
-            Ok(receiver) => receiver
-                .await
-                .map_err(|_| BrokerError::Timeout("the write's outcome is unknown: raft dropped it".into())),
+            Ok(receiver) => match tokio::time::timeout(timeout, receiver).await {
+                Ok(answer) => {
+                    answer.map_err(|_| BrokerError::Timeout("the write's outcome is unknown: raft dropped it".into()))
+                }
+                Err(_) => Err(BrokerError::Timeout(format!(
+                    "the write's outcome is unknown: not committed within {timeout:?}"
+                ))),
+            },
             Err(fatal) => Err(BrokerError::Unavailable(format!("raft stopped: {fatal}"))),
         };
         drop(permit);

@@ -393,6 +393,117 @@ async fn a_slow_snapshot_install_does_not_unseat_the_master() {
     group.shutdown().await;
 }
 
+/// Sends one message to one node, as a client that does not follow redirects.
+async fn send_to(group: &Group, id: u64, body: String) -> Result<u64, tonic::Status> {
+    let mut c = group.client(id).await;
+    let reply = c
+        .send(pb::SendRequest {
+            topic: "T".into(),
+            queue_id: 0,
+            messages: vec![message(body, "")],
+        })
+        .await?;
+    Ok(reply.get_ref().results[0].queue_offset)
+}
+
+/// The master of the highest term among the running nodes, once there is one.
+async fn newest_master(group: &Group, not: Option<u64>) -> u64 {
+    wait_until("a master of a newer term", ELECTION, || async {
+        group
+            .up()
+            .into_iter()
+            .filter(|id| Some(*id) != not)
+            .filter(|id| group.node(*id).raft().metrics().borrow().state == openraft::ServerState::Leader)
+            .max_by_key(|id| group.term(*id))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_cut_off_with_writes_in_flight_takes_sends_again_later() {
+    let group = Group::start(3, |c| {
+        c.snapshot_every_entries = 20;
+        c.snapshot_log_keep = 0;
+    })
+    .await;
+    let old = group.wait_for_master(ELECTION).await;
+    create_topic(&group, old, "T", 1).await;
+    send_stream(&group, 0, 5).await;
+
+    // Cut the master off with sends in flight: they fill its pipeline and can never commit.
+    group.faults.isolate(old, group.ids());
+    let mut stranded = Vec::new();
+    for i in 0..4 {
+        let mut c = group.client(old).await;
+        stranded.push(tokio::spawn(async move {
+            c.send(pb::SendRequest {
+                topic: "T".into(),
+                queue_id: 0,
+                messages: vec![message(format!("stranded-{i}"), "")],
+            })
+            .await
+        }));
+    }
+    // The other two go on, past a snapshot: the old master's stranded entries are overwritten
+    // on it by that snapshot, and openraft never answers them.
+    let new = newest_master(&group, Some(old)).await;
+    for i in 0..40 {
+        send_to(&group, new, format!("new-{i}"))
+            .await
+            .expect("send to the new master");
+    }
+    wait_until(
+        "the new master purged past a snapshot",
+        Duration::from_secs(20),
+        || async {
+            let m = group.node(new).raft().metrics().borrow().clone();
+            m.purged.filter(|p| p.index > 20).map(|_| ())
+        },
+    )
+    .await;
+    for s in stranded {
+        let status = s
+            .await
+            .unwrap()
+            .expect_err("a send to a cut-off master was acknowledged");
+        assert_eq!(code(&status), Some(ErrorCode::Timeout), "{status:?}");
+    }
+    group.faults.heal_all();
+    wait_until(
+        "the old master installed a snapshot",
+        Duration::from_secs(20),
+        || async {
+            group
+                .node(old)
+                .raft()
+                .metrics()
+                .borrow()
+                .snapshot
+                .filter(|s| s.index > 20)
+        },
+    )
+    .await;
+
+    // Make the old master master again: cut off whoever leads, until it is elected.
+    let mut master = group.wait_for_master(ELECTION).await;
+    for _ in 0..20 {
+        if master == old {
+            break;
+        }
+        group.faults.isolate(master, group.ids());
+        newest_master(&group, Some(master)).await;
+        group.faults.heal_all();
+        master = group.wait_for_master(ELECTION).await;
+    }
+    assert_eq!(master, old, "the old master was not elected again");
+    // It takes sends: its pipeline was not left full of writes nobody will answer.
+    let offset = send_to(&group, old, "after".into())
+        .await
+        .expect("send to the old master");
+    assert!(offset >= 45, "offset {offset}");
+    group.shutdown().await;
+}
+
 /// The first commit-log entry in a node's snapshot checkpoint; `None` while there is none (or it
 /// is being replaced).
 fn first_entry_in_snapshot(dir: &std::path::Path) -> Option<u64> {
