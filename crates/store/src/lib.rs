@@ -128,11 +128,11 @@ impl Store {
         if let Some(bytes) = db.get_meta(META_VOTE).map_err(|e| corrupt(e.to_string()))? {
             codec::decode::<Vote>(&bytes, || "vote".into()).map_err(|e| corrupt(e.to_string()))?;
         }
-        let log = LogStore::new(db.clone(), options.flush).map_err(|e| corrupt(e.to_string()))?;
-
-        // An install interrupted by a crash is finished from its (synced) file first.
         let state = SmState::load(&db).map_err(|e| corrupt(e.to_string()))?;
         let shared = SmShared::new(state);
+        let log = LogStore::new(db.clone(), options.flush, shared.subscribe()).map_err(|e| corrupt(e.to_string()))?;
+
+        // An install interrupted by a crash is finished from its (synced) file first.
         if let Some(bytes) = db.get_meta(META_INSTALLING).map_err(|e| corrupt(e.to_string()))? {
             let meta: SnapshotMeta =
                 codec::decode(&bytes, || "snapshot install marker".into()).map_err(|e| corrupt(e.to_string()))?;

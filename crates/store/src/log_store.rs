@@ -41,6 +41,8 @@ struct Shared {
     flush: FlushMode,
     /// Cached copy of the purge point, read on every log read.
     last_purged: Mutex<Option<LogId>>,
+    /// The state machine's applied index.
+    applied: tokio::sync::watch::Receiver<u64>,
     cache: SharedCache,
 }
 
@@ -142,7 +144,11 @@ pub fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry, codec::CorruptRec
 }
 
 impl LogStore {
-    pub(crate) fn new(db: Arc<Db>, flush: FlushMode) -> Result<Self, StorageError> {
+    pub(crate) fn new(
+        db: Arc<Db>,
+        flush: FlushMode,
+        applied: tokio::sync::watch::Receiver<u64>,
+    ) -> Result<Self, StorageError> {
         let last_purged = match db.get_meta(META_LAST_PURGED).map_err(read_err)? {
             Some(bytes) => Some(codec::decode(&bytes, || "last purged log id".into()).map_err(read_err)?),
             None => None,
@@ -152,6 +158,7 @@ impl LogStore {
                 db,
                 flush,
                 last_purged: Mutex::new(last_purged),
+                applied,
                 cache: SharedCache::default(),
             }),
         })
@@ -337,7 +344,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.write_meta(META_LAST_PURGED, &log_id, true).map_err(write_err)?;
+        // openraft 0.9 purges up to a snapshot it is installing while the install still runs.
+        // Recorded on disk then, a failed install (a full disk) left the log purged past what
+        // was applied, with nothing covering the gap, and the node refused to start (found by
+        // the chaos suite). Such a purge is recorded by the install itself, in its last batch;
+        // here it only changes what this process reports.
+        let applied = *self.shared.applied.borrow();
+        if log_id.index <= applied {
+            self.write_meta(META_LAST_PURGED, &log_id, true).map_err(write_err)?;
+        }
         *self.shared.last_purged.lock().unwrap_or_else(|p| p.into_inner()) = Some(log_id);
         self.cache().purge_upto(log_id.index);
         Ok(())

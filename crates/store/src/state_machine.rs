@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use crate::apply::apply_request;
 use crate::codec;
-use crate::db::{Db, CF_LOG, CF_META, META_APPLIED, META_INSTALLING, META_MEMBERSHIP, META_SNAPSHOT};
+use crate::db::{Db, CF_LOG, CF_META, META_APPLIED, META_INSTALLING, META_LAST_PURGED, META_MEMBERSHIP, META_SNAPSHOT};
 use crate::keys;
 use crate::log_store::SharedCache;
 use crate::snapshot::{self, Record, SnapshotReader, SNAPSHOT_CFS};
@@ -162,6 +162,17 @@ pub(crate) fn install_from_file(
         }
     }
     let meta_cf = db.cf(CF_META);
+    // The log is purged up to the snapshot, atomically with the install (the log store does not
+    // record a purge past what is applied: see its `purge`).
+    if let Some(last) = meta.last_log_id {
+        let purged: Option<LogId> = match db.get_meta(META_LAST_PURGED).map_err(snap_err)? {
+            Some(bytes) => Some(codec::decode(&bytes, || "last purged log id".into()).map_err(snap_err)?),
+            None => None,
+        };
+        if purged.is_none_or(|p| p.index < last.index) {
+            batch.put_cf(meta_cf, META_LAST_PURGED, codec::encode(&last));
+        }
+    }
     batch.put_cf(meta_cf, META_APPLIED, codec::encode(&meta.last_log_id));
     batch.put_cf(meta_cf, META_MEMBERSHIP, codec::encode(&meta.last_membership));
     batch.put_cf(meta_cf, META_SNAPSHOT, codec::encode(meta));

@@ -85,6 +85,17 @@ async fn transfer(snapshot: Snapshot<TypeConfig>, to: &mut Store) -> u64 {
     size
 }
 
+/// Builds a snapshot as openraft does.
+async fn build_snapshot(store: &mut Store) -> Snapshot<TypeConfig> {
+    store
+        .state_machine
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap()
+}
+
 /// The size of the file a snapshot hands out (a pointer, or a full snapshot).
 async fn handed_out(snapshot: &mut Snapshot<TypeConfig>) -> u64 {
     snapshot.snapshot.metadata().await.unwrap().len()
@@ -318,13 +329,7 @@ async fn a_snapshot_carries_the_messages_to_another_node() {
         ],
     )
     .await;
-    let snapshot = leader
-        .state_machine
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let snapshot = build_snapshot(&mut leader).await;
     leader.log.purge(log_id(2)).await.unwrap();
 
     let mut follower = open(follower_dir.path());
@@ -356,13 +361,7 @@ async fn building_a_snapshot_copies_no_message_and_it_still_travels_whole() {
         entries.push(entry(2 + i, vec![send("T", (i % 2) as u32, &bodies)]));
     }
     commit(&mut leader, entries).await;
-    let mut snapshot = leader
-        .state_machine
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let mut snapshot = build_snapshot(&mut leader).await;
     // What the build wrote is a pointer to a checkpoint, not a copy of the log.
     let pointer = handed_out(&mut snapshot).await;
     assert!(pointer < 4096, "a built snapshot is {pointer} bytes");
@@ -405,13 +404,7 @@ async fn building_a_snapshot_copies_no_message_and_it_still_travels_whole() {
     assert_eq!(read_all(&third), 2_000);
 
     // A newer snapshot replaces the old one's pointer and checkpoint.
-    let newer = leader
-        .state_machine
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let newer = build_snapshot(&mut leader).await;
     let new_id = newer.meta.snapshot_id.clone();
     assert_ne!(new_id, id);
     assert_eq!(
@@ -448,13 +441,7 @@ async fn a_streamed_snapshot_is_the_written_out_one_and_a_cut_one_is_refused() {
         vec![entry(1, vec![topic("T", 1)]), entry(2, vec![send("T", 0, &bodies)])],
     )
     .await;
-    let snapshot = store
-        .state_machine
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let snapshot = build_snapshot(&mut store).await;
     let pointer = snapshot.snapshot.into_std().await;
     let mut whole = Vec::new();
     std::io::Read::read_to_end(
@@ -495,17 +482,69 @@ async fn a_streamed_snapshot_is_the_written_out_one_and_a_cut_one_is_refused() {
 }
 
 #[tokio::test]
+async fn a_purge_ahead_of_an_install_that_fails_is_not_kept() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let mut leader = open(leader_dir.path());
+    commit(
+        &mut leader,
+        vec![
+            entry(1, vec![topic("T", 1)]),
+            entry(2, vec![send("T", 0, &[("a", "")])]),
+        ],
+    )
+    .await;
+    let snapshot = build_snapshot(&mut leader).await;
+    let pointer = snapshot.snapshot.into_std().await;
+    let mut whole = Vec::new();
+    raftmq_store::snapshot::stream_for_sending(pointer, 1 << 20, |c| {
+        whole.extend_from_slice(&c);
+        true
+    })
+    .unwrap();
+
+    // openraft 0.9 purges up to the snapshot as the install starts; the install then fails.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut follower = open(dir.path());
+        follower.log.purge(log_id(2)).await.unwrap();
+        let mut incoming = follower.state_machine.begin_receiving_snapshot().await.unwrap();
+        incoming.write_all(&whole[..whole.len() / 2]).await.unwrap();
+        assert!(follower
+            .state_machine
+            .install_snapshot(&snapshot.meta, incoming)
+            .await
+            .is_err());
+    }
+    // The node starts again (nothing claims the log purged past what it applied) and can still
+    // take the snapshot.
+    let mut follower = Store::open(dir.path(), StoreOptions::default())
+        .expect("a failed install leaves a store that opens")
+        .0;
+    assert_eq!(follower.log.get_log_state().await.unwrap().last_purged_log_id, None);
+    follower.log.purge(log_id(2)).await.unwrap();
+    let mut incoming = follower.state_machine.begin_receiving_snapshot().await.unwrap();
+    incoming.write_all(&whole).await.unwrap();
+    follower
+        .state_machine
+        .install_snapshot(&snapshot.meta, incoming)
+        .await
+        .unwrap();
+    drop(follower);
+    // A completed install records the purge itself.
+    let mut follower = open(dir.path());
+    assert_eq!(
+        follower.log.get_log_state().await.unwrap().last_purged_log_id,
+        Some(log_id(2))
+    );
+    assert_eq!(follower.reader.get("T", 0, 0).unwrap().unwrap().body, b"a");
+}
+
+#[tokio::test]
 async fn a_snapshot_whose_checkpoint_is_gone_is_not_handed_out() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = open(dir.path());
     commit(&mut store, vec![entry(1, vec![topic("T", 1)])]).await;
-    let snapshot = store
-        .state_machine
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let snapshot = build_snapshot(&mut store).await;
     let checkpoint = store
         .state_machine
         .snapshot_dir()
@@ -513,13 +552,7 @@ async fn a_snapshot_whose_checkpoint_is_gone_is_not_handed_out() {
     std::fs::remove_dir_all(checkpoint).unwrap();
     // openraft then builds a new one (at start, or when a slave needs it).
     assert!(store.state_machine.get_current_snapshot().await.unwrap().is_none());
-    let rebuilt = store
-        .state_machine
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let rebuilt = build_snapshot(&mut store).await;
     assert_eq!(rebuilt.meta.last_log_id, Some(log_id(1)));
     assert!(store.state_machine.get_current_snapshot().await.unwrap().is_some());
 }
