@@ -102,6 +102,17 @@ impl StateMachine {
         }
     }
 
+    /// The file `begin_receiving_snapshot` made that `received` is, found by its inode.
+    fn receiving_path(&self, received: &std::fs::Metadata) -> Option<PathBuf> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::read_dir(&self.snapshot_dir).ok()?.flatten().find_map(|e| {
+            let name = e.file_name();
+            let m = e.metadata().ok()?;
+            (name.to_string_lossy().starts_with("incoming-") && m.ino() == received.ino() && m.dev() == received.dev())
+                .then(|| e.path())
+        })
+    }
+
     /// Where snapshot files and checkpoints are kept.
     pub fn snapshot_dir(&self) -> &Path {
         &self.snapshot_dir
@@ -388,15 +399,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         mut snapshot: Box<SnapshotFile>,
     ) -> Result<(), StorageError> {
         tracing::info!(snapshot = %meta.snapshot_id, last = ?meta.last_log_id, "installing a snapshot");
+        let started = std::time::Instant::now();
         let path = snapshot::file_name(&self.snapshot_dir, meta);
         let tmp = path.with_extension("receiving");
-        {
-            snapshot.flush().await.map_err(snap_err)?;
-            snapshot.seek(std::io::SeekFrom::Start(0)).await.map_err(snap_err)?;
-            let mut out = tokio::fs::File::create(&tmp).await.map_err(snap_err)?;
-            tokio::io::copy(&mut *snapshot, &mut out).await.map_err(snap_err)?;
-            out.sync_all().await.map_err(snap_err)?;
+        snapshot.flush().await.map_err(snap_err)?;
+        snapshot.sync_all().await.map_err(snap_err)?;
+        // The file openraft received into is normally one `begin_receiving_snapshot` made in
+        // the snapshot directory: it is kept under its new name rather than copied.
+        match self.receiving_path(&snapshot.metadata().await.map_err(snap_err)?) {
+            Some(received) => std::fs::rename(received, &tmp).map_err(snap_err)?,
+            None => {
+                snapshot.seek(std::io::SeekFrom::Start(0)).await.map_err(snap_err)?;
+                let mut out = tokio::fs::File::create(&tmp).await.map_err(snap_err)?;
+                tokio::io::copy(&mut *snapshot, &mut out).await.map_err(snap_err)?;
+                out.sync_all().await.map_err(snap_err)?;
+            }
         }
+        drop(snapshot);
+        let received_at = started.elapsed();
         // Nodes send full snapshots, but a pointer is installable where its checkpoint is found:
         // openraft's storage test suite hands one store's snapshot straight to another.
         let mut received = std::fs::File::open(&tmp).map_err(snap_err)?;
@@ -408,10 +428,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         // Checked whole before anything changes: once the install marker is written, a restart
         // redoes the install from this file, and a damaged one would keep the node down.
-        snapshot::verify_file(&tmp).map_err(snap_err)?;
+        let records = snapshot::verify_file(&tmp).map_err(snap_err)?;
+        let verified_at = started.elapsed();
         tokio::fs::rename(&tmp, &path).await.map_err(snap_err)?;
         let _guard = self.snapshot_lock.lock().unwrap_or_else(|p| p.into_inner());
         install_from_file(&self.db, &self.shared, &path, meta, &self.log_cache)?;
+        let loaded_at = started.elapsed();
         clean_snapshot_dir(&self.snapshot_dir, Some(&meta.snapshot_id), false);
         // The database now holds exactly the snapshot (and perhaps newer log entries, which a
         // pointer's reader skips): keep a checkpoint and a pointer, as a node that built it,
@@ -428,6 +450,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             tracing::warn!(snapshot = %meta.snapshot_id, "keeping the received snapshot file: cannot replace it with a checkpoint: {e}");
             let _ = std::fs::remove_dir_all(&checkpoint);
         }
+        let ms = |d: std::time::Duration| d.as_millis() as u64;
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            records,
+            receive_ms = ms(received_at),
+            verify_ms = ms(verified_at - received_at),
+            load_ms = ms(loaded_at - verified_at),
+            checkpoint_ms = ms(started.elapsed() - loaded_at),
+            "installed a snapshot"
+        );
         Ok(())
     }
 

@@ -378,6 +378,12 @@ async fn building_a_snapshot_copies_no_message_and_it_still_travels_whole() {
     let mut follower = open(dirs[1].path());
     let sent = transfer(snapshot, &mut follower).await;
     assert!(sent > 2_000 * 1024, "sent {sent} bytes");
+    // Nothing of the transfer is left behind: the received file became the snapshot, which
+    // then became a pointer to a checkpoint of the follower's own.
+    assert_eq!(
+        snapshot_dir_names(&follower),
+        vec![format!("{id}.snap"), format!("checkpoint-{id}")]
+    );
     let read_all = |store: &Store| {
         (0..2u32)
             .map(|q| {
