@@ -98,7 +98,11 @@ pub fn write_from_checkpoint(checkpoint: &Path, meta: &SnapshotMeta, out: &Path)
 
 /// Writes the full snapshot of a checkpoint to `w`; returns the number of records.
 fn write_full(checkpoint: &Path, meta: &SnapshotMeta, w: &mut impl Write) -> Result<u64, SnapshotError> {
-    let db = DB::open_cf_for_read_only(&Options::default(), checkpoint, crate::db::ALL_CFS, false)?;
+    // Every table file is opened up front: a newer snapshot may delete this checkpoint while it
+    // is read (a long transfer), and open files stay readable.
+    let mut options = Options::default();
+    options.set_max_open_files(-1);
+    let db = DB::open_cf_for_read_only(&options, checkpoint, crate::db::ALL_CFS, false)?;
     let last_index = meta.last_log_id.map(|l| l.index);
     w.write_all(MAGIC)?;
     let mut records = 0u64;

@@ -466,7 +466,7 @@ async fn a_streamed_snapshot_is_the_written_out_one_and_a_cut_one_is_refused() {
 
     // A sink that stops early makes the stream fail, never end quietly.
     let mut taken = 0;
-    let cut = raftmq_store::snapshot::stream_for_sending(pointer, 1000, |_| {
+    let cut = raftmq_store::snapshot::stream_for_sending(pointer.try_clone().unwrap(), 1000, |_| {
         taken += 1;
         taken < 5
     });
@@ -485,6 +485,23 @@ async fn a_streamed_snapshot_is_the_written_out_one_and_a_cut_one_is_refused() {
     drop(other);
     let other = open(other_dir.path());
     assert_eq!(other.reader.applied_index(), 1);
+
+    // A newer snapshot may remove the checkpoint while a long transfer reads it: the stream
+    // still completes, the same.
+    let checkpoint = store
+        .state_machine
+        .snapshot_dir()
+        .join(format!("checkpoint-{}", snapshot.meta.snapshot_id));
+    let mut streamed = Vec::new();
+    raftmq_store::snapshot::stream_for_sending(pointer.try_clone().unwrap(), 1000, |c| {
+        if streamed.is_empty() {
+            std::fs::remove_dir_all(&checkpoint).unwrap();
+        }
+        streamed.extend_from_slice(&c);
+        true
+    })
+    .unwrap();
+    assert!(streamed == whole, "the stream read while its checkpoint went differs");
 }
 
 #[tokio::test]
