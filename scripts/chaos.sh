@@ -16,10 +16,10 @@ mkdir -p "$RAFTMQ_HOME"
 config="$RAFTMQ_HOME/config"
 rm -rf "$config"
 cp -r "$ROOT/cluster-config/small" "$config"
-# Snapshots every 500 entries, 1000 kept after one: a node that was down for a round often
+# Snapshots every 500 entries, 5000 kept after one: a node that was down for a round often
 # catches up by snapshot, so transfers and installs meet the faults too.
 for f in "$config"/broker-*.toml; do
-  sed -i "1i fault-injection = true\ndisk-clean-percent = 100\ndisk-full-percent = 100\nsnapshot-every-entries = 500\nsnapshot-log-keep = 1000" "$f"
+  sed -i "1i fault-injection = true\ndisk-clean-percent = 100\ndisk-full-percent = 100\nsnapshot-every-entries = 500\nsnapshot-log-keep = 5000" "$f"
 done
 [ "${RAFTMQ_CHAOS_KEEP:-}" = 1 ] || trap '"$CLUSTER" down --purge >/dev/null 2>&1 || true' EXIT
 "$CLUSTER" up "$config" >/dev/null

@@ -46,7 +46,10 @@ pid_of() { [ -f "$RUN/pids/$1.pid" ] && cat "$RUN/pids/$1.pid" || true; }
 # Alive: exists and is not a zombie (a killed node whose parent has not reaped it yet is gone).
 alive() {
     kill -0 "$1" 2>/dev/null || return 1
-    [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]
+    [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ] && return 0
+    # A killed process's main thread turns zombie before its other threads are gone (one may be
+    # finishing an fsync), and until then the process still holds its ports.
+    [ "$(awk '/^Threads:/ {print $2}' "/proc/$1/status" 2>/dev/null)" -gt 1 ] 2>/dev/null
 }
 
 running() {

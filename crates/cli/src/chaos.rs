@@ -294,6 +294,7 @@ pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::
     let fault_time = Duration::from_millis(args.fault_ms);
     tokio::time::sleep(Duration::from_millis(500)).await;
     for round in 0..args.rounds {
+        disk.keep_headroom()?;
         let fault = faults[(rng.next() % faults.len() as u64) as usize].clone();
         let info = routed_group(&admin, &args.group).await?;
         let master = info.master_node_id;

@@ -129,6 +129,27 @@ impl DiskFaults {
         Ok(())
     }
 
+    /// Gives every node on a tmpfs its headroom again, over what its data takes now. The data
+    /// grows between the rounds that fill a disk (messages, and since snapshots are installed,
+    /// a received snapshot beside the store it replaces): left at its first size, a tmpfs
+    /// filled up in a round that was not a disk fault (a 150-round run, round 122).
+    pub fn keep_headroom(&self) -> anyhow::Result<()> {
+        for node in &self.mounted {
+            let data = self.data_dir(node);
+            // Hard links count twice here: the size only errs on the large side.
+            let size = dir_size(&data) + TMPFS_HEADROOM;
+            run_cmd(
+                "mount",
+                &[
+                    "-o",
+                    &format!("remount,size={size}"),
+                    data.to_str().context("utf-8 path")?,
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
     /// Fills a node's disk to the last byte, holds it for `hold`, frees it, and starts the node
     /// again if it stopped. Returns what happened, for the log.
     pub async fn disk_full(&mut self, node: &str, hold: std::time::Duration) -> anyhow::Result<String> {

@@ -132,6 +132,18 @@ impl Db {
         Ok(result)
     }
 
+    /// After RocksDB flushed memtables (a checkpoint does): with the mark enabled, syncs the WAL
+    /// and records the mark. A flush syncs the WAL files it closes, and moves the data they
+    /// hold into table files; a mark left behind them would let fault injection cut synced
+    /// records whose data is already in a table file, which RocksDB rightly refuses to open
+    /// ("SST file is ahead of WALs") and no power loss can produce.
+    pub fn mark_after_flush(&self) -> Result<(), rocksdb::Error> {
+        if self.mark_enabled.load(Ordering::SeqCst) {
+            self.synced(|| self.db.flush_wal(true))?;
+        }
+        Ok(())
+    }
+
     pub fn cf(&self, name: &str) -> &ColumnFamily {
         // Every family is created at open, so a missing one is a bug, not bad input.
         self.db

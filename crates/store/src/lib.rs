@@ -90,7 +90,7 @@ pub fn flush_memtables(db: &Db) -> Result<(), rocksdb::Error> {
     for name in db::ALL_CFS {
         db.db.flush_cf(db.cf(name))?;
     }
-    Ok(())
+    db.mark_after_flush()
 }
 
 /// What the recovery checks found, for the start-up log line.

@@ -229,7 +229,8 @@ pub(crate) fn clean_snapshot_dir(dir: &Path, keep: Option<&str>, everything: boo
 
 /// Takes a checkpoint of the whole database into `dir` (hard links, after a memtable flush).
 fn take_checkpoint(db: &Db, dir: &Path) -> Result<(), rocksdb::Error> {
-    rocksdb::checkpoint::Checkpoint::new(&db.db).and_then(|c| c.create_checkpoint(dir))
+    rocksdb::checkpoint::Checkpoint::new(&db.db).and_then(|c| c.create_checkpoint(dir))?;
+    db.mark_after_flush()
 }
 
 /// Makes a built snapshot the current one, unless the current one is as new: writes its pointer,
