@@ -35,7 +35,7 @@ pub use retention::{Retention, RetentionReport};
 pub use state_machine::StateMachine;
 pub use types::*;
 
-use crate::db::{Db, CF_LOG, META_COMMITTED, META_INSTALLING, META_LAST_PURGED, META_VOTE};
+use crate::db::{Db, CF_LOG, META_COMMITTED, META_INSTALLING, META_VOTE};
 use crate::state::SmState;
 use crate::state_machine::SmShared;
 
@@ -178,9 +178,7 @@ impl Store {
                 }
             }
         }
-        if let Some(bytes) = db.get_meta(META_LAST_PURGED).map_err(|e| corrupt(e.to_string()))? {
-            let purged: LogId =
-                codec::decode(&bytes, || "last purged log id".into()).map_err(|e| corrupt(e.to_string()))?;
+        if let Some(purged) = log_store::stored_last_purged(&db).map_err(|e| corrupt(e.to_string()))? {
             if applied.is_none_or(|a| a.index < purged.index) {
                 return Err(OpenError::WentBackwards {
                     path: shown,

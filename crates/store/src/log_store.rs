@@ -143,16 +143,23 @@ pub fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry, codec::CorruptRec
     codec::decode(bytes, || format!("log entry {index}"))
 }
 
+/// The last purged log id as recorded on disk.
+pub(crate) fn stored_last_purged(db: &Db) -> Result<Option<LogId>, StorageError> {
+    match db.get_meta(META_LAST_PURGED).map_err(read_err)? {
+        Some(bytes) => Ok(Some(
+            codec::decode(&bytes, || "last purged log id".into()).map_err(read_err)?,
+        )),
+        None => Ok(None),
+    }
+}
+
 impl LogStore {
     pub(crate) fn new(
         db: Arc<Db>,
         flush: FlushMode,
         applied: tokio::sync::watch::Receiver<u64>,
     ) -> Result<Self, StorageError> {
-        let last_purged = match db.get_meta(META_LAST_PURGED).map_err(read_err)? {
-            Some(bytes) => Some(codec::decode(&bytes, || "last purged log id".into()).map_err(read_err)?),
-            None => None,
-        };
+        let last_purged = stored_last_purged(&db)?;
         Ok(LogStore {
             shared: Arc::new(Shared {
                 db,

@@ -22,7 +22,7 @@ use crate::apply::apply_request;
 use crate::codec;
 use crate::db::{Db, CF_LOG, CF_META, META_APPLIED, META_INSTALLING, META_LAST_PURGED, META_MEMBERSHIP, META_SNAPSHOT};
 use crate::keys;
-use crate::log_store::SharedCache;
+use crate::log_store::{stored_last_purged, SharedCache};
 use crate::snapshot::{self, Record, SnapshotReader, SNAPSHOT_CFS};
 use crate::state::SmState;
 use crate::types::Command;
@@ -176,11 +176,7 @@ pub(crate) fn install_from_file(
     // The log is purged up to the snapshot, atomically with the install (the log store does not
     // record a purge past what is applied: see its `purge`).
     if let Some(last) = meta.last_log_id {
-        let purged: Option<LogId> = match db.get_meta(META_LAST_PURGED).map_err(snap_err)? {
-            Some(bytes) => Some(codec::decode(&bytes, || "last purged log id".into()).map_err(snap_err)?),
-            None => None,
-        };
-        if purged.is_none_or(|p| p.index < last.index) {
+        if stored_last_purged(db)?.is_none_or(|p| p.index < last.index) {
             batch.put_cf(meta_cf, META_LAST_PURGED, codec::encode(&last));
         }
     }

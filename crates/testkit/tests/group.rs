@@ -11,6 +11,15 @@ use raftmq_testkit::{code, message, topic, wait_until, Group};
 const ELECTION: Duration = Duration::from_secs(10);
 const CATCH_UP: Duration = Duration::from_secs(10);
 
+/// Starts three nodes tuned by `tune`, waits for a master and creates topic T with one queue;
+/// returns the group and the master.
+async fn group_with_topic_t(tune: impl Fn(&mut raftmq_broker::BrokerConfig)) -> (Group, u64) {
+    let group = Group::start(3, tune).await;
+    let master = group.wait_for_master(ELECTION).await;
+    create_topic(&group, master, "T", 1).await;
+    (group, master)
+}
+
 async fn create_topic(group: &Group, master: u64, name: &str, queues: u32) {
     let mut c = group.client(master).await;
     c.upsert_topic(pb::UpsertTopicRequest {
@@ -318,13 +327,11 @@ async fn restarting_every_node_keeps_everything_acknowledged() {
 /// A node is down while the master purges its log past a snapshot; started again, it installs
 /// the snapshot (each install delayed by `install_delay`) and catches up, without an election.
 async fn lagging_node_catches_up_by_snapshot(install_delay: Duration) {
-    let mut group = Group::start(3, |c| {
+    let (mut group, master) = group_with_topic_t(|c| {
         c.snapshot_every_entries = 20;
         c.snapshot_log_keep = 0;
     })
     .await;
-    let master = group.wait_for_master(ELECTION).await;
-    create_topic(&group, master, "T", 1).await;
     let lagging = group.ids().into_iter().find(|id| *id != master).unwrap();
     group.kill(lagging).await;
     let acked = send_stream(&group, 0, 60).await;
@@ -397,13 +404,11 @@ async fn newest_master(group: &Group, not: Option<u64>) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_cut_off_with_writes_in_flight_takes_sends_again_later() {
-    let group = Group::start(3, |c| {
+    let (group, old) = group_with_topic_t(|c| {
         c.snapshot_every_entries = 20;
         c.snapshot_log_keep = 0;
     })
     .await;
-    let old = group.wait_for_master(ELECTION).await;
-    create_topic(&group, old, "T", 1).await;
     send_stream(&group, 0, 5).await;
 
     // Cut the master off with sends in flight: they fill its pipeline and can never commit.
@@ -502,7 +507,7 @@ fn first_entry_in_snapshot(dir: &std::path::Path) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_under_disk_pressure_takes_a_snapshot_so_the_old_one_lets_go() {
-    let group = Group::start(3, |c| {
+    let (group, master) = group_with_topic_t(|c| {
         c.snapshot_every_entries = 40;
         c.snapshot_log_keep = 0;
         // Any disk counts as under pressure: retention deletes all that Raft no longer needs.
@@ -510,8 +515,6 @@ async fn retention_under_disk_pressure_takes_a_snapshot_so_the_old_one_lets_go()
         c.retention_check_ms = 100;
     })
     .await;
-    let master = group.wait_for_master(ELECTION).await;
-    create_topic(&group, master, "T", 1).await;
     send_stream(&group, 0, 50).await;
     group.wait_caught_up(master, CATCH_UP).await;
     // Retention deletes what the snapshot at entry 40 covers. That snapshot's checkpoint links
@@ -641,13 +644,11 @@ async fn the_nameserver_routes_the_group_and_follows_a_failover() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_sends_and_keeps_what_is_stored() {
     // A limit of 1% is below any real disk's use: the disk counts as full from the start.
-    let group = Group::start(3, |c| {
+    let (group, master) = group_with_topic_t(|c| {
         c.disk_full_percent = 1;
         c.disk_clean_percent = 1;
     })
     .await;
-    let master = group.wait_for_master(ELECTION).await;
-    create_topic(&group, master, "T", 1).await;
     let mut c = group.client(master).await;
     let err = c
         .send(pb::SendRequest {
