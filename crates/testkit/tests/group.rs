@@ -20,6 +20,19 @@ async fn group_with_topic_t(tune: impl Fn(&mut raftmq_broker::BrokerConfig)) -> 
     (group, master)
 }
 
+/// Waits until `node` has purged its log past `index` (after a snapshot).
+async fn wait_purged_past(group: &Group, node: u64, index: u64) {
+    wait_until(
+        &format!("node {node} purged its log past entry {index}"),
+        Duration::from_secs(20),
+        || async {
+            let m = group.node(node).raft().metrics().borrow().clone();
+            m.purged.filter(|p| p.index > index).map(|_| ())
+        },
+    )
+    .await;
+}
+
 async fn create_topic(group: &Group, master: u64, name: &str, queues: u32) {
     let mut c = group.client(master).await;
     c.upsert_topic(pb::UpsertTopicRequest {
@@ -336,15 +349,7 @@ async fn lagging_node_catches_up_by_snapshot(install_delay: Duration) {
     group.kill(lagging).await;
     let acked = send_stream(&group, 0, 60).await;
     let master = group.wait_for_master(ELECTION).await;
-    wait_until(
-        "the master purged its log past a snapshot",
-        Duration::from_secs(20),
-        || async {
-            let m = group.node(master).raft().metrics().borrow().clone();
-            m.purged.filter(|p| p.index > 10).map(|_| ())
-        },
-    )
-    .await;
+    wait_purged_past(&group, master, 10).await;
     let term = group.term(master);
     group.faults.slow_snapshot_installs(install_delay);
     group.restart(lagging).await.expect("restart");
@@ -433,15 +438,7 @@ async fn a_master_cut_off_with_writes_in_flight_takes_sends_again_later() {
             .await
             .expect("send to the new master");
     }
-    wait_until(
-        "the new master purged past a snapshot",
-        Duration::from_secs(20),
-        || async {
-            let m = group.node(new).raft().metrics().borrow().clone();
-            m.purged.filter(|p| p.index > 20).map(|_| ())
-        },
-    )
-    .await;
+    wait_purged_past(&group, new, 20).await;
     for s in stranded {
         let status = s
             .await
