@@ -10,7 +10,8 @@
 //! | `offsets` | group, topic, queue | consume offset |
 //! | `pop` | group, topic, queue [, offset] | POP cursor, or one delivery in flight |
 
-use std::path::Path;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -40,6 +41,10 @@ pub const LOG_WRITE_BUFFER_BYTES: usize = 64 << 20;
 /// family's write buffers.
 pub const MAX_TOTAL_WAL_BYTES: u64 = 2 * LOG_WRITE_BUFFER_BYTES as u64;
 
+/// Obsolete WAL files kept to be written over instead of creating new ones: at most this many
+/// files of up to about [`MAX_TOTAL_WAL_BYTES`] each stay on disk beside the live WAL.
+pub const RECYCLED_WALS: usize = 2;
+
 /// Kept when [`Db::enable_synced_wal_mark`] was called (fault injection).
 pub use raftmq_common::SYNCED_WAL_MARK;
 
@@ -51,17 +56,75 @@ pub struct Db {
     mark: Mutex<Option<(u64, u64)>>,
 }
 
-/// The newest WAL file of a RocksDB directory: (number, length).
-fn newest_wal(dir: &Path) -> Option<(u64, u64)> {
+/// The newest WAL file of a RocksDB directory: (number, path).
+fn newest_wal(dir: &Path) -> Option<(u64, PathBuf)> {
     std::fs::read_dir(dir)
         .ok()?
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
             let number: u64 = name.strip_suffix(".log")?.parse().ok()?;
-            Some((number, e.metadata().ok()?.len()))
+            Some((number, e.path()))
         })
         .max()
+}
+
+/// RocksDB's WAL framing: 32 KiB blocks of records, each behind a header of checksum (4 bytes),
+/// length (2, little-endian), type (1) and, in the recyclable format, the file's log number
+/// (4, little-endian). A block's last bytes, too few for a header, are zeros.
+const WAL_BLOCK: u64 = 32 * 1024;
+const WAL_RECYCLABLE_HEADER: u64 = 11;
+
+/// Where the records written into WAL file `number` end, reading on from `from` (a record
+/// boundary, or 0). The file's length does not say: a recycled file still holds an earlier
+/// file's records past that point. `None` for a file not in the recyclable format.
+fn wal_records_end(path: &Path, number: u64, from: u64) -> std::io::Result<Option<u64>> {
+    const WINDOW: u64 = 1 << 20;
+    let mut file = std::fs::File::open(path)?;
+    let mut pos = from;
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        file.seek(SeekFrom::Start(pos))?;
+        (&mut file).take(WINDOW).read_to_end(&mut buf)?;
+        let base = pos;
+        let at_eof = (buf.len() as u64) < WINDOW;
+        loop {
+            let i = pos - base;
+            let in_block = WAL_BLOCK - pos % WAL_BLOCK;
+            if in_block < WAL_RECYCLABLE_HEADER {
+                if i + in_block > buf.len() as u64 {
+                    break;
+                }
+                pos += in_block;
+                continue;
+            }
+            let Some(header) = buf.get(i as usize..(i + WAL_RECYCLABLE_HEADER) as usize) else {
+                break;
+            };
+            let kind = header[6];
+            if kind == 0 {
+                return Ok(Some(pos)); // preallocated space
+            }
+            let recyclable = matches!(kind, 5..=8) || (kind >= 10 && kind % 2 == 1);
+            if !recyclable {
+                return Ok(None);
+            }
+            let log = u32::from_le_bytes([header[7], header[8], header[9], header[10]]);
+            if log != number as u32 {
+                return Ok(Some(pos)); // an earlier file's record: this file's end
+            }
+            let next = pos + WAL_RECYCLABLE_HEADER + u64::from(u16::from_le_bytes([header[4], header[5]]));
+            if next - base > buf.len() as u64 {
+                break;
+            }
+            pos = next;
+        }
+        if at_eof || pos == base {
+            // A record cut short by the end of the file was never completely written.
+            return Ok(Some(pos));
+        }
+    }
 }
 
 impl Db {
@@ -79,6 +142,12 @@ impl Db {
         // doubling the disk used and replayed in full after a crash. Past this total, RocksDB
         // flushes the families holding the oldest WAL so it can go.
         opts.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
+        // Every acknowledged write waits for a WAL fsync on the master and on a slave. Into a
+        // fresh WAL file each fsync also commits the file's new length to the filesystem
+        // journal; into a recycled one (already that long) it syncs only the data. RocksDB
+        // tells a recycled file's stale records from new ones by the log number in each
+        // record's header, also when recovering after a power loss (RocksDB 9.1 and later).
+        opts.set_recycle_log_file_num(RECYCLED_WALS);
         let cfs = ALL_CFS.iter().map(|name| {
             let mut cf = Options::default();
             if *name == CF_LOG {
@@ -104,8 +173,8 @@ impl Db {
         self.mark_enabled.store(true, Ordering::SeqCst);
     }
 
-    /// Runs a synced write; with the mark enabled, records what it made durable: the WAL's
-    /// length measured after it returns. That covers the write itself and everything before it
+    /// Runs a synced write; with the mark enabled, records what it made durable: where the
+    /// newest WAL's records end, measured after it returns. That covers the write itself and everything before it
     /// (one fsync syncs the whole file). It may also cover a concurrent unsynced write that
     /// landed in between, which only means the fault never cuts that one; measuring before the
     /// write would leave this write's own synced record outside the mark, to be cut.
@@ -114,14 +183,30 @@ impl Db {
             return sync();
         }
         let result = sync()?;
-        if let Some((number, len)) = newest_wal(self.db.path()) {
+        if let Some((number, path)) = newest_wal(self.db.path()) {
             let mut mark = self.mark.lock().unwrap_or_else(|p| p.into_inner());
+            let from = match *mark {
+                Some((n, end)) if n == number => end,
+                _ => 0,
+            };
+            let end = match wal_records_end(&path, number, from) {
+                Ok(Some(end)) => Ok(end),
+                Ok(None) => std::fs::metadata(&path).map(|m| m.len()),
+                Err(e) => Err(e),
+            };
+            let end = match end {
+                Ok(end) => end,
+                Err(e) => {
+                    tracing::warn!("cannot measure the synced WAL: {e}");
+                    return Ok(result);
+                }
+            };
             // Concurrent syncs may finish out of order: the mark only moves forward.
-            if mark.is_none_or(|m| (number, len) > m) {
-                *mark = Some((number, len));
+            if mark.is_none_or(|m| (number, end) > m) {
+                *mark = Some((number, end));
                 let dir = self.db.path();
                 let tmp = dir.join(format!("{SYNCED_WAL_MARK}.tmp"));
-                let text = format!("{number:06}.log {len}\n");
+                let text = format!("{number:06}.log {end}\n");
                 if let Err(e) =
                     std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, dir.join(SYNCED_WAL_MARK)))
                 {
@@ -164,5 +249,71 @@ impl Db {
 
     pub fn get_meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, rocksdb::Error> {
         self.db.get_cf(self.cf(CF_META), key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(db: &Db, key: u64, value: &[u8]) {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(db.cf(CF_LOG), key.to_be_bytes(), value);
+        db.write(batch, true).unwrap();
+    }
+
+    fn mark(dir: &Path) -> (u64, u64) {
+        let text = std::fs::read_to_string(dir.join(SYNCED_WAL_MARK)).unwrap();
+        let (file, end) = text.trim().split_once(' ').unwrap();
+        (
+            file.strip_suffix(".log").unwrap().parse().unwrap(),
+            end.parse().unwrap(),
+        )
+    }
+
+    /// The fault-injection mark must name where the synced records end also in a recycled WAL,
+    /// which is longer than what was written into it: cutting the file there (what the chaos
+    /// suite's torn-tail fault may do) keeps every synced write, and RocksDB opens it.
+    #[test]
+    fn the_synced_mark_finds_the_end_of_a_recycled_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let value = vec![7u8; 100 << 10];
+        let mut key = 0u64;
+        let (number, end, len) = {
+            let db = Db::open(&path).unwrap();
+            db.enable_synced_wal_mark();
+            // Fill WAL files and flush them away until the newest WAL is a recycled one, written
+            // less than before.
+            let recycled = (0..20).find_map(|round| {
+                for _ in 0..if round < 3 { 20 } else { 5 } {
+                    key += 1;
+                    put(&db, key, &value);
+                }
+                let (number, end) = mark(&path);
+                let len = std::fs::metadata(path.join(format!("{number:06}.log"))).unwrap().len();
+                if len > end {
+                    return Some((number, end, len));
+                }
+                for cf in ALL_CFS {
+                    db.db.flush_cf(db.cf(cf)).unwrap();
+                }
+                None
+            });
+            recycled.expect("a recycled WAL file within 20 rounds")
+        };
+        assert!(end > 0 && end < len, "end {end}, length {len}");
+        let wal = path.join(format!("{number:06}.log"));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&wal)
+            .unwrap()
+            .set_len(end)
+            .unwrap();
+        let db = Db::open(&path).unwrap();
+        for k in 1..=key {
+            let got = db.db.get_cf(db.cf(CF_LOG), k.to_be_bytes()).unwrap();
+            assert_eq!(got.as_deref(), Some(&value[..]), "key {k} of {key}");
+        }
     }
 }
