@@ -50,6 +50,13 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, bincode::error::Encode
     bincode::serde::encode_to_vec(value, bincode_config())
 }
 
+/// [`encode`] into a buffer sized for about `size` bytes.
+pub fn encode_sized<T: Serialize>(value: &T, size: usize) -> Result<Vec<u8>, bincode::error::EncodeError> {
+    let mut out = Vec::with_capacity(size);
+    bincode::serde::encode_into_std_write(value, &mut out, bincode_config())?;
+    Ok(out)
+}
+
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::error::DecodeError> {
     bincode::serde::decode_from_slice(bytes, bincode_config()).map(|(v, _)| v)
 }
@@ -202,6 +209,22 @@ impl Connection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        self.call_sized(method, req, 0, option).await
+    }
+
+    /// [`Self::call`] with the request encoded into a buffer sized for about `size` bytes.
+    async fn call_sized<Req, Resp, E>(
+        &mut self,
+        method: Method,
+        req: &Req,
+        size: usize,
+        option: &RPCOption,
+    ) -> Result<Resp, RpcErr<E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         if self.net.faults.is_cut(self.net.me, self.target) {
             let why = std::io::Error::other(format!(
                 "link {} -> {} is cut (fault injection)",
@@ -209,7 +232,7 @@ impl Connection {
             ));
             return Err(RPCError::Unreachable(Unreachable::new(&why)));
         }
-        let payload = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let payload = encode_sized(req, size).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut request = tonic::Request::new(RaftEnvelope {
             group: self.net.group.clone(),
             from_node_id: self.net.me,
@@ -245,7 +268,13 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr<RaftError<NodeId>>> {
-        self.call(Method::Append, &rpc, &option).await
+        let size = rpc
+            .entries
+            .iter()
+            .map(raftmq_store::log_store::entry_size_hint)
+            .sum::<usize>()
+            + 256;
+        self.call_sized(Method::Append, &rpc, size, &option).await
     }
 
     async fn install_snapshot(

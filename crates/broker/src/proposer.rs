@@ -162,10 +162,7 @@ async fn propose(
     // Store timestamps never go backwards on one master, so a queue's timestamps are ordered.
     *last_ts = now_ms().max(*last_ts);
     let (commands, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.command, p.reply)).unzip();
-    let request = Request {
-        store_timestamp_ms: *last_ts,
-        commands: commands.into(),
-    };
+    let request = Request::new(*last_ts, commands);
     // `client_write_ff` only queues the entry, in order; the result comes through `pending`.
     let pending = raft.client_write_ff(request).await;
     tokio::spawn(async move {

@@ -86,7 +86,9 @@ impl RaftService {
                 envelope.group, envelope.target_node_id, self.group, self.me
             )));
         }
-        let rpc = decode(&envelope.payload)
+        // Requests decoded keep their encoding as a slice of the payload: a slave writes it to
+        // its log as it came.
+        let rpc = raftmq_store::decode_sharing(&envelope.payload, || decode(&envelope.payload))
             .map_err(|e| ErrorCode::InvalidArgument.status(format!("undecodable raft message: {e}")))?;
         Ok((envelope, rpc))
     }

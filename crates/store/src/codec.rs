@@ -21,7 +21,14 @@ fn config() -> bincode::config::Configuration {
 
 /// Encodes a value with its checksum.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut out = vec![0u8; 4];
+    encode_sized(value, 0)
+}
+
+/// [`encode`] into a buffer sized for about `size_hint` bytes of payload, so a large record is
+/// not copied again each time the buffer grows.
+pub fn encode_sized<T: Serialize>(value: &T, size_hint: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + size_hint);
+    out.extend_from_slice(&[0u8; 4]);
     // Encoding into a Vec cannot fail for our types (no maps with non-string keys, no unsized
     // sequences); a failure would be a programming error caught by every test.
     bincode::serde::encode_into_std_write(value, &mut out, config()).expect("bincode encoding into a Vec");

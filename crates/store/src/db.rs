@@ -33,6 +33,12 @@ pub const META_APPLIED: &[u8] = b"applied";
 pub const META_MEMBERSHIP: &[u8] = b"membership";
 pub const META_SNAPSHOT: &[u8] = b"snapshot";
 pub const META_INSTALLING: &[u8] = b"installing";
+pub const META_FORMAT: &[u8] = b"format";
+
+/// How log entries are encoded. 2: a request is one byte string (its fields' encoding, made
+/// once and copied as is). Stores without a recorded format were written in format 1 (fields
+/// inline), which this build cannot read.
+pub const STORE_FORMAT: u32 = 2;
 
 /// Write buffer (memtable) of the log family, where every message body lands first.
 pub const LOG_WRITE_BUFFER_BYTES: usize = 64 << 20;

@@ -71,6 +71,8 @@ pub enum OpenError {
     Corrupt { path: String, detail: String },
     #[error("data in {path} went backwards: {detail}; the node refuses to start")]
     WentBackwards { path: String, detail: String },
+    #[error("the store in {path} is in format {found}, and this build reads format {expected} only; the node refuses to start (run the build that wrote it, or wipe the directory and let the node rejoin its group as a new node)")]
+    Format { path: String, found: u32, expected: u32 },
 }
 
 /// An opened store: the halves openraft takes, and a reader for clients.
@@ -124,6 +126,14 @@ impl Store {
             detail,
         };
 
+        check_format(&db).map_err(|e| match e {
+            Ok(found) => OpenError::Format {
+                path: shown.clone(),
+                found,
+                expected: db::STORE_FORMAT,
+            },
+            Err(detail) => corrupt(detail),
+        })?;
         let recovered = check_log(&db).map_err(corrupt)?;
         if let Some(bytes) = db.get_meta(META_VOTE).map_err(|e| corrupt(e.to_string()))? {
             codec::decode::<Vote>(&bytes, || "vote".into()).map_err(|e| corrupt(e.to_string()))?;
@@ -217,6 +227,35 @@ impl Store {
 }
 
 /// Verifies every log record's checksum and that the indexes are contiguous.
+/// Checks the store's format, recording it in a new store. `Err(Ok(found))`: another format.
+fn check_format(db: &Db) -> Result<(), Result<u32, String>> {
+    let stored = db.get_meta(db::META_FORMAT).map_err(|e| Err(e.to_string()))?;
+    let found = match stored {
+        Some(bytes) => codec::decode::<u32>(&bytes, || "store format".into()).map_err(|e| Err(e.to_string()))?,
+        None => {
+            let used = db.db.iterator_cf(db.cf(CF_LOG), IteratorMode::Start).next().is_some()
+                || db
+                    .db
+                    .iterator_cf(db.cf(db::CF_META), IteratorMode::Start)
+                    .next()
+                    .is_some();
+            if used {
+                1
+            } else {
+                let mut batch = rocksdb::WriteBatch::default();
+                batch.put_cf(db.cf(db::CF_META), db::META_FORMAT, codec::encode(&db::STORE_FORMAT));
+                db.write(batch, true).map_err(|e| Err(e.to_string()))?;
+                db::STORE_FORMAT
+            }
+        }
+    };
+    if found == db::STORE_FORMAT {
+        Ok(())
+    } else {
+        Err(Ok(found))
+    }
+}
+
 fn check_log(db: &Db) -> Result<Recovered, String> {
     let mut recovered = Recovered::default();
     let mut expected: Option<u64> = None;

@@ -313,9 +313,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = WriteBatch::default();
         let mut appended = Vec::new();
         for entry in entries {
-            let bytes = codec::encode(&entry);
+            let bytes = codec::encode_sized(&entry, entry_size_hint(&entry));
             batch.put_cf(cf, keys::log(entry.get_log_id().index), &bytes);
-            appended.push((entry, bytes.len()));
+            // Cached, the entry holds its decoded commands and, most often, its request's
+            // encoding too: about twice the record.
+            let held = bytes.len() + entry_size_hint(&entry);
+            appended.push((entry, held));
         }
         // openraft 0.9's core waits for this append to be flushed before it does anything else
         // (replicating it included), so the sync is made here, in the one write: handing it to
@@ -363,6 +366,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         *self.shared.last_purged.lock().unwrap_or_else(|p| p.into_inner()) = Some(log_id);
         self.cache().purge_upto(log_id.index);
         Ok(())
+    }
+}
+
+/// About the bytes an entry's encoding takes: its request's encoding, plus room for the rest.
+pub fn entry_size_hint(entry: &Entry) -> usize {
+    match &entry.payload {
+        openraft::EntryPayload::Normal(request) => request.encoded_len() + 64,
+        _ => 256,
     }
 }
 

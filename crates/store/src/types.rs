@@ -199,19 +199,167 @@ pub struct Pop {
 }
 
 /// A Raft log entry's application data: a batch of commands proposed together.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Stored and sent as one byte string holding the bincode encoding of its two fields. That
+/// encoding is made once, by the master when it proposes the entry, and kept with it: writing
+/// the entry to the log and sending it to every slave copy those bytes instead of encoding each
+/// message again. A slave keeps the bytes it received (a slice of the request, not a copy) for
+/// its own log write.
+#[derive(Clone, Default)]
 pub struct Request {
     /// The master's clock when it proposed the entry: every message's store timestamp.
     pub store_timestamp_ms: i64,
     /// Shared, so the copies of an entry that openraft asks for (to replicate it, to apply it)
-    /// cost a reference count, not a copy of every body. Encoded exactly as a `Vec` would be.
+    /// cost a reference count, not a copy of every body.
     pub commands: std::sync::Arc<[Command]>,
+    /// The encoding of the fields above, when known; `None` for an entry read back from disk,
+    /// which is encoded again if it is ever sent.
+    encoded: Option<bytes::Bytes>,
+}
+
+#[derive(Serialize)]
+struct RequestFields<'a> {
+    store_timestamp_ms: i64,
+    commands: &'a [Command],
+}
+
+#[derive(Deserialize)]
+struct OwnedRequestFields {
+    store_timestamp_ms: i64,
+    commands: Vec<Command>,
+}
+
+impl Request {
+    /// A request with its encoding made now.
+    pub fn new(store_timestamp_ms: i64, commands: Vec<Command>) -> Request {
+        let mut request = Request {
+            store_timestamp_ms,
+            commands: commands.into(),
+            encoded: None,
+        };
+        request.encoded = Some(request.encode_fields().into());
+        request
+    }
+
+    fn encode_fields(&self) -> Vec<u8> {
+        let fields = RequestFields {
+            store_timestamp_ms: self.store_timestamp_ms,
+            commands: &self.commands,
+        };
+        // Encoding into a Vec cannot fail for these types (see `codec::encode`).
+        bincode::serde::encode_to_vec(&fields, bincode::config::standard()).expect("bincode encoding into a Vec")
+    }
+
+    /// Bytes its stored form takes, about (to size buffers).
+    pub fn encoded_len(&self) -> usize {
+        self.encoded.as_ref().map_or(0, |b| b.len())
+    }
+
+    fn decode_fields(bytes: &[u8], encoded: Option<bytes::Bytes>) -> Result<Request, String> {
+        let (fields, used): (OwnedRequestFields, usize) =
+            bincode::serde::decode_from_slice(bytes, bincode::config::standard()).map_err(|e| e.to_string())?;
+        if used != bytes.len() {
+            return Err(format!("{} trailing bytes after a request", bytes.len() - used));
+        }
+        Ok(Request {
+            store_timestamp_ms: fields.store_timestamp_ms,
+            commands: fields.commands.into(),
+            encoded,
+        })
+    }
+}
+
+impl PartialEq for Request {
+    fn eq(&self, other: &Self) -> bool {
+        self.store_timestamp_ms == other.store_timestamp_ms && self.commands == other.commands
+    }
+}
+
+impl Eq for Request {}
+
+impl fmt::Debug for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Request")
+            .field("store_timestamp_ms", &self.store_timestamp_ms)
+            .field("commands", &self.commands)
+            .finish()
+    }
 }
 
 impl fmt::Display for Request {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Request({} commands)", self.commands.len())
     }
+}
+
+impl Serialize for Request {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match &self.encoded {
+            Some(bytes) => serializer.serialize_bytes(bytes),
+            None => serializer.serialize_bytes(&self.encode_fields()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Request {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Request;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an encoded request")
+            }
+            fn visit_borrowed_bytes<E: serde::de::Error>(self, v: &'de [u8]) -> Result<Request, E> {
+                Request::decode_fields(v, shared_source::slice(v)).map_err(E::custom)
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Request, E> {
+                Request::decode_fields(v, None).map_err(E::custom)
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Request, E> {
+                let request = Request::decode_fields(&v, None).map_err(E::custom)?;
+                Ok(Request {
+                    encoded: Some(v.into()),
+                    ..request
+                })
+            }
+        }
+        deserializer.deserialize_bytes(Visit)
+    }
+}
+
+/// Decoding from a buffer that is already shared (`Bytes`), a request keeps a slice of it as its
+/// encoding instead of nothing: see [`decode_sharing`].
+mod shared_source {
+    use std::cell::RefCell;
+
+    thread_local! {
+        static SOURCE: RefCell<Option<bytes::Bytes>> = const { RefCell::new(None) };
+    }
+
+    /// Runs `decode` with `source` as the buffer that decoded byte strings may be slices of.
+    pub fn with<T>(source: &bytes::Bytes, decode: impl FnOnce() -> T) -> T {
+        let previous = SOURCE.with(|s| s.replace(Some(source.clone())));
+        let result = decode();
+        SOURCE.with(|s| *s.borrow_mut() = previous);
+        result
+    }
+
+    /// `part` as a slice of the current source, if it lies inside it.
+    pub fn slice(part: &[u8]) -> Option<bytes::Bytes> {
+        SOURCE.with(|s| {
+            let source = s.borrow();
+            let source = source.as_ref()?;
+            let (start, end) = (source.as_ptr() as usize, source.as_ptr() as usize + source.len());
+            let at = part.as_ptr() as usize;
+            (at >= start && at + part.len() <= end).then(|| source.slice_ref(part))
+        })
+    }
+}
+
+/// Runs `decode` (which decodes from `source`) so that every [`Request`] decoded keeps its
+/// encoding as a slice of `source`, to write or send it again without encoding it.
+pub fn decode_sharing<T>(source: &bytes::Bytes, decode: impl FnOnce() -> T) -> T {
+    shared_source::with(source, decode)
 }
 
 /// Why the state machine refused a command. Deterministic: every replica refuses the same way.
@@ -251,4 +399,68 @@ pub struct Response {
     pub log_index: u64,
     /// One result per command of the request, in order; empty for entries without a request.
     pub results: Vec<CommandResult>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> Request {
+        let message = MessageIn {
+            tags: "t".into(),
+            keys: "k".into(),
+            properties: vec![("a".into(), "b".into())],
+            body: b"body".to_vec(),
+            born_timestamp_ms: 7,
+            body_crc: 9,
+        };
+        Request::new(
+            1_000,
+            vec![Command::Send {
+                topic: "T".into(),
+                queue_id: 1,
+                messages: vec![message; 3],
+            }],
+        )
+    }
+
+    /// An entry decoded from a received buffer re-encodes to the same bytes from a slice of
+    /// that buffer (no copy, no encoding); one decoded from disk carries no encoding and makes
+    /// the same bytes again when asked.
+    #[test]
+    fn a_request_keeps_its_encoding_where_it_can() {
+        let original = request();
+        let config = bincode::config::standard();
+        let wire = bytes::Bytes::from(bincode::serde::encode_to_vec(&original, config).unwrap());
+
+        let (shared, _): (Request, usize) =
+            decode_sharing(&wire, || bincode::serde::decode_from_slice(&wire, config).unwrap());
+        assert_eq!(shared, original);
+        let kept = shared.encoded.as_ref().expect("a slice of the received buffer");
+        let inside = wire.as_ptr() as usize..wire.as_ptr() as usize + wire.len();
+        assert!(inside.contains(&(kept.as_ptr() as usize)));
+        assert_eq!(bincode::serde::encode_to_vec(&shared, config).unwrap(), wire[..]);
+
+        let (plain, _): (Request, usize) = bincode::serde::decode_from_slice(&wire, config).unwrap();
+        assert_eq!(plain, original);
+        assert!(plain.encoded.is_none());
+        assert_eq!(bincode::serde::encode_to_vec(&plain, config).unwrap(), wire[..]);
+    }
+
+    /// Bytes that are not a request's encoding (format 1 stored the fields inline) fail to
+    /// decode rather than decoding into something else.
+    #[test]
+    fn fields_written_inline_do_not_decode_as_a_request() {
+        let original = request();
+        let config = bincode::config::standard();
+        let inline = bincode::serde::encode_to_vec(
+            &RequestFields {
+                store_timestamp_ms: original.store_timestamp_ms,
+                commands: &original.commands,
+            },
+            config,
+        )
+        .unwrap();
+        assert!(bincode::serde::decode_from_slice::<Request, _>(&inline, config).is_err());
+    }
 }

@@ -16,10 +16,7 @@ fn log_id(index: u64) -> LogId {
 fn entry(index: u64, ts: i64, commands: Vec<Command>) -> Entry {
     Entry {
         log_id: log_id(index),
-        payload: EntryPayload::Normal(Request {
-            store_timestamp_ms: ts,
-            commands: commands.into(),
-        }),
+        payload: EntryPayload::Normal(Request::new(ts, commands)),
     }
 }
 

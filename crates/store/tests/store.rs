@@ -16,10 +16,7 @@ fn log_id(index: u64) -> LogId {
 fn entry(index: u64, commands: Vec<Command>) -> Entry {
     Entry {
         log_id: log_id(index),
-        payload: EntryPayload::Normal(Request {
-            store_timestamp_ms: 1_000 + index as i64,
-            commands: commands.into(),
-        }),
+        payload: EntryPayload::Normal(Request::new(1_000 + index as i64, commands)),
     }
 }
 
@@ -578,6 +575,53 @@ async fn a_snapshot_whose_checkpoint_is_gone_is_not_handed_out() {
     let rebuilt = build_snapshot(&mut store).await;
     assert_eq!(rebuilt.meta.last_log_id, Some(log_id(1)));
     assert!(store.state_machine.get_current_snapshot().await.unwrap().is_some());
+}
+
+/// A store written by a build with another log format (one without a recorded format is
+/// format 1) is refused with a message naming both formats, never read as garbage; a store
+/// this build wrote opens again.
+#[tokio::test]
+async fn a_store_in_another_format_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut store = open(dir.path());
+        commit(
+            &mut store,
+            vec![
+                entry(1, vec![topic("T", 1)]),
+                entry(2, vec![send("T", 0, &[("payload", "")])]),
+            ],
+        )
+        .await;
+    }
+    let store = open(dir.path());
+    assert_eq!(store.reader.get("T", 0, 0).unwrap().unwrap().body, b"payload");
+    drop(store);
+    let reopen_as = |format: Option<u32>| {
+        {
+            let db = raftmq_store::db::Db::open(&dir.path().join("db")).unwrap();
+            let cf = db.cf(raftmq_store::db::CF_META);
+            match format {
+                Some(f) => db
+                    .db
+                    .put_cf(cf, raftmq_store::db::META_FORMAT, raftmq_store::codec::encode(&f)),
+                None => db.db.delete_cf(cf, raftmq_store::db::META_FORMAT),
+            }
+            .unwrap();
+        }
+        match Store::open(dir.path(), StoreOptions::default()) {
+            Err(e) => e,
+            Ok(_) => panic!("a store in format {format:?} opened"),
+        }
+    };
+    for (format, found) in [(None, 1), (Some(3), 3)] {
+        let err = reopen_as(format);
+        assert!(
+            matches!(err, OpenError::Format { found: f, expected: 2, .. } if f == found),
+            "{err}"
+        );
+        assert!(err.to_string().contains(&format!("format {found}")), "{err}");
+    }
 }
 
 #[tokio::test]
