@@ -577,29 +577,36 @@ async fn a_snapshot_whose_checkpoint_is_gone_is_not_handed_out() {
     assert!(store.state_machine.get_current_snapshot().await.unwrap().is_some());
 }
 
+/// Stores topic T (entry 1) and message "payload" in its queue 0 (entry 2), then `more`, and
+/// closes the store.
+async fn store_one_message(dir: &Path, more: Vec<Entry>) {
+    let mut store = open(dir);
+    let mut entries = vec![
+        entry(1, vec![topic("T", 1)]),
+        entry(2, vec![send("T", 0, &[("payload", "")])]),
+    ];
+    entries.extend(more);
+    commit(&mut store, entries).await;
+}
+
+/// Changes a closed store's database directly, as a bad disk or another build would.
+fn edit_db(dir: &Path, edit: impl FnOnce(&raftmq_store::db::Db)) {
+    let db = raftmq_store::db::Db::open(&dir.join("db")).unwrap();
+    edit(&db);
+}
+
 /// A store written by a build with another log format (one without a recorded format is
 /// format 1) is refused with a message naming both formats, never read as garbage; a store
 /// this build wrote opens again.
 #[tokio::test]
 async fn a_store_in_another_format_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let mut store = open(dir.path());
-        commit(
-            &mut store,
-            vec![
-                entry(1, vec![topic("T", 1)]),
-                entry(2, vec![send("T", 0, &[("payload", "")])]),
-            ],
-        )
-        .await;
-    }
+    store_one_message(dir.path(), vec![]).await;
     let store = open(dir.path());
     assert_eq!(store.reader.get("T", 0, 0).unwrap().unwrap().body, b"payload");
     drop(store);
     let reopen_as = |format: Option<u32>| {
-        {
-            let db = raftmq_store::db::Db::open(&dir.path().join("db")).unwrap();
+        edit_db(dir.path(), |db| {
             let cf = db.cf(raftmq_store::db::CF_META);
             match format {
                 Some(f) => db
@@ -608,7 +615,7 @@ async fn a_store_in_another_format_is_refused_by_name() {
                 None => db.db.delete_cf(cf, raftmq_store::db::META_FORMAT),
             }
             .unwrap();
-        }
+        });
         match Store::open(dir.path(), StoreOptions::default()) {
             Err(e) => e,
             Ok(_) => panic!("a store in format {format:?} opened"),
@@ -627,28 +634,16 @@ async fn a_store_in_another_format_is_refused_by_name() {
 #[tokio::test]
 async fn a_corrupted_committed_record_stops_the_node() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let mut store = open(dir.path());
-        commit(
-            &mut store,
-            vec![
-                entry(1, vec![topic("T", 1)]),
-                entry(2, vec![send("T", 0, &[("payload", "")])]),
-                entry(3, vec![]),
-            ],
-        )
-        .await;
-    }
+    store_one_message(dir.path(), vec![entry(3, vec![])]).await;
     // Flip one byte of entry 2, as a bad disk would.
-    {
-        let db = raftmq_store::db::Db::open(&dir.path().join("db")).unwrap();
+    edit_db(dir.path(), |db| {
         let cf = db.cf(raftmq_store::db::CF_LOG);
         let key = raftmq_store::keys::log(2);
         let mut value = db.db.get_cf(cf, key).unwrap().unwrap();
         let last = value.len() - 2;
         value[last] ^= 0xff;
         db.db.put_cf(cf, key, value).unwrap();
-    }
+    });
     let err = match Store::open(dir.path(), StoreOptions::default()) {
         Err(e) => e,
         Ok(_) => panic!("a corrupted store opened"),
