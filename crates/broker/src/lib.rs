@@ -4,6 +4,7 @@
 //! write is acknowledged only after its entry is committed (synced on a majority); reads serve
 //! only applied, hence committed, entries.
 
+pub mod append_link;
 pub mod config;
 pub mod consumers;
 pub mod error;

@@ -28,6 +28,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::append_link;
+
 /// Snapshot chunk size when openraft names none.
 const DEFAULT_SNAPSHOT_CHUNK: usize = 3 << 20;
 /// Most tries of one snapshot chunk before the transfer starts over.
@@ -53,6 +55,14 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, bincode::error::Encode
 /// [`encode`] into a buffer sized for about `size` bytes.
 pub fn encode_sized<T: Serialize>(value: &T, size: usize) -> Result<Vec<u8>, bincode::error::EncodeError> {
     let mut out = Vec::with_capacity(size);
+    bincode::serde::encode_into_std_write(value, &mut out, bincode_config())?;
+    Ok(out)
+}
+
+/// [`encode_sized`] behind four bytes left for a frame's length (see `append_link`).
+pub fn encode_framed<T: Serialize>(value: &T, size: usize) -> Result<Vec<u8>, bincode::error::EncodeError> {
+    let mut out = Vec::with_capacity(size + 4);
+    out.extend_from_slice(&[0u8; 4]);
     bincode::serde::encode_into_std_write(value, &mut out, bincode_config())?;
     Ok(out)
 }
@@ -131,6 +141,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.raft_addr.clone(),
             client: None,
+            append: None,
         }
     }
 }
@@ -142,11 +153,12 @@ pub struct Connection {
     target: NodeId,
     addr: String,
     client: Option<RaftTransportClient<Channel>>,
+    /// The AppendEntries connection (see `append_link`), once open.
+    append: Option<tokio::net::TcpStream>,
 }
 
 #[derive(Clone, Copy)]
 enum Method {
-    Append,
     Vote,
     Snapshot,
 }
@@ -242,7 +254,6 @@ impl Connection {
         request.set_timeout(option.hard_ttl().min(self.net.timeout.max(option.soft_ttl())));
         let mut client = self.client().map_err(RPCError::Unreachable)?;
         let reply = match method {
-            Method::Append => client.append_entries(request).await,
             Method::Vote => client.vote(request).await,
             Method::Snapshot => client.install_snapshot(request).await,
         };
@@ -268,13 +279,54 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr<RaftError<NodeId>>> {
+        if self.net.faults.is_cut(self.net.me, self.target) {
+            let why = std::io::Error::other(format!(
+                "link {} -> {} is cut (fault injection)",
+                self.net.me, self.target
+            ));
+            return Err(RPCError::Unreachable(Unreachable::new(&why)));
+        }
         let size = rpc
             .entries
             .iter()
             .map(raftmq_store::log_store::entry_size_hint)
             .sum::<usize>()
             + 256;
-        self.call_sized(Method::Append, &rpc, size, &option).await
+        let frame = encode_framed(&rpc, size).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let timeout = option.hard_ttl().min(self.net.timeout.max(option.soft_ttl()));
+        let stream = self.append.take();
+        let hello = append_link::Hello {
+            group: self.net.group.clone(),
+            from: self.net.me,
+            target: self.target,
+        };
+        let (addr, connect_timeout) = (self.addr.clone(), self.net.timeout);
+        let exchange = async move {
+            let mut stream = match stream {
+                Some(stream) => stream,
+                // Not reachable (refused, or not this node): openraft backs off before retrying.
+                None => append_link::connect(&addr, &hello, connect_timeout)
+                    .await
+                    .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?,
+            };
+            let net = |e: std::io::Error| RPCError::Network(NetworkError::new(&e));
+            append_link::write_frame(&mut stream, frame).await.map_err(net)?;
+            let body = append_link::read_frame(&mut stream).await.map_err(net)?;
+            Ok::<_, RpcErr<RaftError<NodeId>>>((stream, body))
+        };
+        // On any failure the connection is dropped: a late answer must not be read as the
+        // answer to the next request.
+        let (stream, body) = match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => result?,
+            Err(_) => {
+                let why = std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no answer within {timeout:?}"));
+                return Err(RPCError::Network(NetworkError::new(&why)));
+            }
+        };
+        self.append = Some(stream);
+        let result: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
+            decode(&body).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 
     async fn install_snapshot(

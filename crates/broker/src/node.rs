@@ -179,12 +179,20 @@ impl Broker {
         let rocketmq =
             raftmq_v5::MessagingService::new(Arc::new(crate::v5::RocketMqBroker::new(state.clone())), stopped.clone())
                 .server();
+        let last_append = Arc::new(std::sync::Mutex::new(std::time::Instant::now()));
+        let append_server = crate::append_link::AppendServer {
+            group: state.config.group.clone(),
+            me: state.config.node_id,
+            raft: raft.clone(),
+            last_append: last_append.clone(),
+            stop: stopped.clone(),
+        };
         let raft_service = || {
             RaftTransportServer::new(RaftService {
                 group: state.config.group.clone(),
                 me: state.config.node_id,
                 raft: raft.clone(),
-                last_append: Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
+                last_append: last_append.clone(),
                 leader_silence: Duration::from_millis(state.config.election_timeout_min_ms),
                 faults: state.faults.clone(),
             })
@@ -192,13 +200,20 @@ impl Broker {
             .max_encoding_message_size(MAX_RAFT_MESSAGE)
         };
         let client_addr = listeners.client.local_addr()?;
-        let serve = |router: tonic::transport::server::Router, listener: TcpListener| {
+        // Raft's port (the client port when they are the same) also takes AppendEntries
+        // connections (see `append_link`).
+        let serve = |router: tonic::transport::server::Router, listener: TcpListener, raft_port: bool| {
             let mut stopped = stopped.clone();
-            tokio::spawn(
-                router.serve_with_incoming_shutdown(raftmq_common::runtime::incoming(listener), async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                }),
-            )
+            let incoming: std::pin::Pin<
+                Box<dyn futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send>,
+            > = if raft_port {
+                Box::pin(append_server.clone().split(listener))
+            } else {
+                Box::pin(raftmq_common::runtime::incoming(listener))
+            };
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            }))
         };
         let mut servers = Vec::new();
         match listeners.raft {
@@ -208,6 +223,7 @@ impl Broker {
                     .add_service(rocketmq)
                     .add_service(raft_service()),
                 listeners.client,
+                true,
             )),
             Some(raft_listener) => {
                 servers.push(serve(
@@ -215,10 +231,12 @@ impl Broker {
                         .add_service(broker_service)
                         .add_service(rocketmq),
                     listeners.client,
+                    false,
                 ));
                 servers.push(serve(
                     tonic::transport::Server::builder().add_service(raft_service()),
                     raft_listener,
+                    true,
                 ));
             }
         }

@@ -868,3 +868,74 @@ async fn raft_messages_for_another_node_are_rejected() {
     assert!(err.message().contains("undecodable"), "{err:?}");
     group.shutdown().await;
 }
+
+/// The plain-TCP AppendEntries link (see `raftmq_broker::append_link`) checks its hello as the
+/// gRPC envelope is checked, and a connection that sends garbage is closed without harm: the
+/// node keeps replicating and serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_connections_for_another_node_are_refused_and_garbage_closes_them() {
+    use raftmq_broker::append_link::{connect, read_frame, Hello};
+    use tokio::io::AsyncWriteExt;
+    let group = Group::start(3, |_| {}).await;
+    let master = group.wait_for_master(ELECTION).await;
+    let slave = group.ids().into_iter().find(|id| *id != master).unwrap();
+    let timeout = Duration::from_secs(5);
+    for (group_name, target) in [("broker-a", master), ("broker-b", slave)] {
+        let hello = Hello {
+            group: group_name.into(),
+            from: master,
+            target,
+        };
+        let err = connect(&group.addr(slave), &hello, timeout).await.unwrap_err();
+        assert!(err.to_string().contains("reached"), "{err}");
+    }
+    // A well-formed hello, then a frame that is no AppendEntries, then one over the size limit.
+    for garbage in [
+        [7u8, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7].to_vec(),
+        u32::MAX.to_le_bytes().to_vec(),
+    ] {
+        let hello = Hello {
+            group: "broker-a".into(),
+            from: master,
+            target: slave,
+        };
+        let mut stream = connect(&group.addr(slave), &hello, timeout)
+            .await
+            .expect("hello accepted");
+        stream.write_all(&garbage).await.unwrap();
+        let closed = tokio::time::timeout(timeout, read_frame(&mut stream))
+            .await
+            .expect("closed in time");
+        assert!(closed.is_err(), "a garbage frame was answered: {closed:?}");
+    }
+    // The group still commits, and the slave still has everything.
+    create_topic(&group, master, "T", 1).await;
+    let sent = group
+        .client(master)
+        .await
+        .send(pb::SendRequest {
+            topic: "T".into(),
+            queue_id: 0,
+            messages: vec![message("after garbage", "")],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    group.wait_caught_up(master, Duration::from_secs(10)).await;
+    let pulled = group
+        .client(slave)
+        .await
+        .pull(pb::PullRequest {
+            topic: "T".into(),
+            queue_id: 0,
+            offset: 0,
+            max_messages: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(pulled.messages.len(), 1, "{sent:?}");
+    assert_eq!(pulled.messages[0].body, b"after garbage");
+    group.shutdown().await;
+}

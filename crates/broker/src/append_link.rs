@@ -1,0 +1,182 @@
+//! AppendEntries between the nodes of a group over a plain TCP connection instead of gRPC.
+//!
+//! Every entry a master replicates goes through AppendEntries, one request at a time per
+//! slave, and its round trip is on the path of every acknowledgement. Over gRPC a round trip cost
+//! about 0.5 ms more than the slave's handling of it (measured: docs/benchmarks.md): the
+//! request passes through tonic's buffer task and HTTP/2 connection tasks on both sides and a
+//! task spawned per request. Here the replication task writes the request on its own connection
+//! and the slave answers from one task per connection.
+//!
+//! The connection shares the Raft port with gRPC: it opens with [`MAGIC`], which an HTTP/2
+//! client never sends, and a hello naming the group and both nodes, which the slave checks as it
+//! checks a gRPC envelope. Then each frame is a little-endian u32 length and a bincode body: an
+//! `AppendEntriesRequest` one way, the `Result` openraft returned the other.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::Raft;
+use raftmq_store::{NodeId, TypeConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::network::{decode, encode_framed, MAX_RAFT_MESSAGE};
+
+/// The first bytes of an AppendEntries connection.
+pub const MAGIC: &[u8; 8] = b"RMQAPND1";
+
+/// Who opens the connection, to whom, in which group.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Hello {
+    pub group: String,
+    pub from: NodeId,
+    pub target: NodeId,
+}
+
+/// Reads one frame's body.
+pub async fn read_frame(stream: &mut TcpStream) -> std::io::Result<bytes::Bytes> {
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).await?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_RAFT_MESSAGE {
+        return Err(std::io::Error::other(format!(
+            "a frame of {len} bytes is over the limit"
+        )));
+    }
+    let mut body = bytes::BytesMut::zeroed(len);
+    stream.read_exact(&mut body).await?;
+    Ok(body.freeze())
+}
+
+/// Writes a frame made by [`encode_framed`] (its first four bytes are the length).
+pub async fn write_frame(stream: &mut TcpStream, mut frame: Vec<u8>) -> std::io::Result<()> {
+    let len = u32::try_from(frame.len() - 4).map_err(std::io::Error::other)?;
+    frame[..4].copy_from_slice(&len.to_le_bytes());
+    stream.write_all(&frame).await
+}
+
+/// What the slave side needs: its group and id, its Raft, and where it notes the leader's
+/// last append (see `RaftService::last_append`).
+#[derive(Clone)]
+pub struct AppendServer {
+    pub group: String,
+    pub me: NodeId,
+    pub raft: Raft<TypeConfig>,
+    pub last_append: Arc<Mutex<Instant>>,
+    /// Turns true when the node stops: every connection closes.
+    pub stop: tokio::sync::watch::Receiver<bool>,
+}
+
+impl AppendServer {
+    /// Serves one connection that opened with [`MAGIC`] (not yet read) until it closes.
+    pub async fn serve(self, mut stream: TcpStream) {
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            result = self.serve_inner(&mut stream) => {
+                if let Err(e) = result {
+                    tracing::debug!("append connection closed: {e}");
+                }
+            }
+            _ = stop.wait_for(|s| *s) => {}
+        }
+    }
+
+    /// The connections `listener` accepts, `TCP_NODELAY` set, for gRPC; those that open with
+    /// [`MAGIC`] are served here instead. Ends when the stream is dropped.
+    pub fn split(self, listener: tokio::net::TcpListener) -> impl futures::Stream<Item = std::io::Result<TcpStream>> {
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<TcpStream>>(16);
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    _ = tx.closed() => break,
+                };
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        continue;
+                    }
+                };
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::debug!("cannot set TCP_NODELAY: {e}");
+                }
+                let (tx, server) = (tx.clone(), self.clone());
+                tokio::spawn(async move {
+                    // Both kinds of client speak first; one that stays silent goes to gRPC.
+                    let append = tokio::time::timeout(Duration::from_secs(5), starts_with_magic(&stream))
+                        .await
+                        .unwrap_or(false);
+                    if append {
+                        server.serve(stream).await;
+                    } else {
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                });
+            }
+        });
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+    }
+
+    async fn serve_inner(&self, stream: &mut TcpStream) -> std::io::Result<()> {
+        let mut magic = [0u8; 8];
+        stream.read_exact(&mut magic).await?;
+        let hello: Hello = decode(&read_frame(stream).await?).map_err(std::io::Error::other)?;
+        let accepted: Result<(), String> = if hello.group != self.group || hello.target != self.me {
+            Err(format!(
+                "append connection for {}/{} reached {}/{}",
+                hello.group, hello.target, self.group, self.me
+            ))
+        } else {
+            Ok(())
+        };
+        write_frame(stream, encode_framed(&accepted, 64).map_err(std::io::Error::other)?).await?;
+        if accepted.is_err() {
+            return Ok(());
+        }
+        loop {
+            let body = read_frame(stream).await?;
+            // Requests keep their encoding as a slice of the frame: the slave writes it to its
+            // log as it came.
+            let rpc = raftmq_store::decode_sharing(&body, || decode(&body)).map_err(std::io::Error::other)?;
+            let result = self.raft.append_entries(rpc).await;
+            if result.is_ok() {
+                *self.last_append.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+            }
+            write_frame(stream, encode_framed(&result, 256).map_err(std::io::Error::other)?).await?;
+        }
+    }
+}
+
+/// Opens an AppendEntries connection and says hello; the answer tells whether the other side
+/// is the node asked for.
+pub async fn connect(addr: &str, hello: &Hello, timeout: Duration) -> std::io::Result<TcpStream> {
+    let mut stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connecting to {addr}")))??;
+    stream.set_nodelay(true)?;
+    let mut first = MAGIC.to_vec();
+    first.extend_from_slice(&encode_framed(hello, 64).map_err(std::io::Error::other)?);
+    let len = u32::try_from(first.len() - 12).map_err(std::io::Error::other)?;
+    first[8..12].copy_from_slice(&len.to_le_bytes());
+    stream.write_all(&first).await?;
+    let answer = tokio::time::timeout(timeout, read_frame(&mut stream))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("hello to {addr}")))??;
+    let accepted: Result<(), String> = decode(&answer).map_err(std::io::Error::other)?;
+    accepted.map_err(std::io::Error::other)?;
+    Ok(stream)
+}
+
+/// Whether the first bytes waiting on `stream` are [`MAGIC`] (waits until enough have arrived).
+async fn starts_with_magic(stream: &TcpStream) -> bool {
+    let mut first = [0u8; 8];
+    loop {
+        match stream.peek(&mut first).await {
+            Ok(n) if n >= first.len() => return &first == MAGIC,
+            Ok(n) if n > 0 && first[..n] != MAGIC[..n] => return false,
+            Ok(0) | Err(_) => return false,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+        }
+    }
+}
