@@ -43,8 +43,15 @@ pub async fn read_frame(stream: &mut TcpStream) -> std::io::Result<bytes::Bytes>
             "a frame of {len} bytes is over the limit"
         )));
     }
-    let mut body = bytes::BytesMut::zeroed(len);
-    stream.read_exact(&mut body).await?;
+    // Grown as the bytes arrive, not allocated whole from a length the peer claims.
+    let mut body = bytes::BytesMut::with_capacity(len.min(4 << 20));
+    while body.len() < len {
+        body.reserve((len - body.len()).min(4 << 20));
+        let want = (len - body.len()) as u64;
+        if (&mut *stream).take(want).read_buf(&mut body).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
     Ok(body.freeze())
 }
 
@@ -140,8 +147,12 @@ impl AppendServer {
             // log as it came.
             let rpc = raftmq_store::decode_sharing(&body, || decode(&body)).map_err(std::io::Error::other)?;
             let result = self.raft.append_entries(rpc).await;
-            if result.is_ok() {
-                *self.last_append.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+            match &result {
+                Ok(_) => *self.last_append.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now(),
+                // This node's Raft has stopped: the connection goes, so the master connects
+                // again (to whatever serves this address next) instead of hearing errors.
+                Err(openraft::error::RaftError::Fatal(_)) => return Ok(()),
+                Err(_) => {}
             }
             write_frame(stream, encode_framed(&result, 256).map_err(std::io::Error::other)?).await?;
         }
