@@ -166,11 +166,8 @@ pub async fn connect(addr: &str, hello: &Hello, timeout: Duration) -> std::io::R
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connecting to {addr}")))??;
     stream.set_nodelay(true)?;
-    let mut first = MAGIC.to_vec();
-    first.extend_from_slice(&encode_framed(hello, 64).map_err(std::io::Error::other)?);
-    let len = u32::try_from(first.len() - 12).map_err(std::io::Error::other)?;
-    first[8..12].copy_from_slice(&len.to_le_bytes());
-    stream.write_all(&first).await?;
+    stream.write_all(MAGIC).await?;
+    write_frame(&mut stream, encode_framed(hello, 64).map_err(std::io::Error::other)?).await?;
     let answer = tokio::time::timeout(timeout, read_frame(&mut stream))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("hello to {addr}")))??;

@@ -52,14 +52,8 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, bincode::error::Encode
     bincode::serde::encode_to_vec(value, bincode_config())
 }
 
-/// [`encode`] into a buffer sized for about `size` bytes.
-pub fn encode_sized<T: Serialize>(value: &T, size: usize) -> Result<Vec<u8>, bincode::error::EncodeError> {
-    let mut out = Vec::with_capacity(size);
-    bincode::serde::encode_into_std_write(value, &mut out, bincode_config())?;
-    Ok(out)
-}
-
-/// [`encode_sized`] behind four bytes left for a frame's length (see `append_link`).
+/// [`encode`] into a buffer sized for about `size` bytes, behind four bytes left for a frame's
+/// length (see `append_link`).
 pub fn encode_framed<T: Serialize>(value: &T, size: usize) -> Result<Vec<u8>, bincode::error::EncodeError> {
     let mut out = Vec::with_capacity(size + 4);
     out.extend_from_slice(&[0u8; 4]);
@@ -215,43 +209,51 @@ impl Connection {
         Ok(client)
     }
 
+    /// Fails at once when fault injection cut the link to the target.
+    fn check_cut(&self) -> Result<(), Unreachable> {
+        if self.net.faults.is_cut(self.net.me, self.target) {
+            let why = std::io::Error::other(format!(
+                "link {} -> {} is cut (fault injection)",
+                self.net.me, self.target
+            ));
+            return Err(Unreachable::new(&why));
+        }
+        Ok(())
+    }
+
+    /// How long one request may take: openraft's deadline, but not less than the Raft RPC timeout
+    /// when openraft allows more.
+    fn deadline(&self, option: &RPCOption) -> Duration {
+        option.hard_ttl().min(self.net.timeout.max(option.soft_ttl()))
+    }
+
+    /// Decodes the target's answer: what openraft returned there, its error a remote one. The
+    /// error is the one `RaftNetwork`'s methods return, however large.
+    #[allow(clippy::result_large_err)]
+    fn answer<Resp, E>(&self, payload: &[u8]) -> Result<Resp, RpcErr<E>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let result: Result<Resp, E> = decode(payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
     async fn call<Req, Resp, E>(&mut self, method: Method, req: &Req, option: &RPCOption) -> Result<Resp, RpcErr<E>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        self.call_sized(method, req, 0, option).await
-    }
-
-    /// [`Self::call`] with the request encoded into a buffer sized for about `size` bytes.
-    async fn call_sized<Req, Resp, E>(
-        &mut self,
-        method: Method,
-        req: &Req,
-        size: usize,
-        option: &RPCOption,
-    ) -> Result<Resp, RpcErr<E>>
-    where
-        Req: Serialize,
-        Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
-    {
-        if self.net.faults.is_cut(self.net.me, self.target) {
-            let why = std::io::Error::other(format!(
-                "link {} -> {} is cut (fault injection)",
-                self.net.me, self.target
-            ));
-            return Err(RPCError::Unreachable(Unreachable::new(&why)));
-        }
-        let payload = encode_sized(req, size).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.check_cut().map_err(RPCError::Unreachable)?;
+        let payload = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut request = tonic::Request::new(RaftEnvelope {
             group: self.net.group.clone(),
             from_node_id: self.net.me,
             target_node_id: self.target,
             payload: payload.into(),
         });
-        request.set_timeout(option.hard_ttl().min(self.net.timeout.max(option.soft_ttl())));
+        request.set_timeout(self.deadline(option));
         let mut client = self.client().map_err(RPCError::Unreachable)?;
         let reply = match method {
             Method::Vote => client.vote(request).await,
@@ -267,9 +269,7 @@ impl Connection {
                 });
             }
         };
-        let result: Result<Resp, E> =
-            decode(&envelope.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        self.answer(&envelope.payload)
     }
 }
 
@@ -279,13 +279,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr<RaftError<NodeId>>> {
-        if self.net.faults.is_cut(self.net.me, self.target) {
-            let why = std::io::Error::other(format!(
-                "link {} -> {} is cut (fault injection)",
-                self.net.me, self.target
-            ));
-            return Err(RPCError::Unreachable(Unreachable::new(&why)));
-        }
+        self.check_cut().map_err(RPCError::Unreachable)?;
         let size = rpc
             .entries
             .iter()
@@ -293,7 +287,7 @@ impl RaftNetwork<TypeConfig> for Connection {
             .sum::<usize>()
             + 256;
         let frame = encode_framed(&rpc, size).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let timeout = option.hard_ttl().min(self.net.timeout.max(option.soft_ttl()));
+        let timeout = self.deadline(&option);
         let stream = self.append.take();
         let hello = append_link::Hello {
             group: self.net.group.clone(),
@@ -324,9 +318,7 @@ impl RaftNetwork<TypeConfig> for Connection {
             }
         };
         self.append = Some(stream);
-        let result: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
-            decode(&body).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        self.answer(&body)
     }
 
     async fn install_snapshot(

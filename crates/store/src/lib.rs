@@ -126,14 +126,14 @@ impl Store {
             detail,
         };
 
-        check_format(&db).map_err(|e| match e {
-            Ok(found) => OpenError::Format {
-                path: shown.clone(),
-                found,
+        let format = store_format(&db).map_err(corrupt)?;
+        if format != db::STORE_FORMAT {
+            return Err(OpenError::Format {
+                path: shown,
+                found: format,
                 expected: db::STORE_FORMAT,
-            },
-            Err(detail) => corrupt(detail),
-        })?;
+            });
+        }
         let recovered = check_log(&db).map_err(corrupt)?;
         if let Some(bytes) = db.get_meta(META_VOTE).map_err(|e| corrupt(e.to_string()))? {
             codec::decode::<Vote>(&bytes, || "vote".into()).map_err(|e| corrupt(e.to_string()))?;
@@ -227,33 +227,20 @@ impl Store {
 }
 
 /// Verifies every log record's checksum and that the indexes are contiguous.
-/// Checks the store's format, recording it in a new store. `Err(Ok(found))`: another format.
-fn check_format(db: &Db) -> Result<(), Result<u32, String>> {
-    let stored = db.get_meta(db::META_FORMAT).map_err(|e| Err(e.to_string()))?;
-    let found = match stored {
-        Some(bytes) => codec::decode::<u32>(&bytes, || "store format".into()).map_err(|e| Err(e.to_string()))?,
-        None => {
-            let used = db.db.iterator_cf(db.cf(CF_LOG), IteratorMode::Start).next().is_some()
-                || db
-                    .db
-                    .iterator_cf(db.cf(db::CF_META), IteratorMode::Start)
-                    .next()
-                    .is_some();
-            if used {
-                1
-            } else {
-                let mut batch = rocksdb::WriteBatch::default();
-                batch.put_cf(db.cf(db::CF_META), db::META_FORMAT, codec::encode(&db::STORE_FORMAT));
-                db.write(batch, true).map_err(|e| Err(e.to_string()))?;
-                db::STORE_FORMAT
-            }
-        }
-    };
-    if found == db::STORE_FORMAT {
-        Ok(())
-    } else {
-        Err(Ok(found))
+/// The store's format, recording this build's in a new store. A store with data and no recorded
+/// format was written in format 1.
+fn store_format(db: &Db) -> Result<u32, String> {
+    if let Some(bytes) = db.get_meta(db::META_FORMAT).map_err(|e| e.to_string())? {
+        return codec::decode::<u32>(&bytes, || "store format".into()).map_err(|e| e.to_string());
     }
+    let used = |cf| db.db.iterator_cf(db.cf(cf), IteratorMode::Start).next().is_some();
+    if used(CF_LOG) || used(db::CF_META) {
+        return Ok(1);
+    }
+    let mut batch = rocksdb::WriteBatch::default();
+    batch.put_cf(db.cf(db::CF_META), db::META_FORMAT, codec::encode(&db::STORE_FORMAT));
+    db.write(batch, true).map_err(|e| e.to_string())?;
+    Ok(db::STORE_FORMAT)
 }
 
 fn check_log(db: &Db) -> Result<Recovered, String> {

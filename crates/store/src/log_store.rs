@@ -313,11 +313,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = WriteBatch::default();
         let mut appended = Vec::new();
         for entry in entries {
-            let bytes = codec::encode_sized(&entry, entry_size_hint(&entry));
+            let hint = entry_size_hint(&entry);
+            let bytes = codec::encode_sized(&entry, hint);
             batch.put_cf(cf, keys::log(entry.get_log_id().index), &bytes);
             // Cached, the entry holds its decoded commands and, most often, its request's
             // encoding too: about twice the record.
-            let held = bytes.len() + entry_size_hint(&entry);
+            let held = bytes.len() + hint;
             appended.push((entry, held));
         }
         // openraft 0.9's core waits for this append to be flushed before it does anything else

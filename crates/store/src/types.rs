@@ -336,8 +336,10 @@ mod shared_source {
         static SOURCE: RefCell<Option<bytes::Bytes>> = const { RefCell::new(None) };
     }
 
-    /// Runs `decode` with `source` as the buffer that decoded byte strings may be slices of.
-    pub fn with<T>(source: &bytes::Bytes, decode: impl FnOnce() -> T) -> T {
+    /// Runs `decode` (which decodes from `source`) so that every [`Request`](super::Request)
+    /// decoded keeps its encoding as a slice of `source`, to write or send it again without
+    /// encoding it.
+    pub fn decode_sharing<T>(source: &bytes::Bytes, decode: impl FnOnce() -> T) -> T {
         let previous = SOURCE.with(|s| s.replace(Some(source.clone())));
         let result = decode();
         SOURCE.with(|s| *s.borrow_mut() = previous);
@@ -356,11 +358,7 @@ mod shared_source {
     }
 }
 
-/// Runs `decode` (which decodes from `source`) so that every [`Request`] decoded keeps its
-/// encoding as a slice of `source`, to write or send it again without encoding it.
-pub fn decode_sharing<T>(source: &bytes::Bytes, decode: impl FnOnce() -> T) -> T {
-    shared_source::with(source, decode)
-}
+pub use shared_source::decode_sharing;
 
 /// Why the state machine refused a command. Deterministic: every replica refuses the same way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
