@@ -106,7 +106,7 @@ impl Default for BrokerConfig {
             default_queues: 4,
             max_batch_messages: 256,
             max_batch_bytes: 4 << 20,
-            max_inflight_entries: 2,
+            max_inflight_entries: 4,
             snapshot_every_entries: 100_000,
             snapshot_log_keep: 1_000,
             retention_hours: 72,

@@ -14,7 +14,7 @@ use openraft::error::{InitializeError, RaftError};
 use openraft::{Raft, SnapshotPolicy};
 use raftmq_proto::broker_server::BrokerServer;
 use raftmq_proto::raft_transport_server::RaftTransportServer;
-use raftmq_store::{BrokerNode, FlushMode, Store, StoreOptions, StoreReader, TypeConfig};
+use raftmq_store::{BrokerNode, FlushMode, NodeId, Store, StoreOptions, StoreReader, TypeConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -100,6 +100,7 @@ impl Broker {
         let reader: StoreReader = store.reader.clone();
         let retention = store.retention.clone();
         let db = store.db.clone();
+        let leading = store.leading.clone();
 
         let raft_config = openraft::Config {
             cluster_name: config.group.clone(),
@@ -250,6 +251,7 @@ impl Broker {
             Duration::from_millis(state.config.retention_check_ms),
             stopped.clone(),
         ));
+        let role_task = tokio::spawn(track_leading(raft.server_metrics(), leading, stopped.clone()));
         let heartbeat_task = tokio::spawn(crate::heartbeat::run(state.clone(), stopped));
         tracing::info!(group = %state.config.group, node = state.config.node_id, %client_addr, "broker node started");
         Ok(Broker {
@@ -257,7 +259,7 @@ impl Broker {
             db,
             client_addr,
             stop,
-            tasks: vec![proposer_task, heartbeat_task, retention_task],
+            tasks: vec![proposer_task, heartbeat_task, retention_task, role_task],
             servers,
         })
     }
@@ -342,6 +344,23 @@ impl Broker {
             )),
         }
     }
+}
+
+/// Tells the store whether this node leads, as the role changes: the leader's appends are synced
+/// beside replication (see `raftmq_store::log_store`).
+async fn track_leading(
+    mut server: watch::Receiver<openraft::metrics::RaftServerMetrics<NodeId, BrokerNode>>,
+    leading: raftmq_store::Leading,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        leading.set(server.borrow_and_update().state == openraft::ServerState::Leader);
+        tokio::select! {
+            changed = server.changed() => if changed.is_err() { break },
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+    leading.set(false);
 }
 
 impl Drop for Broker {

@@ -235,6 +235,12 @@ impl Db {
         Ok(())
     }
 
+    /// Syncs the WAL: every write made before the call is durable when it returns. Writes on
+    /// other threads go on meanwhile, without waiting for it (a synced write would hold them).
+    pub fn sync_wal(&self) -> Result<(), rocksdb::Error> {
+        self.synced(|| self.db.flush_wal(true))
+    }
+
     pub fn cf(&self, name: &str) -> &ColumnFamily {
         // Every family is created at open, so a missing one is a bug, not bad input.
         self.db

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use openraft::RaftLogId;
 use rocksdb::IteratorMode;
 
-pub use log_store::{FlushMode, LogStore};
+pub use log_store::{FlushMode, Leading, LogStore};
 pub use reader::{ReadError, ReadResult, StoreReader, StoredMessage};
 pub use retention::{Retention, RetentionReport};
 pub use state_machine::StateMachine;
@@ -83,6 +83,8 @@ pub struct Store {
     pub retention: Retention,
     /// The database itself, for [`flush_memtables`] at a clean stop.
     pub db: std::sync::Arc<Db>,
+    /// Set while this node leads its group (see [`Leading`]).
+    pub leading: Leading,
 }
 
 /// Writes every memtable to disk. Nothing needs it for durability (the WAL is synced), but a
@@ -215,6 +217,7 @@ impl Store {
         };
         Ok((
             Store {
+                leading: log.leading(),
                 log,
                 state_machine,
                 reader,

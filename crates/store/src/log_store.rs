@@ -4,6 +4,12 @@
 //! (unless the node runs in the explicitly labelled async flush mode), `save_vote` returns only
 //! after a synced write, and a record that fails its checksum is a storage error.
 //!
+//! On a follower, `append` syncs before it returns: openraft answers the leader right after it.
+//! On the leader, `append` only writes (the entries are readable at once) and a sync thread
+//! reports them flushed: the leader's Raft core (patched, see `vendor/openraft/RAFTMQ-PATCH.md`)
+//! replicates them meanwhile and counts its own copy in the majority only once that report
+//! comes. One sync covers every append that queued while the previous one ran.
+//!
 //! `purge` only records how far openraft no longer needs the log: the entries stay, because they
 //! hold message bodies that consumers still read. Retention deletes them physically, never past
 //! the purge point.
@@ -15,7 +21,8 @@
 use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogId, RaftLogReader, StorageIOError};
@@ -44,6 +51,77 @@ struct Shared {
     /// The state machine's applied index.
     applied: tokio::sync::watch::Receiver<u64>,
     cache: SharedCache,
+    /// Whether this node leads its group: its appends are synced by `syncer`.
+    leading: Leading,
+    /// Present in [`FlushMode::Sync`].
+    syncer: Option<Syncer>,
+}
+
+/// Whether this node is its group's leader, as Raft last reported it. It only chooses where an
+/// append is synced: a stale value costs speed for a moment, never durability, because openraft
+/// waits for a follower's append to be flushed whichever way it is done.
+#[derive(Clone, Default)]
+pub struct Leading(Arc<AtomicBool>);
+
+impl Leading {
+    pub fn set(&self, leading: bool) {
+        self.0.store(leading, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The thread that syncs the leader's appends, oldest first, as many per WAL sync as queued.
+struct Syncer {
+    tx: Mutex<Option<mpsc::Sender<LogFlushed<TypeConfig>>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Syncer {
+    fn start(db: Arc<Db>) -> std::io::Result<Syncer> {
+        let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
+        let thread = std::thread::Builder::new()
+            .name("raftmq-wal-sync".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut waiting = vec![first];
+                    waiting.extend(rx.try_iter());
+                    let result = db.sync_wal();
+                    if let Err(e) = &result {
+                        tracing::error!("syncing the log failed: {e}");
+                    }
+                    for callback in waiting {
+                        let result = result.as_ref().map_err(|e| std::io::Error::other(e.to_string()));
+                        callback.log_io_completed(result.copied());
+                    }
+                }
+            })?;
+        Ok(Syncer {
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Queues a flush report; gives the callback back if the thread is gone.
+    fn submit(&self, callback: LogFlushed<TypeConfig>) -> Result<(), LogFlushed<TypeConfig>> {
+        match &*self.tx.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(tx) => tx.send(callback).map_err(|e| e.0),
+            None => Err(callback),
+        }
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        // The thread ends once the channel is closed and its queue is done; waiting for it means
+        // the database is no longer held when the store is gone (a restart reopens it).
+        drop(self.tx.lock().unwrap_or_else(|p| p.into_inner()).take());
+        if let Some(thread) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// The entry cache, shared with the state machine (installing a snapshot drops entries).
@@ -160,6 +238,10 @@ impl LogStore {
         applied: tokio::sync::watch::Receiver<u64>,
     ) -> Result<Self, StorageError> {
         let last_purged = stored_last_purged(&db)?;
+        let syncer = match flush {
+            FlushMode::Sync => Some(Syncer::start(db.clone()).map_err(write_err)?),
+            FlushMode::Async => None,
+        };
         Ok(LogStore {
             shared: Arc::new(Shared {
                 db,
@@ -167,6 +249,8 @@ impl LogStore {
                 last_purged: Mutex::new(last_purged),
                 applied,
                 cache: SharedCache::default(),
+                leading: Leading::default(),
+                syncer,
             }),
         })
     }
@@ -177,6 +261,11 @@ impl LogStore {
 
     fn cache(&self) -> std::sync::MutexGuard<'_, EntryCache> {
         self.shared.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The handle that tells this store whether its node leads.
+    pub(crate) fn leading(&self) -> Leading {
+        self.shared.leading.clone()
     }
 
     pub(crate) fn shared_cache(&self) -> SharedCache {
@@ -321,10 +410,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let held = bytes.len() + hint;
             appended.push((entry, held));
         }
-        // openraft 0.9's core waits for this append to be flushed before it does anything else
-        // (replicating it included), so the sync is made here, in the one write: handing it to
-        // another thread only added two thread wake-ups to every commit's critical path.
-        let sync = self.shared.flush == FlushMode::Sync;
+        // A follower's core waits for this append to be flushed before it answers the leader, so
+        // the sync is made here, in the one write: handing it to another thread only added two
+        // thread wake-ups to every acknowledgement's path. The leader's core goes on at once
+        // (replicating these entries) and learns of the flush from the sync thread.
+        let syncer = self.shared.syncer.as_ref().filter(|_| self.shared.leading.get());
+        let sync = self.shared.flush == FlushMode::Sync && syncer.is_none();
         if let Err(e) = db.write(batch, sync) {
             // The database may hold part of it or none: the cache must not claim either.
             if let Some((first, _)) = appended.first() {
@@ -339,7 +430,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 cache.push(entry, size);
             }
         }
-        callback.log_io_completed(Ok(()));
+        let Some(syncer) = syncer else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
+        if let Err(callback) = syncer.submit(callback) {
+            // The sync thread is gone (the store is being dropped): sync here.
+            match db.sync_wal() {
+                Ok(()) => callback.log_io_completed(Ok(())),
+                Err(e) => {
+                    callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                    return Err(write_err(e));
+                }
+            }
+        }
         Ok(())
     }
 

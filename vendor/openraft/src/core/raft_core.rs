@@ -1278,6 +1278,18 @@ where
                 }
             }
 
+            Notify::LocalLogFlushed { vote, log_id, result } => {
+                if let Err(e) = result {
+                    let err: StorageError<C::NodeId> = StorageIOError::write_logs(AnyError::error(e)).into();
+                    return Err(Fatal::StorageError(err));
+                }
+                if let Ok(mut lh) = self.engine.leader_handler() {
+                    if lh.leader.vote == vote {
+                        lh.replication_handler().update_local_progress(Some(log_id));
+                    }
+                }
+            }
+
             Notify::Tick { i } => {
                 // check every timer
 
@@ -1636,6 +1648,33 @@ where
             Command::AppendInputEntries { vote, entries } => {
                 let last_log_id = entries.last().unwrap().get_log_id().clone();
                 tracing::debug!("AppendInputEntries: {}", DisplaySlice::<_>(&entries),);
+
+                // raftmq patch (RAFTMQ-PATCH.md): a leader does not wait for its own append to be flushed before it
+                // replicates it. The entries are readable once `append()` returns; the leader
+                // counts itself in the quorum only when the flush is reported (Raft allows the
+                // leader's write in parallel with replication). A follower's append is still
+                // awaited: its answer to the leader is sent only after the flush.
+                if self.engine.leader_handler().is_ok() {
+                    let (tx, rx) = C::AsyncRuntime::oneshot();
+                    let log_io_id = LogIOId::new(vote.clone(), Some(last_log_id.clone()));
+                    let callback = LogFlushed::new(log_io_id, tx);
+                    self.log_store.append(entries, callback).await?;
+                    let tx_notify = self.tx_notify.clone();
+                    #[allow(clippy::let_underscore_future)]
+                    let _ = C::spawn(async move {
+                        let result = match rx.await {
+                            Ok(Ok(_)) => Ok(()),
+                            Ok(Err(e)) => Err(e.to_string()),
+                            Err(e) => Err(e.to_string()),
+                        };
+                        let _ = tx_notify.send(Notify::LocalLogFlushed {
+                            vote,
+                            log_id: last_log_id,
+                            result,
+                        });
+                    });
+                    return Ok(None);
+                }
 
                 self.append_to_log(entries, vote, last_log_id.clone()).await?;
 
