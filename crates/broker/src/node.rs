@@ -60,6 +60,7 @@ impl Listeners {
 pub struct Broker {
     state: Arc<BrokerState>,
     db: Arc<raftmq_store::db::Db>,
+    sync_stall: raftmq_store::SyncStall,
     client_addr: SocketAddr,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -101,6 +102,7 @@ impl Broker {
         let retention = store.retention.clone();
         let db = store.db.clone();
         let leading = store.leading.clone();
+        let sync_stall = store.sync_stall.clone();
 
         let raft_config = openraft::Config {
             cluster_name: config.group.clone(),
@@ -257,6 +259,7 @@ impl Broker {
         Ok(Broker {
             state,
             db,
+            sync_stall,
             client_addr,
             stop,
             tasks: vec![proposer_task, heartbeat_task, retention_task, role_task],
@@ -278,6 +281,12 @@ impl Broker {
 
     pub fn node_id(&self) -> u64 {
         self.state.config.node_id
+    }
+
+    /// Fault injection for in-process tests: while `stalled`, this node's appends as master are
+    /// written but never reported synced, as if its disk hung on fsync.
+    pub fn stall_log_sync(&self, stalled: bool) {
+        self.sync_stall.set(stalled);
     }
 
     /// Stops cleanly: unregisters from the NameServers, stops serving, stops Raft (its log is

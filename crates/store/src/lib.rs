@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use openraft::RaftLogId;
 use rocksdb::IteratorMode;
 
-pub use log_store::{FlushMode, Leading, LogStore};
+pub use log_store::{FlushMode, Leading, LogStore, SyncStall};
 pub use reader::{ReadError, ReadResult, StoreReader, StoredMessage};
 pub use retention::{Retention, RetentionReport};
 pub use state_machine::StateMachine;
@@ -85,6 +85,8 @@ pub struct Store {
     pub db: std::sync::Arc<Db>,
     /// Set while this node leads its group (see [`Leading`]).
     pub leading: Leading,
+    /// Fault injection: stalls the syncs of this node's appends while it leads.
+    pub sync_stall: SyncStall,
 }
 
 /// Writes every memtable to disk. Nothing needs it for durability (the WAL is synced), but a
@@ -218,6 +220,7 @@ impl Store {
         Ok((
             Store {
                 leading: log.leading(),
+                sync_stall: log.sync_stall(),
                 log,
                 state_machine,
                 reader,

@@ -22,7 +22,7 @@ use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogId, RaftLogReader, StorageIOError};
@@ -73,19 +73,42 @@ impl Leading {
     }
 }
 
+/// Fault injection for tests: while set, the leader's sync thread holds every flush report, as
+/// a stalled disk would.
+#[derive(Clone, Default)]
+pub struct SyncStall(Arc<(Mutex<bool>, Condvar)>);
+
+impl SyncStall {
+    pub fn set(&self, stalled: bool) {
+        *self.0 .0.lock().unwrap_or_else(|p| p.into_inner()) = stalled;
+        self.0 .1.notify_all();
+    }
+
+    fn wait(&self) {
+        let mut stalled = self.0 .0.lock().unwrap_or_else(|p| p.into_inner());
+        while *stalled {
+            stalled = self.0 .1.wait(stalled).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
 /// The thread that syncs the leader's appends, oldest first, as many per WAL sync as queued.
 struct Syncer {
     tx: Mutex<Option<mpsc::Sender<LogFlushed<TypeConfig>>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    stall: SyncStall,
 }
 
 impl Syncer {
     fn start(db: Arc<Db>) -> std::io::Result<Syncer> {
         let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
+        let stall = SyncStall::default();
+        let held = stall.clone();
         let thread = std::thread::Builder::new()
             .name("raftmq-wal-sync".into())
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
+                    held.wait();
                     let mut waiting = vec![first];
                     waiting.extend(rx.try_iter());
                     let result = db.sync_wal();
@@ -101,6 +124,7 @@ impl Syncer {
         Ok(Syncer {
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
+            stall,
         })
     }
 
@@ -118,6 +142,7 @@ impl Drop for Syncer {
         // The thread ends once the channel is closed and its queue is done; waiting for it means
         // the database is no longer held when the store is gone (a restart reopens it).
         drop(self.tx.lock().unwrap_or_else(|p| p.into_inner()).take());
+        self.stall.set(false);
         if let Some(thread) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = thread.join();
         }
@@ -266,6 +291,11 @@ impl LogStore {
     /// The handle that tells this store whether its node leads.
     pub(crate) fn leading(&self) -> Leading {
         self.shared.leading.clone()
+    }
+
+    /// The fault-injection handle that stalls the leader's syncs (inert in async flush mode).
+    pub(crate) fn sync_stall(&self) -> SyncStall {
+        self.shared.syncer.as_ref().map(|s| s.stall.clone()).unwrap_or_default()
     }
 
     pub(crate) fn shared_cache(&self) -> SharedCache {
