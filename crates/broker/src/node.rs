@@ -324,6 +324,14 @@ impl Broker {
             task.abort();
         }
         let _ = self.state.raft.shutdown().await;
+        // Returns once the database is closed, as a killed process's would be: the aborted
+        // tasks let go of their handles as the runtime drops them.
+        let db = self.db.clone();
+        drop(self);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&db) > 1 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Waits until the node cannot go on: a server ended by itself, or the Raft core stopped

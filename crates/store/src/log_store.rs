@@ -74,21 +74,37 @@ impl Leading {
 }
 
 /// Fault injection for tests: while set, the leader's sync thread holds every flush report, as
-/// a stalled disk would.
+/// a hung disk would. A store dropped meanwhile never syncs what was held, as after a power loss.
 #[derive(Clone, Default)]
-pub struct SyncStall(Arc<(Mutex<bool>, Condvar)>);
+pub struct SyncStall(Arc<(Mutex<StallState>, Condvar)>);
+
+#[derive(Default)]
+struct StallState {
+    stalled: bool,
+    closing: bool,
+}
 
 impl SyncStall {
     pub fn set(&self, stalled: bool) {
-        *self.0 .0.lock().unwrap_or_else(|p| p.into_inner()) = stalled;
+        self.0 .0.lock().unwrap_or_else(|p| p.into_inner()).stalled = stalled;
         self.0 .1.notify_all();
     }
 
-    fn wait(&self) {
-        let mut stalled = self.0 .0.lock().unwrap_or_else(|p| p.into_inner());
-        while *stalled {
-            stalled = self.0 .1.wait(stalled).unwrap_or_else(|p| p.into_inner());
+    fn close(&self) {
+        self.0 .0.lock().unwrap_or_else(|p| p.into_inner()).closing = true;
+        self.0 .1.notify_all();
+    }
+
+    /// Waits while stalled; false if the store closed meanwhile (nothing is to be synced).
+    fn wait(&self) -> bool {
+        let mut state = self.0 .0.lock().unwrap_or_else(|p| p.into_inner());
+        if !state.stalled {
+            return true;
         }
+        while state.stalled && !state.closing {
+            state = self.0 .1.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        !state.closing
     }
 }
 
@@ -108,7 +124,10 @@ impl Syncer {
             .name("raftmq-wal-sync".into())
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
-                    held.wait();
+                    if !held.wait() {
+                        // Closed while stalled: the held reports are dropped unsynced.
+                        return;
+                    }
                     let mut waiting = vec![first];
                     waiting.extend(rx.try_iter());
                     let result = db.sync_wal();
@@ -142,7 +161,7 @@ impl Drop for Syncer {
         // The thread ends once the channel is closed and its queue is done; waiting for it means
         // the database is no longer held when the store is gone (a restart reopens it).
         drop(self.tx.lock().unwrap_or_else(|p| p.into_inner()).take());
-        self.stall.set(false);
+        self.stall.close();
         if let Some(thread) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = thread.join();
         }

@@ -449,6 +449,73 @@ async fn a_master_whose_log_sync_hangs_still_commits_through_its_slaves() {
     group.shutdown().await;
 }
 
+/// Cuts a stopped node's newest WAL file back to where its last sync ended, as a power loss would
+/// (the node runs with `fault-injection = true`, which keeps the mark). Returns the bytes cut.
+fn cut_unsynced_wal(group: &Group, id: u64) -> u64 {
+    let db = group.configs[id as usize - 1].data_dir.join("db");
+    let mark = std::fs::read_to_string(db.join(raftmq_common::SYNCED_WAL_MARK)).expect("a synced-WAL mark");
+    let (marked, synced) = mark.trim().split_once(' ').expect("mark: file and length");
+    let synced: u64 = synced.parse().expect("mark length");
+    let newest = std::fs::read_dir(&db)
+        .expect("db dir")
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let number: u64 = name.strip_suffix(".log")?.parse().ok()?;
+            Some((number, name, e.path()))
+        })
+        .max()
+        .expect("a WAL file");
+    let keep = if newest.1 == marked { synced } else { 0 };
+    let len = std::fs::metadata(&newest.2).expect("WAL size").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&newest.2)
+        .and_then(|f| f.set_len(keep))
+        .expect("cut the WAL");
+    len - keep
+}
+
+/// A master that loses, in a power loss, entries it had replicated but not yet synced (the
+/// slaves acknowledged them) does not take up its old term again at restart. If it did, it would
+/// write other entries under the same log ids as the ones the slaves hold, and the replicas
+/// would differ at the same offsets (found by the chaos suite).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_that_lost_its_unsynced_tail_does_not_resume_its_term() {
+    let (mut group, master) = group_with_topic_t(|c| {
+        c.fault_injection = true;
+        // The slaves keep following the old master while it restarts.
+        c.election_timeout_min_ms = 1_500;
+        c.election_timeout_max_ms = 2_000;
+    })
+    .await;
+    let term = group.term(master);
+    group.node(master).stall_log_sync(true);
+    let mut acked = BTreeMap::new();
+    for i in 0..10 {
+        let body = format!("unsynced-on-master-{i}");
+        let offset = send_to(&group, master, body.clone())
+            .await
+            .expect("a send while the master's log sync hangs");
+        acked.insert(offset, body.into_bytes());
+    }
+    group.kill(master).await;
+    let cut = cut_unsynced_wal(&group, master);
+    assert!(cut > 0, "the master's unsynced entries were in its WAL");
+    group.restart(master).await.expect("restart the old master");
+
+    // Sends go on under a newer term, and every node ends up with every acknowledged message.
+    acked.extend(send_stream(&group, 100, 10).await);
+    let leader = group.wait_for_master(ELECTION).await;
+    assert!(group.term(leader) > term, "term {} after {term}", group.term(leader));
+    group.wait_caught_up(leader, CATCH_UP).await;
+    assert_eq!(acked.len(), 20, "20 distinct offsets acknowledged");
+    for id in group.ids() {
+        check_present(&group, id, &acked).await;
+    }
+    group.shutdown().await;
+}
+
 /// The master of the highest term among the running nodes, once there is one.
 async fn newest_master(group: &Group, not: Option<u64>) -> u64 {
     wait_until("a master of a newer term", ELECTION, || async {
