@@ -394,6 +394,21 @@ async fn send_to(group: &Group, id: u64, body: String) -> Result<u64, tonic::Sta
     Ok(reply.get_ref().results[0].queue_offset)
 }
 
+/// Stalls the master's log syncs, then sends `count` messages to it one at a time; every one must
+/// be acknowledged. Returns offset -> body.
+async fn send_with_master_sync_stalled(group: &Group, master: u64, count: usize) -> BTreeMap<u64, Vec<u8>> {
+    group.node(master).stall_log_sync(true);
+    let mut acked = BTreeMap::new();
+    for i in 0..count {
+        let body = format!("while-stalled-{i}");
+        let offset = send_to(group, master, body.clone())
+            .await
+            .expect("a send while the master's log sync hangs");
+        acked.insert(offset, body.into_bytes());
+    }
+    acked
+}
+
 /// How far the master counts its own copy of the log as synced, and its last entry.
 fn masters_own_progress(group: &Group, master: u64) -> (Option<u64>, u64) {
     let m = group.node(master).raft().metrics().borrow().clone();
@@ -412,15 +427,7 @@ fn masters_own_progress(group: &Group, master: u64) -> (Option<u64>, u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_whose_log_sync_hangs_still_commits_through_its_slaves() {
     let (group, master) = group_with_topic_t(|_| {}).await;
-    group.node(master).stall_log_sync(true);
-    let mut acked = BTreeMap::new();
-    for i in 0..20 {
-        let body = format!("while-stalled-{i}");
-        let offset = send_to(&group, master, body.clone())
-            .await
-            .expect("a send while the master's log sync hangs");
-        acked.insert(offset, body.into_bytes());
-    }
+    let acked = send_with_master_sync_stalled(&group, master, 20).await;
     assert_eq!(acked.len(), 20, "20 distinct offsets");
     // The master has not counted its own copy of these entries: its sync never returned.
     let (own, last) = masters_own_progress(&group, master);
@@ -490,15 +497,7 @@ async fn a_master_that_lost_its_unsynced_tail_does_not_resume_its_term() {
     })
     .await;
     let term = group.term(master);
-    group.node(master).stall_log_sync(true);
-    let mut acked = BTreeMap::new();
-    for i in 0..10 {
-        let body = format!("unsynced-on-master-{i}");
-        let offset = send_to(&group, master, body.clone())
-            .await
-            .expect("a send while the master's log sync hangs");
-        acked.insert(offset, body.into_bytes());
-    }
+    let mut acked = send_with_master_sync_stalled(&group, master, 10).await;
     group.kill(master).await;
     let cut = cut_unsynced_wal(&group, master);
     assert!(cut > 0, "the master's unsynced entries were in its WAL");
