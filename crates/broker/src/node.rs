@@ -289,8 +289,9 @@ impl Broker {
         self.sync_stall.set(stalled);
     }
 
-    /// Stops cleanly: unregisters from the NameServers, stops serving, stops Raft (its log is
-    /// synced on every append already), and waits for every task.
+    /// Stops cleanly: unregisters from the NameServers, stops serving, stops Raft (every append
+    /// it reported flushed is synced; the memtable flush below writes out the rest), and waits
+    /// for every task.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
         for task in self.tasks.drain(..) {

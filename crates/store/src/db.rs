@@ -230,7 +230,7 @@ impl Db {
     /// ("SST file is ahead of WALs") and no power loss can produce.
     pub fn mark_after_flush(&self) -> Result<(), rocksdb::Error> {
         if self.mark_enabled.load(Ordering::SeqCst) {
-            self.synced(|| self.db.flush_wal(true))?;
+            self.sync_wal()?;
         }
         Ok(())
     }

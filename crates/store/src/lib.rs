@@ -232,7 +232,6 @@ impl Store {
     }
 }
 
-/// Verifies every log record's checksum and that the indexes are contiguous.
 /// The store's format, recording this build's in a new store. A store with data and no recorded
 /// format was written in format 1.
 fn store_format(db: &Db) -> Result<u32, String> {
@@ -249,6 +248,7 @@ fn store_format(db: &Db) -> Result<u32, String> {
     Ok(db::STORE_FORMAT)
 }
 
+/// Verifies every log record's checksum and that the indexes are contiguous.
 fn check_log(db: &Db) -> Result<Recovered, String> {
     let mut recovered = Recovered::default();
     let mut expected: Option<u64> = None;

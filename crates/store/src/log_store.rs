@@ -110,8 +110,9 @@ impl SyncStall {
 
 /// The thread that syncs the leader's appends, oldest first, as many per WAL sync as queued.
 struct Syncer {
-    tx: Mutex<Option<mpsc::Sender<LogFlushed<TypeConfig>>>>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Taken only when the syncer is dropped, which closes the channel.
+    tx: Option<mpsc::Sender<LogFlushed<TypeConfig>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
     stall: SyncStall,
 }
 
@@ -141,15 +142,15 @@ impl Syncer {
                 }
             })?;
         Ok(Syncer {
-            tx: Mutex::new(Some(tx)),
-            thread: Mutex::new(Some(thread)),
+            tx: Some(tx),
+            thread: Some(thread),
             stall,
         })
     }
 
     /// Queues a flush report; gives the callback back if the thread is gone.
     fn submit(&self, callback: LogFlushed<TypeConfig>) -> Result<(), LogFlushed<TypeConfig>> {
-        match &*self.tx.lock().unwrap_or_else(|p| p.into_inner()) {
+        match &self.tx {
             Some(tx) => tx.send(callback).map_err(|e| e.0),
             None => Err(callback),
         }
@@ -160,9 +161,9 @@ impl Drop for Syncer {
     fn drop(&mut self) {
         // The thread ends once the channel is closed and its queue is done; waiting for it means
         // the database is no longer held when the store is gone (a restart reopens it).
-        drop(self.tx.lock().unwrap_or_else(|p| p.into_inner()).take());
+        drop(self.tx.take());
         self.stall.close();
-        if let Some(thread) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
