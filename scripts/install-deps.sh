@@ -10,8 +10,13 @@ read -r -a need <<<"$(deps_needed)"
 if ((${#need[@]})); then
     echo "install-deps: installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${need[@]}"
+    apt_log=$(mktemp)
+    if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}"; } >"$apt_log" 2>&1; then
+        cat "$apt_log" >&2
+        echo "install-deps: apt-get failed installing ${need[*]}" >&2
+        exit 1
+    fi
+    rm -f "$apt_log"
     # Checked again: a package that installed but did not bring what the build looks for (a
     # python3 that is not Debian's, say) is named here rather than failing a build later.
     read -r -a still <<<"$(deps_needed)"
@@ -40,8 +45,8 @@ done
 ROCKETMQ_PY=5.1.2
 if ! python3 -c "import importlib.metadata as m, sys; sys.exit(m.version('rocketmq-python-client') != '$ROCKETMQ_PY')" 2>/dev/null; then
     echo "install-deps: installing rocketmq-python-client==$ROCKETMQ_PY (pip)"
-    python3 -m pip install -q --disable-pip-version-check "rocketmq-python-client==$ROCKETMQ_PY" \
-        || python3 -m pip install -q --disable-pip-version-check --break-system-packages "rocketmq-python-client==$ROCKETMQ_PY"
+    python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore "rocketmq-python-client==$ROCKETMQ_PY" \
+        || python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --break-system-packages "rocketmq-python-client==$ROCKETMQ_PY"
 fi
 
 # The official Node.js client, at the version its lockfile pins.

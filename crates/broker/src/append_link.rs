@@ -12,8 +12,8 @@
 //! checks a gRPC envelope. Then each frame is a little-endian u32 length and a bincode body: an
 //! `AppendEntriesRequest` one way, the `Result` openraft returned the other.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::Raft;
 use raftmq_store::{NodeId, TypeConfig};
@@ -62,14 +62,14 @@ pub async fn write_frame(stream: &mut TcpStream, mut frame: Vec<u8>) -> std::io:
     stream.write_all(&frame).await
 }
 
-/// What the slave side needs: its group and id, its Raft, and where it notes the leader's
-/// last append (see `RaftService::last_append`).
+/// What the slave side needs: its group and id, its Raft, and where it notes that its master is
+/// alive (see `election::LeaderContact`).
 #[derive(Clone)]
 pub struct AppendServer {
     pub group: String,
     pub me: NodeId,
     pub raft: Raft<TypeConfig>,
-    pub last_append: Arc<Mutex<Instant>>,
+    pub contact: Arc<crate::election::LeaderContact>,
     /// Turns true when the node stops: every connection closes.
     pub stop: tokio::sync::watch::Receiver<bool>,
 }
@@ -147,12 +147,13 @@ impl AppendServer {
             // log as it came.
             let rpc = raftmq_store::decode_sharing(&body, || decode(&body)).map_err(std::io::Error::other)?;
             let result = self.raft.append_entries(rpc).await;
-            match &result {
-                Ok(_) => *self.last_append.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now(),
-                // This node's Raft has stopped: the connection goes, so the master connects
-                // again (to whatever serves this address next) instead of hearing errors.
-                Err(openraft::error::RaftError::Fatal(_)) => return Ok(()),
-                Err(_) => {}
+            if crate::raft_service::from_live_master(&result) {
+                self.contact.heard();
+            }
+            // This node's Raft has stopped: the connection goes, so the master connects again
+            // (to whatever serves this address next) instead of hearing errors.
+            if let Err(openraft::error::RaftError::Fatal(_)) = &result {
+                return Ok(());
             }
             write_frame(stream, encode_framed(&result, 256).map_err(std::io::Error::other)?).await?;
         }

@@ -7,6 +7,7 @@
 pub mod append_link;
 pub mod config;
 pub mod consumers;
+pub mod election;
 pub mod error;
 pub mod heartbeat;
 pub mod network;

@@ -273,6 +273,81 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// A handle for raftmq's own election calls to this peer (see `election`).
+    pub fn calls(&mut self) -> Result<PeerCalls, Unreachable> {
+        self.check_cut()?;
+        Ok(PeerCalls {
+            net: self.net.clone(),
+            target: self.target,
+            client: self.client()?,
+        })
+    }
+}
+
+/// raftmq's election calls to one peer, beside openraft's: `PreVote` and `TimeoutNow`. Cheap to
+/// clone; fault injection's cuts apply as to every Raft message.
+#[derive(Clone)]
+pub struct PeerCalls {
+    net: Network,
+    target: NodeId,
+    client: RaftTransportClient<Channel>,
+}
+
+#[derive(Clone, Copy)]
+enum ElectionCall {
+    PreVote,
+    TimeoutNow,
+}
+
+impl PeerCalls {
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &mut self,
+        which: ElectionCall,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, String> {
+        if self.net.faults.is_cut(self.net.me, self.target) {
+            return Err(format!(
+                "link {} -> {} is cut (fault injection)",
+                self.net.me, self.target
+            ));
+        }
+        let payload = encode(req).map_err(|e| e.to_string())?;
+        let mut request = tonic::Request::new(RaftEnvelope {
+            group: self.net.group.clone(),
+            from_node_id: self.net.me,
+            target_node_id: self.target,
+            payload: payload.into(),
+        });
+        request.set_timeout(timeout);
+        let reply = match which {
+            ElectionCall::PreVote => self.client.pre_vote(request).await,
+            ElectionCall::TimeoutNow => self.client.timeout_now(request).await,
+        }
+        .map_err(|status| format!("{}: {}", status.code(), status.message()))?;
+        let result: Result<Resp, crate::election::Refused> =
+            decode(&reply.into_inner().payload).map_err(|e| format!("undecodable answer: {e}"))?;
+        result.map_err(|e| e.0)
+    }
+
+    pub async fn pre_vote(
+        &mut self,
+        req: &crate::election::PreVoteRequest,
+        timeout: Duration,
+    ) -> Result<crate::election::PreVoteReply, String> {
+        self.call(ElectionCall::PreVote, req, timeout).await
+    }
+
+    pub async fn timeout_now(
+        &mut self,
+        req: &crate::election::TimeoutNowRequest,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        self.call(ElectionCall::TimeoutNow, req, timeout).await
+    }
+}
+
 impl RaftNetwork<TypeConfig> for Connection {
     async fn append_entries(
         &mut self,

@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{self, BrokerConfig};
 use crate::consumers::Consumers;
+use crate::election::{self, LeaderContact};
 use crate::network::{Faults, Network, MAX_RAFT_MESSAGE};
 use crate::proposer::{Limits, Proposer};
 use crate::raft_service::RaftService;
@@ -29,6 +30,8 @@ use crate::service::{BrokerService, BrokerState};
 
 /// How long shutdown waits for client connections to close.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a stopping master tries to hand leadership over before it stops anyway.
+pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The sockets a node serves on. Without a raft listener, the client port serves Raft too.
 pub struct Listeners {
@@ -63,6 +66,8 @@ pub struct Broker {
     sync_stall: raftmq_store::SyncStall,
     client_addr: SocketAddr,
     stop: watch::Sender<bool>,
+    /// Raft's connections, for the leadership transfer at a clean stop.
+    network: Network,
     tasks: Vec<JoinHandle<()>>,
     servers: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
 }
@@ -115,6 +120,9 @@ impl Broker {
             max_in_snapshot_log_to_keep: config.snapshot_log_keep,
             // Purge in steps no larger than the snapshot interval, or small intervals never purge.
             purge_batch_size: (config.snapshot_every_entries / 2).clamp(1, 256),
+            // openraft's own election timer raises the term without asking first; elections
+            // are driven by `election` instead (pre-vote, stickiness, transfer).
+            enable_elect: false,
             ..Default::default()
         }
         .validate()?;
@@ -124,37 +132,20 @@ impl Broker {
             timeout: config.raft_rpc_timeout(),
             faults: faults.clone(),
         };
+        let timing = election::Timing::new(
+            config.election_timeout_min_ms,
+            config.election_timeout_max_ms,
+            config.raft_rpc_timeout(),
+        );
+        let log = store.log.clone();
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),
-            network,
+            network.clone(),
             store.log,
             store.state_machine,
         )
         .await?;
-
-        // The first start of an empty group sets its membership. Every member may do it: they
-        // all write the same first entry, and a node that has a log already refuses.
-        if !raft.is_initialized().await? {
-            let members: BTreeMap<u64, BrokerNode> = config
-                .members
-                .iter()
-                .map(|m| {
-                    (
-                        m.node_id,
-                        BrokerNode {
-                            raft_addr: m.raft_addr.clone(),
-                            client_addr: m.client_addr.clone(),
-                        },
-                    )
-                })
-                .collect();
-            match raft.initialize(members).await {
-                Ok(()) => tracing::info!(group = %config.group, "initialized the group's membership"),
-                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
-                Err(e) => return Err(e).context("initializing the group"),
-            }
-        }
 
         let (stop, stopped) = watch::channel(false);
         let limits = Limits {
@@ -173,6 +164,7 @@ impl Broker {
             reader,
             proposer,
             stop: stopped.clone(),
+            handing_over: std::sync::atomic::AtomicBool::new(false),
         });
 
         let max_message = state.config.max_batch_bytes + (1 << 20);
@@ -182,12 +174,12 @@ impl Broker {
         let rocketmq =
             raftmq_v5::MessagingService::new(Arc::new(crate::v5::RocketMqBroker::new(state.clone())), stopped.clone())
                 .server();
-        let last_append = Arc::new(std::sync::Mutex::new(std::time::Instant::now()));
+        let contact = LeaderContact::new();
         let append_server = crate::append_link::AppendServer {
             group: state.config.group.clone(),
             me: state.config.node_id,
             raft: raft.clone(),
-            last_append: last_append.clone(),
+            contact: contact.clone(),
             stop: stopped.clone(),
         };
         let raft_service = || {
@@ -195,8 +187,10 @@ impl Broker {
                 group: state.config.group.clone(),
                 me: state.config.node_id,
                 raft: raft.clone(),
-                last_append: last_append.clone(),
+                log: log.clone(),
+                contact: contact.clone(),
                 leader_silence: Duration::from_millis(state.config.election_timeout_min_ms),
+                stickiness: timing.stickiness,
                 faults: state.faults.clone(),
             })
             .max_decoding_message_size(MAX_RAFT_MESSAGE)
@@ -254,6 +248,20 @@ impl Broker {
             stopped.clone(),
         ));
         let role_task = tokio::spawn(track_leading(raft.server_metrics(), leading, stopped.clone()));
+        let election_task = tokio::spawn(election::run(
+            raft.clone(),
+            log,
+            network.clone(),
+            contact,
+            timing,
+            stopped.clone(),
+        ));
+        let first_start_task = tokio::spawn(initialize_group(
+            raft.clone(),
+            state.config.clone(),
+            timing,
+            stopped.clone(),
+        ));
         let heartbeat_task = tokio::spawn(crate::heartbeat::run(state.clone(), stopped));
         tracing::info!(group = %state.config.group, node = state.config.node_id, %client_addr, "broker node started");
         Ok(Broker {
@@ -262,7 +270,15 @@ impl Broker {
             sync_stall,
             client_addr,
             stop,
-            tasks: vec![proposer_task, heartbeat_task, retention_task, role_task],
+            network,
+            tasks: vec![
+                proposer_task,
+                heartbeat_task,
+                retention_task,
+                role_task,
+                election_task,
+                first_start_task,
+            ],
             servers,
         })
     }
@@ -289,10 +305,24 @@ impl Broker {
         self.sync_stall.set(stalled);
     }
 
-    /// Stops cleanly: unregisters from the NameServers, stops serving, stops Raft (every append
-    /// it reported flushed is synced; the memtable flush below writes out the rest), and waits
-    /// for every task.
+    /// Stops cleanly: a master first hands leadership to an up-to-date slave (it takes no new
+    /// writes meanwhile, lets the ones in flight commit, and waits for the new master); then it
+    /// unregisters from the NameServers, stops serving, stops Raft (every append it reported
+    /// flushed is synced; the memtable flush below writes out the rest), and waits for every
+    /// task.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if self.state.raft.metrics().borrow().state == openraft::ServerState::Leader {
+            self.state
+                .handing_over
+                .store(true, std::sync::atomic::Ordering::Release);
+            match election::transfer_leadership(&self.state.raft, &self.network, HANDOVER_TIMEOUT).await {
+                Ok(next) => tracing::info!(node = self.state.config.node_id, next, "leadership handed over"),
+                Err(why) => tracing::warn!(
+                    node = self.state.config.node_id,
+                    "stopping without handing leadership over ({why}); the group elects a master after an election timeout"
+                ),
+            }
+        }
         let _ = self.stop.send(true);
         for task in self.tasks.drain(..) {
             let _ = task.await;
@@ -361,6 +391,54 @@ impl Broker {
                  device) and start it again, it recovers from its log"
             )),
         }
+    }
+}
+
+/// The first start of an empty group sets its membership. The member with the lowest node id
+/// does it at once and stands for election alone, so a new group elects its first master without
+/// split votes; the others receive the membership from it. A member that has heard nothing after
+/// a while (the lowest one is down at the first start) sets it itself: they all write the same
+/// first entry, and a node that has a log already refuses.
+async fn initialize_group(
+    raft: Raft<TypeConfig>,
+    config: BrokerConfig,
+    timing: election::Timing,
+    mut stop: watch::Receiver<bool>,
+) {
+    let lowest = config.members.iter().map(|m| m.node_id).min();
+    if lowest != Some(config.node_id) {
+        let wait = (timing.stickiness + timing.spread) * 10;
+        let waiter = raft.wait(Some(wait));
+        let joined = waiter.metrics(
+            |m| m.membership_config.membership().voter_ids().next().is_some(),
+            "the group's membership arrives",
+        );
+        tokio::select! {
+            joined = joined => if joined.is_ok() { return },
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+    match raft.is_initialized().await {
+        Ok(false) => {}
+        _ => return,
+    }
+    let members: BTreeMap<u64, BrokerNode> = config
+        .members
+        .iter()
+        .map(|m| {
+            (
+                m.node_id,
+                BrokerNode {
+                    raft_addr: m.raft_addr.clone(),
+                    client_addr: m.client_addr.clone(),
+                },
+            )
+        })
+        .collect();
+    match raft.initialize(members).await {
+        Ok(()) => tracing::info!(group = %config.group, node = config.node_id, "initialized the group's membership"),
+        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+        Err(e) => tracing::error!(group = %config.group, "initializing the group failed: {e}"),
     }
 }
 

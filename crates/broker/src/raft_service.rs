@@ -1,7 +1,8 @@
-//! The receiving side of Raft traffic: checks the envelope, hands the request to openraft.
+//! The receiving side of Raft traffic: checks the envelope, hands the request to openraft, and
+//! answers raftmq's own election calls (pre-vote and transfer, see `election`).
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest};
 use openraft::{Raft, Vote};
@@ -12,16 +13,21 @@ use raftmq_store::{NodeId, TypeConfig};
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
+use crate::election::{self, LeaderContact, PreVoteRequest, Refused, TimeoutNowRequest};
 use crate::network::{decode, encode, Faults};
 
 pub struct RaftService {
     pub group: String,
     pub me: NodeId,
     pub raft: Raft<TypeConfig>,
-    /// When the leader's last append (or heartbeat) arrived.
-    pub last_append: Arc<Mutex<Instant>>,
+    /// The log, read for its last entry when answering a pre-vote.
+    pub log: raftmq_store::LogStore,
+    /// When a live master was last heard from (an accepted append) or a vote granted.
+    pub contact: Arc<LeaderContact>,
     /// Silence from the leader longer than this means it is gone (election-timeout-min).
     pub leader_silence: Duration,
+    /// How recently a master must have been heard from for a pre-vote to be refused.
+    pub stickiness: Duration,
     /// Fault injection (tests only).
     pub faults: Arc<Faults>,
 }
@@ -41,7 +47,7 @@ pub struct RaftService {
 struct KeepAlive(tokio::task::JoinHandle<()>);
 
 impl KeepAlive {
-    fn start(raft: Raft<TypeConfig>, vote: Vote<NodeId>, every: Duration, last_append: Arc<Mutex<Instant>>) -> Self {
+    fn start(raft: Raft<TypeConfig>, vote: Vote<NodeId>, every: Duration, contact: Arc<LeaderContact>) -> Self {
         KeepAlive(tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -57,10 +63,10 @@ impl KeepAlive {
                     leader_commit: None,
                 };
                 let raft = raft.clone();
-                let last_append = last_append.clone();
+                let contact = contact.clone();
                 tokio::spawn(async move {
                     if let Ok(AppendEntriesResponse::Success) = raft.append_entries(alive).await {
-                        *last_append.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+                        contact.heard();
                     }
                 });
             }
@@ -110,35 +116,68 @@ impl RaftTransport for RaftService {
     async fn append_entries(&self, request: Request<RaftEnvelope>) -> Result<Response<RaftEnvelope>, Status> {
         let (envelope, rpc) = self.open(request)?;
         let result = self.raft.append_entries(rpc).await;
-        if result.is_ok() {
-            *self.last_append.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        if from_live_master(&result) {
+            self.contact.heard();
         }
         self.reply(&envelope, &result)
     }
 
     async fn vote(&self, request: Request<RaftEnvelope>) -> Result<Response<RaftEnvelope>, Status> {
         let (envelope, rpc): (RaftEnvelope, openraft::raft::VoteRequest<NodeId>) = self.open(request)?;
-        let candidate_log = rpc.last_log_id;
         let result = self.raft.vote(rpc).await;
-        // A candidate whose log is behind ours can never win, and waiting for our own election
-        // timer costs another timeout: when the leader has been silent past the election
-        // timeout, stand for election now. (Safe: elections never lose committed entries; the
-        // silence check keeps a healthy leader from being disturbed by a stale candidate.)
-        if let Ok(resp) = &result {
-            let leader_gone =
-                self.last_append.lock().unwrap_or_else(|p| p.into_inner()).elapsed() > self.leader_silence;
-            let follower = self.raft.metrics().borrow().state == openraft::ServerState::Follower;
-            if !resp.vote_granted && candidate_log < resp.last_log_id && leader_gone && follower {
-                tracing::info!(
-                    node = self.me,
-                    "a candidate with an older log asked for a vote; standing for election"
-                );
-                let raft = self.raft.clone();
-                tokio::spawn(async move {
-                    let _ = raft.trigger().elect().await;
-                });
-            }
+        // Raft's rule: a node that grants a vote waits a whole timeout before standing itself.
+        if matches!(&result, Ok(resp) if resp.vote_granted) {
+            self.contact.heard();
         }
+        self.reply(&envelope, &result)
+    }
+
+    async fn pre_vote(&self, request: Request<RaftEnvelope>) -> Result<Response<RaftEnvelope>, Status> {
+        let (envelope, ask): (RaftEnvelope, PreVoteRequest) = self.open(request)?;
+        let last_log_id = election::last_log_id(&self.log)
+            .await
+            .map_err(|e| ErrorCode::Internal.status(format!("cannot read the log's end: {e}")))?;
+        let local = election::Local {
+            leading: self.raft.metrics().borrow().state == openraft::ServerState::Leader,
+            since_contact: self.contact.since(),
+            stickiness: self.stickiness,
+            last_log_id,
+        };
+        let answer = election::pre_vote_answer(&local, &ask);
+        tracing::debug!(node = self.me, candidate = envelope.from_node_id, ?answer, "pre-vote");
+        self.reply(&envelope, &Ok::<_, Refused>(answer))
+    }
+
+    async fn timeout_now(&self, request: Request<RaftEnvelope>) -> Result<Response<RaftEnvelope>, Status> {
+        let (envelope, ask): (RaftEnvelope, TimeoutNowRequest) = self.open(request)?;
+        let (vote, state) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.vote, m.state)
+        };
+        // Only this node's current master may ask, in its current term.
+        let result = if ask.vote != vote
+            || !vote.is_committed()
+            || vote.leader_id().voted_for() != Some(envelope.from_node_id)
+        {
+            Err(Refused(format!(
+                "asked by {} with vote {}, but this node's vote is {vote}",
+                envelope.from_node_id, ask.vote
+            )))
+        } else if state != openraft::ServerState::Follower {
+            Err(Refused(format!("this node is {state:?}, not a follower")))
+        } else {
+            tracing::info!(
+                node = self.me,
+                master = envelope.from_node_id,
+                "the master hands leadership over: standing for election now"
+            );
+            self.raft
+                .trigger()
+                .elect()
+                .await
+                .map_err(|e| Refused(format!("cannot stand for election: {e}")))
+        };
         self.reply(&envelope, &result)
     }
 
@@ -148,7 +187,7 @@ impl RaftTransport for RaftService {
             self.raft.clone(),
             rpc.vote,
             self.leader_silence / 4,
-            self.last_append.clone(),
+            self.contact.clone(),
         );
         let delay = self.faults.snapshot_install_delay();
         if rpc.done && !delay.is_zero() {
@@ -157,4 +196,10 @@ impl RaftTransport for RaftService {
         let result = self.raft.install_snapshot(rpc).await;
         self.reply(&envelope, &result)
     }
+}
+
+/// Whether an append's answer shows it came from this node's live master: accepted, or refused
+/// only for a log mismatch. An append refused for its stale vote came from a deposed master.
+pub fn from_live_master<E>(result: &Result<AppendEntriesResponse<NodeId>, E>) -> bool {
+    matches!(result, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_)))
 }

@@ -38,6 +38,8 @@ pub struct BrokerState {
     pub disk: crate::retention::DiskGuard,
     pub faults: std::sync::Arc<crate::network::Faults>,
     pub stop: watch::Receiver<bool>,
+    /// Set while a stopping master hands leadership over: it takes no new writes.
+    pub handing_over: std::sync::atomic::AtomicBool,
 }
 
 impl BrokerState {
@@ -52,8 +54,10 @@ impl BrokerState {
             .map(|n| n.client_addr.clone())
     }
 
+    /// Whether this node takes writes: it leads, and is not handing leadership over.
     pub fn is_master(&self) -> bool {
         self.raft.metrics().borrow().state == ServerState::Leader
+            && !self.handing_over.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn require_master(&self) -> Result<(), BrokerError> {
@@ -61,7 +65,11 @@ impl BrokerState {
             Ok(())
         } else {
             Err(BrokerError::NotMaster {
-                leader: self.leader_client_addr(),
+                // While handing over, the next master is not known yet: the client backs off
+                // briefly and asks the NameServers, instead of bouncing between the two.
+                leader: self
+                    .leader_client_addr()
+                    .filter(|_| !self.handing_over.load(std::sync::atomic::Ordering::Acquire)),
             })
         }
     }

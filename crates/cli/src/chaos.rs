@@ -39,7 +39,10 @@ pub struct ChaosArgs {
     producers: usize,
     /// Faults to draw from (default: all). Names: kill-master, pause-master, kill-slave,
     /// kill-all, restart-namesrv, partition-master, partition-slave, disk-full (needs root to
-    /// mount a tmpfs), torn-tail (needs brokers with fault-injection = true).
+    /// mount a tmpfs), torn-tail (needs brokers with fault-injection = true), hold-slave (a
+    /// slave stays dead for the next 2-4 rounds while other faults hit), master-cycle (the
+    /// master killed and started again three times in a row), rolling-restart (every node
+    /// stopped cleanly and started again in turn, the master last).
     #[arg(long, value_delimiter = ',')]
     faults: Vec<String>,
     /// How long a fault lasts before it is healed, ms.
@@ -49,7 +52,11 @@ pub struct ChaosArgs {
     script: PathBuf,
 }
 
-const ALL_FAULTS: [&str; 9] = [
+/// Longest a connected majority may go without a master that acknowledges a send: a round over
+/// it fails the run (issue 17).
+const LIVENESS: Duration = Duration::from_secs(5);
+
+const ALL_FAULTS: [&str; 12] = [
     "kill-master",
     "pause-master",
     "kill-slave",
@@ -59,6 +66,9 @@ const ALL_FAULTS: [&str; 9] = [
     "partition-slave",
     "disk-full",
     "torn-tail",
+    "hold-slave",
+    "master-cycle",
+    "rolling-restart",
 ];
 
 /// xorshift64*: small, seedable, the same everywhere.
@@ -87,12 +97,12 @@ enum Outcome {
 
 /// The group as the NameServers route it, once they do (a restarted NameServer is empty until
 /// the next broker heartbeats).
-async fn routed_group(admin: &Admin, group: &str) -> anyhow::Result<pb::GroupInfo> {
+async fn routed_group(admin: &Admin, group: &str, nodes: usize) -> anyhow::Result<pb::GroupInfo> {
     let end = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(g) = group_info(admin, group)
             .await
-            .filter(|g| !g.master_addr.is_empty() && g.nodes.len() >= 3)
+            .filter(|g| !g.master_addr.is_empty() && g.nodes.len() >= nodes)
         {
             return Ok(g);
         }
@@ -137,6 +147,37 @@ async fn wait_healthy(client: &Client, nodes: &BTreeMap<u64, String>, deadline: 
     }
 }
 
+/// The liveness check: a send started after a moment must be acknowledged within [`LIVENESS`].
+struct Liveness {
+    /// When the newest acknowledged send had started.
+    last_ack: Arc<Mutex<Instant>>,
+    seed: u64,
+}
+
+impl Liveness {
+    /// Waits for an acknowledged send started at or after `since`; returns how long after
+    /// `since` it came, or fails the run.
+    async fn wait(&self, since: Instant, round: u32, what: &str) -> anyhow::Result<Duration> {
+        loop {
+            if *self.last_ack.lock().unwrap() >= since {
+                return Ok(since.elapsed());
+            }
+            if since.elapsed() > LIVENESS {
+                bail!(
+                    "liveness: round {round}: a connected majority acknowledged no send for {LIVENESS:?} ({what}; seed {})",
+                    self.seed
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Keeps a fault in place until `fault_time` after it began.
+    async fn hold(&self, fault_at: Instant, fault_time: Duration) {
+        tokio::time::sleep(fault_time.saturating_sub(fault_at.elapsed())).await;
+    }
+}
+
 pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::Result<()> {
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
@@ -157,7 +198,7 @@ pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::
     let mut rng = Rng(seed);
     let client = Client::new(ClientConfig::new(namesrv.to_vec()))?;
     let admin = Admin::new(client.clone());
-    let info = routed_group(&admin, &args.group).await?;
+    let info = routed_group(&admin, &args.group, 3).await?;
     let end = Instant::now() + Duration::from_secs(30);
     let groups = std::slice::from_ref(&args.group);
     while let Err(e) = admin
@@ -175,6 +216,7 @@ pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::
     // Producers: body "p{producer}-{seq}", every attempt a new seq.
     let stop = Arc::new(AtomicBool::new(false));
     let outcomes: Arc<Mutex<BTreeMap<String, Outcome>>> = Arc::default();
+    // When the newest acknowledged send had started.
     let last_ack: Arc<Mutex<Instant>> = Arc::new(Mutex::new(Instant::now()));
     let mut producers = Vec::new();
     for p in 0..args.producers {
@@ -190,9 +232,11 @@ pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::
             while !stop.load(Ordering::SeqCst) {
                 let body = format!("p{p}-{seq}");
                 seq += 1;
+                let started = Instant::now();
                 let outcome = match producer.send(Message::new(&topic, body.clone())).await {
                     Ok(r) => {
-                        *last_ack.lock().unwrap() = Instant::now();
+                        let mut last = last_ack.lock().unwrap();
+                        *last = (*last).max(started);
                         Outcome::Acked(
                             MessageQueue {
                                 group: r.group,
@@ -290,57 +334,101 @@ pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::
 
     let mut disk = crate::chaos_disk::DiskFaults::new(&args.script);
     let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+    // Per fault kind: time from the fault to the first acknowledged send started after it, while
+    // a majority stayed connected; and from the heal to the first one started after the heal.
+    let mut during: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
     let mut recovery: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
     let fault_time = Duration::from_millis(args.fault_ms);
+    let live = Liveness {
+        last_ack: last_ack.clone(),
+        seed,
+    };
+    // A slave kept dead across rounds, and the rounds it has left.
+    let mut held: Option<(u64, u32)> = None;
     tokio::time::sleep(Duration::from_millis(500)).await;
     for round in 0..args.rounds {
         disk.keep_headroom()?;
-        let fault = faults[(rng.next() % faults.len() as u64) as usize].clone();
-        let info = routed_group(&admin, &args.group).await?;
+        let mut fault = faults[(rng.next() % faults.len() as u64) as usize].clone();
+        let held_node = held.map(|(n, _)| n);
+        // Disk faults restart nodes through their own paths; they wait until no node is held.
+        if held_node.is_some()
+            && matches!(
+                fault.as_str(),
+                "disk-full" | "torn-tail" | "hold-slave" | "rolling-restart"
+            )
+        {
+            fault = "kill-master".into();
+        }
+        let alive: Vec<u64> = nodes.keys().copied().filter(|n| Some(*n) != held_node).collect();
+        let info = routed_group(&admin, &args.group, alive.len()).await?;
         let master = info.master_node_id;
-        let slaves: Vec<u64> = nodes.keys().copied().filter(|n| *n != master).collect();
+        let slaves: Vec<u64> = alive.iter().copied().filter(|n| *n != master).collect();
         let slave = slaves[(rng.next() % slaves.len() as u64) as usize];
+        let majority = nodes.len() / 2 + 1;
+        // Whether the nodes left connected by a fault that takes `out` away are a majority.
+        let connected = |out: usize| alive.len().saturating_sub(out) >= majority;
         let name = |id: u64| format!("{}-{id}", args.group);
-        eprintln!("chaos: round {}: {fault} (master {master})", round + 1);
+        let r = round + 1;
+        eprintln!(
+            "chaos: round {r}: {fault} (master {master}{})",
+            held_node.map(|n| format!(", node {n} held down")).unwrap_or_default()
+        );
+        let fault_at = Instant::now();
+        // The time to service within the fault, when a majority stays connected.
+        let mut within: Option<Duration> = None;
         match fault.as_str() {
             "kill-master" => {
                 script(&args.script, &["kill", &name(master)])?;
-                tokio::time::sleep(fault_time).await;
+                if connected(1) {
+                    within = Some(live.wait(fault_at, r, &fault).await?);
+                }
+                live.hold(fault_at, fault_time).await;
                 script(&args.script, &["start", &name(master)])?;
             }
             "pause-master" => {
                 script(&args.script, &["pause", &name(master)])?;
-                tokio::time::sleep(fault_time).await;
+                if connected(1) {
+                    within = Some(live.wait(fault_at, r, &fault).await?);
+                }
+                live.hold(fault_at, fault_time).await;
                 script(&args.script, &["resume", &name(master)])?;
             }
             "kill-slave" => {
                 script(&args.script, &["kill", &name(slave)])?;
-                tokio::time::sleep(fault_time).await;
+                if connected(1) {
+                    within = Some(live.wait(fault_at, r, &fault).await?);
+                }
+                live.hold(fault_at, fault_time).await;
                 script(&args.script, &["start", &name(slave)])?;
             }
             "kill-all" => {
-                for id in nodes.keys() {
+                for id in &alive {
                     script(&args.script, &["kill", &name(*id)])?;
                 }
-                for id in nodes.keys() {
+                for id in &alive {
                     script(&args.script, &["start", &name(*id)])?;
                 }
             }
             "restart-namesrv" => {
                 script(&args.script, &["stop", "namesrv-1"])?;
-                tokio::time::sleep(fault_time).await;
+                // Clients keep their routes; the brokers keep serving.
+                within = Some(live.wait(fault_at, r, &fault).await?);
+                live.hold(fault_at, fault_time).await;
                 script(&args.script, &["start", "namesrv-1"])?;
             }
             "partition-master" | "partition-slave" => {
                 let victim = if fault == "partition-master" { master } else { slave };
-                let others: Vec<u64> = nodes.keys().copied().filter(|n| *n != victim).collect();
+                let others: Vec<u64> = alive.iter().copied().filter(|n| *n != victim).collect();
                 cut(&client, &nodes[&victim], others.clone()).await?;
                 for o in &others {
                     cut(&client, &nodes[o], vec![victim]).await?;
                 }
-                tokio::time::sleep(fault_time).await;
-                for addr in nodes.values() {
-                    cut(&client, addr, vec![]).await?;
+                if connected(1) {
+                    within = Some(live.wait(fault_at, r, &fault).await?);
+                }
+                live.hold(fault_at, fault_time).await;
+                for id in &alive {
+                    cut(&client, &nodes[id], vec![]).await?;
                 }
             }
             "disk-full" => {
@@ -359,25 +447,79 @@ pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::
                 let what = disk.torn_tail(&name(victim), rng.next())?;
                 eprintln!("chaos:   {what}");
             }
+            "hold-slave" => {
+                let rounds = 2 + (rng.next() % 3) as u32;
+                script(&args.script, &["kill", &name(slave)])?;
+                within = Some(live.wait(fault_at, r, &fault).await?);
+                eprintln!("chaos:   node {slave} stays down for {rounds} rounds");
+                held = Some((slave, rounds + 1));
+            }
+            "master-cycle" => {
+                // Kill and start the master three times; each time the group must serve again.
+                let mut worst = Duration::ZERO;
+                for _ in 0..3 {
+                    let g = routed_group(&admin, &args.group, alive.len()).await?;
+                    let at = Instant::now();
+                    script(&args.script, &["kill", &name(g.master_node_id)])?;
+                    script(&args.script, &["start", &name(g.master_node_id)])?;
+                    worst = worst.max(live.wait(at, r, &fault).await?);
+                }
+                within = Some(worst);
+            }
+            "rolling-restart" => {
+                // Clean stops, slaves first: the master hands leadership over when its turn comes.
+                let mut order = slaves.clone();
+                order.push(master);
+                let mut worst = Duration::ZERO;
+                for id in order {
+                    let at = Instant::now();
+                    script(&args.script, &["stop", &name(id)])?;
+                    worst = worst.max(live.wait(at, r, &fault).await?);
+                    script(&args.script, &["start", &name(id)])?;
+                    let up: BTreeMap<u64, String> = nodes
+                        .iter()
+                        .filter(|(n, _)| alive.contains(n))
+                        .map(|(n, a)| (*n, a.clone()))
+                        .collect();
+                    wait_healthy(&client, &up, Duration::from_secs(30))
+                        .await
+                        .with_context(|| format!("round {r}: node {id} after its restart (seed {seed})"))?;
+                }
+                within = Some(worst);
+            }
             other => bail!("unknown fault {other}"),
         }
-        // Healed: time until an acknowledgement comes after the heal.
-        let healed = Instant::now();
-        let end = healed + Duration::from_secs(30);
-        while *last_ack.lock().unwrap() < healed {
-            if Instant::now() > end {
-                bail!(
-                    "round {}: no send acknowledged 30 s after healing {fault} (seed {seed})",
-                    round + 1
-                );
+        // The node held down comes back when its rounds are over.
+        if let Some((n, left)) = held {
+            if left <= 1 {
+                script(&args.script, &["start", &name(n)])?;
+                eprintln!("chaos:   node {n} starts again");
+                held = None;
+            } else {
+                held = Some((n, left - 1));
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        recovery.entry(fault.clone()).or_default().push(healed.elapsed());
+        // Healed: a majority is connected again, so a send started now must be acknowledged.
+        let healed = Instant::now();
+        recovery
+            .entry(fault.clone())
+            .or_default()
+            .push(live.wait(healed, r, &format!("{fault}, after the heal")).await?);
+        if let Some(d) = within {
+            during.entry(fault.clone()).or_default().push(d);
+        }
         *counts.entry(fault).or_default() += 1;
-        wait_healthy(&client, &nodes, Duration::from_secs(30))
+        let up: BTreeMap<u64, String> = nodes
+            .iter()
+            .filter(|(n, _)| held.map(|(h, _)| h) != Some(**n))
+            .map(|(n, a)| (*n, a.clone()))
+            .collect();
+        wait_healthy(&client, &up, Duration::from_secs(30))
             .await
-            .with_context(|| format!("round {} (seed {seed})", round + 1))?;
+            .with_context(|| format!("round {r} (seed {seed})"))?;
+    }
+    if let Some((n, _)) = held {
+        script(&args.script, &["start", &format!("{}-{n}", args.group)])?;
     }
 
     stop.store(true, Ordering::SeqCst);
@@ -503,36 +645,48 @@ pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::
     }
 
     let ms = |d: &Duration| d.as_secs_f64() * 1000.0;
+    // (median, worst) of a list, in ms.
+    let figures = |v: Option<&Vec<Duration>>| {
+        v.filter(|v| !v.is_empty()).map(|v| {
+            let mut v = v.clone();
+            v.sort();
+            (ms(&v[v.len() / 2]), ms(&v[v.len() - 1]))
+        })
+    };
     if as_json {
-        let rec: BTreeMap<&String, serde_json::Value> = recovery
-            .iter()
-            .map(|(f, v)| {
-                let mut v = v.clone();
-                v.sort();
+        let rec: BTreeMap<&String, serde_json::Value> = counts
+            .keys()
+            .map(|f| {
+                let d = figures(during.get(f));
+                let h = figures(recovery.get(f));
                 (
                     f,
-                    json!({"min_ms": ms(&v[0]), "median_ms": ms(&v[v.len() / 2]), "max_ms": ms(&v[v.len() - 1])}),
+                    json!({"during_median_ms": d.map(|x| x.0), "during_worst_ms": d.map(|x| x.1), "after_heal_median_ms": h.map(|x| x.0), "after_heal_worst_ms": h.map(|x| x.1)}),
                 )
             })
             .collect();
         println!(
             "{}",
-            json!({"seed": seed, "rounds": args.rounds, "faults": counts, "acknowledged": acked, "lost": lost, "duplicates": duplicates, "unknown": unknown.len(), "unknown_stored": unknown_present, "recovery": rec, "problems": problems})
+            json!({"seed": seed, "rounds": args.rounds, "faults": counts, "acknowledged": acked, "lost": lost, "duplicates": duplicates, "unknown": unknown.len(), "unknown_stored": unknown_present, "liveness_failures": 0, "recovery": rec, "problems": problems})
         );
     } else {
-        println!("seed {seed}, {} rounds", args.rounds);
         println!(
-            "{:<18} {:>6} {:>12} {:>12} {:>12}",
-            "FAULT", "COUNT", "RECOVERY_MIN", "MEDIAN", "MAX"
+            "seed {seed}, {} rounds, liveness failures 0 (a run with one stops there)",
+            args.rounds
         );
+        println!(
+            "{:<16} {:>5} {:>22} {:>22}",
+            "FAULT", "COUNT", "DURING median / worst", "AFTER HEAL med / worst"
+        );
+        let cell = |f: Option<(f64, f64)>| match f {
+            Some((m, w)) => format!("{m:>7.0} / {w:>7.0} ms"),
+            None => "-".to_owned(),
+        };
         for (fault, n) in &counts {
-            let mut v = recovery[fault].clone();
-            v.sort();
             println!(
-                "{fault:<18} {n:>6} {:>9.0} ms {:>9.0} ms {:>9.0} ms",
-                ms(&v[0]),
-                ms(&v[v.len() / 2]),
-                ms(&v[v.len() - 1])
+                "{fault:<16} {n:>5} {:>22} {:>22}",
+                cell(figures(during.get(fault))),
+                cell(figures(recovery.get(fault)))
             );
         }
         println!(

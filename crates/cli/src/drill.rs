@@ -62,6 +62,9 @@ struct Round {
     acked_after: usize,
     lost: usize,
     unknown: usize,
+    /// Terms the group went through from the new master's election until a second after the
+    /// old master rejoined: 0 when the return disturbed nothing.
+    rejoin_term_changes: u64,
 }
 
 fn summary(name: &str, mut values: Vec<Duration>) -> String {
@@ -96,7 +99,7 @@ pub async fn run(namesrv: &[String], args: DrillArgs, as_json: bool) -> anyhow::
             .with_context(|| format!("round {}", round + 1))?;
         if !as_json {
             println!(
-                "round {:>2}: new master {:>5.0} ms, sends resumed {:>5.0} ms, routed {:>5.0} ms, acked {} before / {} after, lost {}, unknown {}",
+                "round {:>2}: new master {:>5.0} ms, sends resumed {:>5.0} ms, routed {:>5.0} ms, acked {} before / {} after, lost {}, unknown {}, term changes at rejoin {}",
                 round + 1,
                 r.new_master.as_secs_f64() * 1000.0,
                 r.sends_resumed.as_secs_f64() * 1000.0,
@@ -104,7 +107,8 @@ pub async fn run(namesrv: &[String], args: DrillArgs, as_json: bool) -> anyhow::
                 r.acked_before,
                 r.acked_after,
                 r.lost,
-                r.unknown
+                r.unknown,
+                r.rejoin_term_changes
             );
         }
         rounds.push(r);
@@ -113,7 +117,7 @@ pub async fn run(namesrv: &[String], args: DrillArgs, as_json: bool) -> anyhow::
     if as_json {
         let items: Vec<_> = rounds
             .iter()
-            .map(|r| json!({"new_master_ms": r.new_master.as_millis(), "sends_resumed_ms": r.sends_resumed.as_millis(), "routed_ms": r.routed.as_millis(), "acked_before": r.acked_before, "acked_after": r.acked_after, "lost": r.lost, "unknown": r.unknown}))
+            .map(|r| json!({"new_master_ms": r.new_master.as_millis(), "sends_resumed_ms": r.sends_resumed.as_millis(), "routed_ms": r.routed.as_millis(), "acked_before": r.acked_before, "acked_after": r.acked_after, "lost": r.lost, "unknown": r.unknown, "rejoin_term_changes": r.rejoin_term_changes}))
             .collect();
         println!(
             "{}",
@@ -132,6 +136,11 @@ pub async fn run(namesrv: &[String], args: DrillArgs, as_json: bool) -> anyhow::
         println!(
             "{}",
             summary("NameServers route it", rounds.iter().map(|r| r.routed).collect())
+        );
+        println!(
+            "term changes while the old master rejoined: {} (worst round {})",
+            rounds.iter().map(|r| r.rejoin_term_changes).sum::<u64>(),
+            rounds.iter().map(|r| r.rejoin_term_changes).max().unwrap_or(0)
         );
         println!("acknowledged messages lost: {lost}");
     }
@@ -300,6 +309,17 @@ async fn drill_round(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // A rejoining node must not unseat the master: watch every node's term for a second more.
+    let mut highest = status.term;
+    let settle = Instant::now();
+    while settle.elapsed() < Duration::from_secs(1) {
+        for n in &before.nodes {
+            if let Some(s) = node_status(client, &n.addr).await {
+                highest = highest.max(s.term);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Every acknowledged message is where its acknowledgement said.
     let acks = acks.lock().unwrap().clone();
@@ -335,5 +355,6 @@ async fn drill_round(
         acked_after: acks.iter().filter(|a| a.done >= fault_at).count(),
         lost,
         unknown,
+        rejoin_term_changes: highest - status.term,
     })
 }

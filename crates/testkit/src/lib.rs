@@ -30,6 +30,38 @@ pub fn init_logs() {
     }
 }
 
+/// Whether a test that needs root can run here; `why` says what it needs root for.
+///
+/// As root, yes. Without root on CI (`CI` set) the test fails with that reason: CI runs as root,
+/// so a CI without it must not pass these tests silently. On a developer's machine without root
+/// the test is reported as skipped: one line on stderr, and a line in the file that
+/// `scripts/test.sh` names in `RAFTMQ_SKIPPED_FILE`, so its summary counts the test as skipped
+/// rather than passed.
+pub fn runs_as_root(test: &str, why: &str) -> bool {
+    if effective_uid() == Some(0) {
+        return true;
+    }
+    let reason = format!("{test} needs root ({why})");
+    assert!(std::env::var_os("CI").is_none(), "{reason}, and CI runs without root");
+    let line = format!("SKIPPED: {reason}; run it as root (scripts/test.sh under sudo)\n");
+    // Past the test harness's capture, so the line is seen even when the test "passes".
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+    if let Some(file) = std::env::var_os("RAFTMQ_SKIPPED_FILE") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(file) {
+            let _ = f.write_all(line.as_bytes());
+        }
+    }
+    false
+}
+
+/// The effective user id, from /proc (Linux).
+fn effective_uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
 /// Polls `check` until it returns `Some`, failing with `what` after `deadline`.
 pub async fn wait_until<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
 where

@@ -154,14 +154,20 @@ where C: RaftTypeConfig
         );
 
         // raftmq patch (RAFTMQ-PATCH.md): a node that was leader does not resume its term at
-        // start; it stands for election in a new term at once. As leader it replicated entries
-        // before they were flushed, so a crash may have taken from its log entries that its
-        // followers hold under that term, and resuming the term would write other entries under
-        // the same log ids.
+        // start. As leader it replicated entries before they were flushed, so a crash may have
+        // taken from its log entries that its followers hold under that term, and resuming the
+        // term would write other entries under the same log ids. It starts as a follower that
+        // voted for itself in that term (in memory; the stored vote is unchanged), so it neither
+        // leads nor claims a leader, and it stands for election only when its election timer
+        // says so (raftmq drives it with a pre-vote), never at once: a restarted master must not
+        // unseat the master its group elected meanwhile.
         if self.state.is_leader(&self.config.id) {
-            tracing::info!("startup: was leader of {}; standing for election in a new term", self.state.vote_ref());
-            self.elect();
-            return;
+            let term = self.state.vote_ref().leader_id().term;
+            tracing::info!(
+                "startup: was leader of {}; starting as a follower, not resuming the term",
+                self.state.vote_ref()
+            );
+            *self.state.vote = Vote::new(term, self.config.id.clone());
         }
 
         let server_state = if self.state.membership_state.effective().is_voter(&self.config.id) {

@@ -40,7 +40,11 @@ fn eng() -> Engine<UTConfig> {
     eng
 }
 
-/// It is a Leader but not yet append any logs.
+/// raftmq patch (RAFTMQ-PATCH.md, change 2): a node whose stored vote is a committed vote for
+/// itself does not resume leadership at startup. It starts as a follower whose vote is an
+/// uncommitted vote for itself in the same term, and issues no command: it neither replicates
+/// nor stands for election until its election timer says so.
+/// (Upstream: it became leader at once, without logs or with them.)
 #[test]
 fn test_startup_as_leader_without_logs() -> anyhow::Result<()> {
     let mut eng = eng();
@@ -48,42 +52,23 @@ fn test_startup_as_leader_without_logs() -> anyhow::Result<()> {
     eng.state
         .membership_state
         .set_effective(Arc::new(EffectiveMembership::new(Some(log_id(2, 1, 3)), m23())));
-    // Committed vote makes it a leader at startup.
+    // Committed vote made it a leader at startup, upstream.
     eng.state.vote = UTime::new(TokioInstant::now(), Vote::new_committed(1, 2));
 
     eng.startup();
 
-    assert_eq!(ServerState::Leader, eng.state.server_state);
-    assert_eq!(
-        vec![
-            //
-            Command::BecomeLeader,
-            Command::RebuildReplicationStreams {
-                targets: vec![(3, ProgressEntry {
-                    matching: None,
-                    curr_inflight_id: 0,
-                    inflight: Inflight::None,
-                    searching_end: 0
-                })]
-            },
-            Command::AppendInputEntries {
-                vote: Vote::new_committed(1, 2),
-                entries: vec![Entry::<UTConfig>::new_blank(log_id(1, 2, 0))],
-            },
-            Command::Replicate {
-                target: 3,
-                req: Inflight::logs(None, Some(log_id(1, 2, 0))).with_id(1)
-            }
-        ],
-        eng.output.take_commands()
-    );
+    assert_eq!(ServerState::Follower, eng.state.server_state);
+    assert_eq!(&Vote::new(1, 2), eng.state.vote_ref());
+    assert!(eng.leader.is_none());
+    assert!(eng.candidate_ref().is_none());
+    assert_eq!(eng.output.take_commands(), vec![]);
 
     Ok(())
 }
 
 #[test]
 fn test_startup_as_leader_with_proposed_logs() -> anyhow::Result<()> {
-    tracing::info!("--- a leader proposed logs and restarted, reuse noop_log_id");
+    tracing::info!("--- a leader proposed logs and restarted: it does not resume its term");
     let mut eng = eng();
     // self.id==2 is a voter:
     eng.state
@@ -91,33 +76,19 @@ fn test_startup_as_leader_with_proposed_logs() -> anyhow::Result<()> {
         .set_effective(Arc::new(EffectiveMembership::new(Some(log_id(2, 1, 3)), m23())));
     // Fake existing log ids
     eng.state.log_ids = LogIdList::new([log_id(1, 1, 2), log_id(1, 2, 4), log_id(1, 2, 6)]);
-    // Committed vote makes it a leader at startup.
     eng.state.vote = UTime::new(TokioInstant::now(), Vote::new_committed(1, 2));
 
     eng.startup();
 
-    assert_eq!(ServerState::Leader, eng.state.server_state);
-    assert_eq!(eng.leader.as_ref().unwrap().noop_log_id(), Some(&log_id(1, 2, 4)));
-    assert_eq!(eng.leader.as_ref().unwrap().last_log_id(), Some(&log_id(1, 2, 6)));
-    assert_eq!(
-        vec![
-            //
-            Command::BecomeLeader,
-            Command::RebuildReplicationStreams {
-                targets: vec![(3, ProgressEntry {
-                    matching: None,
-                    curr_inflight_id: 0,
-                    inflight: Inflight::None,
-                    searching_end: 7
-                })]
-            },
-            Command::Replicate {
-                target: 3,
-                req: Inflight::logs(None, Some(log_id(1, 2, 6))).with_id(1)
-            }
-        ],
-        eng.output.take_commands()
-    );
+    assert_eq!(ServerState::Follower, eng.state.server_state);
+    assert_eq!(&Vote::new(1, 2), eng.state.vote_ref());
+    assert!(eng.leader.is_none());
+    assert_eq!(eng.output.take_commands(), vec![]);
+
+    // Its next election is in a higher term, so its new entries cannot reuse the log ids of
+    // entries it may have lost.
+    eng.elect();
+    assert_eq!(&Vote::new(2, 2), eng.state.vote_ref());
 
     Ok(())
 }

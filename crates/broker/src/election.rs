@@ -1,0 +1,453 @@
+//! Elections a group can trust: pre-vote, master stickiness and leadership transfer.
+//!
+//! openraft 0.9 has no pre-vote: its election timer raises the term as soon as a node stops
+//! hearing from its master, even when that node cannot win (a stale log, a node cut off or just
+//! restarted), and the higher term then unseats a healthy master or, with a stale candidate on
+//! one side and an up-to-date node on the other, keeps the group without one (issue 17: a
+//! livelock with two healthy nodes). Here openraft's own timer is off (`enable_elect = false`)
+//! and this module decides when a node stands for election:
+//!
+//! - **Pre-vote** (Raft thesis §9.6): a node whose timer fires first asks every voter whether it
+//!   would vote for it now, and calls openraft's `elect()` (which raises the term) only when a
+//!   majority, itself included, says yes. Asking changes nothing on the asked node.
+//! - **Stickiness**: a node that heard from a live master within `stickiness` (openraft's leader
+//!   lease, `election-timeout-max`), and the master itself, answer no. So a node rejoining a
+//!   healthy group, or cut off from its master alone, never raises the term.
+//! - **Transfer**: a master that stops cleanly first lets its in-flight writes commit, then asks
+//!   an up-to-date slave to stand for election at once (`TimeoutNow`), so leadership moves
+//!   before the process exits instead of after an election timeout.
+//!
+//! What this module must never do: raise the term without a majority's pre-vote, except when the
+//! master asks for a transfer. The term is raised only by openraft's `elect()`, which persists
+//! the vote before any request goes out.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use openraft::{LogId, Raft, RaftMetrics, ServerState, Vote};
+use raftmq_store::{BrokerNode, LogStore, NodeId, TypeConfig};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::network::{Connection, Network, PeerCalls};
+
+/// When this node last heard from a live master (an append it accepted), or granted a vote.
+#[derive(Debug)]
+pub struct LeaderContact(Mutex<Instant>);
+
+impl LeaderContact {
+    pub fn new() -> Arc<LeaderContact> {
+        Arc::new(LeaderContact(Mutex::new(Instant::now())))
+    }
+
+    pub fn heard(&self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    pub fn last(&self) -> Instant {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn since(&self) -> Duration {
+        self.last().elapsed()
+    }
+}
+
+/// "Would you vote for me if I stood for election now?"
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PreVoteRequest {
+    /// The term the candidate would stand in.
+    pub term: u64,
+    pub last_log_id: Option<LogId<NodeId>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreVoteReply {
+    pub granted: bool,
+    /// Why not, for the candidate's log.
+    pub reason: String,
+}
+
+/// The master's request that the target stand for election at once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TimeoutNowRequest {
+    /// The master's vote: the target obeys only its current master.
+    pub vote: Vote<NodeId>,
+}
+
+/// A refusal carried back to the caller of `PreVote` or `TimeoutNow`.
+#[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+/// What a node knows when it answers a pre-vote.
+#[derive(Debug, Clone)]
+pub struct Local {
+    pub leading: bool,
+    pub since_contact: Duration,
+    pub stickiness: Duration,
+    pub last_log_id: Option<LogId<NodeId>>,
+}
+
+/// The pre-vote decision: yes only when this node would grant the real vote, and no master it
+/// follows is alive.
+pub fn pre_vote_answer(local: &Local, request: &PreVoteRequest) -> PreVoteReply {
+    let refuse = |reason: String| PreVoteReply { granted: false, reason };
+    if local.leading {
+        return refuse("this node is the master".into());
+    }
+    if local.since_contact < local.stickiness {
+        return refuse(format!(
+            "this node heard from its master {} ms ago",
+            local.since_contact.as_millis()
+        ));
+    }
+    if request.last_log_id < local.last_log_id {
+        return refuse(format!(
+            "the candidate's log ends at {:?}, before this node's {:?}",
+            request.last_log_id, local.last_log_id
+        ));
+    }
+    PreVoteReply {
+        granted: true,
+        reason: String::new(),
+    }
+}
+
+/// The id (term and index) of the last entry in this node's log, as openraft compares logs in a
+/// vote. openraft 0.9's metrics give the index only, so it is read from the log store.
+pub async fn last_log_id(log: &LogStore) -> Result<Option<LogId<NodeId>>, openraft::StorageError<NodeId>> {
+    use openraft::storage::RaftLogStorage;
+    Ok(log.clone().get_log_state().await?.last_log_id)
+}
+
+/// Election timings, from the broker's config.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Silence from the master before a node may stand (and before it grants a pre-vote):
+    /// openraft's leader lease, so a pre-vote granted means the real vote will not meet a lease.
+    pub stickiness: Duration,
+    /// Random extra wait on top of `stickiness`, so that two nodes rarely stand at once.
+    pub spread: Duration,
+    /// Deadline of one pre-vote request.
+    pub rpc_timeout: Duration,
+}
+
+impl Timing {
+    pub fn new(election_timeout_min_ms: u64, election_timeout_max_ms: u64, raft_rpc_timeout: Duration) -> Timing {
+        let spread = election_timeout_max_ms.saturating_sub(election_timeout_min_ms).max(1);
+        Timing {
+            stickiness: Duration::from_millis(election_timeout_max_ms),
+            spread: Duration::from_millis(spread),
+            rpc_timeout: raft_rpc_timeout.min(Duration::from_millis(500)),
+        }
+    }
+}
+
+/// Connections to the other voters, kept across rounds and remade when an address changes.
+struct Peers {
+    network: Network,
+    open: BTreeMap<NodeId, (String, Connection)>,
+}
+
+impl Peers {
+    async fn get(&mut self, id: NodeId, node: &BrokerNode) -> &mut Connection {
+        use openraft::network::RaftNetworkFactory;
+        let fresh = !matches!(self.open.get(&id), Some((addr, _)) if *addr == node.raft_addr);
+        if fresh {
+            let conn = self.network.new_client(id, node).await;
+            self.open.insert(id, (node.raft_addr.clone(), conn));
+        }
+        &mut self.open.get_mut(&id).expect("inserted above").1
+    }
+}
+
+/// A small xorshift generator for timer spreads: no need for a cryptographic source.
+struct Jitter(u64);
+
+impl Jitter {
+    fn new(seed: u64) -> Jitter {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        Jitter((nanos ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1)
+    }
+
+    fn upto(&mut self, max: Duration) -> Duration {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        Duration::from_nanos(self.0 % (max.as_nanos() as u64).max(1))
+    }
+}
+
+/// The voters of the effective membership other than `me`, with their addresses, and the
+/// number of votes that makes a majority. `None` when this node is not a voter.
+fn electorate(metrics: &RaftMetrics<NodeId, BrokerNode>, me: NodeId) -> Option<(Vec<(NodeId, BrokerNode)>, usize)> {
+    let membership = metrics.membership_config.membership();
+    let voters: Vec<NodeId> = membership.voter_ids().collect();
+    if !voters.contains(&me) {
+        return None;
+    }
+    let others = voters
+        .iter()
+        .filter(|&&id| id != me)
+        .filter_map(|&id| membership.get_node(&id).map(|n| (id, n.clone())))
+        .collect();
+    Some((others, voters.len() / 2 + 1))
+}
+
+/// Runs this node's election timer until `stop`: when no master has been heard from for
+/// `stickiness` plus a random spread, a pre-vote round, and an election if a majority grants it.
+pub async fn run(
+    raft: Raft<TypeConfig>,
+    log: LogStore,
+    network: Network,
+    contact: Arc<LeaderContact>,
+    timing: Timing,
+    mut stop: watch::Receiver<bool>,
+) {
+    let me = network.me;
+    let mut peers = Peers {
+        network,
+        open: BTreeMap::new(),
+    };
+    let mut jitter = Jitter::new(me);
+    // A node that has just started (or just stood) waits a whole timeout before standing again.
+    let mut last_attempt = Instant::now();
+    loop {
+        let timeout = timing.stickiness + jitter.upto(timing.spread);
+        let due = contact.last().max(last_attempt) + timeout;
+        tokio::select! {
+            _ = tokio::time::sleep_until(due.into()) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if contact.last().max(last_attempt) + timeout > Instant::now() {
+            continue; // heard from a master meanwhile
+        }
+        let metrics = raft.metrics().borrow().clone();
+        match metrics.state {
+            ServerState::Leader => {
+                last_attempt = Instant::now();
+                continue;
+            }
+            ServerState::Shutdown => return,
+            _ => {}
+        }
+        let Some((others, majority)) = electorate(&metrics, me) else {
+            last_attempt = Instant::now();
+            continue;
+        };
+        last_attempt = Instant::now();
+        let request = PreVoteRequest {
+            term: metrics.vote.leader_id().term + 1,
+            last_log_id: match last_log_id(&log).await {
+                Ok(last) => last,
+                Err(e) => {
+                    tracing::warn!(node = me, "cannot read the log's end, not standing: {e}");
+                    continue;
+                }
+            },
+        };
+        let (granted, refusals) = pre_vote_round(&mut peers, &others, majority, &request, timing.rpc_timeout).await;
+        if granted >= majority {
+            tracing::info!(
+                node = me,
+                term = request.term,
+                granted,
+                "no master heard from for {} ms and a majority would vote for this node: standing for election",
+                contact.since().as_millis()
+            );
+            if let Err(e) = raft.trigger().elect().await {
+                tracing::warn!(node = me, "could not stand for election: {e}");
+            }
+            last_attempt = Instant::now();
+        } else {
+            tracing::debug!(node = me, granted, ?refusals, "pre-vote lost; not raising the term");
+        }
+    }
+}
+
+/// Asks every other voter; returns the votes granted (this node's own included) and the
+/// refusals. Stops as soon as a majority granted.
+async fn pre_vote_round(
+    peers: &mut Peers,
+    others: &[(NodeId, BrokerNode)],
+    majority: usize,
+    request: &PreVoteRequest,
+    timeout: Duration,
+) -> (usize, Vec<String>) {
+    let mut granted = 1; // this node's own
+    let mut refusals = Vec::new();
+    if granted >= majority {
+        return (granted, refusals);
+    }
+    let mut handles: Vec<(NodeId, PeerCalls)> = Vec::new();
+    for (id, node) in others {
+        match peers.get(*id, node).await.calls() {
+            Ok(h) => handles.push((*id, h)),
+            Err(e) => refusals.push(format!("{id}: {e}")),
+        }
+    }
+    let mut calls: FuturesUnordered<_> = handles
+        .into_iter()
+        .map(|(id, mut calls)| {
+            let request = request.clone();
+            async move {
+                (
+                    id,
+                    tokio::time::timeout(timeout, calls.pre_vote(&request, timeout)).await,
+                )
+            }
+        })
+        .collect();
+    while let Some((id, answer)) = calls.next().await {
+        match answer {
+            Ok(Ok(reply)) if reply.granted => {
+                granted += 1;
+                if granted >= majority {
+                    break;
+                }
+            }
+            Ok(Ok(reply)) => refusals.push(format!("{id}: {}", reply.reason)),
+            Ok(Err(e)) => refusals.push(format!("{id}: {e}")),
+            Err(_) => refusals.push(format!("{id}: no answer within {timeout:?}")),
+        }
+    }
+    (granted, refusals)
+}
+
+/// Hands leadership to an up-to-date slave before a clean stop. Call it with new writes already
+/// refused: it waits (at most `deadline` in all) until every proposed entry is applied and a
+/// voter has all of the log, asks that voter to stand at once, and waits for a new master.
+/// Returns the new master, or why there is none (the caller stops anyway: the group then elects
+/// one after an election timeout).
+pub async fn transfer_leadership(
+    raft: &Raft<TypeConfig>,
+    network: &Network,
+    deadline: Duration,
+) -> Result<NodeId, String> {
+    let me = network.me;
+    let end = Instant::now() + deadline;
+    let mut metrics_rx = raft.metrics();
+    // 1. Everything proposed is committed and applied, and some voter has it all.
+    let (target, node, vote) = loop {
+        let m = metrics_rx.borrow().clone();
+        if m.state != ServerState::Leader {
+            return Err("not the master".into());
+        }
+        let Some((others, _)) = electorate(&m, me) else {
+            return Err("not a voter".into());
+        };
+        if others.is_empty() {
+            return Err("no other voter".into());
+        }
+        let last = m.last_log_index;
+        let applied = m.last_applied.map(|l| l.index);
+        let matched = |id: NodeId| {
+            m.replication
+                .as_ref()
+                .and_then(|r| r.get(&id).cloned().flatten())
+                .map(|l| l.index)
+        };
+        if last.is_some() && applied == last {
+            // The voter furthest ahead (all of them are equally good once caught up).
+            if let Some((id, node)) = others.iter().find(|(id, _)| matched(*id) == last) {
+                break (*id, node.clone(), m.vote);
+            }
+        }
+        if Instant::now() >= end {
+            return Err("no slave caught up in time".into());
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(20), metrics_rx.changed()).await;
+    };
+    // 2. Ask it to stand now.
+    use openraft::network::RaftNetworkFactory;
+    let mut conn = network.clone().new_client(target, &node).await;
+    let left = end
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(100));
+    let mut calls = conn.calls().map_err(|e| format!("node {target} unreachable: {e}"))?;
+    calls
+        .timeout_now(&TimeoutNowRequest { vote }, left)
+        .await
+        .map_err(|e| format!("node {target} did not take over: {e}"))?;
+    tracing::info!(node = me, target, "asked node {target} to take over as master");
+    // 3. Wait until another node leads.
+    let waited = raft
+        .wait(Some(
+            end.saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(200)),
+        ))
+        .metrics(
+            |m| m.current_leader.is_some() && m.current_leader != Some(me),
+            "another node leads",
+        )
+        .await;
+    match waited {
+        Ok(m) => Ok(m.current_leader.unwrap_or(target)),
+        Err(e) => Err(format!("no new master in time: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::CommittedLeaderId;
+
+    use super::*;
+
+    fn log(term: u64, index: u64) -> Option<LogId<NodeId>> {
+        Some(LogId::new(CommittedLeaderId::new(term, 1), index))
+    }
+
+    fn local(leading: bool, since_ms: u64, last: Option<LogId<NodeId>>) -> Local {
+        Local {
+            leading,
+            since_contact: Duration::from_millis(since_ms),
+            stickiness: Duration::from_millis(200),
+            last_log_id: last,
+        }
+    }
+
+    fn ask(term: u64, last: Option<LogId<NodeId>>) -> PreVoteRequest {
+        PreVoteRequest {
+            term,
+            last_log_id: last,
+        }
+    }
+
+    #[test]
+    fn a_node_without_a_live_master_grants_an_up_to_date_candidate() {
+        assert!(pre_vote_answer(&local(false, 500, log(3, 10)), &ask(4, log(3, 10))).granted);
+        assert!(pre_vote_answer(&local(false, 500, log(3, 10)), &ask(4, log(4, 2))).granted);
+        assert!(pre_vote_answer(&local(false, 500, None), &ask(1, None)).granted);
+    }
+
+    #[test]
+    fn a_candidate_with_an_older_log_is_refused() {
+        let reply = pre_vote_answer(&local(false, 500, log(3, 10)), &ask(9, log(3, 9)));
+        assert!(!reply.granted);
+        assert!(reply.reason.contains("before this node's"), "{}", reply.reason);
+        assert!(!pre_vote_answer(&local(false, 500, log(4, 1)), &ask(9, log(3, 50))).granted);
+    }
+
+    #[test]
+    fn the_master_and_a_node_that_heard_from_it_refuse() {
+        let reply = pre_vote_answer(&local(true, 5_000, log(3, 10)), &ask(4, log(3, 10)));
+        assert_eq!(reply.reason, "this node is the master");
+        let reply = pre_vote_answer(&local(false, 199, log(3, 10)), &ask(4, log(3, 20)));
+        assert!(!reply.granted);
+        assert!(reply.reason.contains("heard from its master"), "{}", reply.reason);
+    }
+
+    #[test]
+    fn timer_spreads_stay_within_their_bound() {
+        let mut j = Jitter::new(3);
+        for _ in 0..1000 {
+            assert!(j.upto(Duration::from_millis(100)) < Duration::from_millis(100));
+        }
+    }
+}
