@@ -33,21 +33,46 @@ use tokio::sync::watch;
 
 use crate::network::{Connection, Network, PeerCalls};
 
-/// When this node last heard from a live master (an append it accepted), or granted a vote.
+/// When this node last heard from a live master (an append it accepted) or granted a vote, and
+/// since when it has been master itself.
 #[derive(Debug)]
-pub struct LeaderContact(Mutex<Instant>);
+pub struct LeaderContact {
+    heard: Mutex<Instant>,
+    master_since: Mutex<Option<Instant>>,
+}
 
 impl LeaderContact {
     pub fn new() -> Arc<LeaderContact> {
-        Arc::new(LeaderContact(Mutex::new(Instant::now())))
+        Arc::new(LeaderContact {
+            heard: Mutex::new(Instant::now()),
+            master_since: Mutex::new(None),
+        })
     }
 
     pub fn heard(&self) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        *self.heard.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
     }
 
     pub fn last(&self) -> Instant {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+        *self.heard.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notes this node's role as it changes.
+    pub fn set_master(&self, master: bool) {
+        let mut since = self.master_since.lock().unwrap_or_else(|p| p.into_inner());
+        match (master, *since) {
+            (true, None) => *since = Some(Instant::now()),
+            (false, _) => *since = None,
+            _ => {}
+        }
+    }
+
+    /// How long this node has been master, if it is.
+    pub fn master_for(&self) -> Option<Duration> {
+        self.master_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|t| t.elapsed())
     }
 
     pub fn since(&self) -> Duration {
@@ -328,12 +353,23 @@ async fn pre_vote_round(
 pub async fn transfer_leadership(
     raft: &Raft<TypeConfig>,
     network: &Network,
+    contact: &LeaderContact,
+    timing: Timing,
     deadline: Duration,
 ) -> Result<NodeId, String> {
     let me = network.me;
     let end = Instant::now() + deadline;
+    // A slave that has all of the log is normally there at once; when none is after a second,
+    // the others are down or far behind, and waiting longer only delays the stop.
+    let catch_up_end = Instant::now() + deadline.min(Duration::from_secs(1));
     let mut metrics_rx = raft.metrics();
-    // 1. Everything proposed is committed and applied, and some voter has it all.
+    // 1. This node's own leader lease has run out (openraft refuses votes, its own included,
+    //    within it: the target would stand and fail, and its higher term would then unseat
+    //    this node with nobody elected).
+    if let Some(wait) = contact.master_for().and_then(|d| timing.stickiness.checked_sub(d)) {
+        tokio::time::sleep(wait + Duration::from_millis(5)).await;
+    }
+    // 2. Everything proposed is committed and applied, and some voter has it all.
     let (target, node, vote) = loop {
         let m = metrics_rx.borrow().clone();
         if m.state != ServerState::Leader {
@@ -359,12 +395,12 @@ pub async fn transfer_leadership(
                 break (*id, node.clone(), m.vote);
             }
         }
-        if Instant::now() >= end {
+        if Instant::now() >= catch_up_end {
             return Err("no slave caught up in time".into());
         }
         let _ = tokio::time::timeout(Duration::from_millis(20), metrics_rx.changed()).await;
     };
-    // 2. Ask it to stand now.
+    // 3. Ask it to stand now.
     use openraft::network::RaftNetworkFactory;
     let mut conn = network.clone().new_client(target, &node).await;
     let left = end
@@ -376,7 +412,7 @@ pub async fn transfer_leadership(
         .await
         .map_err(|e| format!("node {target} did not take over: {e}"))?;
     tracing::info!(node = me, target, "asked node {target} to take over as master");
-    // 3. Wait until another node leads.
+    // 4. Wait until another node leads.
     let waited = raft
         .wait(Some(
             end.saturating_duration_since(Instant::now())

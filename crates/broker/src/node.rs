@@ -66,8 +66,11 @@ pub struct Broker {
     sync_stall: raftmq_store::SyncStall,
     client_addr: SocketAddr,
     stop: watch::Sender<bool>,
-    /// Raft's connections, for the leadership transfer at a clean stop.
+    /// Raft's connections, this node's election state and timings, for the leadership
+    /// transfer at a clean stop.
     network: Network,
+    contact: Arc<LeaderContact>,
+    timing: election::Timing,
     tasks: Vec<JoinHandle<()>>,
     servers: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
 }
@@ -247,12 +250,17 @@ impl Broker {
             Duration::from_millis(state.config.retention_check_ms),
             stopped.clone(),
         ));
-        let role_task = tokio::spawn(track_leading(raft.server_metrics(), leading, stopped.clone()));
+        let role_task = tokio::spawn(track_leading(
+            raft.server_metrics(),
+            leading,
+            contact.clone(),
+            stopped.clone(),
+        ));
         let election_task = tokio::spawn(election::run(
             raft.clone(),
             log,
             network.clone(),
-            contact,
+            contact.clone(),
             timing,
             stopped.clone(),
         ));
@@ -271,6 +279,8 @@ impl Broker {
             client_addr,
             stop,
             network,
+            contact,
+            timing,
             tasks: vec![
                 proposer_task,
                 heartbeat_task,
@@ -315,7 +325,15 @@ impl Broker {
             self.state
                 .handing_over
                 .store(true, std::sync::atomic::Ordering::Release);
-            match election::transfer_leadership(&self.state.raft, &self.network, HANDOVER_TIMEOUT).await {
+            match election::transfer_leadership(
+                &self.state.raft,
+                &self.network,
+                &self.contact,
+                self.timing,
+                HANDOVER_TIMEOUT,
+            )
+            .await
+            {
                 Ok(next) => tracing::info!(node = self.state.config.node_id, next, "leadership handed over"),
                 Err(why) => tracing::warn!(
                     node = self.state.config.node_id,
@@ -443,14 +461,17 @@ async fn initialize_group(
 }
 
 /// Tells the store whether this node leads, as the role changes: the leader's appends are synced
-/// beside replication (see `raftmq_store::log_store`).
+/// beside replication (see `raftmq_store::log_store`); and the election state since when.
 async fn track_leading(
     mut server: watch::Receiver<openraft::metrics::RaftServerMetrics<NodeId, BrokerNode>>,
     leading: raftmq_store::Leading,
+    contact: Arc<LeaderContact>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        leading.set(server.borrow_and_update().state == openraft::ServerState::Leader);
+        let master = server.borrow_and_update().state == openraft::ServerState::Leader;
+        leading.set(master);
+        contact.set_master(master);
         tokio::select! {
             changed = server.changed() => if changed.is_err() { break },
             _ = stop.wait_for(|s| *s) => break,
