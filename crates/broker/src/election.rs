@@ -39,6 +39,8 @@ use crate::network::{Connection, Network, PeerCalls};
 pub struct LeaderContact {
     heard: Mutex<Instant>,
     master_since: Mutex<Option<Instant>>,
+    /// When this node last granted another node's pre-vote: that node is about to stand.
+    granted: Mutex<Option<Instant>>,
 }
 
 impl LeaderContact {
@@ -46,6 +48,7 @@ impl LeaderContact {
         Arc::new(LeaderContact {
             heard: Mutex::new(Instant::now()),
             master_since: Mutex::new(None),
+            granted: Mutex::new(None),
         })
     }
 
@@ -55,6 +58,15 @@ impl LeaderContact {
 
     pub fn last(&self) -> Instant {
         *self.heard.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notes that this node granted another node's pre-vote.
+    pub fn granted_pre_vote(&self) {
+        *self.granted.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    fn last_granted(&self) -> Option<Instant> {
+        *self.granted.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Notes this node's role as it changes.
@@ -245,13 +257,21 @@ pub async fn run(
     let mut last_attempt = Instant::now();
     loop {
         let timeout = timing.stickiness + jitter.upto(timing.spread);
-        let due = contact.last().max(last_attempt) + timeout;
+        // A whole timeout after the last sign of a master, this node's last try, or the last
+        // pre-vote it granted (that candidate is about to win).
+        let quiet_since = || {
+            let mut t = contact.last().max(last_attempt);
+            if let Some(g) = contact.last_granted() {
+                t = t.max(g);
+            }
+            t
+        };
         tokio::select! {
-            _ = tokio::time::sleep_until(due.into()) => {}
+            _ = tokio::time::sleep_until((quiet_since() + timeout).into()) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        if contact.last().max(last_attempt) + timeout > Instant::now() {
-            continue; // heard from a master meanwhile
+        if quiet_since() + timeout > Instant::now() {
+            continue; // heard from a master, or granted a pre-vote, meanwhile
         }
         let metrics = raft.metrics().borrow().clone();
         match metrics.state {
@@ -277,7 +297,20 @@ pub async fn run(
                 }
             },
         };
+        let round_start = Instant::now();
         let (granted, refusals) = pre_vote_round(&mut peers, &others, majority, &request, timing.rpc_timeout).await;
+        // Two nodes whose timers fired together both win their pre-votes, and two elections at
+        // once split the vote: one that granted another's pre-vote meanwhile backs off and tries
+        // again after a new random timeout (the other, unless it did the same, stands now).
+        let contested = contact.last_granted().is_some_and(|g| g >= round_start);
+        if granted >= majority && contested {
+            tracing::info!(
+                node = me,
+                "another node asked for pre-votes at the same time; backing off"
+            );
+            last_attempt = Instant::now();
+            continue;
+        }
         if granted >= majority {
             tracing::info!(
                 node = me,

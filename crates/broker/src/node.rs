@@ -413,8 +413,8 @@ impl Broker {
 }
 
 /// The first start of an empty group sets its membership. The member with the lowest node id
-/// does it at once and stands for election alone, so a new group elects its first master without
-/// split votes; the others receive the membership from it. A member that has heard nothing after
+/// does it as soon as a majority listens and stands for election alone, so a new group elects
+/// its first master in term 1, without split votes; the others receive the membership from it. A member that has heard nothing after
 /// a while (the lowest one is down at the first start) sets it itself: they all write the same
 /// first entry, and a node that has a log already refuses.
 async fn initialize_group(
@@ -439,6 +439,26 @@ async fn initialize_group(
     match raft.is_initialized().await {
         Ok(false) => {}
         _ => return,
+    }
+    // The first election goes out at once: wait (a little) until a majority listens, or it
+    // fails against nodes still starting and the group's first master is elected a term later.
+    let majority = config.members.len() / 2 + 1;
+    let end = tokio::time::Instant::now() + timing.stickiness * 10;
+    loop {
+        let mut listening = 1; // this node
+        for m in config.members.iter().filter(|m| m.node_id != config.node_id) {
+            let probe = tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(&m.raft_addr));
+            if matches!(probe.await, Ok(Ok(_))) {
+                listening += 1;
+            }
+        }
+        if listening >= majority || tokio::time::Instant::now() >= end {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
     }
     let members: BTreeMap<u64, BrokerNode> = config
         .members

@@ -144,6 +144,9 @@ impl RaftTransport for RaftService {
             last_log_id,
         };
         let answer = election::pre_vote_answer(&local, &ask);
+        if answer.granted {
+            self.contact.granted_pre_vote();
+        }
         tracing::debug!(node = self.me, candidate = envelope.from_node_id, ?answer, "pre-vote");
         self.reply(&envelope, &Ok::<_, Refused>(answer))
     }
