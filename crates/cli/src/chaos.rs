@@ -374,13 +374,14 @@ pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::
             held_node.map(|n| format!(", node {n} held down")).unwrap_or_default()
         );
         let fault_at = Instant::now();
-        // The time to service within the fault, when a majority stays connected.
+        // The time to service within the fault (from when it is in place), when a majority stays
+        // connected.
         let mut within: Option<Duration> = None;
         match fault.as_str() {
             "kill-master" => {
                 script(&args.script, &["kill", &name(master)])?;
                 if connected(1) {
-                    within = Some(live.wait(fault_at, r, &fault).await?);
+                    within = Some(live.wait(Instant::now(), r, &fault).await?);
                 }
                 live.hold(fault_at, fault_time).await;
                 script(&args.script, &["start", &name(master)])?;
@@ -388,7 +389,7 @@ pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::
             "pause-master" => {
                 script(&args.script, &["pause", &name(master)])?;
                 if connected(1) {
-                    within = Some(live.wait(fault_at, r, &fault).await?);
+                    within = Some(live.wait(Instant::now(), r, &fault).await?);
                 }
                 live.hold(fault_at, fault_time).await;
                 script(&args.script, &["resume", &name(master)])?;
@@ -396,7 +397,7 @@ pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::
             "kill-slave" => {
                 script(&args.script, &["kill", &name(slave)])?;
                 if connected(1) {
-                    within = Some(live.wait(fault_at, r, &fault).await?);
+                    within = Some(live.wait(Instant::now(), r, &fault).await?);
                 }
                 live.hold(fault_at, fault_time).await;
                 script(&args.script, &["start", &name(slave)])?;
@@ -412,7 +413,7 @@ pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::
             "restart-namesrv" => {
                 script(&args.script, &["stop", "namesrv-1"])?;
                 // Clients keep their routes; the brokers keep serving.
-                within = Some(live.wait(fault_at, r, &fault).await?);
+                within = Some(live.wait(Instant::now(), r, &fault).await?);
                 live.hold(fault_at, fault_time).await;
                 script(&args.script, &["start", "namesrv-1"])?;
             }
@@ -424,7 +425,7 @@ pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::
                     cut(&client, &nodes[o], vec![victim]).await?;
                 }
                 if connected(1) {
-                    within = Some(live.wait(fault_at, r, &fault).await?);
+                    within = Some(live.wait(Instant::now(), r, &fault).await?);
                 }
                 live.hold(fault_at, fault_time).await;
                 for id in &alive {
@@ -450,7 +451,7 @@ pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::
             "hold-slave" => {
                 let rounds = 2 + (rng.next() % 3) as u32;
                 script(&args.script, &["kill", &name(slave)])?;
-                within = Some(live.wait(fault_at, r, &fault).await?);
+                within = Some(live.wait(Instant::now(), r, &fault).await?);
                 eprintln!("chaos:   node {slave} stays down for {rounds} rounds");
                 held = Some((slave, rounds + 1));
             }
@@ -459,8 +460,8 @@ pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::
                 let mut worst = Duration::ZERO;
                 for _ in 0..3 {
                     let g = routed_group(&admin, &args.group, alive.len()).await?;
-                    let at = Instant::now();
                     script(&args.script, &["kill", &name(g.master_node_id)])?;
+                    let at = Instant::now();
                     script(&args.script, &["start", &name(g.master_node_id)])?;
                     worst = worst.max(live.wait(at, r, &fault).await?);
                 }
@@ -472,9 +473,8 @@ pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::
                 order.push(master);
                 let mut worst = Duration::ZERO;
                 for id in order {
-                    let at = Instant::now();
                     script(&args.script, &["stop", &name(id)])?;
-                    worst = worst.max(live.wait(at, r, &fault).await?);
+                    worst = worst.max(live.wait(Instant::now(), r, &fault).await?);
                     script(&args.script, &["start", &name(id)])?;
                     let up: BTreeMap<u64, String> = nodes
                         .iter()
