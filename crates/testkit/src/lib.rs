@@ -315,6 +315,24 @@ impl Group {
         .await
     }
 
+    /// Requires every acknowledged message (queue offset -> body) of queue 0 of topic T to be on
+    /// node `id`, byte for byte.
+    pub async fn check_present<'a>(&self, id: u64, acked: impl IntoIterator<Item = (u64, &'a [u8])>) {
+        let mut c = self.client(id).await;
+        for (offset, body) in acked {
+            let got = c
+                .get_message(pb::GetMessageRequest {
+                    topic: "T".into(),
+                    queue_id: 0,
+                    offset,
+                })
+                .await
+                .unwrap_or_else(|e| panic!("node {id}: acknowledged offset {offset} is missing: {e}"))
+                .into_inner();
+            assert_eq!(got.body, body, "node {id} offset {offset}");
+        }
+    }
+
     /// Stops every node and the NameServer cleanly.
     pub async fn shutdown(mut self) {
         for id in self.up() {

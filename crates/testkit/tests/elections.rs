@@ -248,18 +248,8 @@ async fn a_clean_stop_of_the_master_hands_over_without_a_failed_send() {
     );
     assert_eq!(acked.len(), 400);
     // Every acknowledged message is on the new master, at its offset.
-    let mut c = group.client(next).await;
-    for (offset, body) in &acked {
-        let got = c
-            .get_message(pb::GetMessageRequest {
-                topic: "T".into(),
-                queue_id: 0,
-                offset: *offset,
-            })
-            .await
-            .unwrap_or_else(|e| panic!("acknowledged offset {offset} is missing: {e}"))
-            .into_inner();
-        assert_eq!(got.body, body.as_bytes());
-    }
+    group
+        .check_present(next, acked.iter().map(|(o, b)| (*o, b.as_bytes())))
+        .await;
     group.shutdown().await;
 }

@@ -299,19 +299,9 @@ fn next_node(group: &Group, current: u64) -> u64 {
 }
 
 async fn check_present(group: &Group, id: u64, acked: &BTreeMap<u64, Vec<u8>>) {
-    let mut c = group.client(id).await;
-    for (offset, body) in acked {
-        let got = c
-            .get_message(pb::GetMessageRequest {
-                topic: "T".into(),
-                queue_id: 0,
-                offset: *offset,
-            })
-            .await
-            .unwrap_or_else(|e| panic!("node {id}: acknowledged offset {offset} is missing: {e}"))
-            .into_inner();
-        assert_eq!(&got.body, body, "node {id} offset {offset}");
-    }
+    group
+        .check_present(id, acked.iter().map(|(o, b)| (*o, b.as_slice())))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
