@@ -414,9 +414,10 @@ impl Broker {
 
 /// The first start of an empty group sets its membership. The member with the lowest node id
 /// does it as soon as a majority listens and stands for election alone, so a new group elects
-/// its first master in term 1, without split votes; the others receive the membership from it. A member that has heard nothing after
-/// a while (the lowest one is down at the first start) sets it itself: they all write the same
-/// first entry, and a node that has a log already refuses.
+/// its first master in term 1, without split votes; the others receive the membership from it.
+/// A member that has heard nothing after a while (the lowest one is down at the first start)
+/// sets it itself: they all write the same first entry, and a node that has a log already
+/// refuses.
 async fn initialize_group(
     raft: Raft<TypeConfig>,
     config: BrokerConfig,
