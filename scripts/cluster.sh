@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Starts, stops and inspects a local multi-node raftmq cluster.
 #
-#   scripts/cluster.sh up [CONFIG_DIR]     start every node of CONFIG_DIR (default cluster-config/local)
+#   scripts/cluster.sh up [--netns] [--lazyfs] [CONFIG_DIR]
+#                                          start every node of CONFIG_DIR (default cluster-config/local);
+#                                          --netns (root): each node in a network namespace of its own;
+#                                          --lazyfs (root): the data on a FUSE filesystem that power-off empties of unsynced writes
 #   scripts/cluster.sh down [--purge]      stop every node (SIGTERM, then SIGKILL after 10 s); --purge deletes data and logs
 #   scripts/cluster.sh status              which nodes run, and the cluster as the NameServer sees it
 #   scripts/cluster.sh kill NODE           SIGKILL one node (e.g. broker-a-1)
@@ -11,6 +14,11 @@
 #   scripts/cluster.sh resume NODE         SIGCONT one node
 #   scripts/cluster.sh logs NODE [-f]      the last lines of a node's log (or follow it)
 #   scripts/cluster.sh nodes               the node names of the running cluster
+#   scripts/cluster.sh net cut A B [--one-way]   (--netns clusters) drop A's traffic to B, and B's to A
+#   scripts/cluster.sh net isolate A       cut A from every node and from the clients (`client`)
+#   scripts/cluster.sh net heal            remove every cut
+#   scripts/cluster.sh power-off           (--lazyfs clusters) SIGKILL every broker at once, drop every write
+#                                          not yet synced, remount; start the nodes again with start
 #
 # A node is a file of CONFIG_DIR: namesrv-N.toml or GROUP-NODEID.toml. Pid files, logs and data
 # live under $RAFTMQ_HOME (default .cluster/ in the repository). Binaries are built in release
@@ -24,6 +32,9 @@ START_TIMEOUT=${RAFTMQ_START_TIMEOUT:-20}
 READY_TIMEOUT=${RAFTMQ_READY_TIMEOUT:-60}
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
+
+# shellcheck source=lib/netns.sh
+. "$ROOT/scripts/lib/netns.sh"
 
 config_dir() {
     [ -f "$RUN/config-dir" ] || die "no cluster has been started here (run: scripts/cluster.sh up)"
@@ -110,10 +121,13 @@ start_node() {
     log="$RUN/logs/$name.log"
     touch "$log"
     lines=$(wc -l < "$log")
+    # In a --netns cluster the node runs in its namespace (`ip netns exec` execs it: same pid).
+    local in_ns
+    in_ns=$(net_exec_prefix "$name")
     if is_namesrv "$name"; then
-        nohup "$bin/raftmq-namesrv" --config "$cfg" >> "$log" 2>&1 < /dev/null &
+        $in_ns nohup "$bin/raftmq-namesrv" --config "$cfg" >> "$log" 2>&1 < /dev/null &
     else
-        nohup "$bin/raftmq-broker" --config "$cfg" --data-dir "$RUN/data/$name" >> "$log" 2>&1 < /dev/null &
+        $in_ns nohup "$bin/raftmq-broker" --config "$cfg" --data-dir "$RUN/data/$name" >> "$log" 2>&1 < /dev/null &
     fi
     pid=$!
     echo "$pid" > "$RUN/pids/$name.pid"
@@ -183,11 +197,85 @@ print_cluster() {
     if [ -n "$addrs" ]; then "$(bin_dir)/raftmq" --namesrv "$addrs" cluster list || true; fi
 }
 
+# The --lazyfs data filesystem: raftmq-lazyfs mounts $RUN/data over $RUN/disk.
+lazyfs_pid() { [ -f "$RUN/pids/lazyfs.pid" ] && cat "$RUN/pids/lazyfs.pid" || true; }
+
+lazyfs_mounted() { awk -v m="$RUN/data" '$2 == m && $1 == "raftmq-lazyfs" { found = 1 } END { exit !found }' /proc/mounts; }
+
+lazyfs_mount() {
+    local bin pid deadline
+    bin=$(bin_dir)
+    [ -x "$bin/raftmq-lazyfs" ] || die "missing binary $bin/raftmq-lazyfs"
+    mkdir -p "$RUN/logs" "$RUN/pids" "$RUN/disk" "$RUN/data"
+    nohup "$bin/raftmq-lazyfs" --backing "$RUN/disk" --mount "$RUN/data" >> "$RUN/logs/lazyfs.log" 2>&1 < /dev/null &
+    pid=$!
+    echo "$pid" > "$RUN/pids/lazyfs.pid"
+    deadline=$(( $(date +%s) + START_TIMEOUT ))
+    until lazyfs_mounted; do
+        alive "$pid" || { tail -n 5 "$RUN/logs/lazyfs.log" >&2; die "raftmq-lazyfs did not mount $RUN/data"; }
+        [ "$(date +%s)" -lt "$deadline" ] || die "raftmq-lazyfs did not mount $RUN/data within ${START_TIMEOUT}s"
+        sleep 0.05
+    done
+}
+
+# Stops raftmq-lazyfs with SIGNAL (TERM: clean; USR1: power loss) and waits until it is gone.
+lazyfs_stop() {
+    local signal=$1 pid deadline
+    pid=$(lazyfs_pid)
+    if [ -n "$pid" ] && alive "$pid"; then
+        kill -"$signal" "$pid"
+        deadline=$(( $(date +%s) + STOP_TIMEOUT ))
+        while alive "$pid" && [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.05; done
+        alive "$pid" && { kill -KILL "$pid" 2>/dev/null || true; }
+    fi
+    rm -f "$RUN/pids/lazyfs.pid"
+    if lazyfs_mounted; then umount -l "$RUN/data" || true; fi
+}
+
+cmd_power_off() {
+    local name pids=() pid
+    [ -f "$RUN/lazyfs" ] || die "this cluster was not started with --lazyfs"
+    for name in $(nodes_of "$(config_dir)" | grep -v '^namesrv-'); do
+        pid=$(pid_of "$name")
+        if [ -n "$pid" ] && alive "$pid"; then pids+=("$pid"); fi
+    done
+    # All at once, as a power cut: no node gets to write after another has stopped.
+    [ ${#pids[@]} -eq 0 ] || kill -KILL "${pids[@]}" 2>/dev/null || true
+    for pid in "${pids[@]}"; do while alive "$pid"; do sleep 0.01; done; done
+    for name in $(nodes_of "$(config_dir)" | grep -v '^namesrv-'); do rm -f "$RUN/pids/$name.pid"; done
+    lazyfs_stop USR1
+    tail -n 1 "$RUN/logs/lazyfs.log"
+    lazyfs_mount
+}
+
 cmd_up() {
+    local netns= lazyfs=
+    while :; do
+        case ${1:-} in
+            --netns) netns=1; shift ;;
+            --lazyfs) lazyfs=1; shift ;;
+            *) break ;;
+        esac
+    done
     local dir=${1:-$ROOT/cluster-config/local} name
     [ -d "$dir" ] || die "no config directory $dir"
     dir=$(cd "$dir" && pwd)
     [ -n "$(nodes_of "$dir")" ] || die "$dir holds no namesrv-N.toml or GROUP-N.toml"
+    if [ -n "$netns" ]; then
+        net_possible || die "--netns needs root and network namespaces (ip netns add failed)"
+        for name in $(nodes_of "$dir"); do
+            running "$name" 2>/dev/null && die "$name is running; run scripts/cluster.sh down first"
+        done
+        # The nodes get addresses of their own, so they run from a rewritten copy of the configs.
+        mkdir -p "$RUN"
+        rm -rf "$RUN/netns-config"
+        cp -r "$dir" "$RUN/netns-config"
+        dir=$RUN/netns-config
+        # shellcheck disable=SC2046
+        net_up "$dir" $(nodes_of "$dir")
+    elif [ -d "$RUN/netns" ]; then
+        net_down
+    fi
     if [ -f "$RUN/config-dir" ] && [ "$(cat "$RUN/config-dir")" != "$dir" ]; then
         for name in $(nodes_of "$(cat "$RUN/config-dir")"); do
             running "$name" && die "a cluster from $(cat "$RUN/config-dir") is running; run scripts/cluster.sh down first"
@@ -196,6 +284,11 @@ cmd_up() {
     mkdir -p "$RUN"
     echo "$dir" > "$RUN/config-dir"
     ensure_binaries
+    if [ -n "$lazyfs" ]; then
+        [ "$(id -u)" = 0 ] && [ -e /dev/fuse ] || die "--lazyfs needs root and /dev/fuse"
+        lazyfs_mounted || lazyfs_mount
+        touch "$RUN/lazyfs"
+    fi
     for name in $(nodes_of "$dir"); do start_node "$name"; done
     wait_ready "$dir"
     print_cluster "$dir"
@@ -214,11 +307,13 @@ cmd_down() {
             if running "$name"; then stop_pid "$name" TERM && echo "stopped $name"; fi
         done
     fi
+    [ -n "$(lazyfs_pid)" ] && lazyfs_stop TERM
     if [ "$purge" = --purge ]; then
         # The chaos suite's disk-full fault mounts small tmpfs data dirs; never leave one behind.
         if [ -r /proc/mounts ]; then
             awk -v run="$RUN/" 'index($2, run) == 1 { print $2 }' /proc/mounts | while read -r m; do umount "$m" || true; done
         fi
+        [ -d "$RUN/netns" ] && net_down
         rm -rf "$RUN"
         echo "removed $RUN"
     fi
@@ -250,9 +345,28 @@ case ${1:-} in
     start) need_node "${2:-}"; start_node "$2" ;;
     pause) need_node "${2:-}"; running "$2" || die "$2 is not running"; kill -STOP "$(pid_of "$2")"; echo "paused $2" ;;
     resume) need_node "${2:-}"; running "$2" || die "$2 is not running"; kill -CONT "$(pid_of "$2")"; echo "resumed $2" ;;
+    power-off) cmd_power_off ;;
+    net)
+        [ -d "$RUN/netns" ] || die "this cluster was not started with --netns"
+        case ${2:-} in
+            cut)
+                [ -n "${3:-}" ] && [ -n "${4:-}" ] || die "net cut A B [--one-way]"
+                net_drop "$3" "$4" || die "cannot cut $3 from $4"
+                [ "${5:-}" = --one-way ] || net_drop "$4" "$3" || die "cannot cut $4 from $3"
+                echo "cut $3 -> $4$([ "${5:-}" = --one-way ] || echo " and back")" ;;
+            isolate)
+                [ -n "${3:-}" ] || die "net isolate NODE"
+                for other in client $(nodes_of "$(config_dir)"); do
+                    [ "$other" = "$3" ] && continue
+                    net_drop "$3" "$other" && net_drop "$other" "$3" || die "cannot isolate $3"
+                done
+                echo "isolated $3" ;;
+            heal) net_heal; echo "healed" ;;
+            *) die "net cut|isolate|heal" ;;
+        esac ;;
     logs)
         need_node "${2:-}"
         if [ "${3:-}" = -f ]; then tail -n 50 -f "$RUN/logs/$2.log"; else tail -n "${LINES:-50}" "$RUN/logs/$2.log"; fi ;;
-    -h | --help | help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' ;;
-    *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+    -h | --help | help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//' ;;
+    *) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

@@ -110,6 +110,19 @@ pub struct ScriptCluster {
     pub config: PathBuf,
     pub namesrv: Vec<String>,
     pub groups: Vec<String>,
+    /// Environment of every script run (and so of every node it starts).
+    env: Vec<(String, String)>,
+}
+
+/// How [`ScriptCluster::start`] starts a cluster.
+#[derive(Default)]
+pub struct ScriptOptions<'a> {
+    /// Extra top-level keys in every broker's config.
+    pub broker_extra: &'a str,
+    /// Extra flags of `cluster.sh up` (e.g. `--lazyfs`).
+    pub up_flags: &'a [&'a str],
+    /// Extra environment of the script and the nodes.
+    pub env: &'a [(&'a str, &'a str)],
 }
 
 fn free_port() -> u16 {
@@ -139,10 +152,22 @@ impl ScriptCluster {
     /// outgoing connection among them) may take one before the node binds it: when the script
     /// says a port is in use, the cluster is torn down and started again on new ports.
     pub fn up_with(namesrvs: usize, groups: &[&str], broker_extra: &str) -> ScriptCluster {
+        Self::start(
+            namesrvs,
+            groups,
+            &ScriptOptions {
+                broker_extra,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// As [`ScriptCluster::up`], with the options.
+    pub fn start(namesrvs: usize, groups: &[&str], options: &ScriptOptions) -> ScriptCluster {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match Self::try_up(namesrvs, groups, broker_extra) {
+            match Self::try_up(namesrvs, groups, options) {
                 Ok(cluster) => return cluster,
                 Err(why) if attempt < 4 && why.contains("in use") => {
                     eprintln!("cluster.sh up: a port was taken meanwhile; again on new ports:\n{why}");
@@ -152,7 +177,8 @@ impl ScriptCluster {
         }
     }
 
-    fn try_up(namesrvs: usize, groups: &[&str], broker_extra: &str) -> Result<ScriptCluster, String> {
+    fn try_up(namesrvs: usize, groups: &[&str], options: &ScriptOptions) -> Result<ScriptCluster, String> {
+        let broker_extra = options.broker_extra;
         let home = tempfile::tempdir().expect("temp dir");
         let config = home.path().join("config");
         std::fs::create_dir_all(&config).expect("config dir");
@@ -191,8 +217,16 @@ impl ScriptCluster {
             config,
             namesrv,
             groups: groups.iter().map(|g| g.to_string()).collect(),
+            env: options
+                .env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
-        let out = cluster.script(&["up", cluster.config.to_str().expect("utf-8 path")]);
+        let mut up = vec!["up"];
+        up.extend_from_slice(options.up_flags);
+        up.push(cluster.config.to_str().expect("utf-8 path"));
+        let out = cluster.script(&up);
         if out.status.success() {
             Ok(cluster)
         } else {
@@ -211,6 +245,7 @@ impl ScriptCluster {
             .args(args)
             .env("RAFTMQ_HOME", self.home.path().join("run"))
             .env("RAFTMQ_BIN_DIR", binary("raftmq").parent().expect("bin dir"))
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .output()
             .expect("run cluster.sh")
     }

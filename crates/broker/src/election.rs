@@ -41,6 +41,10 @@ pub struct LeaderContact {
     master_since: Mutex<Option<Instant>>,
     /// When this node last granted another node's pre-vote: that node is about to stand.
     granted: Mutex<Option<Instant>>,
+    /// Set while this node leads without hearing from a majority (see [`run`]): it takes no
+    /// writes, which could not commit anyway, and sends nothing to its slaves (the network
+    /// holds the same flag), so that they stop hearing from it and elect another master.
+    quorum_lost: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl LeaderContact {
@@ -49,7 +53,22 @@ impl LeaderContact {
             heard: Mutex::new(Instant::now()),
             master_since: Mutex::new(None),
             granted: Mutex::new(None),
+            quorum_lost: Arc::default(),
         })
+    }
+
+    /// Whether this node, as master, has lost touch with a majority of its group.
+    pub fn quorum_lost(&self) -> bool {
+        self.quorum_lost.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn set_quorum_lost(&self, lost: bool) {
+        self.quorum_lost.store(lost, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The flag the network checks before it sends appends or snapshots.
+    pub fn silence_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.quorum_lost.clone()
     }
 
     pub fn heard(&self) {
@@ -253,6 +272,8 @@ pub async fn run(
         open: BTreeMap::new(),
     };
     let mut jitter = Jitter::new(me);
+    // Quorum checks in a row that a majority did not answer, while master.
+    let mut unconfirmed = 0u32;
     // A node that has just started (or just stood) waits a whole timeout before standing again.
     let mut last_attempt = Instant::now();
     loop {
@@ -274,11 +295,21 @@ pub async fn run(
             continue; // heard from a master, or granted a pre-vote, meanwhile
         }
         let metrics = raft.metrics().borrow().clone();
+        if metrics.state != ServerState::Leader {
+            contact.set_quorum_lost(false);
+            unconfirmed = 0;
+        }
         match metrics.state {
-            ServerState::Leader => {
+            ServerState::Leader if !contact.quorum_lost() => {
                 last_attempt = Instant::now();
+                // Check-quorum (Raft thesis §6.2): a master that hears from no majority steps
+                // down. Without it, a master whose slaves receive its appends but whose replies
+                // are lost (a one-way cut) keeps them from ever standing, and the group stalls.
+                check_quorum(&raft, me, &contact, timing, &mut unconfirmed);
                 continue;
             }
+            // A master that stepped down is silent and stands like any other node: its pre-vote
+            // wins only where a majority hears it and none hears another master.
             ServerState::Shutdown => return,
             _ => {}
         }
@@ -322,10 +353,41 @@ pub async fn run(
             if let Err(e) = raft.trigger().elect().await {
                 tracing::warn!(node = me, "could not stand for election: {e}");
             }
+            // Standing in a new term ends a stepped-down master's silence.
+            contact.set_quorum_lost(false);
+            unconfirmed = 0;
             last_attempt = Instant::now();
         } else {
             tracing::debug!(node = me, granted, ?refusals, "pre-vote lost; not raising the term");
         }
+    }
+}
+
+/// Quorum checks a master may miss in a row before it steps down: one missed check can be a
+/// slow moment of a busy machine, two are at least two election timeouts of silence.
+const QUORUM_MISSES: u32 = 2;
+
+/// One check-quorum round of a master: has a majority acknowledged it (an append or a heartbeat
+/// answered) within the last two election timeouts? After [`QUORUM_MISSES`] misses in a row the
+/// master steps down: it takes no more writes and falls silent (see
+/// [`LeaderContact::silence_flag`]). Slaves that hear it, but are not heard by it, would
+/// otherwise never stand; silent, it lets them elect another master.
+fn check_quorum(raft: &Raft<TypeConfig>, me: NodeId, contact: &LeaderContact, timing: Timing, unconfirmed: &mut u32) {
+    // openraft's own clock of the last time a quorum acknowledged this leader (refreshed on
+    // every turn of its loop, at least every heartbeat tick).
+    let since_ack = raft.metrics().borrow().millis_since_quorum_ack;
+    if since_ack.is_none_or(|ms| Duration::from_millis(ms) <= timing.stickiness * 2) {
+        *unconfirmed = 0;
+        return;
+    }
+    *unconfirmed += 1;
+    if *unconfirmed >= QUORUM_MISSES {
+        tracing::warn!(
+            node = me,
+            "no majority acknowledged this master for {} ms: stepping down (no writes, no appends)",
+            since_ack.unwrap_or_default()
+        );
+        contact.set_quorum_lost(true);
     }
 }
 

@@ -124,6 +124,9 @@ pub struct Network {
     pub me: NodeId,
     pub timeout: Duration,
     pub faults: Arc<Faults>,
+    /// Set while this node is a master that stepped down for want of a majority: it sends no
+    /// appends, heartbeats or snapshots (see `election::check_quorum`).
+    pub silent: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -210,6 +213,16 @@ impl Connection {
     }
 
     /// Fails at once when fault injection cut the link to the target.
+    /// Appends, heartbeats and snapshots are not sent while this master has stepped down (votes
+    /// are: standing again is how it ends).
+    fn check_silent(&self) -> Result<(), Unreachable> {
+        if self.net.silent.load(std::sync::atomic::Ordering::Acquire) {
+            let why = std::io::Error::other("this master stepped down: no majority acknowledges it");
+            return Err(Unreachable::new(&why));
+        }
+        Ok(())
+    }
+
     fn check_cut(&self) -> Result<(), Unreachable> {
         if self.net.faults.is_cut(self.net.me, self.target) {
             let why = std::io::Error::other(format!(
@@ -246,6 +259,9 @@ impl Connection {
         E: std::error::Error + DeserializeOwned,
     {
         self.check_cut().map_err(RPCError::Unreachable)?;
+        if matches!(method, Method::Snapshot) {
+            self.check_silent().map_err(RPCError::Unreachable)?;
+        }
         let payload = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut request = tonic::Request::new(RaftEnvelope {
             group: self.net.group.clone(),
@@ -355,6 +371,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr<RaftError<NodeId>>> {
         self.check_cut().map_err(RPCError::Unreachable)?;
+        self.check_silent().map_err(RPCError::Unreachable)?;
         let size = rpc
             .entries
             .iter()
@@ -415,6 +432,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        self.check_silent().map_err(StreamingError::Unreachable)?;
         let Snapshot { meta, snapshot: data } = snapshot;
         let file = data.into_std().await;
         let chunk_size = option.snapshot_chunk_size().unwrap_or(DEFAULT_SNAPSHOT_CHUNK);

@@ -129,11 +129,13 @@ impl Broker {
             ..Default::default()
         }
         .validate()?;
+        let contact = LeaderContact::new();
         let network = Network {
             group: config.group.clone(),
             me: config.node_id,
             timeout: config.raft_rpc_timeout(),
             faults: faults.clone(),
+            silent: contact.silence_flag(),
         };
         let timing = election::Timing::new(
             config.election_timeout_min_ms,
@@ -168,6 +170,7 @@ impl Broker {
             proposer,
             stop: stopped.clone(),
             handing_over: std::sync::atomic::AtomicBool::new(false),
+            contact: contact.clone(),
         });
 
         let max_message = state.config.max_batch_bytes + (1 << 20);
@@ -177,7 +180,6 @@ impl Broker {
         let rocketmq =
             raftmq_v5::MessagingService::new(Arc::new(crate::v5::RocketMqBroker::new(state.clone())), stopped.clone())
                 .server();
-        let contact = LeaderContact::new();
         let append_server = crate::append_link::AppendServer {
             group: state.config.group.clone(),
             me: state.config.node_id,
@@ -489,8 +491,18 @@ async fn track_leading(
     contact: Arc<LeaderContact>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut vote = None;
     loop {
-        let master = server.borrow_and_update().state == openraft::ServerState::Leader;
+        let (master, now_vote) = {
+            let m = server.borrow_and_update();
+            (m.state == openraft::ServerState::Leader, m.vote)
+        };
+        // A master that stepped down for want of a majority is silent until its vote changes
+        // (another master's term reached it, or it stood again).
+        if vote.is_some_and(|v| v != now_vote) {
+            contact.set_quorum_lost(false);
+        }
+        vote = Some(now_vote);
         leading.set(master);
         contact.set_master(master);
         tokio::select! {

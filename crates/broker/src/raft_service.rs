@@ -138,7 +138,8 @@ impl RaftTransport for RaftService {
             .await
             .map_err(|e| ErrorCode::Internal.status(format!("cannot read the log's end: {e}")))?;
         let local = election::Local {
-            leading: self.raft.metrics().borrow().state == openraft::ServerState::Leader,
+            // A master that stepped down for want of a majority answers as a slave would.
+            leading: self.raft.metrics().borrow().state == openraft::ServerState::Leader && !self.contact.quorum_lost(),
             since_contact: self.contact.since(),
             stickiness: self.stickiness,
             last_log_id,

@@ -40,6 +40,8 @@ pub struct BrokerState {
     pub stop: watch::Receiver<bool>,
     /// Set while a stopping master hands leadership over: it takes no new writes.
     pub handing_over: std::sync::atomic::AtomicBool,
+    /// The election state: whether this master hears from a majority.
+    pub contact: Arc<crate::election::LeaderContact>,
 }
 
 impl BrokerState {
@@ -54,10 +56,17 @@ impl BrokerState {
             .map(|n| n.client_addr.clone())
     }
 
-    /// Whether this node takes writes: it leads, and is not handing leadership over.
+    /// Whether this node takes writes: it leads, is not handing leadership over, and hears from
+    /// a majority.
     pub fn is_master(&self) -> bool {
         self.raft.metrics().borrow().state == ServerState::Leader
             && !self.handing_over.load(std::sync::atomic::Ordering::Acquire)
+            && !self.contact.quorum_lost()
+    }
+
+    /// Stepping down: handing over, or without a majority. The next master is not known yet.
+    fn stepping_down(&self) -> bool {
+        self.handing_over.load(std::sync::atomic::Ordering::Acquire) || self.contact.quorum_lost()
     }
 
     fn require_master(&self) -> Result<(), BrokerError> {
@@ -67,9 +76,7 @@ impl BrokerState {
             Err(BrokerError::NotMaster {
                 // While handing over, the next master is not known yet: the client backs off
                 // briefly and asks the NameServers, instead of bouncing between the two.
-                leader: self
-                    .leader_client_addr()
-                    .filter(|_| !self.handing_over.load(std::sync::atomic::Ordering::Acquire)),
+                leader: self.leader_client_addr().filter(|_| !self.stepping_down()),
             })
         }
     }

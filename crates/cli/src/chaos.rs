@@ -50,6 +50,19 @@ pub struct ChaosArgs {
     fault_ms: u64,
     #[arg(long, default_value = "scripts/cluster.sh")]
     script: PathBuf,
+    /// The cluster runs with `scripts/cluster.sh up --netns` (a network namespace per node): adds
+    /// the real partitions to the faults drawn by default. Names: net-isolate-master,
+    /// net-isolate-slave (a node cut from every node and every client), net-split (the master
+    /// and the clients on one side, both slaves and the NameServer on the other), net-oneway-out
+    /// (the master's traffic to the slaves dropped, theirs to it delivered), net-oneway-in (the
+    /// slaves' traffic to the master dropped, its to them delivered).
+    #[arg(long)]
+    netns: bool,
+    /// The cluster runs with `scripts/cluster.sh up --lazyfs` (all data on raftmq-lazyfs): adds
+    /// power-loss (every broker killed at once, every write no fsync covered dropped, all
+    /// started again) to the faults drawn by default.
+    #[arg(long)]
+    lazyfs: bool,
 }
 
 /// Longest a connected majority may go without a master that acknowledges a send: a round over
@@ -69,6 +82,15 @@ const ALL_FAULTS: [&str; 12] = [
     "hold-slave",
     "master-cycle",
     "rolling-restart",
+];
+
+/// Partitions in network namespaces (`--netns` clusters only).
+const NET_FAULTS: [&str; 5] = [
+    "net-isolate-master",
+    "net-isolate-slave",
+    "net-split",
+    "net-oneway-out",
+    "net-oneway-in",
 ];
 
 /// xorshift64*: small, seedable, the same everywhere.
@@ -92,7 +114,8 @@ enum Outcome {
     Acked(MessageQueue, u64),
     /// Reported as certainly not stored, with the error.
     Failed(String),
-    Unknown,
+    /// Timed out or cut off mid-call, with the error.
+    Unknown(String),
 }
 
 /// The group as the NameServers route it, once they do (a restarted NameServer is empty until
@@ -115,10 +138,29 @@ async fn routed_group(admin: &Admin, group: &str, nodes: usize) -> anyhow::Resul
 
 async fn cut(client: &Client, addr: &str, from: Vec<u64>) -> anyhow::Result<()> {
     let mut b = client.broker(addr)?;
-    b.inject_fault(pb::InjectFaultRequest { cut_from: from })
+    b.inject_fault(deadline(pb::InjectFaultRequest { cut_from: from }))
         .await
         .map_err(|s| anyhow::anyhow!("InjectFault on {addr}: {}", s.message()))?;
     Ok(())
+}
+
+/// A request with a deadline: a call to a paused or cut-off node must not wait forever.
+fn deadline<T>(message: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.set_timeout(Duration::from_secs(5));
+    r
+}
+
+/// Runs one step of the wind-down, failing the run (with the step's name) past its deadline.
+async fn stage<T>(
+    what: &str,
+    limit: Duration,
+    step: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(limit, step).await {
+        Ok(r) => r,
+        Err(_) => bail!("chaos: {what} did not finish within {limit:?}"),
+    }
 }
 
 /// Waits until the group has one master all nodes follow and every node applied as much.
@@ -187,13 +229,25 @@ pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::
             | 1
     });
     eprintln!("chaos: seed {seed} (replay with --seed {seed})");
+    let known: Vec<&str> = ALL_FAULTS
+        .iter()
+        .chain(if args.netns { &NET_FAULTS[..] } else { &[] })
+        .chain(if args.lazyfs { &["power-loss"][..] } else { &[] })
+        .copied()
+        .collect();
     let faults: Vec<String> = if args.faults.is_empty() {
-        ALL_FAULTS.iter().map(|s| s.to_string()).collect()
+        known.iter().map(|s| s.to_string()).collect()
     } else {
         args.faults.clone()
     };
-    if let Some(bad) = faults.iter().find(|f| !ALL_FAULTS.contains(&f.as_str())) {
-        bail!("unknown fault {bad:?}; known: {}", ALL_FAULTS.join(", "));
+    if let Some(bad) = faults.iter().find(|f| !known.contains(&f.as_str())) {
+        if bad == "power-loss" {
+            bail!("fault power-loss needs a cluster on raftmq-lazyfs: scripts/chaos.sh --lazyfs");
+        }
+        if NET_FAULTS.contains(&bad.as_str()) {
+            bail!("fault {bad} needs a cluster in network namespaces: scripts/chaos.sh --netns");
+        }
+        bail!("unknown fault {bad:?}; known: {}", known.join(", "));
     }
     let mut rng = Rng(seed);
     let client = Client::new(ClientConfig::new(namesrv.to_vec()))?;
@@ -245,7 +299,7 @@ pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::
                             r.queue_offset,
                         )
                     }
-                    Err(e) if e.code() == Some(ErrorCode::Timeout) => Outcome::Unknown,
+                    Err(e) if e.code() == Some(ErrorCode::Timeout) => Outcome::Unknown(e.to_string()),
                     Err(e) => {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         Outcome::Failed(e.to_string())
@@ -312,7 +366,7 @@ pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::
                         topic: topic.clone(),
                     };
                     if let Ok(mut b) = client.broker(&addr) {
-                        if let Ok(reply) = b.get_consume_offsets(req).await {
+                        if let Ok(reply) = b.get_consume_offsets(deadline(req)).await {
                             for o in reply.into_inner().offsets {
                                 if let Some(prev) = last.insert(o.queue_id, o.offset) {
                                     if o.offset < prev {
@@ -354,7 +408,7 @@ pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::
         if held_node.is_some()
             && matches!(
                 fault.as_str(),
-                "disk-full" | "torn-tail" | "hold-slave" | "rolling-restart"
+                "disk-full" | "torn-tail" | "hold-slave" | "rolling-restart" | "power-loss"
             )
         {
             fault = "kill-master".into();
@@ -410,6 +464,15 @@ pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::
                     script(&args.script, &["start", &name(*id)])?;
                 }
             }
+            "power-loss" => {
+                // Small disks (disk-full) are tmpfs mounts: their data goes back to the lazy
+                // filesystem first, so that it is on it when the power goes.
+                disk.restore()?;
+                script(&args.script, &["power-off"])?;
+                for id in &alive {
+                    script(&args.script, &["start", &name(*id)])?;
+                }
+            }
             "restart-namesrv" => {
                 script(&args.script, &["stop", "namesrv-1"])?;
                 // Clients keep their routes; the brokers keep serving.
@@ -431,6 +494,43 @@ pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::
                 for id in &alive {
                     cut(&client, &nodes[id], vec![]).await?;
                 }
+            }
+            "net-isolate-master" | "net-isolate-slave" => {
+                let victim = if fault == "net-isolate-master" { master } else { slave };
+                script(&args.script, &["net", "isolate", &name(victim)])?;
+                if connected(1) {
+                    within = Some(live.wait(Instant::now(), r, &fault).await?);
+                }
+                live.hold(fault_at, fault_time).await;
+                script(&args.script, &["net", "heal"])?;
+            }
+            "net-split" => {
+                // The master and the clients on one side; the slaves and the NameServer on the
+                // other. The clients reach only a master that cannot commit: nothing it answers
+                // may be lost, and service is checked once the split heals.
+                let mut far: Vec<String> = slaves.iter().map(|n| name(*n)).collect();
+                far.push("namesrv-1".into());
+                for other in &far {
+                    script(&args.script, &["net", "cut", &name(master), other])?;
+                    script(&args.script, &["net", "cut", "client", other])?;
+                }
+                live.hold(fault_at, fault_time).await;
+                script(&args.script, &["net", "heal"])?;
+            }
+            "net-oneway-out" | "net-oneway-in" => {
+                for s in &slaves {
+                    let (from, to) = if fault == "net-oneway-out" {
+                        (name(master), name(*s))
+                    } else {
+                        (name(*s), name(master))
+                    };
+                    script(&args.script, &["net", "cut", &from, &to, "--one-way"])?;
+                }
+                if connected(1) {
+                    within = Some(live.wait(Instant::now(), r, &fault).await?);
+                }
+                live.hold(fault_at, fault_time).await;
+                script(&args.script, &["net", "heal"])?;
             }
             "disk-full" => {
                 let victim = *nodes
@@ -523,13 +623,29 @@ pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::
     }
 
     stop.store(true, Ordering::SeqCst);
+    // Every step of the wind-down has a deadline and says which one ran out: a wait without one
+    // once kept a finished 300-round run from reaching its verdict.
+    eprintln!("chaos: rounds done; stopping producers and the offset watcher");
     // Data moved onto small disks goes back to the real one (each such node restarts once).
     disk.restore()?;
-    for p in producers {
-        p.await?;
-    }
-    watcher.await?;
-    wait_healthy(&client, &nodes, Duration::from_secs(30)).await?;
+    stage("stopping the producers", Duration::from_secs(60), async {
+        for p in producers {
+            p.await?;
+        }
+        Ok(())
+    })
+    .await?;
+    stage("stopping the offset watcher", Duration::from_secs(30), async {
+        Ok(watcher.await?)
+    })
+    .await?;
+    stage(
+        "waiting for a healthy group",
+        Duration::from_secs(40),
+        wait_healthy(&client, &nodes, Duration::from_secs(30)),
+    )
+    .await?;
+    eprintln!("chaos: draining the consumer group");
     // Let the consumer drain, then stop it (it commits).
     let outcomes = outcomes.lock().unwrap().clone();
     let acked = outcomes.values().filter(|o| matches!(o, Outcome::Acked(..))).count();
@@ -546,9 +662,14 @@ pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    consumer.shutdown().await;
+    stage("stopping the consumer", Duration::from_secs(30), async {
+        consumer.shutdown().await;
+        Ok(())
+    })
+    .await?;
 
     // The checker: read every queue from every replica.
+    eprintln!("chaos: reading every replica");
     let mut replicas: BTreeMap<u64, BTreeMap<(u32, u64), Vec<u8>>> = BTreeMap::new();
     for (id, addr) in &nodes {
         let mut content = BTreeMap::new();
@@ -557,13 +678,13 @@ pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::
             let mut offset = 0;
             loop {
                 let r = b
-                    .pull(pb::PullRequest {
+                    .pull(deadline(pb::PullRequest {
                         topic: args.topic.clone(),
                         queue_id,
                         offset,
                         max_messages: 1024,
                         ..Default::default()
-                    })
+                    }))
                     .await
                     .map_err(|s| anyhow::anyhow!("reading node {id}: {}", s.message()))?
                     .into_inner();
@@ -629,7 +750,7 @@ pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::
     }
     let unknown: Vec<&String> = outcomes
         .iter()
-        .filter(|(_, o)| matches!(o, Outcome::Unknown))
+        .filter(|(_, o)| matches!(o, Outcome::Unknown(_)))
         .map(|(b, _)| b)
         .collect();
     let unknown_present = unknown.iter().filter(|b| seen.contains_key(b.as_bytes())).count();
@@ -695,6 +816,20 @@ pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::
             unknown_present,
             unknown.len() - unknown_present
         );
+        // Why outcomes were unknown, the commonest reasons first (numbers and addresses
+        // blanked so that the same reason counts once).
+        let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+        for o in outcomes.values() {
+            if let Outcome::Unknown(e) = o {
+                let shape: String = e.chars().map(|c| if c.is_ascii_digit() { '#' } else { c }).collect();
+                *reasons.entry(shape).or_default() += 1;
+            }
+        }
+        let mut reasons: Vec<_> = reasons.into_iter().collect();
+        reasons.sort_by_key(|r| std::cmp::Reverse(r.1));
+        for (reason, n) in reasons.iter().take(3) {
+            println!("unknown x{n}: {reason}");
+        }
         for p in &problems {
             println!("problem: {p}");
         }

@@ -21,6 +21,9 @@ pub enum Fault {
     Kill,
     /// SIGSTOP the master past the election timeout, then SIGCONT it.
     Pause,
+    /// Cut the master off from every node and client (a cluster in network namespaces:
+    /// `scripts/failover-drill.sh --netns`), then heal the network.
+    Isolate,
 }
 
 #[derive(Debug, Args)]
@@ -38,7 +41,7 @@ pub struct DrillArgs {
     /// The cluster script; nodes are named GROUP-NODEID.
     #[arg(long, default_value = "scripts/cluster.sh")]
     script: PathBuf,
-    /// How long a paused master stays paused, ms.
+    /// How long a paused (or isolated) master stays so, ms.
     #[arg(long, default_value_t = 2000)]
     pause_ms: u64,
 }
@@ -213,12 +216,17 @@ async fn drill_round(
     }
 
     let fault_at = Instant::now();
-    let verb = match args.fault {
-        Fault::Kill => "kill",
-        Fault::Pause => "pause",
+    let verb: &[&str] = match args.fault {
+        Fault::Kill => &["kill"],
+        Fault::Pause => &["pause"],
+        Fault::Isolate => &["net", "isolate"],
     };
-    let (path, v) = (args.script.clone(), victim.clone());
-    tokio::task::spawn_blocking(move || script(&path, &[verb, &v])).await??;
+    let (path, mut call) = (
+        args.script.clone(),
+        verb.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+    );
+    call.push(victim.clone());
+    tokio::task::spawn_blocking(move || script(&path, &call.iter().map(String::as_str).collect::<Vec<_>>())).await??;
     // From here the old master certainly serves nothing.
     let fault_done = Instant::now();
     // Three clocks run from the fault at once: a survivor is master in a higher term; a send
@@ -283,12 +291,16 @@ async fn drill_round(
     // The old master comes back.
     match args.fault {
         Fault::Kill => script(&args.script, &["start", &victim])?,
-        Fault::Pause => {
+        Fault::Pause | Fault::Isolate => {
             let paused_for = fault_at.elapsed();
             if paused_for < Duration::from_millis(args.pause_ms) {
                 tokio::time::sleep(Duration::from_millis(args.pause_ms) - paused_for).await;
             }
-            script(&args.script, &["resume", &victim])?;
+            if args.fault == Fault::Pause {
+                script(&args.script, &["resume", &victim])?;
+            } else {
+                script(&args.script, &["net", "heal"])?;
+            }
         }
     }
     let old_addr = before

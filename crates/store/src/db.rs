@@ -238,7 +238,7 @@ impl Db {
     /// Syncs the WAL: every write made before the call is durable when it returns. Writes on
     /// other threads go on meanwhile, without waiting for it (a synced write would hold them).
     pub fn sync_wal(&self) -> Result<(), rocksdb::Error> {
-        self.synced(|| self.db.flush_wal(true))
+        self.synced(|| self.db.flush_wal(!broken_fsync()))
     }
 
     pub fn cf(&self, name: &str) -> &ColumnFamily {
@@ -251,7 +251,7 @@ impl Db {
     /// Writes a batch; `sync` makes it durable (WAL fsync) before returning.
     pub fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), rocksdb::Error> {
         let mut opts = WriteOptions::default();
-        opts.set_sync(sync);
+        opts.set_sync(sync && !broken_fsync());
         if sync {
             self.synced(|| self.db.write_opt(batch, &opts))
         } else {
@@ -262,6 +262,27 @@ impl Db {
     pub fn get_meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, rocksdb::Error> {
         self.db.get_cf(self.cf(CF_META), key)
     }
+}
+
+/// A deliberately broken build, for the test that proves the power-loss fault catches a skipped
+/// fsync: in debug builds only, `RAFTMQ_BROKEN_SKIP_FSYNC=1` makes every "synced" write and WAL
+/// sync skip its fsync. Release builds have no such switch.
+fn broken_fsync() -> bool {
+    #[cfg(debug_assertions)]
+    {
+        static BROKEN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *BROKEN.get_or_init(|| {
+            let broken = std::env::var_os("RAFTMQ_BROKEN_SKIP_FSYNC").is_some_and(|v| v == "1");
+            if broken {
+                tracing::error!(
+                    "RAFTMQ_BROKEN_SKIP_FSYNC=1: this node skips every fsync (a test of the power-loss fault)"
+                );
+            }
+            broken
+        })
+    }
+    #[cfg(not(debug_assertions))]
+    false
 }
 
 #[cfg(test)]
