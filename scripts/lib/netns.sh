@@ -38,7 +38,16 @@ net_field() { # NODE FIELD(1 namespace, 2 address, 3 host veth)
 net_up() {
     local dir=$1 k=10 name ns addr veth port f
     shift
-    net_down
+    # One such network per machine: its bridge and addresses are fixed. Left over with no
+    # process in any of its namespaces, it is removed.
+    if ip link show "$NET_BRIDGE" >/dev/null 2>&1 && ! net_in_use; then
+        net_down
+    fi
+    if ip link show "$NET_BRIDGE" >/dev/null 2>&1; then
+        net_fail "a --netns cluster already runs on this machine (bridge $NET_BRIDGE); stop it first (scripts/cluster.sh down with its RAFTMQ_HOME)"
+        return 1
+    fi
+    net_drop_veths
     mkdir -p "$RUN/netns"
     ip link add "$NET_BRIDGE" type bridge
     ip addr add "$NET_HOST_ADDR/24" dev "$NET_BRIDGE"
@@ -75,8 +84,27 @@ net_own_ports() {
 net_down() {
     local ns
     for ns in $(ip netns list 2>/dev/null | awk '$1 ~ /^rmq-/ {print $1}'); do ip netns del "$ns" 2>/dev/null || true; done
+    # A namespace outlives its name while anything still holds it (a socket closing, say): its
+    # veth pairs are removed from the host side, so the next net_up finds the names free.
+    net_drop_veths
     ip link del "$NET_BRIDGE" 2>/dev/null || true
     rm -rf "$RUN/netns"
+}
+
+# Whether a process runs in one of the namespaces.
+net_in_use() {
+    local ns
+    for ns in $(ip netns list 2>/dev/null | awk '$1 ~ /^rmq-/ {print $1}'); do
+        [ -n "$(ip netns pids "$ns" 2>/dev/null)" ] && return 0
+    done
+    return 1
+}
+
+net_drop_veths() {
+    local veth
+    for veth in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | sed 's/@.*//' | grep '^rmqh[0-9]*$'); do
+        ip link del "$veth" 2>/dev/null || true
+    done
 }
 
 # The namespace prefix a node's process is started with (empty when it has none).

@@ -233,10 +233,17 @@ impl Routes {
         let _ = version.changed().await;
     }
 
-    /// Resolves once the cached route names a master for `group` other than `master`.
+    /// Resolves when the cached route changes to name a master for `group` other than `master`.
     pub async fn master_moved(&self, topic: &str, group: &str, master: &str) {
+        // Only a route that changes from now on counts: the cached one may already name another
+        // node (this send followed a NOT_MASTER to a master the NameServers do not know yet),
+        // and giving up on it at once made an unknown outcome of a send that might never have
+        // left (seen in the chaos suite: thousands per run).
         let mut version = self.version.subscribe();
         loop {
+            if version.changed().await.is_err() {
+                return;
+            }
             let moved = self
                 .cache
                 .read()
@@ -244,7 +251,7 @@ impl Routes {
                 .get(topic)
                 .and_then(|r| r.group(group).and_then(|g| g.master.clone()))
                 .is_some_and(|m| m != master);
-            if moved || version.changed().await.is_err() {
+            if moved {
                 return;
             }
         }
