@@ -69,6 +69,9 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::error::De
 #[derive(Debug, Default)]
 pub struct Faults {
     cut: Mutex<HashSet<(NodeId, NodeId)>>,
+    /// (from, to): what `from` sends reaches `to`, but `to`'s answers never come back (a one-way
+    /// cut, the way TCP sees it while a connection lasts).
+    deaf: Mutex<HashSet<(NodeId, NodeId)>>,
     /// Milliseconds every node waits before installing a received snapshot.
     slow_install_ms: std::sync::atomic::AtomicU64,
 }
@@ -108,8 +111,21 @@ impl Faults {
         Duration::from_millis(self.slow_install_ms.load(std::sync::atomic::Ordering::Relaxed))
     }
 
+    /// `from` reaches `to`, but never hears its answers.
+    pub fn lose_answers(&self, from: NodeId, to: NodeId) {
+        self.deaf.lock().unwrap_or_else(|p| p.into_inner()).insert((from, to));
+    }
+
+    pub fn answers_lost(&self, from: NodeId, to: NodeId) -> bool {
+        self.deaf
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&(from, to))
+    }
+
     pub fn heal_all(&self) {
         self.set().clear();
+        self.deaf.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     pub fn is_cut(&self, from: NodeId, to: NodeId) -> bool {
@@ -285,6 +301,10 @@ impl Connection {
                 });
             }
         };
+        if self.net.faults.answers_lost(self.net.me, self.target) {
+            let why = std::io::Error::new(std::io::ErrorKind::TimedOut, "answer lost (fault injection)");
+            return Err(RPCError::Network(NetworkError::new(&why)));
+        }
         self.answer(&envelope.payload)
     }
 }
@@ -342,6 +362,9 @@ impl PeerCalls {
             ElectionCall::TimeoutNow => self.client.timeout_now(request).await,
         }
         .map_err(|status| format!("{}: {}", status.code(), status.message()))?;
+        if self.net.faults.answers_lost(self.net.me, self.target) {
+            return Err("answer lost (fault injection)".into());
+        }
         let result: Result<Resp, crate::election::Refused> =
             decode(&reply.into_inner().payload).map_err(|e| format!("undecodable answer: {e}"))?;
         result.map_err(|e| e.0)
@@ -409,6 +432,12 @@ impl RaftNetwork<TypeConfig> for Connection {
                 return Err(RPCError::Network(NetworkError::new(&why)));
             }
         };
+        if self.net.faults.answers_lost(self.net.me, self.target) {
+            // Delivered and handled there; the answer is lost, as the deadline would tell.
+            tokio::time::sleep(timeout).await;
+            let why = std::io::Error::new(std::io::ErrorKind::TimedOut, "answer lost (fault injection)");
+            return Err(RPCError::Network(NetworkError::new(&why)));
+        }
         self.append = Some(stream);
         self.answer(&body)
     }

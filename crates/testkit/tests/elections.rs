@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use openraft::ServerState;
 use raftmq_client::{Admin, Client, ClientConfig, Message, Producer};
+use raftmq_common::ErrorCode;
 use raftmq_proto as pb;
-use raftmq_testkit::{topic, wait_until, Group};
+use raftmq_testkit::{code, topic, wait_until, Group};
 
 const ELECTION: Duration = Duration::from_secs(10);
 const CATCH_UP: Duration = Duration::from_secs(10);
@@ -251,5 +252,54 @@ async fn a_clean_stop_of_the_master_hands_over_without_a_failed_send() {
     group
         .check_present(next, acked.iter().map(|(o, b)| (*o, b.as_bytes())))
         .await;
+    group.shutdown().await;
+}
+
+/// A one-way cut: the master's appends reach both slaves, but their answers never reach it.
+/// The slaves keep hearing a master, so they refuse every pre-vote: without check-quorum the
+/// group takes no write until the network heals. With it, the master steps down (it refuses
+/// sends, and falls silent), and the slaves elect one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_no_majority_answers_steps_down_and_the_slaves_elect_another() {
+    let group = Group::start(3, |_| {}).await;
+    let master = group.wait_for_master(ELECTION).await;
+    create_topic(&group, master, "T").await;
+    send(&group, master, "before").await.expect("send before the cut");
+    let term = group.term(master);
+    let slaves: Vec<u64> = group.ids().into_iter().filter(|id| *id != master).collect();
+    for s in &slaves {
+        group.faults.lose_answers(master, *s);
+    }
+    let cut = Instant::now();
+    let leader = wait_until(
+        "a slave is master in a higher term and takes a send",
+        Duration::from_secs(5),
+        || async {
+            for id in &slaves {
+                if state(&group, *id) == ServerState::Leader
+                    && group.term(*id) > term
+                    && send(&group, *id, "after").await.is_ok()
+                {
+                    return Some(*id);
+                }
+            }
+            None
+        },
+    )
+    .await;
+    eprintln!("a new master took a send {:?} after the cut", cut.elapsed());
+    // The old master hears nobody yet: it refuses sends rather than hold them.
+    let refused = send(&group, master, "to the old master")
+        .await
+        .expect_err("the old master refuses sends");
+    assert_eq!(code(&refused), Some(ErrorCode::NotMaster), "{refused:?}");
+
+    group.faults.heal_all();
+    let new_term = group.term(leader);
+    wait_until("the old master follows the new one", CATCH_UP, || async {
+        let m = group.node(master).raft().metrics().borrow().clone();
+        (m.current_leader == Some(leader) && m.current_term == new_term).then_some(())
+    })
+    .await;
     group.shutdown().await;
 }
