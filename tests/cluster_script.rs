@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use raftmq_blackbox::{cluster_script, fresh_seed, group_info, ScriptCluster};
+use raftmq_blackbox::{cluster_script, fresh_seed, group_info, ScriptCluster, ScriptOptions};
 use raftmq_client::{Admin, Client, ClientConfig, Message, MessageQueue, Producer, PullConsumer, ReadPreference};
 use raftmq_proto as pb;
 use raftmq_testkit::wait_until;
@@ -284,6 +284,41 @@ async fn a_full_disk_and_a_torn_wal_tail_lose_no_acknowledged_message() {
             "a node whose write failed on a full disk kept running"
         );
     }
+}
+
+/// Real partitions (each node in a network namespace of its own: the master cut off from
+/// everyone, the group split with the clients beside the old master, the slaves' answers to the
+/// master dropped) and a power loss of the whole group (every write no fsync covered dropped on
+/// all three nodes at once): nothing acknowledged lost, and service back within the suite's
+/// liveness deadline each time. Root only; one such cluster per machine (its bridge is fixed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_partitions_and_a_power_loss_lose_no_acknowledged_message() {
+    if !raftmq_testkit::runs_as_root(
+        "real_partitions_and_a_power_loss_lose_no_acknowledged_message",
+        "it makes network namespaces and mounts a FUSE filesystem",
+    ) {
+        return;
+    }
+    let cluster = ScriptCluster::start(
+        1,
+        &["broker-a"],
+        &ScriptOptions {
+            broker_extra: "fault-injection = true\ndisk-clean-percent = 100\ndisk-full-percent = 100",
+            up_flags: &["--netns", "--lazyfs"],
+            ..Default::default()
+        },
+    );
+    chaos(
+        &cluster,
+        &[
+            "--netns",
+            "--lazyfs",
+            "--rounds",
+            "8",
+            "--faults",
+            "net-isolate-master,net-split,net-oneway-in,net-oneway-out,power-loss",
+        ],
+    );
 }
 
 /// Runs `raftmq chaos` (fault time 1 s, a fresh seed) with extra arguments against the cluster

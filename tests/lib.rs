@@ -228,6 +228,23 @@ impl ScriptCluster {
         up.push(cluster.config.to_str().expect("utf-8 path"));
         let out = cluster.script(&up);
         if out.status.success() {
+            let mut cluster = cluster;
+            if options.up_flags.contains(&"--netns") {
+                // The nodes listen on their namespaces' addresses now: the NameServers' too.
+                let run = cluster.home.path().join("run");
+                let dir = std::fs::read_to_string(run.join("config-dir")).expect("config-dir");
+                cluster.namesrv = (1..=namesrvs)
+                    .map(|i| {
+                        let text = std::fs::read_to_string(PathBuf::from(dir.trim()).join(format!("namesrv-{i}.toml")))
+                            .expect("rewritten NameServer config");
+                        let listen = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("listen = "))
+                            .expect("listen");
+                        listen.trim().trim_matches('"').to_owned()
+                    })
+                    .collect();
+            }
             Ok(cluster)
         } else {
             // Dropping the cluster runs `down --purge`.

@@ -69,7 +69,28 @@ fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
             &format!("{}/.", from.display()),
             to.to_str().context("utf-8 path")?,
         ],
-    )
+    )?;
+    // A node's data must be durable where it lands, as it was where it came from: unsynced, a
+    // power loss right after the move emptied the copies (the power-loss fault found it, on a
+    // node moved back from its small disk).
+    sync_tree(to)
+}
+
+/// Syncs every file and directory under `dir`, `dir` included.
+fn sync_tree(dir: &Path) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir() && !path.is_symlink() {
+            sync_tree(&path)?;
+        } else if path.is_file() {
+            std::fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .with_context(|| format!("syncing {}", path.display()))?;
+        }
+    }
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))
 }
 
 impl DiskFaults {
