@@ -113,6 +113,14 @@ fn compilers_python_pip_and_npm_are_looked_for_on_the_path() {
 }
 
 #[test]
+fn a_machine_without_ip_needs_iproute2() {
+    let m = FakeMachine::new();
+    assert_eq!(m.decide("deps_need_netns"), "iproute2");
+    m.command("ip", "exit 0");
+    assert_eq!(m.decide("deps_need_netns"), "");
+}
+
+#[test]
 fn python3_without_pip_needs_python3_pip() {
     let m = FakeMachine::new();
     m.command(
@@ -135,11 +143,11 @@ fn the_whole_decision_lists_every_missing_package_once() {
         .command("make", "exit 0")
         .command("node", "exit 0");
     m.command("python3", "exit 1");
-    assert_eq!(m.decide("deps_needed"), "libclang-dev python3-pip npm");
+    assert_eq!(m.decide("deps_needed"), "libclang-dev python3-pip npm iproute2");
     let full = FakeMachine::new();
     full.file("usr/lib/x86_64-linux-gnu/libclang-14.so.1")
         .file(CLANG_HEADERS);
-    for c in ["g++", "make", "python3", "node", "npm"] {
+    for c in ["g++", "make", "python3", "node", "npm", "ip"] {
         full.command(c, "exit 0");
     }
     assert_eq!(full.decide("deps_needed"), "");

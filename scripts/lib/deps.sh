@@ -87,9 +87,15 @@ deps_need_node() {
     echo "${need[*]}"
 }
 
+# The fault tests that run as root put each node in a network namespace of its own (`ip`, from
+# iproute2, which minimal Debian images leave out).
+deps_need_netns() {
+    deps_find_cmd ip >/dev/null && echo "" || echo "iproute2"
+}
+
 # Every Debian package missing, one line.
 deps_needed() {
     local all
-    all="$(deps_need_libclang) $(deps_need_cxx) $(deps_need_python) $(deps_need_node)"
+    all="$(deps_need_libclang) $(deps_need_cxx) $(deps_need_python) $(deps_need_node) $(deps_need_netns)"
     echo $all
 }

@@ -468,7 +468,10 @@ pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::
                 // Small disks (disk-full) are tmpfs mounts: their data goes back to the lazy
                 // filesystem first, so that it is on it when the power goes.
                 disk.restore()?;
-                script(&args.script, &["power-off"])?;
+                let out = crate::ops::script_output(&args.script, &["power-off"])?;
+                if let Some(line) = out.lines().find(|l| l.contains("power off:")) {
+                    eprintln!("chaos:   {}", line.trim_start_matches("raftmq-lazyfs: "));
+                }
                 for id in &alive {
                     script(&args.script, &["start", &name(*id)])?;
                 }

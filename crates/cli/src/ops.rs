@@ -10,6 +10,11 @@ use raftmq_proto as pb;
 
 /// Runs the cluster script; a failure carries its stderr.
 pub fn script(path: &Path, args: &[&str]) -> anyhow::Result<()> {
+    script_output(path, args).map(|_| ())
+}
+
+/// Runs the cluster script and returns what it printed; a failure carries its stderr.
+pub fn script_output(path: &Path, args: &[&str]) -> anyhow::Result<String> {
     let out = std::process::Command::new(path)
         .args(args)
         .output()
@@ -22,7 +27,7 @@ pub fn script(path: &Path, args: &[&str]) -> anyhow::Result<()> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// A group as the NameServers list it, if they do.
