@@ -237,10 +237,7 @@ impl ScriptCluster {
                     .map(|i| {
                         let text = std::fs::read_to_string(PathBuf::from(dir.trim()).join(format!("namesrv-{i}.toml")))
                             .expect("rewritten NameServer config");
-                        let listen = text
-                            .lines()
-                            .find_map(|l| l.strip_prefix("listen = "))
-                            .expect("listen");
+                        let listen = text.lines().find_map(|l| l.strip_prefix("listen = ")).expect("listen");
                         listen.trim().trim_matches('"').to_owned()
                     })
                     .collect();

@@ -516,13 +516,7 @@ impl Filesystem for Mounted {
         inner.next_handle += 1;
         let meta = tri!(file.metadata().map_err(|e| errno(&e)), reply);
         inner.handles.insert(fh, (ino, Arc::new(file)));
-        reply.created(
-            &TTL,
-            &fs.attr(&meta),
-            Generation(0),
-            FileHandle(fh),
-            OPEN_FLAGS,
-        );
+        reply.created(&TTL, &fs.attr(&meta), Generation(0), FileHandle(fh), OPEN_FLAGS);
     }
 
     fn read(
