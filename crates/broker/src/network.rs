@@ -178,6 +178,12 @@ enum Method {
 
 type RpcErr<E> = RPCError<NodeId, BrokerNode, E>;
 
+/// The error of a call whose answer fault injection lost: a timeout, as the caller would see it.
+fn lost_answer<E: std::error::Error>() -> RpcErr<E> {
+    let why = std::io::Error::new(std::io::ErrorKind::TimedOut, "answer lost (fault injection)");
+    RPCError::Network(NetworkError::new(&why))
+}
+
 impl Connection {
     /// Sends one snapshot chunk, retrying a few times on a timeout or a network error (the same
     /// chunk again: the receiver takes a chunk at an offset it already has).
@@ -228,7 +234,6 @@ impl Connection {
         Ok(client)
     }
 
-    /// Fails at once when fault injection cut the link to the target.
     /// Appends, heartbeats and snapshots are not sent while this master has stepped down (votes
     /// are: standing again is how it ends).
     fn check_silent(&self) -> Result<(), Unreachable> {
@@ -239,6 +244,12 @@ impl Connection {
         Ok(())
     }
 
+    /// Whether fault injection loses the target's answers (see [`Faults::lose_answers`]).
+    fn answer_lost(&self) -> bool {
+        self.net.faults.answers_lost(self.net.me, self.target)
+    }
+
+    /// Fails at once when fault injection cut the link to the target.
     fn check_cut(&self) -> Result<(), Unreachable> {
         if self.net.faults.is_cut(self.net.me, self.target) {
             let why = std::io::Error::other(format!(
@@ -301,9 +312,8 @@ impl Connection {
                 });
             }
         };
-        if self.net.faults.answers_lost(self.net.me, self.target) {
-            let why = std::io::Error::new(std::io::ErrorKind::TimedOut, "answer lost (fault injection)");
-            return Err(RPCError::Network(NetworkError::new(&why)));
+        if self.answer_lost() {
+            return Err(lost_answer());
         }
         self.answer(&envelope.payload)
     }
@@ -432,11 +442,10 @@ impl RaftNetwork<TypeConfig> for Connection {
                 return Err(RPCError::Network(NetworkError::new(&why)));
             }
         };
-        if self.net.faults.answers_lost(self.net.me, self.target) {
+        if self.answer_lost() {
             // Delivered and handled there; the answer is lost, as the deadline would tell.
             tokio::time::sleep(timeout).await;
-            let why = std::io::Error::new(std::io::ErrorKind::TimedOut, "answer lost (fault injection)");
-            return Err(RPCError::Network(NetworkError::new(&why)));
+            return Err(lost_answer());
         }
         self.append = Some(stream);
         self.answer(&body)

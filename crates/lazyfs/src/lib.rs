@@ -144,6 +144,16 @@ struct Inner {
     syncs: u64,
 }
 
+impl Inner {
+    /// Keeps an open file; returns its handle.
+    fn add_handle(&mut self, ino: u64, file: File) -> u64 {
+        let fh = self.next_handle;
+        self.next_handle += 1;
+        self.handles.insert(fh, (ino, Arc::new(file)));
+        fh
+    }
+}
+
 /// The filesystem: a backing directory and the undo logs. Inode numbers are the backing
 /// filesystem's (the root is 1, as FUSE wants), so hard links share one.
 pub struct LazyFs {
@@ -281,6 +291,14 @@ impl LazyFs {
     }
 }
 
+impl LazyFs {
+    /// Truncates (or extends) a file to `len`, its synced content logged first.
+    fn truncate(inner: &mut Inner, ino: u64, file: &File, len: u64) -> io::Result<()> {
+        LazyFs::before_change(inner, ino, file, |u| u.before_truncate(file, len))?;
+        file.set_len(len)
+    }
+}
+
 /// The Filesystem trait takes `&self`; the mount needs an owned value.
 pub struct Mounted(pub Arc<LazyFs>);
 
@@ -351,9 +369,10 @@ impl Filesystem for Mounted {
                 None => OpenOptions::new().write(true).open(&path).map(Arc::new),
             };
             let file = tri!(file.map_err(|e| errno(&e)), reply);
-            let truncated = LazyFs::before_change(&mut inner, ino.0, &file, |u| u.before_truncate(&file, len))
-                .and_then(|_| file.set_len(len));
-            tri!(truncated.map_err(|e| errno(&e)), reply);
+            tri!(
+                LazyFs::truncate(&mut inner, ino.0, &file, len).map_err(|e| errno(&e)),
+                reply
+            );
         }
         if let Some(mode) = mode {
             let set = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o7777));
@@ -472,13 +491,12 @@ impl Filesystem for Mounted {
         let path = tri!(fs.path(&inner, ino), reply);
         let file = tri!(open_backing(&path, flags.0, None).map_err(|e| errno(&e)), reply);
         if flags.0 & libc::O_TRUNC != 0 {
-            let cut = LazyFs::before_change(&mut inner, ino.0, &file, |u| u.before_truncate(&file, 0))
-                .and_then(|_| file.set_len(0));
-            tri!(cut.map_err(|e| errno(&e)), reply);
+            tri!(
+                LazyFs::truncate(&mut inner, ino.0, &file, 0).map_err(|e| errno(&e)),
+                reply
+            );
         }
-        let fh = inner.next_handle;
-        inner.next_handle += 1;
-        inner.handles.insert(fh, (ino.0, Arc::new(file)));
+        let fh = inner.add_handle(ino.0, file);
         reply.opened(FileHandle(fh), OPEN_FLAGS);
     }
 
@@ -507,15 +525,14 @@ impl Filesystem for Mounted {
         if !existed {
             inner.undo.insert(ino, Undo::empty());
         } else if flags & libc::O_TRUNC != 0 {
-            let cut = LazyFs::before_change(&mut inner, ino, &file, |u| u.before_truncate(&file, 0))
-                .and_then(|_| file.set_len(0));
-            tri!(cut.map_err(|e| errno(&e)), reply);
+            tri!(
+                LazyFs::truncate(&mut inner, ino, &file, 0).map_err(|e| errno(&e)),
+                reply
+            );
         }
         inner.paths.insert(ino, rel);
-        let fh = inner.next_handle;
-        inner.next_handle += 1;
         let meta = tri!(file.metadata().map_err(|e| errno(&e)), reply);
-        inner.handles.insert(fh, (ino, Arc::new(file)));
+        let fh = inner.add_handle(ino, file);
         reply.created(&TTL, &fs.attr(&meta), Generation(0), FileHandle(fh), OPEN_FLAGS);
     }
 
