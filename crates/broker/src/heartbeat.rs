@@ -55,6 +55,12 @@ fn build(state: &BrokerState) -> BrokerHeartbeat {
     }
 }
 
+fn raise(announced: &mut u64, generation: u64) -> bool {
+    let raised = generation > *announced;
+    *announced = (*announced).max(generation);
+    raised
+}
+
 /// Runs until `stop` turns true, then unregisters from every NameServer.
 pub async fn run(state: Arc<BrokerState>, mut stop: watch::Receiver<bool>) {
     let clients: Vec<(String, NameServerClient<Channel>)> = state
@@ -82,9 +88,12 @@ pub async fn run(state: Arc<BrokerState>, mut stop: watch::Receiver<bool>) {
             changed = topics.changed() => { if changed.is_err() { break } false }
             _ = stop.wait_for(|s| *s) => break,
         };
+        // The generation is read before the table, so the table sent is at least that new.
+        let generation = *topics.borrow_and_update();
         let hb = build(&state);
         let signature = Some((hb.role, hb.term, hb.leader_id, hb.topics.clone()));
         if !on_timer && signature == last_sent {
+            state.announced_topics.send_if_modified(|g| raise(g, generation));
             continue;
         }
         last_sent = signature;
@@ -107,6 +116,9 @@ pub async fn run(state: Arc<BrokerState>, mut stop: watch::Receiver<bool>) {
                 Err(_) => {}
             }
         }
+        // Every NameServer has answered or failed: an admin call that changed the topics may
+        // return (see `BrokerState::announce_topics`).
+        state.announced_topics.send_if_modified(|g| raise(g, generation));
     }
     let unregister = clients.iter().map(|(_, client)| {
         let mut client = client.clone();

@@ -171,6 +171,7 @@ impl Broker {
             stop: stopped.clone(),
             handing_over: std::sync::atomic::AtomicBool::new(false),
             contact: contact.clone(),
+            announced_topics: watch::channel(0).0,
         });
 
         let max_message = state.config.max_batch_bytes + (1 << 20);

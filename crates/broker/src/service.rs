@@ -28,6 +28,10 @@ pub const MAX_PULL_WAIT: Duration = Duration::from_secs(30);
 /// Most messages one pull returns.
 pub const MAX_PULL_MESSAGES: u32 = 1024;
 
+/// How long a topic change waits for the NameServers to hear it (a heartbeat RPC's deadline and
+/// some).
+const ANNOUNCE_WAIT: Duration = Duration::from_secs(3);
+
 /// State every handler needs.
 pub struct BrokerState {
     pub config: BrokerConfig,
@@ -42,6 +46,8 @@ pub struct BrokerState {
     pub handing_over: std::sync::atomic::AtomicBool,
     /// The election state: whether this master hears from a majority.
     pub contact: Arc<crate::election::LeaderContact>,
+    /// The topic-table generation the last finished heartbeat round carried to the NameServers.
+    pub announced_topics: watch::Sender<u64>,
 }
 
 impl BrokerState {
@@ -67,6 +73,19 @@ impl BrokerState {
     /// Stepping down: handing over, or without a majority. The next master is not known yet.
     fn stepping_down(&self) -> bool {
         self.handing_over.load(std::sync::atomic::Ordering::Acquire) || self.contact.quorum_lost()
+    }
+
+    /// Waits until the NameServers have been sent the topic table as it is now, so a topic that
+    /// was just created or deleted is routed as such once the admin call returns. A NameServer
+    /// that does not answer does not hold the call past `ANNOUNCE_WAIT`: the topic change is
+    /// committed either way, and the next heartbeat carries it.
+    async fn announce_topics(&self) {
+        let generation = *self.reader.subscribe_topics().borrow();
+        let mut announced = self.announced_topics.subscribe();
+        let waited = tokio::time::timeout(ANNOUNCE_WAIT, announced.wait_for(|g| *g >= generation)).await;
+        if !matches!(waited, Ok(Ok(_))) {
+            tracing::warn!("the NameServers have not heard the new topic table yet; the next heartbeat carries it");
+        }
     }
 
     fn require_master(&self) -> Result<(), BrokerError> {
@@ -517,6 +536,7 @@ impl Broker for BrokerService {
         raftmq_store::apply::check_topic(&config).map_err(BrokerError::InvalidArgument)?;
         self.state.require_master()?;
         self.state.commit(Command::UpsertTopic(config), 0).await?;
+        self.state.announce_topics().await;
         Ok(Response::new(pb::UpsertTopicReply {}))
     }
 
@@ -525,6 +545,7 @@ impl Broker for BrokerService {
         validate::name("topic", &name).map_err(BrokerError::from)?;
         self.state.require_master()?;
         self.state.commit(Command::DeleteTopic { name }, 0).await?;
+        self.state.announce_topics().await;
         Ok(Response::new(pb::DeleteTopicReply {}))
     }
 

@@ -415,3 +415,27 @@ async fn sends_go_to_another_group_when_one_is_down() {
     assert!(unknown <= 2, "{unknown} sends with an unknown outcome");
     a.shutdown().await;
 }
+
+/// An admin call that creates or deletes a topic returns once the NameServer routes it that way:
+/// a send straight after `topic create` must not meet TOPIC_NOT_FOUND (CI saw it once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_is_routed_as_soon_as_its_creation_returns() {
+    let (_group, c) = setup(1).await;
+    let admin = Admin::new(c.clone());
+    for i in 0..20 {
+        let topic = format!("fresh-{i}");
+        admin
+            .upsert_topic(&topic, 2, 2, pb::Permission::ReadWrite, &[])
+            .await
+            .expect("create");
+        let route = c.refresh_route(&topic).await.expect("routed at once after creation");
+        assert_eq!(route.groups.len(), 1);
+        Producer::new(c.clone())
+            .send(Message::new(&topic, "first"))
+            .await
+            .expect("send straight after creation");
+        admin.delete_topic(&topic).await.expect("delete");
+        let gone = c.refresh_route(&topic).await;
+        assert!(gone.is_err(), "{topic} still routed after its deletion returned");
+    }
+}
