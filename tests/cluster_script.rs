@@ -324,9 +324,7 @@ async fn real_partitions_and_a_power_loss_lose_no_acknowledged_message() {
             "--rounds",
             "8",
             "--faults",
-            // net-oneway-in is left out until issue 17's open case is fixed: in about 1 of 4
-            // runs of this test, the group did not heal within 30 s after it (docs/chaos.md).
-            "net-isolate-master,net-split,net-oneway-out,power-loss",
+            "net-isolate-master,net-split,net-oneway-out,net-oneway-in,power-loss",
         ],
     );
 }

@@ -301,7 +301,42 @@ impl ScriptCluster {
 
 impl Drop for ScriptCluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.keep_logs();
+        }
         let _ = self.script(&["down", "--purge"]);
+    }
+}
+
+impl ScriptCluster {
+    /// A failed test's node logs: the end of each printed (the test's output shows it, in CI
+    /// too), and the whole logs copied out of the cluster's home, which `down --purge` deletes.
+    fn keep_logs(&self) {
+        let logs = self.home.path().join("run/logs");
+        let kept = std::env::temp_dir().join(format!(
+            "raftmq-failed-{}-{}",
+            std::process::id(),
+            self.home.path().file_name().and_then(|n| n.to_str()).unwrap_or("cluster")
+        ));
+        let _ = std::fs::create_dir_all(&kept);
+        let Ok(entries) = std::fs::read_dir(&logs) else {
+            return;
+        };
+        let mut names: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        names.sort();
+        for path in names {
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            let name = path.file_name().expect("a file name");
+            let _ = std::fs::write(kept.join(name), &text);
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!("---- the last lines of {} ----", name.to_string_lossy());
+            for line in &lines[lines.len().saturating_sub(40)..] {
+                eprintln!("{line}");
+            }
+        }
+        eprintln!("---- the whole logs are in {} ----", kept.display());
     }
 }
 

@@ -134,7 +134,8 @@ enum TopicCommand {
 enum ClusterCommand {
     /// Every node: group, id, role, term, address, applied index, lag behind its master.
     List,
-    /// Wait until the NameServer lists every expected group with a master and all its nodes.
+    /// Wait until the NameServer lists every expected group with a master and all its nodes
+    /// following it (a node that has not yet joined, or is standing, does not count).
     Wait {
         /// Expected groups and node counts, e.g. broker-a:3,broker-b:3.
         #[arg(long, value_delimiter = ',', required = true)]
@@ -165,6 +166,21 @@ struct SendArgs {
     /// Send the body this many times.
     #[arg(long, default_value_t = 1)]
     count: u32,
+}
+
+/// The nodes of a group that its master leads: the master, and the slaves that report it as
+/// their leader in its term. 0 without a master.
+fn following_master(g: &pb::GroupInfo) -> usize {
+    if g.master_addr.is_empty() {
+        return 0;
+    }
+    g.nodes
+        .iter()
+        .filter(|n| {
+            n.node_id == g.master_node_id
+                || (n.reported_role == pb::Role::Slave as i32 && n.leader_id == g.master_node_id && n.term == g.term)
+        })
+        .count()
 }
 
 fn parse_property(s: &str) -> Result<(String, String), String> {
@@ -472,9 +488,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             !info
                                 .groups
                                 .iter()
-                                .any(|g| &&g.group == group && !g.master_addr.is_empty() && g.nodes.len() >= **n)
+                                .any(|g| &&g.group == group && following_master(g) >= **n)
                         })
-                        .map(|(group, n)| format!("{group} (master and {n} nodes)"))
+                        .map(|(group, n)| format!("{group} (a master and {n} nodes following it)"))
                         .collect(),
                     Err(e) => vec![format!("an answer from the NameServer ({e})")],
                 };
