@@ -107,8 +107,11 @@ namesrv_addrs() {
     done
 }
 
-start_node() {
-    local name=$1 dir bin cfg log pid lines deadline
+# Starting a node is two steps, so `up` can start many at once: launch_node spawns the process
+# and notes where its log stood; await_node waits until it reports listening. A group whose
+# nodes start together elects as soon as two are up, even if a third starts slowly.
+launch_node() {
+    local name=$1 dir bin cfg log
     dir=$(config_dir)
     bin=$(bin_dir)
     cfg="$dir/$name.toml"
@@ -120,7 +123,7 @@ start_node() {
     mkdir -p "$RUN/logs" "$RUN/pids" "$RUN/data"
     log="$RUN/logs/$name.log"
     touch "$log"
-    lines=$(wc -l < "$log")
+    wc -l < "$log" > "$RUN/pids/$name.from"
     # In a --netns cluster the node runs in its namespace (`ip netns exec` execs it: same pid).
     local in_ns
     in_ns=$(net_exec_prefix "$name")
@@ -129,12 +132,21 @@ start_node() {
     else
         $in_ns nohup "$bin/raftmq-broker" --config "$cfg" --data-dir "$RUN/data/$name" >> "$log" 2>&1 < /dev/null &
     fi
-    pid=$!
-    echo "$pid" > "$RUN/pids/$name.pid"
+    echo "$!" > "$RUN/pids/$name.pid"
+}
+
+await_node() {
+    local name=$1 cfg log pid lines deadline
+    # Not launched by this run (it was already running).
+    [ -f "$RUN/pids/$name.from" ] || return 0
+    cfg="$(config_dir)/$name.toml"
+    log="$RUN/logs/$name.log"
+    lines=$(cat "$RUN/pids/$name.from")
+    pid=$(pid_of "$name")
     deadline=$(( $(date +%s) + START_TIMEOUT ))
     while ! tail -n +"$((lines + 1))" "$log" | grep -q "listening on"; do
         if ! alive "$pid"; then
-            rm -f "$RUN/pids/$name.pid"
+            rm -f "$RUN/pids/$name.pid" "$RUN/pids/$name.from"
             echo "cluster.sh: $name did not come up; the end of $log:" >&2
             tail -n 15 "$log" | sed 's/^/    /' >&2
             if tail -n +"$((lines + 1))" "$log" | grep -qi "address already in use"; then
@@ -143,13 +155,20 @@ start_node() {
             exit 1
         fi
         if [ "$(date +%s)" -ge "$deadline" ]; then
+            rm -f "$RUN/pids/$name.from"
             echo "cluster.sh: $name did not report listening within ${START_TIMEOUT}s; the end of $log:" >&2
             tail -n 15 "$log" | sed 's/^/    /' >&2
             exit 1
         fi
         sleep 0.01
     done
+    rm -f "$RUN/pids/$name.from"
     echo "started $name (pid $pid)"
+}
+
+start_node() {
+    launch_node "$1"
+    await_node "$1"
 }
 
 stop_pid() {
@@ -289,7 +308,15 @@ cmd_up() {
         lazyfs_mounted || lazyfs_mount
         touch "$RUN/lazyfs"
     fi
-    for name in $(nodes_of "$dir"); do start_node "$name"; done
+    # The NameServers first (a broker's first heartbeat then finds them), then every broker at
+    # once.
+    local namesrvs brokers
+    namesrvs=$(nodes_of "$dir" | grep '^namesrv-' || true)
+    brokers=$(nodes_of "$dir" | grep -v '^namesrv-' || true)
+    for name in $namesrvs; do launch_node "$name"; done
+    for name in $namesrvs; do await_node "$name"; done
+    for name in $brokers; do launch_node "$name"; done
+    for name in $brokers; do await_node "$name"; done
     wait_ready "$dir"
     print_cluster "$dir"
     echo
