@@ -316,7 +316,11 @@ impl ScriptCluster {
         let kept = std::env::temp_dir().join(format!(
             "raftmq-failed-{}-{}",
             std::process::id(),
-            self.home.path().file_name().and_then(|n| n.to_str()).unwrap_or("cluster")
+            self.home
+                .path()
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("cluster")
         ));
         let _ = std::fs::create_dir_all(&kept);
         let Ok(entries) = std::fs::read_dir(&logs) else {
