@@ -14,7 +14,8 @@ use raftmq_proto::{BrokerHeartbeat, Role, TopicTable, UnregisterRequest};
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::service::{topic_config_to_proto, BrokerState};
+use crate::service::topic_config_to_proto;
+use crate::state::BrokerState;
 
 /// Deadline of one heartbeat RPC.
 const RPC_TIMEOUT: Duration = Duration::from_secs(2);
@@ -117,7 +118,7 @@ pub async fn run(state: Arc<BrokerState>, mut stop: watch::Receiver<bool>) {
             }
         }
         // Every NameServer has answered or failed: an admin call that changed the topics may
-        // return (see `BrokerState::announce_topics`).
+        // return (see `ops::topics::announce`).
         state.announced_topics.send_if_modified(|g| raise(g, generation));
     }
     let unregister = clients.iter().map(|(_, client)| {

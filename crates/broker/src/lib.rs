@@ -12,10 +12,12 @@ pub mod error;
 pub mod heartbeat;
 pub mod network;
 pub mod node;
+pub mod ops;
 pub mod proposer;
 pub mod raft_service;
 pub mod retention;
 pub mod service;
+pub mod state;
 pub mod v5;
 
 pub use config::BrokerConfig;

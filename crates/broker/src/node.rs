@@ -26,7 +26,8 @@ use crate::network::{Faults, Network, MAX_RAFT_MESSAGE};
 use crate::proposer::{Limits, Proposer};
 use crate::raft_service::RaftService;
 use crate::retention::DiskGuard;
-use crate::service::{BrokerService, BrokerState};
+use crate::service::BrokerService;
+use crate::state::BrokerState;
 
 /// How long shutdown waits for client connections to close.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
@@ -172,6 +173,7 @@ impl Broker {
             handing_over: std::sync::atomic::AtomicBool::new(false),
             contact: contact.clone(),
             announced_topics: watch::channel(0).0,
+            next_queue: Default::default(),
         });
 
         let max_message = state.config.max_batch_bytes + (1 << 20);

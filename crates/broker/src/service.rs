@@ -8,149 +8,21 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openraft::{Raft, ServerState};
 use raftmq_common::validate;
 use raftmq_proto as pb;
 use raftmq_proto::broker_server::Broker;
-use raftmq_store::reader::message_id;
-use raftmq_store::types::{perm, Command, CommandResult, MessageIn, OffsetUpdate, Rejection, TopicConfig};
-use raftmq_store::{body_crc, StoreReader, StoredMessage, TypeConfig};
-use tokio::sync::watch;
+use raftmq_store::types::{Command, MessageIn, OffsetUpdate, TopicConfig};
+use raftmq_store::{body_crc, StoredMessage};
 use tonic::{Request, Response, Status};
 
-use crate::config::BrokerConfig;
-use crate::consumers::Consumers;
 use crate::error::BrokerError;
-use crate::proposer::Proposer;
+use crate::ops;
+use crate::state::BrokerState;
 
 /// Longest a pull may wait for new messages.
 pub const MAX_PULL_WAIT: Duration = Duration::from_secs(30);
 /// Most messages one pull returns.
 pub const MAX_PULL_MESSAGES: u32 = 1024;
-
-/// How long a topic change waits for the NameServers to hear it (a heartbeat RPC's deadline and
-/// some).
-const ANNOUNCE_WAIT: Duration = Duration::from_secs(3);
-
-/// State every handler needs.
-pub struct BrokerState {
-    pub config: BrokerConfig,
-    pub raft: Raft<TypeConfig>,
-    pub reader: StoreReader,
-    pub proposer: Proposer,
-    pub consumers: Consumers,
-    pub disk: crate::retention::DiskGuard,
-    pub faults: std::sync::Arc<crate::network::Faults>,
-    pub stop: watch::Receiver<bool>,
-    /// Set while a stopping master hands leadership over: it takes no new writes.
-    pub handing_over: std::sync::atomic::AtomicBool,
-    /// The election state: whether this master hears from a majority.
-    pub contact: Arc<crate::election::LeaderContact>,
-    /// The topic-table generation the last finished heartbeat round carried to the NameServers.
-    pub announced_topics: watch::Sender<u64>,
-}
-
-impl BrokerState {
-    /// The master's client address, when this node knows who the master is.
-    pub fn leader_client_addr(&self) -> Option<String> {
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow();
-        let leader = m.current_leader?;
-        m.membership_config
-            .membership()
-            .get_node(&leader)
-            .map(|n| n.client_addr.clone())
-    }
-
-    /// Whether this node takes writes: it leads, is not handing leadership over, and hears from
-    /// a majority.
-    pub fn is_master(&self) -> bool {
-        self.raft.metrics().borrow().state == ServerState::Leader
-            && !self.handing_over.load(std::sync::atomic::Ordering::Acquire)
-            && !self.contact.quorum_lost()
-    }
-
-    /// Stepping down: handing over, or without a majority. The next master is not known yet.
-    fn stepping_down(&self) -> bool {
-        self.handing_over.load(std::sync::atomic::Ordering::Acquire) || self.contact.quorum_lost()
-    }
-
-    /// Waits until the NameServers have been sent the topic table as it is now, so a topic that
-    /// was just created or deleted is routed as such once the admin call returns. A NameServer
-    /// that does not answer does not hold the call past `ANNOUNCE_WAIT`: the topic change is
-    /// committed either way, and the next heartbeat carries it.
-    async fn announce_topics(&self) {
-        let generation = *self.reader.subscribe_topics().borrow();
-        let mut announced = self.announced_topics.subscribe();
-        let waited = tokio::time::timeout(ANNOUNCE_WAIT, announced.wait_for(|g| *g >= generation)).await;
-        if !matches!(waited, Ok(Ok(_))) {
-            tracing::warn!("the NameServers have not heard the new topic table yet; the next heartbeat carries it");
-        }
-    }
-
-    fn require_master(&self) -> Result<(), BrokerError> {
-        if self.is_master() {
-            Ok(())
-        } else {
-            Err(BrokerError::NotMaster {
-                // While handing over, the next master is not known yet: the client backs off
-                // briefly and asks the NameServers, instead of bouncing between the two.
-                leader: self.leader_client_addr().filter(|_| !self.stepping_down()),
-            })
-        }
-    }
-
-    /// Proposes a command and maps a refusal by the state machine to its error.
-    pub(crate) async fn commit(&self, command: Command, bytes: usize) -> Result<(u64, CommandResult), BrokerError> {
-        let (index, result) = self.proposer.submit(command, bytes).await?;
-        match result {
-            CommandResult::Rejected(why, message) => Err(match why {
-                Rejection::TopicNotFound => BrokerError::TopicNotFound(message),
-                Rejection::QueueNotFound => BrokerError::QueueNotFound(message),
-                Rejection::NoPermission => BrokerError::NoPermission(message),
-                Rejection::InvalidArgument => BrokerError::InvalidArgument(message),
-                Rejection::StaleLease => BrokerError::StaleHandle(message),
-            }),
-            ok => Ok((index, ok)),
-        }
-    }
-
-    fn topic_for_read(&self, topic: &str, queue_id: u32) -> Result<TopicConfig, BrokerError> {
-        validate::name("topic", topic)?;
-        let config = self.reader.topic(topic).ok_or_else(|| {
-            BrokerError::TopicNotFound(format!("topic {topic:?} does not exist in group {}", self.config.group))
-        })?;
-        if queue_id >= config.queues() {
-            return Err(BrokerError::QueueNotFound(format!(
-                "topic {topic:?} has {} queues; queue {queue_id} does not exist",
-                config.queues()
-            )));
-        }
-        Ok(config)
-    }
-
-    /// The topic to send to, created first when auto-create is on.
-    pub(crate) async fn topic_for_send(&self, topic: &str) -> Result<TopicConfig, BrokerError> {
-        if let Some(config) = self.reader.topic(topic) {
-            return Ok(config);
-        }
-        if !self.config.auto_create_topic {
-            return Err(BrokerError::TopicNotFound(format!(
-                "topic {topic:?} does not exist in group {} (auto-create is off)",
-                self.config.group
-            )));
-        }
-        let config = TopicConfig {
-            name: topic.to_owned(),
-            write_queues: self.config.default_queues,
-            read_queues: self.config.default_queues,
-            permission: perm::READ_WRITE,
-        };
-        tracing::info!(topic, queues = config.write_queues, "auto-creating topic");
-        self.commit(Command::UpsertTopic(config.clone()), 0).await?;
-        Ok(self.reader.topic(topic).unwrap_or(config))
-    }
-}
 
 /// A tag expression: `*` (or empty) or `a || b`.
 pub struct TagFilter(Option<BTreeSet<String>>);
@@ -218,16 +90,8 @@ type Reply<T> = Result<Response<T>, Status>;
 #[tonic::async_trait]
 impl Broker for BrokerService {
     async fn send(&self, request: Request<pb::SendRequest>) -> Reply<pb::SendReply> {
-        let s = &self.state;
         let req = request.into_inner();
-        validate::name("topic", &req.topic).map_err(BrokerError::from)?;
-        if req.messages.is_empty() {
-            return Err(BrokerError::InvalidArgument("field `messages`: the batch is empty".into()).into());
-        }
-        s.require_master()?;
-        s.disk.check()?;
         let mut messages = Vec::with_capacity(req.messages.len());
-        let mut bytes = 0usize;
         for (i, m) in req.messages.into_iter().enumerate() {
             if !m.topic.is_empty() && m.topic != req.topic {
                 return Err(BrokerError::InvalidArgument(format!(
@@ -238,70 +102,33 @@ impl Broker for BrokerService {
             }
             let mut properties: Vec<(String, String)> = m.properties.into_iter().collect();
             properties.sort();
-            let message = MessageIn {
+            messages.push(MessageIn {
                 body_crc: body_crc(&m.body),
                 tags: m.tags,
                 keys: m.keys,
                 properties,
                 body: m.body,
                 born_timestamp_ms: m.born_timestamp_ms,
-            };
-            let size = message.size();
-            if size > s.config.max_message_size {
-                return Err(BrokerError::MessageTooLarge(format!(
-                    "message {i} is {size} bytes; the limit is {}",
-                    s.config.max_message_size
-                ))
-                .into());
-            }
-            bytes += size;
-            messages.push(message);
+            });
         }
-        if bytes > s.config.max_batch_bytes {
-            return Err(BrokerError::MessageTooLarge(format!(
-                "the batch is {bytes} bytes; the limit is {}",
-                s.config.max_batch_bytes
-            ))
-            .into());
-        }
-        let topic = s.topic_for_send(&req.topic).await?;
-        if topic.permission & perm::WRITE == 0 {
-            return Err(BrokerError::NoPermission(format!(
-                "topic {:?} is not writable in group {}",
-                req.topic, s.config.group
-            ))
-            .into());
-        }
-        if req.queue_id >= topic.write_queues {
-            return Err(BrokerError::QueueNotFound(format!(
-                "topic {:?} has {} write queues; queue {} does not exist",
-                req.topic, topic.write_queues, req.queue_id
-            ))
-            .into());
-        }
-        let command = Command::Send {
+        let batch = ops::send::Batch {
             topic: req.topic,
-            queue_id: req.queue_id,
+            queue: ops::send::Queue::Given(req.queue_id),
             messages,
         };
-        let (log_index, result) = s.commit(command, bytes).await?;
-        let CommandResult::Sent {
-            first_offset,
-            count,
-            first_position,
-        } = result
-        else {
-            return Err(BrokerError::Internal(format!("a send applied as {result:?}")).into());
-        };
-        let results = (0..count)
-            .map(|i| pb::SendResult {
-                msg_id: message_id(s.reader.id_prefix(), log_index, first_position + i),
-                queue_id: req.queue_id,
-                queue_offset: first_offset + i as u64,
+        let sent = ops::send::send(&self.state, batch).await?;
+        let results = sent
+            .msg_ids
+            .into_iter()
+            .enumerate()
+            .map(|(i, msg_id)| pb::SendResult {
+                msg_id,
+                queue_id: sent.queue_id,
+                queue_offset: sent.first_offset + i as u64,
             })
             .collect();
         Ok(Response::new(pb::SendReply {
-            group: s.config.group.clone(),
+            group: self.state.config.group.clone(),
             results,
         }))
     }
@@ -309,7 +136,7 @@ impl Broker for BrokerService {
     async fn pull(&self, request: Request<pb::PullRequest>) -> Reply<pb::PullReply> {
         let s = &self.state;
         let req = request.into_inner();
-        s.topic_for_read(&req.topic, req.queue_id)?;
+        ops::topics::for_read(s, &req.topic, req.queue_id)?;
         let filter = TagFilter::parse(&req.tag_expression)?;
         let max_messages = req.max_messages.clamp(1, MAX_PULL_MESSAGES) as usize;
         let max_bytes = if req.max_bytes == 0 { 4 << 20 } else { req.max_bytes };
@@ -359,7 +186,7 @@ impl Broker for BrokerService {
 
     async fn get_queue_offsets(&self, request: Request<pb::QueueOffsetsRequest>) -> Reply<pb::QueueOffsetsReply> {
         let req = request.into_inner();
-        self.state.topic_for_read(&req.topic, req.queue_id)?;
+        ops::topics::for_read(&self.state, &req.topic, req.queue_id)?;
         let q = self.state.reader.queue_state(&req.topic, req.queue_id);
         Ok(Response::new(pb::QueueOffsetsReply {
             min_offset: q.min_offset,
@@ -369,7 +196,7 @@ impl Broker for BrokerService {
 
     async fn search_offset(&self, request: Request<pb::SearchOffsetRequest>) -> Reply<pb::SearchOffsetReply> {
         let req = request.into_inner();
-        self.state.topic_for_read(&req.topic, req.queue_id)?;
+        ops::topics::for_read(&self.state, &req.topic, req.queue_id)?;
         let offset = self
             .state
             .reader
@@ -380,7 +207,7 @@ impl Broker for BrokerService {
 
     async fn get_message(&self, request: Request<pb::GetMessageRequest>) -> Reply<pb::StoredMessage> {
         let req = request.into_inner();
-        self.state.topic_for_read(&req.topic, req.queue_id)?;
+        ops::topics::for_read(&self.state, &req.topic, req.queue_id)?;
         match self
             .state
             .reader
@@ -447,7 +274,7 @@ impl Broker for BrokerService {
         let s = &self.state;
         let req = request.into_inner();
         validate::name("consumer_group", &req.consumer_group).map_err(BrokerError::from)?;
-        let topic = s.topic_for_read(&req.topic, 0)?;
+        let topic = ops::topics::for_read(s, &req.topic, 0)?;
         let target = req.target.ok_or_else(|| {
             BrokerError::InvalidArgument("field `target`: say a timestamp, an offset, earliest or latest".into())
         })?;
@@ -533,24 +360,17 @@ impl Broker for BrokerService {
             read_queues: t.read_queues,
             permission: t.permission.max(0) as u32,
         };
-        raftmq_store::apply::check_topic(&config).map_err(BrokerError::InvalidArgument)?;
-        self.state.require_master()?;
-        self.state.commit(Command::UpsertTopic(config), 0).await?;
-        self.state.announce_topics().await;
+        ops::topics::upsert(&self.state, config).await?;
         Ok(Response::new(pb::UpsertTopicReply {}))
     }
 
     async fn delete_topic(&self, request: Request<pb::DeleteTopicRequest>) -> Reply<pb::DeleteTopicReply> {
-        let name = request.into_inner().topic;
-        validate::name("topic", &name).map_err(BrokerError::from)?;
-        self.state.require_master()?;
-        self.state.commit(Command::DeleteTopic { name }, 0).await?;
-        self.state.announce_topics().await;
+        ops::topics::delete(&self.state, request.into_inner().topic).await?;
         Ok(Response::new(pb::DeleteTopicReply {}))
     }
 
     async fn list_topics(&self, _request: Request<pb::BrokerListTopicsRequest>) -> Reply<pb::BrokerTopicList> {
-        let topics = self.state.reader.topics().iter().map(topic_to_proto).collect();
+        let topics = ops::topics::list(&self.state).iter().map(topic_to_proto).collect();
         Ok(Response::new(pb::BrokerTopicList { topics }))
     }
 

@@ -25,7 +25,9 @@ use raftmq_v5::{full_name, Backend, Fail, Target};
 use tonic::transport::Channel;
 
 use crate::error::BrokerError;
-use crate::service::{BrokerState, TagFilter};
+use crate::ops;
+use crate::service::TagFilter;
+use crate::state::BrokerState;
 
 /// Property holding the producer's message id (RocketMQ's name for it).
 pub const PROP_MESSAGE_ID: &str = "UNIQ_KEY";
@@ -570,15 +572,13 @@ impl Backend for RocketMqBroker {
     }
 
     async fn send(&self, ns: &str, messages: Vec<v2::Message>) -> Result<Vec<v2::SendResultEntry>, Fail> {
-        let s = &self.state;
-        s.disk.check().map_err(fail)?;
         let topic = full_name(
             ns,
             &messages[0].topic.as_ref().map(|t| t.name.clone()).unwrap_or_default(),
         );
+        // The producer's message ids are the ones a RocketMQ 5 client knows its messages by.
         let mut ids = Vec::with_capacity(messages.len());
         let mut stored = Vec::with_capacity(messages.len());
-        let mut bytes = 0;
         for m in messages {
             ids.push(
                 m.system_properties
@@ -586,27 +586,14 @@ impl Backend for RocketMqBroker {
                     .map(|p| p.message_id.clone())
                     .unwrap_or_default(),
             );
-            let m = self.message_in(m)?;
-            bytes += m.size();
-            stored.push(m);
+            stored.push(self.message_in(m)?);
         }
-        let config = s.topic_for_send(&topic).await.map_err(fail)?;
-        if config.permission & perm::WRITE == 0 {
-            return Err(Fail::new(Code::Forbidden, format!("topic {topic:?} is not writable")));
-        }
-        let queue_id = self.next_queue.fetch_add(1, Ordering::Relaxed) % config.write_queues;
-        let command = Command::Send {
+        let batch = ops::send::Batch {
             topic,
-            queue_id,
+            queue: ops::send::Queue::Next,
             messages: stored,
         };
-        let (_, result) = s.commit(command, bytes).await.map_err(fail)?;
-        let CommandResult::Sent { first_offset, .. } = result else {
-            return Err(Fail::new(
-                Code::InternalServerError,
-                format!("a send applied as {result:?}"),
-            ));
-        };
+        let sent = ops::send::send(&self.state, batch).await.map_err(fail)?;
         Ok(ids
             .into_iter()
             .enumerate()
@@ -614,7 +601,7 @@ impl Backend for RocketMqBroker {
                 status: Some(raftmq_v5::status::ok()),
                 message_id,
                 transaction_id: String::new(),
-                offset: (first_offset + i as u64) as i64,
+                offset: (sent.first_offset + i as u64) as i64,
                 recall_handle: String::new(),
             })
             .collect())

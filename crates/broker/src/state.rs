@@ -1,0 +1,88 @@
+//! What every operation of a broker node shares: its config, its Raft node, the store's reader,
+//! the proposer, and the master's rules (is this node the master, commit a command, look a topic
+//! up for a read or a send).
+
+use std::sync::Arc;
+
+use openraft::{Raft, ServerState};
+use raftmq_store::types::{Command, CommandResult, Rejection};
+use raftmq_store::{StoreReader, TypeConfig};
+use tokio::sync::watch;
+
+use crate::config::BrokerConfig;
+use crate::consumers::Consumers;
+use crate::error::BrokerError;
+use crate::proposer::Proposer;
+
+/// State every handler needs.
+pub struct BrokerState {
+    pub config: BrokerConfig,
+    pub raft: Raft<TypeConfig>,
+    pub reader: StoreReader,
+    pub proposer: Proposer,
+    pub consumers: Consumers,
+    pub disk: crate::retention::DiskGuard,
+    pub faults: std::sync::Arc<crate::network::Faults>,
+    pub stop: watch::Receiver<bool>,
+    /// Set while a stopping master hands leadership over: it takes no new writes.
+    pub handing_over: std::sync::atomic::AtomicBool,
+    /// The election state: whether this master hears from a majority.
+    pub contact: Arc<crate::election::LeaderContact>,
+    /// The topic-table generation the last finished heartbeat round carried to the NameServers.
+    pub announced_topics: watch::Sender<u64>,
+    /// The write queue a send that leaves the choice to the broker goes to next.
+    pub next_queue: std::sync::atomic::AtomicU32,
+}
+
+impl BrokerState {
+    /// The master's client address, when this node knows who the master is.
+    pub fn leader_client_addr(&self) -> Option<String> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let leader = m.current_leader?;
+        m.membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.client_addr.clone())
+    }
+
+    /// Whether this node takes writes: it leads, is not handing leadership over, and hears from
+    /// a majority.
+    pub fn is_master(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+            && !self.handing_over.load(std::sync::atomic::Ordering::Acquire)
+            && !self.contact.quorum_lost()
+    }
+
+    /// Stepping down: handing over, or without a majority. The next master is not known yet.
+    fn stepping_down(&self) -> bool {
+        self.handing_over.load(std::sync::atomic::Ordering::Acquire) || self.contact.quorum_lost()
+    }
+
+    pub(crate) fn require_master(&self) -> Result<(), BrokerError> {
+        if self.is_master() {
+            Ok(())
+        } else {
+            Err(BrokerError::NotMaster {
+                // While handing over, the next master is not known yet: the client backs off
+                // briefly and asks the NameServers, instead of bouncing between the two.
+                leader: self.leader_client_addr().filter(|_| !self.stepping_down()),
+            })
+        }
+    }
+
+    /// Proposes a command and maps a refusal by the state machine to its error.
+    pub(crate) async fn commit(&self, command: Command, bytes: usize) -> Result<(u64, CommandResult), BrokerError> {
+        let (index, result) = self.proposer.submit(command, bytes).await?;
+        match result {
+            CommandResult::Rejected(why, message) => Err(match why {
+                Rejection::TopicNotFound => BrokerError::TopicNotFound(message),
+                Rejection::QueueNotFound => BrokerError::QueueNotFound(message),
+                Rejection::NoPermission => BrokerError::NoPermission(message),
+                Rejection::InvalidArgument => BrokerError::InvalidArgument(message),
+                Rejection::StaleLease => BrokerError::StaleHandle(message),
+            }),
+            ok => Ok((index, ok)),
+        }
+    }
+}
