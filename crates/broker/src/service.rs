@@ -4,48 +4,21 @@
 //! Reads are served by any node from applied entries only. Every request is validated here, at
 //! the edge, with an error naming the field; the state machine checks again, deterministically.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use raftmq_common::validate;
 use raftmq_proto as pb;
 use raftmq_proto::broker_server::Broker;
-use raftmq_store::types::{Command, MessageIn, OffsetUpdate, TopicConfig};
+use raftmq_store::types::{MessageIn, OffsetUpdate, TopicConfig};
 use raftmq_store::{body_crc, StoredMessage};
 use tonic::{Request, Response, Status};
 
 use crate::error::BrokerError;
 use crate::ops;
+use crate::ops::offsets::ResetTo;
+use crate::ops::pull::PullStatus;
 use crate::state::BrokerState;
-
-/// Longest a pull may wait for new messages.
-pub const MAX_PULL_WAIT: Duration = Duration::from_secs(30);
-/// Most messages one pull returns.
-pub const MAX_PULL_MESSAGES: u32 = 1024;
-
-/// A tag expression: `*` (or empty) or `a || b`.
-pub struct TagFilter(Option<BTreeSet<String>>);
-
-impl TagFilter {
-    pub fn parse(expression: &str) -> Result<TagFilter, BrokerError> {
-        let e = expression.trim();
-        if e.is_empty() || e == "*" {
-            return Ok(TagFilter(None));
-        }
-        let tags: BTreeSet<String> = e.split("||").map(|t| t.trim().to_owned()).collect();
-        if tags.iter().any(|t| t.is_empty()) {
-            return Err(BrokerError::InvalidArgument(format!(
-                "field `tag_expression`: {expression:?} has an empty tag"
-            )));
-        }
-        Ok(TagFilter(Some(tags)))
-    }
-
-    pub fn matches(&self, tags: &str) -> bool {
-        self.0.as_ref().is_none_or(|set| set.contains(tags))
-    }
-}
 
 pub fn to_proto(m: StoredMessage) -> pb::StoredMessage {
     pb::StoredMessage {
@@ -134,117 +107,62 @@ impl Broker for BrokerService {
     }
 
     async fn pull(&self, request: Request<pb::PullRequest>) -> Reply<pb::PullReply> {
-        let s = &self.state;
         let req = request.into_inner();
-        ops::topics::for_read(s, &req.topic, req.queue_id)?;
-        let filter = TagFilter::parse(&req.tag_expression)?;
-        let max_messages = req.max_messages.clamp(1, MAX_PULL_MESSAGES) as usize;
-        let max_bytes = if req.max_bytes == 0 { 4 << 20 } else { req.max_bytes };
-        let deadline = Instant::now() + Duration::from_millis(req.wait_ms).min(MAX_PULL_WAIT);
-        let mut applied = s.reader.subscribe_applied();
-        let mut stop = s.stop.clone();
-        loop {
-            applied.borrow_and_update();
-            let read = s
-                .reader
-                .read(&req.topic, req.queue_id, req.offset, max_messages, max_bytes, &|tags| {
-                    filter.matches(tags)
-                })
-                .map_err(BrokerError::from)?;
-            let status = if req.offset < read.min_offset {
-                pb::PullStatus::OffsetMoved
-            } else if req.offset > read.max_offset {
-                pb::PullStatus::OffsetIllegal
-            } else if !read.messages.is_empty() {
-                pb::PullStatus::Found
-            } else {
-                pb::PullStatus::NoNewMessage
-            };
-            // Filtered-out messages moved the offset on: report that rather than wait on.
-            let moved = read.next_offset > req.offset.max(read.min_offset);
-            let done = status != pb::PullStatus::NoNewMessage || moved || Instant::now() >= deadline;
-            if done {
-                return Ok(Response::new(pb::PullReply {
-                    status: status as i32,
-                    next_offset: if status == pb::PullStatus::OffsetIllegal {
-                        read.max_offset
-                    } else {
-                        read.next_offset
-                    },
-                    min_offset: read.min_offset,
-                    max_offset: read.max_offset,
-                    messages: read.messages.into_iter().map(to_proto).collect(),
-                }));
-            }
-            tokio::select! {
-                changed = applied.changed() => if changed.is_err() { return Err(BrokerError::Unavailable("the store is closing".into()).into()) },
-                _ = tokio::time::sleep_until(deadline.into()) => {}
-                _ = stop.wait_for(|s| *s) => return Err(BrokerError::Unavailable("the broker is shutting down".into()).into()),
-            }
-        }
+        let query = ops::pull::PullQuery {
+            topic: req.topic,
+            queue_id: req.queue_id,
+            offset: req.offset,
+            tag_expression: req.tag_expression,
+            max_messages: req.max_messages,
+            max_bytes: req.max_bytes,
+            wait: Duration::from_millis(req.wait_ms),
+        };
+        let pulled = ops::pull::pull(&self.state, query).await?;
+        let status = match pulled.status {
+            PullStatus::Found => pb::PullStatus::Found,
+            PullStatus::NoNewMessage => pb::PullStatus::NoNewMessage,
+            PullStatus::OffsetMoved => pb::PullStatus::OffsetMoved,
+            PullStatus::OffsetIllegal => pb::PullStatus::OffsetIllegal,
+        };
+        Ok(Response::new(pb::PullReply {
+            status: status as i32,
+            next_offset: pulled.next_offset,
+            min_offset: pulled.min_offset,
+            max_offset: pulled.max_offset,
+            messages: pulled.messages.into_iter().map(to_proto).collect(),
+        }))
     }
 
     async fn get_queue_offsets(&self, request: Request<pb::QueueOffsetsRequest>) -> Reply<pb::QueueOffsetsReply> {
         let req = request.into_inner();
-        ops::topics::for_read(&self.state, &req.topic, req.queue_id)?;
-        let q = self.state.reader.queue_state(&req.topic, req.queue_id);
-        Ok(Response::new(pb::QueueOffsetsReply {
-            min_offset: q.min_offset,
-            max_offset: q.next_offset,
-        }))
+        let (min_offset, max_offset) = ops::pull::bounds(&self.state, &req.topic, req.queue_id)?;
+        Ok(Response::new(pb::QueueOffsetsReply { min_offset, max_offset }))
     }
 
     async fn search_offset(&self, request: Request<pb::SearchOffsetRequest>) -> Reply<pb::SearchOffsetReply> {
         let req = request.into_inner();
-        ops::topics::for_read(&self.state, &req.topic, req.queue_id)?;
-        let offset = self
-            .state
-            .reader
-            .search_offset(&req.topic, req.queue_id, req.timestamp_ms)
-            .map_err(BrokerError::from)?;
+        let offset = ops::pull::search(&self.state, &req.topic, req.queue_id, req.timestamp_ms)?;
         Ok(Response::new(pb::SearchOffsetReply { offset }))
     }
 
     async fn get_message(&self, request: Request<pb::GetMessageRequest>) -> Reply<pb::StoredMessage> {
         let req = request.into_inner();
-        ops::topics::for_read(&self.state, &req.topic, req.queue_id)?;
-        match self
-            .state
-            .reader
-            .get(&req.topic, req.queue_id, req.offset)
-            .map_err(BrokerError::from)?
-        {
-            Some(m) => Ok(Response::new(to_proto(m))),
-            None => Err(BrokerError::MessageNotFound(format!(
-                "no message at {}/{} offset {}",
-                req.topic, req.queue_id, req.offset
-            ))
-            .into()),
-        }
+        let message = ops::pull::message(&self.state, &req.topic, req.queue_id, req.offset)?;
+        Ok(Response::new(to_proto(message)))
     }
 
     async fn commit_offsets(&self, request: Request<pb::CommitOffsetsRequest>) -> Reply<pb::CommitOffsetsReply> {
         let req = request.into_inner();
-        validate::name("consumer_group", &req.consumer_group).map_err(BrokerError::from)?;
-        let mut offsets = Vec::with_capacity(req.offsets.len());
-        for o in req.offsets {
-            validate::name("offsets.topic", &o.topic).map_err(BrokerError::from)?;
-            offsets.push(OffsetUpdate {
+        let offsets = req
+            .offsets
+            .into_iter()
+            .map(|o| OffsetUpdate {
                 topic: o.topic,
                 queue_id: o.queue_id,
                 offset: o.offset,
-            });
-        }
-        if offsets.is_empty() {
-            return Ok(Response::new(pb::CommitOffsetsReply {}));
-        }
-        self.state.require_master()?;
-        let command = Command::CommitOffsets {
-            group: req.consumer_group,
-            offsets,
-            increase_only: true,
-        };
-        self.state.commit(command, 0).await?;
+            })
+            .collect();
+        ops::offsets::commit(&self.state, req.consumer_group, offsets).await?;
         Ok(Response::new(pb::CommitOffsetsReply {}))
     }
 
@@ -253,12 +171,8 @@ impl Broker for BrokerService {
         request: Request<pb::GetConsumeOffsetsRequest>,
     ) -> Reply<pb::GetConsumeOffsetsReply> {
         let req = request.into_inner();
-        validate::name("consumer_group", &req.consumer_group).map_err(BrokerError::from)?;
         let topic = (!req.topic.is_empty()).then_some(req.topic.as_str());
-        let offsets = self
-            .state
-            .reader
-            .consume_offsets(&req.consumer_group, topic)
+        let offsets = ops::offsets::committed(&self.state, &req.consumer_group, topic)?
             .into_iter()
             .map(|(topic, queue_id, offset)| pb::OffsetEntry {
                 topic,
@@ -271,50 +185,29 @@ impl Broker for BrokerService {
 
     async fn reset_offsets(&self, request: Request<pb::ResetOffsetsRequest>) -> Reply<pb::ResetOffsetsReply> {
         use pb::reset_offsets_request::Target;
-        let s = &self.state;
         let req = request.into_inner();
-        validate::name("consumer_group", &req.consumer_group).map_err(BrokerError::from)?;
-        let topic = ops::topics::for_read(s, &req.topic, 0)?;
-        let target = req.target.ok_or_else(|| {
-            BrokerError::InvalidArgument("field `target`: say a timestamp, an offset, earliest or latest".into())
-        })?;
-        s.require_master()?;
-        let mut offsets = Vec::new();
-        for queue_id in 0..topic.queues() {
-            let bounds = s.reader.queue_state(&topic.name, queue_id);
-            let offset = match target {
-                Target::TimestampMs(ts) => s
-                    .reader
-                    .search_offset(&topic.name, queue_id, ts)
-                    .map_err(BrokerError::from)?,
-                Target::Offset(o) => o.clamp(bounds.min_offset, bounds.next_offset),
-                Target::ToEarliest(_) => bounds.min_offset,
-                Target::ToLatest(_) => bounds.next_offset,
-            };
-            offsets.push(OffsetUpdate {
-                topic: topic.name.clone(),
-                queue_id,
-                offset,
-            });
-        }
-        let reply = offsets
-            .iter()
+        let to = match req.target {
+            Some(Target::TimestampMs(ts)) => ResetTo::Timestamp(ts),
+            Some(Target::Offset(o)) => ResetTo::Offset(o),
+            Some(Target::ToEarliest(_)) => ResetTo::Earliest,
+            Some(Target::ToLatest(_)) => ResetTo::Latest,
+            None => {
+                return Err(BrokerError::InvalidArgument(
+                    "field `target`: say a timestamp, an offset, earliest or latest".into(),
+                )
+                .into())
+            }
+        };
+        let offsets = ops::offsets::reset(&self.state, req.consumer_group, &req.topic, to)
+            .await?
+            .into_iter()
             .map(|o| pb::OffsetEntry {
-                topic: o.topic.clone(),
+                topic: o.topic,
                 queue_id: o.queue_id,
                 offset: o.offset,
             })
             .collect();
-        s.commit(
-            Command::CommitOffsets {
-                group: req.consumer_group,
-                offsets,
-                increase_only: false,
-            },
-            0,
-        )
-        .await?;
-        Ok(Response::new(pb::ResetOffsetsReply { offsets: reply }))
+        Ok(Response::new(pb::ResetOffsetsReply { offsets }))
     }
 
     async fn consumer_heartbeat(

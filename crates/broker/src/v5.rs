@@ -26,7 +26,7 @@ use tonic::transport::Channel;
 
 use crate::error::BrokerError;
 use crate::ops;
-use crate::service::TagFilter;
+use crate::ops::pull::TagFilter;
 use crate::state::BrokerState;
 
 /// Property holding the producer's message id (RocketMQ's name for it).

@@ -5,5 +5,7 @@
 //! [`BrokerError`](crate::error::BrokerError); a face only converts its protocol's messages to
 //! and from these, and the error to its protocol's status.
 
+pub mod offsets;
+pub mod pull;
 pub mod send;
 pub mod topics;

@@ -1,0 +1,86 @@
+//! Consumer offsets, kept in the replicated state so they survive a failover: commit (only
+//! forward), read, and reset (to a time, an offset, the earliest or the latest, either way).
+
+use raftmq_common::validate;
+use raftmq_store::types::{Command, OffsetUpdate};
+
+use crate::error::BrokerError;
+use crate::state::BrokerState;
+
+/// Where a reset moves a consumer group's offsets, in every queue of the topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetTo {
+    /// The first message stored at or after this time.
+    Timestamp(i64),
+    /// This offset, held within each queue's bounds.
+    Offset(u64),
+    Earliest,
+    Latest,
+}
+
+/// Commits a group's offsets on the master; an offset lower than the one committed is ignored.
+pub async fn commit(state: &BrokerState, group: String, offsets: Vec<OffsetUpdate>) -> Result<(), BrokerError> {
+    validate::name("consumer_group", &group)?;
+    for o in &offsets {
+        validate::name("offsets.topic", &o.topic)?;
+    }
+    if offsets.is_empty() {
+        return Ok(());
+    }
+    state.require_master()?;
+    let command = Command::CommitOffsets {
+        group,
+        offsets,
+        increase_only: true,
+    };
+    state.commit(command, 0).await?;
+    Ok(())
+}
+
+/// A group's committed offsets, of one topic or all: (topic, queue, offset).
+pub fn committed(
+    state: &BrokerState,
+    group: &str,
+    topic: Option<&str>,
+) -> Result<Vec<(String, u32, u64)>, BrokerError> {
+    validate::name("consumer_group", group)?;
+    Ok(state.reader.consume_offsets(group, topic))
+}
+
+/// Sets a group's offsets in every queue of a topic, on the master; returns them.
+pub async fn reset(
+    state: &BrokerState,
+    group: String,
+    topic: &str,
+    to: ResetTo,
+) -> Result<Vec<OffsetUpdate>, BrokerError> {
+    validate::name("consumer_group", &group)?;
+    let topic = super::topics::for_read(state, topic, 0)?;
+    state.require_master()?;
+    let mut offsets = Vec::new();
+    for queue_id in 0..topic.queues() {
+        let bounds = state.reader.queue_state(&topic.name, queue_id);
+        let offset = match to {
+            ResetTo::Timestamp(ts) => state.reader.search_offset(&topic.name, queue_id, ts)?,
+            ResetTo::Offset(o) => o.clamp(bounds.min_offset, bounds.next_offset),
+            ResetTo::Earliest => bounds.min_offset,
+            ResetTo::Latest => bounds.next_offset,
+        };
+        offsets.push(OffsetUpdate {
+            topic: topic.name.clone(),
+            queue_id,
+            offset,
+        });
+    }
+    state
+        .commit(
+            Command::CommitOffsets {
+                group,
+                offsets: offsets.clone(),
+                increase_only: false,
+            },
+            0,
+        )
+        .await?;
+    Ok(offsets)
+}
