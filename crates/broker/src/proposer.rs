@@ -7,10 +7,11 @@
 //! is answered only after its entry is committed (synced on a majority) and applied.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::Raft;
+use raftmq_common::time::now_ms;
 use raftmq_store::types::{Command, CommandResult, Request};
 use raftmq_store::{BrokerNode, NodeId, TypeConfig};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
@@ -142,13 +143,6 @@ impl Proposer {
             ))),
         }
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Hands one batch to Raft; a task answers every caller when the entry is committed.

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use openraft::Raft;
 use raftmq_store::{disk, Retention, TypeConfig};
@@ -104,10 +104,7 @@ pub async fn run(
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
+        let now_ms = raftmq_common::time::now_ms();
         let cutoff = now_ms - (hours as i64) * 3_600_000;
         let pressure = disk::usage(&dir)
             .map(|u| u.used_percent() >= clean_percent as f64)

@@ -10,10 +10,11 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use md5::{Digest, Md5};
 use openraft::ServerState;
+use raftmq_common::time::now_ms;
 use raftmq_proto::name_server_client::NameServerClient;
 use raftmq_proto::rocketmq::{self as v2, Code};
 use raftmq_proto::{v1, GetRouteRequest};
@@ -57,13 +58,6 @@ pub struct RocketMqBroker {
     next_queue: AtomicU32,
     /// (group, topic, queue) a receive on this node is proposing for: others skip it.
     busy: Mutex<HashSet<(String, String, u32)>>,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn fail(e: BrokerError) -> Fail {

@@ -261,10 +261,7 @@ impl Producer {
         if messages.is_empty() {
             return Err(ClientError::InvalidArgument("nothing to send".into()));
         }
-        let born_timestamp_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
+        let born_timestamp_ms = raftmq_common::time::now_ms();
         let timeout = self.client.config().send_timeout;
         let deadline = Instant::now() + timeout;
         let mut route = self.client.route(topic).await?;

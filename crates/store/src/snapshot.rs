@@ -339,10 +339,7 @@ pub fn open_for_sending(mut file: File) -> Result<File, SnapshotError> {
     };
     let checkpoint = &pointer.checkpoint;
     let dir = checkpoint.parent().unwrap_or(Path::new("/"));
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
+    let stamp = raftmq_common::time::now_nanos();
     let out = dir.join(format!("sending-{}-{stamp}.tmp", pointer.meta.snapshot_id));
     write_from_checkpoint(checkpoint, &pointer.meta, &out)?;
     let full = File::open(&out)?;

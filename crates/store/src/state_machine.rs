@@ -10,7 +10,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, RaftSnapshotBuilder, Snapshot, StorageIOError};
@@ -348,10 +347,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let state = self.shared.read();
         let (last_log_id, last_membership) = (state.applied, state.membership.clone());
         drop(state);
-        let stamp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
+        let stamp = raftmq_common::time::now_nanos();
         let snapshot_id = match last_log_id {
             Some(l) => format!("{}-{}-{stamp}", l.leader_id.term, l.index),
             None => format!("0-0-{stamp}"),
@@ -374,10 +370,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, StorageError> {
-        let stamp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
+        let stamp = raftmq_common::time::now_nanos();
         let path = self.snapshot_dir.join(format!("incoming-{stamp}.tmp"));
         let file = tokio::fs::OpenOptions::new()
             .read(true)

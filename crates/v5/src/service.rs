@@ -9,9 +9,10 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
+use raftmq_common::time::now_ms;
 use raftmq_common::validate;
 use raftmq_proto::rocketmq::messaging_service_client::MessagingServiceClient;
 use raftmq_proto::rocketmq::messaging_service_server::MessagingService as Service;
@@ -232,13 +233,6 @@ fn check_group(ns: &str, group: Option<&v2::Resource>) -> Result<String, Fail> {
     let name = full_name(ns, &group.name);
     validate::name("group", &name).map_err(|e| Fail::new(Code::IllegalConsumerGroup, e.to_string()))?;
     Ok(name)
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn unsupported(what: &str) -> v2::Status {
