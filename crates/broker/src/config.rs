@@ -51,7 +51,7 @@ pub struct BrokerConfig {
     pub raft_rpc_timeout_ms: u64,
     /// How often every NameServer gets a heartbeat, milliseconds.
     pub namesrv_heartbeat_ms: u64,
-    /// Largest message (body plus tags, keys and properties), bytes.
+    /// Largest message body, bytes (tags, keys and properties have their own 64 KiB).
     pub max_message_size: usize,
     /// Create unknown topics on first send (off by default, as in production RocketMQ).
     pub auto_create_topic: bool,

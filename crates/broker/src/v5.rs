@@ -28,6 +28,7 @@ use tonic::transport::Channel;
 use crate::error::BrokerError;
 use crate::ops;
 use crate::ops::pull::TagFilter;
+use crate::ops::send::MAX_PROPERTIES_SIZE;
 use crate::state::BrokerState;
 
 /// Property holding the producer's message id (RocketMQ's name for it).
@@ -44,8 +45,6 @@ const RESERVED: [&str; 4] = [
     PROP_DLQ_ORIGIN_TOPIC,
     PROP_DLQ_ORIGIN_MESSAGE_ID,
 ];
-/// Largest total of tags, keys and properties of one message.
-const MAX_PROPERTIES_SIZE: usize = 64 << 10;
 /// How long a write waits for the group to have a master before it answers HA_NOT_AVAILABLE.
 const MASTER_WAIT: Duration = Duration::from_secs(3);
 /// Deadline of a route query to a NameServer.

@@ -10,6 +10,9 @@ use raftmq_store::types::{perm, Command, CommandResult, MessageIn};
 use crate::error::BrokerError;
 use crate::state::BrokerState;
 
+/// Largest total of one message's tags, keys and properties, bytes.
+pub const MAX_PROPERTIES_SIZE: usize = 64 << 10;
+
 /// Which queue of the topic the batch goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Queue {
@@ -49,20 +52,30 @@ pub async fn send(state: &BrokerState, batch: Batch) -> Result<Sent, BrokerError
     }
     state.require_master()?;
     state.disk.check()?;
-    let mut bytes = 0usize;
+    // `bytes` (everything) sizes the Raft entry; the limits count as RocketMQ does: bodies
+    // against max-message-size and max-batch-bytes, tags, keys and properties on their own.
+    let (mut bytes, mut bodies) = (0usize, 0usize);
     for (i, message) in batch.messages.iter().enumerate() {
-        let size = message.size();
-        if size > state.config.max_message_size {
+        let body = message.body.len();
+        if body > state.config.max_message_size {
             return Err(BrokerError::MessageTooLarge(format!(
-                "message {i} is {size} bytes; the limit is {}",
+                "message {i}'s body is {body} bytes; the limit is {}",
                 state.config.max_message_size
             )));
         }
+        let size = message.size();
+        if size - body > MAX_PROPERTIES_SIZE {
+            return Err(BrokerError::MessageTooLarge(format!(
+                "message {i}'s tags, keys and properties are {} bytes; the limit is {MAX_PROPERTIES_SIZE}",
+                size - body
+            )));
+        }
         bytes += size;
+        bodies += body;
     }
-    if bytes > state.config.max_batch_bytes {
+    if bodies > state.config.max_batch_bytes {
         return Err(BrokerError::MessageTooLarge(format!(
-            "the batch is {bytes} bytes; the limit is {}",
+            "the batch's bodies are {bodies} bytes; the limit is {}",
             state.config.max_batch_bytes
         )));
     }
