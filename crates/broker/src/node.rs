@@ -174,6 +174,7 @@ impl Broker {
             contact: contact.clone(),
             announced_topics: watch::channel(0).0,
             next_queue: Default::default(),
+            pop_busy: Default::default(),
         });
 
         let max_message = state.config.max_batch_bytes + (1 << 20);

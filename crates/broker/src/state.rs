@@ -32,6 +32,8 @@ pub struct BrokerState {
     pub announced_topics: watch::Sender<u64>,
     /// The write queue a send that leaves the choice to the broker goes to next.
     pub next_queue: std::sync::atomic::AtomicU32,
+    /// The queues a POP receive on this node is proposing for.
+    pub pop_busy: crate::ops::pop::Busy,
 }
 
 impl BrokerState {

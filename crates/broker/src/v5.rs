@@ -1,25 +1,19 @@
-//! The broker's side of the RocketMQ 5 protocol: sends, POP receives and their acknowledgements
-//! on top of the group-commit proposer and the replicated POP state.
-//!
-//! Everything that changes state is a Raft command, committed before it is answered: a sent
-//! message is on a majority's disk, and a delivery (its invisibility, its attempt count, its
-//! acknowledgement) survives a failover. A receive proposes what the master read and hands out
-//! only what apply granted, so two receives never get the same message.
+//! The broker's RocketMQ 5 face: converts `apache.rocketmq.v2` messages, receipt handles and
+//! statuses to and from the broker's operations (`crate::ops`: send, POP receive, ack, change of
+//! invisibility, dead-lettering), and answers route and master queries from its own group when
+//! no NameServer does. The rules of each operation live in `ops`, shared with raftmq's own face.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::io::Read;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use md5::{Digest, Md5};
 use openraft::ServerState;
-use raftmq_common::time::now_ms;
 use raftmq_proto::name_server_client::NameServerClient;
 use raftmq_proto::rocketmq::{self as v2, Code};
 use raftmq_proto::{v1, GetRouteRequest};
-use raftmq_store::pop::MAX_INFLIGHT_PER_QUEUE;
-use raftmq_store::types::{perm, Command, CommandResult, MessageIn, Pop, PopLease};
+use raftmq_store::types::{MessageIn, PopLease};
 use raftmq_store::{body_crc, StoredMessage};
 use raftmq_v5::receipt::ReceiptHandle;
 use raftmq_v5::{full_name, Backend, Fail, Target};
@@ -27,6 +21,7 @@ use tonic::transport::Channel;
 
 use crate::error::BrokerError;
 use crate::ops;
+use crate::ops::pop::{PROP_DLQ_ORIGIN_MESSAGE_ID, PROP_DLQ_ORIGIN_TOPIC};
 use crate::ops::pull::TagFilter;
 use crate::ops::send::MAX_PROPERTIES_SIZE;
 use crate::state::BrokerState;
@@ -35,9 +30,6 @@ use crate::state::BrokerState;
 pub const PROP_MESSAGE_ID: &str = "UNIQ_KEY";
 /// Property holding the producer's host.
 pub const PROP_BORN_HOST: &str = "__BORNHOST";
-/// Properties a dead-lettered copy carries about its origin.
-pub const PROP_DLQ_ORIGIN_TOPIC: &str = "DLQ_ORIGIN_TOPIC";
-pub const PROP_DLQ_ORIGIN_MESSAGE_ID: &str = "DLQ_ORIGIN_MESSAGE_ID";
 /// Properties raftmq sets itself: a user property may not use these names.
 const RESERVED: [&str; 4] = [
     PROP_MESSAGE_ID,
@@ -54,33 +46,13 @@ const ROUTE_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct RocketMqBroker {
     state: Arc<BrokerState>,
     namesrv: Vec<NameServerClient<Channel>>,
-    next_queue: AtomicU32,
-    /// (group, topic, queue) a receive on this node is proposing for: others skip it.
-    busy: Mutex<HashSet<(String, String, u32)>>,
 }
 
 fn fail(e: BrokerError) -> Fail {
-    Fail::from_raftmq(e.code(), &e.to_string())
-}
-
-/// What one POP round in one queue produced.
-#[derive(Default)]
-struct Popped {
-    /// Granted messages with their delivery attempt and lease.
-    deliveries: Vec<(StoredMessage, u32, u64)>,
-    /// When the earliest delivery still invisible becomes visible again.
-    next_visible_at_ms: Option<i64>,
-}
-
-/// Marks a queue busy for one receive; unmarked on drop.
-struct BusyGuard<'a> {
-    set: &'a Mutex<HashSet<(String, String, u32)>>,
-    key: (String, String, u32),
-}
-
-impl Drop for BusyGuard<'_> {
-    fn drop(&mut self) {
-        self.set.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+    match e {
+        // RocketMQ has a code of its own for a receipt handle that is no longer current.
+        BrokerError::StaleHandle(m) => Fail::new(Code::InvalidReceiptHandle, m),
+        e => Fail::from_raftmq(e.code(), &e.to_string()),
     }
 }
 
@@ -92,23 +64,11 @@ impl RocketMqBroker {
             .iter()
             .filter_map(|addr| crate::heartbeat::connect(addr))
             .collect();
-        RocketMqBroker {
-            state,
-            namesrv,
-            next_queue: AtomicU32::new(0),
-            busy: Mutex::default(),
-        }
+        RocketMqBroker { state, namesrv }
     }
 
     fn group(&self) -> &str {
         &self.state.config.group
-    }
-
-    fn try_busy(&self, key: (String, String, u32)) -> Option<BusyGuard<'_>> {
-        let inserted = self.busy.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone());
-        // Built only when inserted: a guard dropped here would unmark the other receive's queue
-        // (and lock the set again while it is still held).
-        inserted.then(|| BusyGuard { set: &self.busy, key })
     }
 
     /// This group's own route of a topic, for when no NameServer answers.
@@ -146,12 +106,12 @@ impl RocketMqBroker {
         })
     }
 
-    fn handle(&self, queue_id: u32, offset: u64, lease: u64) -> String {
+    fn handle(&self, queue_id: u32, lease: PopLease) -> String {
         ReceiptHandle {
             broker: self.group().to_owned(),
             queue_id,
-            offset,
-            lease,
+            offset: lease.offset,
+            lease: lease.lease,
         }
         .to_string()
     }
@@ -308,175 +268,6 @@ impl RocketMqBroker {
             body: m.body,
         }
     }
-
-    /// One POP round in one queue: dead-letters what used up its attempts, redelivers what
-    /// expired, and hands out new messages; returns what apply granted, with messages, and when
-    /// the next delivery still invisible comes back.
-    #[allow(clippy::too_many_arguments)]
-    async fn pop_queue(
-        &self,
-        group: &str,
-        topic: &str,
-        queue_id: u32,
-        filter: &TagFilter,
-        max: usize,
-        invisible: Duration,
-    ) -> Result<Popped, Fail> {
-        let s = &self.state;
-        let Some(_busy) = self.try_busy((group.to_owned(), topic.to_owned(), queue_id)) else {
-            tracing::debug!(group, topic, queue_id, "queue busy with another receive");
-            return Ok(Popped::default());
-        };
-        let view = s.reader.pop_view(group, topic, queue_id, now_ms(), max * 2);
-        // What was invisible stays so; what this round grants comes back after the receive
-        // returns, so the view before it is the one a waiting receive needs.
-        let next_visible_at_ms = view.next_visible_at_ms;
-        let mut redeliver = Vec::new();
-        let mut forget = Vec::new();
-        let mut messages: BTreeMap<u64, StoredMessage> = BTreeMap::new();
-        for (lease, attempt) in view.expired {
-            let Some(m) = s
-                .reader
-                .get(topic, queue_id, lease.offset)
-                .map_err(|e| fail(e.into()))?
-            else {
-                // Retention removed the message: nothing left to deliver.
-                forget.push(lease);
-                continue;
-            };
-            if !filter.matches(&m.tags) {
-                // The group's subscription changed since: this message is not for it any more.
-                forget.push(lease);
-                continue;
-            }
-            if attempt >= s.config.max_delivery_attempts {
-                self.dead_letter(group, topic, queue_id, lease, m, "delivered too many times")
-                    .await?;
-                continue;
-            }
-            if redeliver.len() < max {
-                redeliver.push(lease);
-                messages.insert(lease.offset, m);
-            }
-        }
-        let room = max.saturating_sub(redeliver.len());
-        let (mut new, mut new_to) = (Vec::new(), view.cursor);
-        if room > 0 && view.inflight < MAX_INFLIGHT_PER_QUEUE {
-            let read = s
-                .reader
-                .read(
-                    topic,
-                    queue_id,
-                    view.cursor,
-                    room.min(MAX_INFLIGHT_PER_QUEUE - view.inflight),
-                    4 << 20,
-                    &|tags| filter.matches(tags),
-                )
-                .map_err(|e| fail(e.into()))?;
-            new_to = read.next_offset.max(view.cursor);
-            for m in read.messages {
-                new.push(m.queue_offset);
-                messages.insert(m.queue_offset, m);
-            }
-        }
-        tracing::debug!(
-            group,
-            topic,
-            queue_id,
-            cursor = view.cursor,
-            new_to,
-            ?new,
-            ?redeliver,
-            "pop"
-        );
-        if redeliver.is_empty() && forget.is_empty() && new.is_empty() && new_to == view.cursor {
-            return Ok(Popped {
-                deliveries: vec![],
-                next_visible_at_ms,
-            });
-        }
-        let command = Command::Pop(Pop {
-            group: group.to_owned(),
-            topic: topic.to_owned(),
-            queue_id,
-            redeliver,
-            forget,
-            new_from: view.cursor,
-            new_to,
-            new,
-            invisible_ms: invisible.as_millis() as u64,
-        });
-        let (lease, result) = s.commit(command, 0).await.map_err(fail)?;
-        let CommandResult::Popped(granted) = result else {
-            return Err(Fail::new(
-                Code::InternalServerError,
-                format!("a POP applied as {result:?}"),
-            ));
-        };
-        let deliveries = granted
-            .into_iter()
-            .filter_map(|(offset, attempt)| messages.remove(&offset).map(|m| (m, attempt, lease)))
-            .collect();
-        Ok(Popped {
-            deliveries,
-            next_visible_at_ms,
-        })
-    }
-
-    /// Moves one delivered message to the group's dead-letter topic.
-    async fn dead_letter(
-        &self,
-        group: &str,
-        topic: &str,
-        queue_id: u32,
-        lease: PopLease,
-        m: StoredMessage,
-        why: &str,
-    ) -> Result<(), Fail> {
-        let dlq_topic = raftmq_v5::dead_letter_topic(group);
-        let mut properties = m.properties;
-        properties.retain(|(k, _)| k != PROP_DLQ_ORIGIN_TOPIC && k != PROP_DLQ_ORIGIN_MESSAGE_ID);
-        properties.push((PROP_DLQ_ORIGIN_TOPIC.to_owned(), topic.to_owned()));
-        properties.push((PROP_DLQ_ORIGIN_MESSAGE_ID.to_owned(), m.msg_id.clone()));
-        properties.sort();
-        let bytes = m.body.len();
-        let message = MessageIn {
-            tags: m.tags,
-            keys: m.keys,
-            properties,
-            body_crc: m.body_crc,
-            body: m.body,
-            born_timestamp_ms: m.born_timestamp_ms,
-        };
-        let command = Command::PopDeadLetter {
-            group: group.to_owned(),
-            topic: topic.to_owned(),
-            queue_id,
-            lease,
-            dlq_topic: dlq_topic.clone(),
-            message,
-        };
-        match self.state.commit(command, bytes).await {
-            Ok(_) => {
-                tracing::info!(
-                    group,
-                    topic,
-                    queue_id,
-                    offset = lease.offset,
-                    dlq_topic,
-                    why,
-                    "message dead-lettered"
-                );
-                Ok(())
-            }
-            Err(BrokerError::StaleHandle(e)) => Err(stale(&e)),
-            Err(e) => Err(fail(e)),
-        }
-    }
-}
-
-fn stale(message: &str) -> Fail {
-    Fail::new(Code::InvalidReceiptHandle, message)
 }
 
 fn check_invisible(d: Duration) -> Result<Duration, Fail> {
@@ -606,23 +397,10 @@ impl Backend for RocketMqBroker {
         req: &v2::ReceiveMessageRequest,
         wait: Duration,
     ) -> Result<Vec<v2::Message>, Fail> {
-        let s = &self.state;
         let group = full_name(ns, &req.group.as_ref().map(|g| g.name.clone()).unwrap_or_default());
         let queue = req.message_queue.clone().unwrap_or_default();
         let topic_name = queue.topic.as_ref().map(|t| t.name.clone()).unwrap_or_default();
         let topic = full_name(ns, &topic_name);
-        let config = s.reader.topic(&topic).ok_or_else(|| {
-            Fail::new(
-                Code::TopicNotFound,
-                format!(
-                    "TOPIC_NOT_FOUND: topic {topic:?} does not exist in broker group {}",
-                    self.group()
-                ),
-            )
-        })?;
-        if config.permission & perm::READ == 0 {
-            return Err(Fail::new(Code::Forbidden, format!("topic {topic:?} is not readable")));
-        }
         let filter = match &req.filter_expression {
             Some(f) if f.r#type == v2::FilterType::Sql as i32 => {
                 return Err(Fail::new(
@@ -641,75 +419,23 @@ impl Backend for RocketMqBroker {
                 .map(raftmq_v5::duration)
                 .unwrap_or(raftmq_v5::DEFAULT_INVISIBLE),
         )?;
-        if req.batch_size <= 0 {
-            return Err(Fail::bad_request("field `batch_size`: must be positive"));
-        }
-        let batch = (req.batch_size as usize).min(raftmq_v5::MAX_RECEIVE_BATCH);
-        // A receive pops from every readable queue of the topic in this group, starting at the
-        // one the client named (official clients pick a queue at random per receive; a message
-        // must not wait for its queue to be picked).
-        if queue.id >= 0 && queue.id as u32 >= config.read_queues {
-            return Err(Fail::new(
-                Code::NotFound,
-                format!(
-                    "topic {topic:?} has {} read queues; queue {} does not exist",
-                    config.read_queues, queue.id
-                ),
-            ));
-        }
-        let start = if queue.id >= 0 {
-            queue.id as u32
-        } else {
-            self.next_queue.fetch_add(1, Ordering::Relaxed)
+        let receive = ops::pop::Receive {
+            group: &group,
+            topic: &topic,
+            queue: u32::try_from(queue.id).ok(),
+            filter: &filter,
+            max: (req.batch_size.max(0) as usize).min(raftmq_v5::MAX_RECEIVE_BATCH),
+            invisible,
+            wait,
         };
-        let queues: Vec<u32> = (0..config.read_queues)
-            .map(|i| (start + i) % config.read_queues)
-            .collect();
-        let deadline = Instant::now() + wait;
-        let mut applied = s.reader.subscribe_applied();
-        let mut stop = s.stop.clone();
-        loop {
-            applied.borrow_and_update();
-            let mut out = Vec::new();
-            let mut next_visible: Option<i64> = None;
-            for &q in &queues {
-                if out.len() >= batch {
-                    break;
-                }
-                let popped = self
-                    .pop_queue(&group, &topic, q, &filter, batch - out.len(), invisible)
-                    .await?;
-                for (m, attempt, lease) in popped.deliveries {
-                    let handle = self.handle(q, m.queue_offset, lease);
-                    out.push(self.delivery(ns, &topic_name, m, handle, attempt, invisible));
-                }
-                if let Some(t) = popped.next_visible_at_ms {
-                    next_visible = Some(next_visible.map_or(t, |n| n.min(t)));
-                }
-            }
-            if !out.is_empty() || Instant::now() >= deadline {
-                return Ok(out);
-            }
-            // Wait for new messages, for an invisible one to come back, or for the deadline.
-            let mut until = deadline;
-            if let Some(t) = next_visible {
-                let ms = (t - now_ms()).max(1) as u64;
-                until = until.min(Instant::now() + Duration::from_millis(ms));
-            }
-            tokio::select! {
-                changed = applied.changed() => if changed.is_err() {
-                    return Err(Fail::new(Code::HaNotAvailable, "UNAVAILABLE: the store is closing"));
-                },
-                _ = tokio::time::sleep_until(until.into()) => {}
-                _ = stop.wait_for(|s| *s) => return Err(Fail::new(Code::HaNotAvailable, "UNAVAILABLE: the broker is shutting down")),
-            }
-            if s.raft.metrics().borrow().state != ServerState::Leader {
-                return Err(Fail::new(
-                    Code::HaNotAvailable,
-                    "NOT_MASTER: this node stopped being master; retry",
-                ));
-            }
-        }
+        let deliveries = ops::pop::receive(&self.state, receive).await.map_err(fail)?;
+        Ok(deliveries
+            .into_iter()
+            .map(|d| {
+                let handle = self.handle(d.message.queue_id, d.lease);
+                self.delivery(ns, &topic_name, d.message, handle, d.attempt, invisible)
+            })
+            .collect())
     }
 
     async fn ack(&self, ns: &str, req: &v2::AckMessageRequest) -> Result<Vec<v2::AckMessageResultEntry>, Fail> {
@@ -730,30 +456,18 @@ impl Backend for RocketMqBroker {
             }
         }
         let commits = by_queue.into_iter().map(|(queue_id, entries)| {
-            let command = Command::PopAck {
-                group: group.clone(),
-                topic: topic.clone(),
-                queue_id,
-                entries: entries.iter().map(|(_, l)| *l).collect(),
-            };
-            async move { (entries, self.state.commit(command, 0).await) }
+            let leases = entries.iter().map(|(_, l)| *l).collect();
+            let (state, group, topic) = (&self.state, &group, &topic);
+            async move { (entries, ops::pop::ack(state, group, topic, queue_id, leases).await) }
         });
         for (entries, result) in futures::future::join_all(commits).await {
             match result {
-                Ok((_, CommandResult::Acked(acked))) => {
-                    for ((i, _), current) in entries.into_iter().zip(acked) {
-                        results[i] = Some(if current {
-                            raftmq_v5::status::ok()
-                        } else {
-                            stale("the receipt handle is stale: the message was acknowledged, redelivered or changed since")
-                                .status()
+                Ok(each) => {
+                    for ((i, _), one) in entries.into_iter().zip(each) {
+                        results[i] = Some(match one {
+                            Ok(()) => raftmq_v5::status::ok(),
+                            Err(e) => fail(e).status(),
                         });
-                    }
-                }
-                Ok((_, other)) => {
-                    let f = Fail::new(Code::InternalServerError, format!("an ack applied as {other:?}"));
-                    for (i, _) in entries {
-                        results[i] = Some(f.status());
                     }
                 }
                 Err(e) => {
@@ -786,21 +500,14 @@ impl Backend for RocketMqBroker {
                 .map(raftmq_v5::duration)
                 .unwrap_or_default(),
         )?;
-        let command = Command::PopChangeInvisible {
-            group,
-            topic,
-            queue_id: h.queue_id,
-            lease: PopLease {
-                offset: h.offset,
-                lease: h.lease,
-            },
-            invisible_ms: invisible.as_millis() as u64,
+        let lease = PopLease {
+            offset: h.offset,
+            lease: h.lease,
         };
-        match self.state.commit(command, 0).await {
-            Ok((index, _)) => Ok(self.handle(h.queue_id, h.offset, index)),
-            Err(BrokerError::StaleHandle(e)) => Err(stale(&e)),
-            Err(e) => Err(fail(e)),
-        }
+        let lease = ops::pop::change_invisible(&self.state, &group, &topic, h.queue_id, lease, invisible)
+            .await
+            .map_err(fail)?;
+        Ok(self.handle(h.queue_id, lease))
     }
 
     async fn forward_to_dead_letter(
@@ -815,23 +522,8 @@ impl Backend for RocketMqBroker {
             offset: h.offset,
             lease: h.lease,
         };
-        if self
-            .state
-            .reader
-            .pop_delivery(&group, &topic, h.queue_id, &lease)
-            .is_none()
-        {
-            return Err(stale(
-                "the receipt handle is stale: the message was acknowledged, redelivered or changed since",
-            ));
-        }
-        let m = self
-            .state
-            .reader
-            .get(&topic, h.queue_id, h.offset)
-            .map_err(|e| fail(e.into()))?
-            .ok_or_else(|| Fail::new(Code::MessageNotFound, "the message is no longer stored"))?;
-        self.dead_letter(&group, &topic, h.queue_id, lease, m, "the consumer gave up on it")
+        ops::pop::give_up(&self.state, &group, &topic, h.queue_id, lease)
             .await
+            .map_err(fail)
     }
 }

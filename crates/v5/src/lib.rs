@@ -95,11 +95,6 @@ pub fn full_name(ns: &str, name: &str) -> String {
     }
 }
 
-/// A consumer group's dead-letter topic, as RocketMQ names it.
-pub fn dead_letter_topic(group: &str) -> String {
-    format!("%DLQ%{group}")
-}
-
 /// Longest a message may stay invisible after a receive (RocketMQ's limit).
 pub const MAX_INVISIBLE: Duration = Duration::from_secs(12 * 3600);
 /// Shortest invisibility accepted.

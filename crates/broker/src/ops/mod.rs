@@ -6,6 +6,7 @@
 //! and from these, and the error to its protocol's status.
 
 pub mod offsets;
+pub mod pop;
 pub mod pull;
 pub mod send;
 pub mod topics;
