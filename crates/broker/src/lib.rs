@@ -16,9 +16,9 @@ pub mod ops;
 pub mod proposer;
 pub mod raft_service;
 pub mod retention;
+pub mod rocketmq;
 pub mod service;
 pub mod state;
-pub mod v5;
 
 pub use config::BrokerConfig;
 pub use network::Faults;

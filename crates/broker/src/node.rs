@@ -181,9 +181,11 @@ impl Broker {
         let broker_service = BrokerServer::new(BrokerService::new(state.clone()))
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(max_message.max(16 << 20));
-        let rocketmq =
-            raftmq_v5::MessagingService::new(Arc::new(crate::v5::RocketMqBroker::new(state.clone())), stopped.clone())
-                .server();
+        let rocketmq = raftmq_rocketmq::MessagingService::new(
+            Arc::new(crate::rocketmq::RocketMqBroker::new(state.clone())),
+            stopped.clone(),
+        )
+        .server();
         let append_server = crate::append_link::AppendServer {
             group: state.config.group.clone(),
             me: state.config.node_id,

@@ -52,7 +52,7 @@ impl NameServer {
             })
         };
 
-        let rocketmq = raftmq_v5::MessagingService::new(
+        let rocketmq = raftmq_rocketmq::MessagingService::new(
             Arc::new(crate::service::RocketMqRoutes(shared.clone())),
             stopped.clone(),
         );

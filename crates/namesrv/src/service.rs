@@ -248,10 +248,10 @@ fn snapshot(shared: &Shared, watched: Option<&str>) -> Vec<RouteEvent> {
 pub struct RocketMqRoutes(pub Arc<Shared>);
 
 #[tonic::async_trait]
-impl raftmq_v5::Backend for RocketMqRoutes {
-    async fn route(&self, topic: &str) -> Result<raftmq_proto::TopicRoute, raftmq_v5::Fail> {
+impl raftmq_rocketmq::Backend for RocketMqRoutes {
+    async fn route(&self, topic: &str) -> Result<raftmq_proto::TopicRoute, raftmq_rocketmq::Fail> {
         self.0.route(topic).ok_or_else(|| {
-            raftmq_v5::Fail::new(
+            raftmq_rocketmq::Fail::new(
                 raftmq_proto::rocketmq::Code::TopicNotFound,
                 format!("TOPIC_NOT_FOUND: no live broker group holds topic {topic:?}"),
             )

@@ -1,5 +1,5 @@
 //! The broker's operations, one module each, written once for both protocol faces: raftmq's own
-//! (`crate::service`, `raftmq.v1`) and RocketMQ 5's (`crate::v5`, `apache.rocketmq.v2`). An
+//! (`crate::service`, `raftmq.v1`) and RocketMQ 5's (`crate::rocketmq`, `apache.rocketmq.v2`). An
 //! operation takes plain Rust values, applies every rule of its kind (validation, permission,
 //! disk guard, the Raft command, the result) and answers a plain result or a
 //! [`BrokerError`](crate::error::BrokerError); a face only converts its protocol's messages to

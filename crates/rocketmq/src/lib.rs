@@ -87,11 +87,11 @@ pub trait Backend: Send + Sync + 'static {
 }
 
 /// RocketMQ's namespaced name: `ns%name`, or the name alone without a namespace.
-pub fn full_name(ns: &str, name: &str) -> String {
-    if ns.is_empty() {
+pub fn full_name(namespace: &str, name: &str) -> String {
+    if namespace.is_empty() {
         name.to_owned()
     } else {
-        format!("{ns}%{name}")
+        format!("{namespace}%{name}")
     }
 }
 

@@ -13,10 +13,10 @@ use openraft::ServerState;
 use raftmq_proto::name_server_client::NameServerClient;
 use raftmq_proto::rocketmq::{self as v2, Code};
 use raftmq_proto::{v1, GetRouteRequest};
+use raftmq_rocketmq::receipt::ReceiptHandle;
+use raftmq_rocketmq::{full_name, Backend, Fail, Target};
 use raftmq_store::types::{MessageIn, PopLease};
 use raftmq_store::{body_crc, StoredMessage};
-use raftmq_v5::receipt::ReceiptHandle;
-use raftmq_v5::{full_name, Backend, Fail, Target};
 use tonic::transport::Channel;
 
 use crate::error::BrokerError;
@@ -203,7 +203,11 @@ impl RocketMqBroker {
             keys: sys.keys.join(" "),
             properties,
             body,
-            born_timestamp_ms: sys.born_timestamp.as_ref().map(raftmq_v5::timestamp_to_ms).unwrap_or(0),
+            born_timestamp_ms: sys
+                .born_timestamp
+                .as_ref()
+                .map(raftmq_rocketmq::timestamp_to_ms)
+                .unwrap_or(0),
         };
         if message.size() - message.body.len() > MAX_PROPERTIES_SIZE {
             return Err(Fail::new(
@@ -217,7 +221,7 @@ impl RocketMqBroker {
     /// A stored message as a delivery to a client.
     fn delivery(
         &self,
-        ns: &str,
+        namespace: &str,
         topic_name: &str,
         m: StoredMessage,
         handle: String,
@@ -240,7 +244,7 @@ impl RocketMqBroker {
         let checksum: String = digest.iter().map(|b| format!("{b:02X}")).collect();
         v2::Message {
             topic: Some(v2::Resource {
-                resource_namespace: ns.to_owned(),
+                resource_namespace: namespace.to_owned(),
                 name: topic_name.to_owned(),
             }),
             user_properties: user,
@@ -254,14 +258,14 @@ impl RocketMqBroker {
                 }),
                 body_encoding: v2::Encoding::Identity as i32,
                 message_type: v2::MessageType::Normal as i32,
-                born_timestamp: Some(raftmq_v5::timestamp_ms(m.born_timestamp_ms)),
+                born_timestamp: Some(raftmq_rocketmq::timestamp_ms(m.born_timestamp_ms)),
                 born_host,
-                store_timestamp: Some(raftmq_v5::timestamp_ms(m.store_timestamp_ms)),
+                store_timestamp: Some(raftmq_rocketmq::timestamp_ms(m.store_timestamp_ms)),
                 store_host: self.state.config.me().client_addr.clone(),
                 receipt_handle: Some(handle),
                 queue_id: m.queue_id as i32,
                 queue_offset: Some(m.queue_offset as i64),
-                invisible_duration: Some(raftmq_v5::proto_duration(invisible)),
+                invisible_duration: Some(raftmq_rocketmq::proto_duration(invisible)),
                 delivery_attempt: Some(attempt as i32),
                 ..Default::default()
             }),
@@ -271,13 +275,13 @@ impl RocketMqBroker {
 }
 
 fn check_invisible(d: Duration) -> Result<Duration, Fail> {
-    if d < raftmq_v5::MIN_INVISIBLE || d > raftmq_v5::MAX_INVISIBLE {
+    if d < raftmq_rocketmq::MIN_INVISIBLE || d > raftmq_rocketmq::MAX_INVISIBLE {
         return Err(Fail::new(
             Code::IllegalInvisibleTime,
             format!(
                 "invisible duration {d:?} is outside {:?}..={:?}",
-                raftmq_v5::MIN_INVISIBLE,
-                raftmq_v5::MAX_INVISIBLE
+                raftmq_rocketmq::MIN_INVISIBLE,
+                raftmq_rocketmq::MAX_INVISIBLE
             ),
         ));
     }
@@ -355,9 +359,9 @@ impl Backend for RocketMqBroker {
         ))
     }
 
-    async fn send(&self, ns: &str, messages: Vec<v2::Message>) -> Result<Vec<v2::SendResultEntry>, Fail> {
+    async fn send(&self, namespace: &str, messages: Vec<v2::Message>) -> Result<Vec<v2::SendResultEntry>, Fail> {
         let topic = full_name(
-            ns,
+            namespace,
             &messages[0].topic.as_ref().map(|t| t.name.clone()).unwrap_or_default(),
         );
         // The producer's message ids are the ones a RocketMQ 5 client knows its messages by.
@@ -382,7 +386,7 @@ impl Backend for RocketMqBroker {
             .into_iter()
             .enumerate()
             .map(|(i, message_id)| v2::SendResultEntry {
-                status: Some(raftmq_v5::status::ok()),
+                status: Some(raftmq_rocketmq::status::ok()),
                 message_id,
                 transaction_id: String::new(),
                 offset: (sent.first_offset + i as u64) as i64,
@@ -393,14 +397,17 @@ impl Backend for RocketMqBroker {
 
     async fn receive(
         &self,
-        ns: &str,
+        namespace: &str,
         req: &v2::ReceiveMessageRequest,
         wait: Duration,
     ) -> Result<Vec<v2::Message>, Fail> {
-        let group = full_name(ns, &req.group.as_ref().map(|g| g.name.clone()).unwrap_or_default());
+        let group = full_name(
+            namespace,
+            &req.group.as_ref().map(|g| g.name.clone()).unwrap_or_default(),
+        );
         let queue = req.message_queue.clone().unwrap_or_default();
         let topic_name = queue.topic.as_ref().map(|t| t.name.clone()).unwrap_or_default();
-        let topic = full_name(ns, &topic_name);
+        let topic = full_name(namespace, &topic_name);
         let filter = match &req.filter_expression {
             Some(f) if f.r#type == v2::FilterType::Sql as i32 => {
                 return Err(Fail::new(
@@ -416,15 +423,15 @@ impl Backend for RocketMqBroker {
         let invisible = check_invisible(
             req.invisible_duration
                 .as_ref()
-                .map(raftmq_v5::duration)
-                .unwrap_or(raftmq_v5::DEFAULT_INVISIBLE),
+                .map(raftmq_rocketmq::duration)
+                .unwrap_or(raftmq_rocketmq::DEFAULT_INVISIBLE),
         )?;
         let receive = ops::pop::Receive {
             group: &group,
             topic: &topic,
             queue: u32::try_from(queue.id).ok(),
             filter: &filter,
-            max: (req.batch_size.max(0) as usize).min(raftmq_v5::MAX_RECEIVE_BATCH),
+            max: (req.batch_size.max(0) as usize).min(raftmq_rocketmq::MAX_RECEIVE_BATCH),
             invisible,
             wait,
         };
@@ -433,14 +440,20 @@ impl Backend for RocketMqBroker {
             .into_iter()
             .map(|d| {
                 let handle = self.handle(d.message.queue_id, d.lease);
-                self.delivery(ns, &topic_name, d.message, handle, d.attempt, invisible)
+                self.delivery(namespace, &topic_name, d.message, handle, d.attempt, invisible)
             })
             .collect())
     }
 
-    async fn ack(&self, ns: &str, req: &v2::AckMessageRequest) -> Result<Vec<v2::AckMessageResultEntry>, Fail> {
-        let group = full_name(ns, &req.group.as_ref().map(|g| g.name.clone()).unwrap_or_default());
-        let topic = full_name(ns, &req.topic.as_ref().map(|t| t.name.clone()).unwrap_or_default());
+    async fn ack(&self, namespace: &str, req: &v2::AckMessageRequest) -> Result<Vec<v2::AckMessageResultEntry>, Fail> {
+        let group = full_name(
+            namespace,
+            &req.group.as_ref().map(|g| g.name.clone()).unwrap_or_default(),
+        );
+        let topic = full_name(
+            namespace,
+            &req.topic.as_ref().map(|t| t.name.clone()).unwrap_or_default(),
+        );
         let mut results: Vec<Option<v2::Status>> = vec![None; req.entries.len()];
         let mut by_queue: BTreeMap<u32, Vec<(usize, PopLease)>> = BTreeMap::new();
         for (i, e) in req.entries.iter().enumerate() {
@@ -465,7 +478,7 @@ impl Backend for RocketMqBroker {
                 Ok(each) => {
                     for ((i, _), one) in entries.into_iter().zip(each) {
                         results[i] = Some(match one {
-                            Ok(()) => raftmq_v5::status::ok(),
+                            Ok(()) => raftmq_rocketmq::status::ok(),
                             Err(e) => fail(e).status(),
                         });
                     }
@@ -490,14 +503,24 @@ impl Backend for RocketMqBroker {
             .collect())
     }
 
-    async fn change_invisible(&self, ns: &str, req: &v2::ChangeInvisibleDurationRequest) -> Result<String, Fail> {
-        let group = full_name(ns, &req.group.as_ref().map(|g| g.name.clone()).unwrap_or_default());
-        let topic = full_name(ns, &req.topic.as_ref().map(|t| t.name.clone()).unwrap_or_default());
+    async fn change_invisible(
+        &self,
+        namespace: &str,
+        req: &v2::ChangeInvisibleDurationRequest,
+    ) -> Result<String, Fail> {
+        let group = full_name(
+            namespace,
+            &req.group.as_ref().map(|g| g.name.clone()).unwrap_or_default(),
+        );
+        let topic = full_name(
+            namespace,
+            &req.topic.as_ref().map(|t| t.name.clone()).unwrap_or_default(),
+        );
         let h = self.parse_handle(&req.receipt_handle)?;
         let invisible = check_invisible(
             req.invisible_duration
                 .as_ref()
-                .map(raftmq_v5::duration)
+                .map(raftmq_rocketmq::duration)
                 .unwrap_or_default(),
         )?;
         let lease = PopLease {
@@ -512,11 +535,17 @@ impl Backend for RocketMqBroker {
 
     async fn forward_to_dead_letter(
         &self,
-        ns: &str,
+        namespace: &str,
         req: &v2::ForwardMessageToDeadLetterQueueRequest,
     ) -> Result<(), Fail> {
-        let group = full_name(ns, &req.group.as_ref().map(|g| g.name.clone()).unwrap_or_default());
-        let topic = full_name(ns, &req.topic.as_ref().map(|t| t.name.clone()).unwrap_or_default());
+        let group = full_name(
+            namespace,
+            &req.group.as_ref().map(|g| g.name.clone()).unwrap_or_default(),
+        );
+        let topic = full_name(
+            namespace,
+            &req.topic.as_ref().map(|t| t.name.clone()).unwrap_or_default(),
+        );
         let h = self.parse_handle(&req.receipt_handle)?;
         let lease = PopLease {
             offset: h.offset,

@@ -155,7 +155,7 @@ impl<B: Backend> MessagingService<B> {
 }
 
 /// The request's namespace: from the resource when it names one, else the header.
-fn namespace(md: &MetadataMap, resource: Option<&v2::Resource>) -> String {
+fn namespace_of(md: &MetadataMap, resource: Option<&v2::Resource>) -> String {
     match resource {
         Some(r) if !r.resource_namespace.is_empty() => r.resource_namespace.clone(),
         _ => md
@@ -221,16 +221,16 @@ fn forward_failed(e: Status) -> Fail {
     )
 }
 
-fn check_topic(ns: &str, topic: Option<&v2::Resource>) -> Result<String, Fail> {
+fn check_topic(namespace: &str, topic: Option<&v2::Resource>) -> Result<String, Fail> {
     let topic = topic.ok_or_else(|| Fail::new(Code::IllegalTopic, "field `topic`: missing"))?;
-    let name = full_name(ns, &topic.name);
+    let name = full_name(namespace, &topic.name);
     validate::name("topic", &name).map_err(|e| Fail::new(Code::IllegalTopic, e.to_string()))?;
     Ok(name)
 }
 
-fn check_group(ns: &str, group: Option<&v2::Resource>) -> Result<String, Fail> {
+fn check_group(namespace: &str, group: Option<&v2::Resource>) -> Result<String, Fail> {
     let group = group.ok_or_else(|| Fail::new(Code::IllegalConsumerGroup, "field `group`: missing"))?;
-    let name = full_name(ns, &group.name);
+    let name = full_name(namespace, &group.name);
     validate::name("group", &name).map_err(|e| Fail::new(Code::IllegalConsumerGroup, e.to_string()))?;
     Ok(name)
 }
@@ -253,12 +253,12 @@ fn receive_status(status: v2::Status) -> v2::ReceiveMessageResponse {
 impl<B: Backend> Service for MessagingService<B> {
     async fn query_route(&self, request: Request<v2::QueryRouteRequest>) -> Reply<v2::QueryRouteResponse> {
         let (md, _, req) = request.into_parts();
-        let ns = namespace(&md, req.topic.as_ref());
+        let namespace = namespace_of(&md, req.topic.as_ref());
         let answer = async {
-            let name = check_topic(&ns, req.topic.as_ref())?;
+            let name = check_topic(&namespace, req.topic.as_ref())?;
             let route = self.backend.route(&name).await?;
             let mut echoed = req.topic.clone().unwrap_or_default();
-            echoed.resource_namespace = ns.clone();
+            echoed.resource_namespace = namespace.clone();
             let queues = route::message_queues(&route, &echoed);
             if queues.is_empty() {
                 return Err(Fail::new(
@@ -295,10 +295,10 @@ impl<B: Backend> Service for MessagingService<B> {
         let Some(first) = req.messages.first() else {
             return fail(Fail::bad_request("field `messages`: empty"));
         };
-        let ns = namespace(&md, first.topic.as_ref());
+        let namespace = namespace_of(&md, first.topic.as_ref());
         let mut topic = None;
         for m in &req.messages {
-            match check_topic(&ns, m.topic.as_ref()) {
+            match check_topic(&namespace, m.topic.as_ref()) {
                 Ok(name) if topic.as_ref().is_none_or(|t| *t == name) => topic = Some(name),
                 Ok(_) => {
                     return fail(Fail::bad_request(
@@ -314,7 +314,7 @@ impl<B: Backend> Service for MessagingService<B> {
                 Ok(r) => Ok(Response::new(r.into_inner())),
                 Err(f) => fail(f),
             },
-            Ok(None) => match self.backend.send(&ns, req.messages).await {
+            Ok(None) => match self.backend.send(&namespace, req.messages).await {
                 Ok(entries) => Ok(Response::new(v2::SendMessageResponse {
                     status: Some(summary(entries.iter().filter_map(|e| e.status.as_ref()))),
                     entries,
@@ -329,13 +329,13 @@ impl<B: Backend> Service for MessagingService<B> {
         request: Request<v2::QueryAssignmentRequest>,
     ) -> Reply<v2::QueryAssignmentResponse> {
         let (md, _, req) = request.into_parts();
-        let ns = namespace(&md, req.topic.as_ref());
+        let namespace = namespace_of(&md, req.topic.as_ref());
         let answer = async {
-            let name = check_topic(&ns, req.topic.as_ref())?;
-            check_group(&namespace(&md, req.group.as_ref()), req.group.as_ref())?;
+            let name = check_topic(&namespace, req.topic.as_ref())?;
+            check_group(&namespace_of(&md, req.group.as_ref()), req.group.as_ref())?;
             let route = self.backend.route(&name).await?;
             let mut echoed = req.topic.clone().unwrap_or_default();
-            echoed.resource_namespace = ns.clone();
+            echoed.resource_namespace = namespace.clone();
             Ok::<_, Fail>(route::assignments(&route, &echoed))
         };
         Ok(Response::new(match answer.await {
@@ -355,8 +355,8 @@ impl<B: Backend> Service for MessagingService<B> {
     async fn receive_message(&self, request: Request<v2::ReceiveMessageRequest>) -> Reply<Self::ReceiveMessageStream> {
         let (md, _, req) = request.into_parts();
         let topic = req.message_queue.as_ref().and_then(|q| q.topic.as_ref());
-        let ns = namespace(&md, req.group.as_ref().or(topic));
-        let checked = check_group(&ns, req.group.as_ref()).and_then(|_| check_topic(&ns, topic));
+        let namespace = namespace_of(&md, req.group.as_ref().or(topic));
+        let checked = check_group(&namespace, req.group.as_ref()).and_then(|_| check_topic(&namespace, topic));
         if let Err(f) = checked {
             return Ok(Response::new(one(receive_status(f.status()))));
         }
@@ -381,7 +381,7 @@ impl<B: Backend> Service for MessagingService<B> {
             None => asked,
         };
         let mut items = Vec::new();
-        let received = self.backend.receive(&ns, &req, wait).await;
+        let received = self.backend.receive(&namespace, &req, wait).await;
         tracing::debug!(
             group = req.group.as_ref().map(|g| g.name.as_str()).unwrap_or_default(),
             queue = req.message_queue.as_ref().map(|q| q.id).unwrap_or_default(),
@@ -421,8 +421,10 @@ impl<B: Backend> Service for MessagingService<B> {
                 entries: vec![],
             }))
         };
-        let ns = namespace(&md, req.group.as_ref());
-        if let Err(f) = check_group(&ns, req.group.as_ref()).and_then(|_| check_topic(&ns, req.topic.as_ref())) {
+        let namespace = namespace_of(&md, req.group.as_ref());
+        if let Err(f) =
+            check_group(&namespace, req.group.as_ref()).and_then(|_| check_topic(&namespace, req.topic.as_ref()))
+        {
             return fail(f);
         }
         if req.entries.is_empty() {
@@ -434,7 +436,7 @@ impl<B: Backend> Service for MessagingService<B> {
                 Ok(r) => Ok(Response::new(r.into_inner())),
                 Err(f) => fail(f),
             },
-            Ok(None) => match self.backend.ack(&ns, &req).await {
+            Ok(None) => match self.backend.ack(&namespace, &req).await {
                 Ok(entries) => Ok(Response::new(v2::AckMessageResponse {
                     status: Some(summary(entries.iter().filter_map(|e| e.status.as_ref()))),
                     entries,
@@ -457,8 +459,10 @@ impl<B: Backend> Service for MessagingService<B> {
                 }),
             }))
         };
-        let ns = namespace(&md, req.group.as_ref());
-        if let Err(f) = check_group(&ns, req.group.as_ref()).and_then(|_| check_topic(&ns, req.topic.as_ref())) {
+        let namespace = namespace_of(&md, req.group.as_ref());
+        if let Err(f) =
+            check_group(&namespace, req.group.as_ref()).and_then(|_| check_topic(&namespace, req.topic.as_ref()))
+        {
             return answer(Err(f));
         }
         match self.route_write(&md).await {
@@ -467,7 +471,7 @@ impl<B: Backend> Service for MessagingService<B> {
                 Ok(r) => Ok(Response::new(r.into_inner())),
                 Err(f) => answer(Err(f)),
             },
-            Ok(None) => answer(self.backend.forward_to_dead_letter(&ns, &req).await),
+            Ok(None) => answer(self.backend.forward_to_dead_letter(&namespace, &req).await),
         }
     }
 
@@ -573,8 +577,10 @@ impl<B: Backend> Service for MessagingService<B> {
                 },
             }))
         };
-        let ns = namespace(&md, req.group.as_ref());
-        if let Err(f) = check_group(&ns, req.group.as_ref()).and_then(|_| check_topic(&ns, req.topic.as_ref())) {
+        let namespace = namespace_of(&md, req.group.as_ref());
+        if let Err(f) =
+            check_group(&namespace, req.group.as_ref()).and_then(|_| check_topic(&namespace, req.topic.as_ref()))
+        {
             return answer(Err(f));
         }
         match self.route_write(&md).await {
@@ -583,7 +589,7 @@ impl<B: Backend> Service for MessagingService<B> {
                 Ok(r) => Ok(Response::new(r.into_inner())),
                 Err(f) => answer(Err(f)),
             },
-            Ok(None) => answer(self.backend.change_invisible(&ns, &req).await),
+            Ok(None) => answer(self.backend.change_invisible(&namespace, &req).await),
         }
     }
 
@@ -627,8 +633,8 @@ mod tests {
             resource_namespace: "res".into(),
             name: "T".into(),
         };
-        assert_eq!(namespace(&md, Some(&r)), "res");
-        assert_eq!(namespace(&md, None), "hdr");
+        assert_eq!(namespace_of(&md, Some(&r)), "res");
+        assert_eq!(namespace_of(&md, None), "hdr");
         assert_eq!(full_name("hdr", "T"), "hdr%T");
         assert_eq!(full_name("", "T"), "T");
     }
