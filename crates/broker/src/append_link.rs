@@ -20,7 +20,7 @@ use raftmq_store::{NodeId, TypeConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::network::{decode, encode_framed, MAX_RAFT_MESSAGE};
+use crate::wire::{decode, encode_framed, MAX_RAFT_MESSAGE};
 
 /// The first bytes of an AppendEntries connection.
 pub const MAGIC: &[u8; 8] = b"RMQAPND1";

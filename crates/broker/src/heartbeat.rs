@@ -8,26 +8,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::ServerState;
 use raftmq_proto::name_server_client::NameServerClient;
 use raftmq_proto::{BrokerHeartbeat, Role, TopicTable, UnregisterRequest};
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::service::topic_config_to_proto;
+use crate::convert::{role, topic_to_proto};
 use crate::state::BrokerState;
 
 /// Deadline of one heartbeat RPC.
 const RPC_TIMEOUT: Duration = Duration::from_secs(2);
-
-pub fn role(state: ServerState) -> Role {
-    match state {
-        ServerState::Leader => Role::Master,
-        ServerState::Follower => Role::Slave,
-        ServerState::Candidate => Role::Candidate,
-        ServerState::Learner | ServerState::Shutdown => Role::Learner,
-    }
-}
 
 pub(crate) fn connect(addr: &str) -> Option<NameServerClient<Channel>> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
@@ -51,7 +41,7 @@ fn build(state: &BrokerState) -> BrokerHeartbeat {
         leader_id: metrics.current_leader.unwrap_or(0),
         applied_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
         topics: (role == Role::Master).then(|| TopicTable {
-            topics: state.reader.topics().iter().map(topic_config_to_proto).collect(),
+            topics: state.reader.topics().iter().map(topic_to_proto).collect(),
         }),
     }
 }

@@ -7,6 +7,7 @@
 pub mod append_link;
 pub mod config;
 pub mod consumers;
+pub mod convert;
 pub mod election;
 pub mod error;
 pub mod heartbeat;
@@ -19,6 +20,7 @@ pub mod retention;
 pub mod rocketmq;
 pub mod service;
 pub mod state;
+pub mod wire;
 
 pub use config::BrokerConfig;
 pub use network::Faults;

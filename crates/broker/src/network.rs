@@ -37,33 +37,7 @@ const SNAPSHOT_CHUNK_TRIES: u32 = 5;
 /// Deadline of a snapshot's last chunk, whose reply waits for the install.
 const SNAPSHOT_INSTALL_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Largest Raft message accepted, encoded.
-pub const MAX_RAFT_MESSAGE: usize = 256 << 20;
-
-fn bincode_config() -> bincode::config::Configuration<
-    bincode::config::LittleEndian,
-    bincode::config::Varint,
-    bincode::config::Limit<MAX_RAFT_MESSAGE>,
-> {
-    bincode::config::standard().with_limit::<MAX_RAFT_MESSAGE>()
-}
-
-pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, bincode::error::EncodeError> {
-    bincode::serde::encode_to_vec(value, bincode_config())
-}
-
-/// [`encode`] into a buffer sized for about `size` bytes, behind four bytes left for a frame's
-/// length (see `append_link`).
-pub fn encode_framed<T: Serialize>(value: &T, size: usize) -> Result<Vec<u8>, bincode::error::EncodeError> {
-    let mut out = Vec::with_capacity(size + 4);
-    out.extend_from_slice(&[0u8; 4]);
-    bincode::serde::encode_into_std_write(value, &mut out, bincode_config())?;
-    Ok(out)
-}
-
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::error::DecodeError> {
-    bincode::serde::decode_from_slice(bytes, bincode_config()).map(|(v, _)| v)
-}
+use crate::wire::{decode, encode, encode_framed, MAX_RAFT_MESSAGE};
 
 /// Links cut on purpose, for fault-injection tests. Shared by every node of an in-process group.
 #[derive(Debug, Default)]

@@ -22,12 +22,13 @@ use tokio::task::JoinHandle;
 use crate::config::{self, BrokerConfig};
 use crate::consumers::Consumers;
 use crate::election::{self, LeaderContact};
-use crate::network::{Faults, Network, MAX_RAFT_MESSAGE};
+use crate::network::{Faults, Network};
 use crate::proposer::{Limits, Proposer};
 use crate::raft_service::RaftService;
 use crate::retention::DiskGuard;
 use crate::service::BrokerService;
 use crate::state::BrokerState;
+use crate::wire::MAX_RAFT_MESSAGE;
 
 /// How long shutdown waits for client connections to close.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);

@@ -14,7 +14,8 @@ use serde::Serialize;
 use tonic::{Request, Response, Status};
 
 use crate::election::{self, LeaderContact, PreVoteRequest, Refused, TimeoutNowRequest};
-use crate::network::{decode, encode, Faults};
+use crate::network::Faults;
+use crate::wire::{decode, encode};
 
 pub struct RaftService {
     pub group: String,

@@ -10,41 +10,16 @@ use std::time::{Duration, Instant};
 use raftmq_common::validate;
 use raftmq_proto as pb;
 use raftmq_proto::broker_server::Broker;
+use raftmq_store::body_crc;
 use raftmq_store::types::{MessageIn, OffsetUpdate, TopicConfig};
-use raftmq_store::{body_crc, StoredMessage};
 use tonic::{Request, Response, Status};
 
+use crate::convert::{self, to_proto, topic_to_proto};
 use crate::error::BrokerError;
 use crate::ops;
 use crate::ops::offsets::ResetTo;
 use crate::ops::pull::PullStatus;
 use crate::state::BrokerState;
-
-pub fn to_proto(m: StoredMessage) -> pb::StoredMessage {
-    pb::StoredMessage {
-        msg_id: m.msg_id,
-        topic: m.topic,
-        queue_id: m.queue_id,
-        queue_offset: m.queue_offset,
-        tags: m.tags,
-        keys: m.keys,
-        properties: m.properties.into_iter().collect(),
-        body: m.body,
-        born_timestamp_ms: m.born_timestamp_ms,
-        store_timestamp_ms: m.store_timestamp_ms,
-        log_index: m.log_index,
-        body_crc: m.body_crc,
-    }
-}
-
-fn topic_to_proto(t: &TopicConfig) -> pb::TopicConfig {
-    pb::TopicConfig {
-        name: t.name.clone(),
-        write_queues: t.write_queues,
-        read_queues: t.read_queues,
-        permission: t.permission as i32,
-    }
-}
 
 /// The gRPC service.
 #[derive(Clone)]
@@ -299,7 +274,7 @@ impl Broker for BrokerService {
             cluster: s.config.cluster.clone(),
             group: s.config.group.clone(),
             node_id: s.config.node_id,
-            role: crate::heartbeat::role(metrics.state) as i32,
+            role: convert::role(metrics.state) as i32,
             term: metrics.current_term,
             leader_id: metrics.current_leader.unwrap_or(0),
             leader_addr: s.leader_client_addr().unwrap_or_default(),
@@ -309,8 +284,4 @@ impl Broker for BrokerService {
             queues,
         }))
     }
-}
-
-pub fn topic_config_to_proto(t: &TopicConfig) -> pb::TopicConfig {
-    topic_to_proto(t)
 }

@@ -10,11 +10,11 @@ use crate::codec;
 use crate::db::{Db, CF_CQ, CF_OFFSETS, CF_QUEUES, CF_TOPICS};
 use crate::keys;
 use crate::pop;
-use crate::state::{CqEntry, QueueState, SmState};
+use crate::state::{QueueState, SmState};
 use crate::types::{perm, Command, CommandResult, MessageIn, OffsetUpdate, Rejection, Request, TopicConfig};
 
-/// Most queues a topic may have in one group.
-pub const MAX_QUEUES: u32 = 1024;
+pub use crate::queues::MAX_QUEUES;
+use crate::queues::{append, At};
 
 /// Applies one request to `state`, adding its writes to `batch`.
 pub fn apply_request(
@@ -141,53 +141,12 @@ fn send(
             ),
         );
     }
-    append(
-        db,
-        state,
-        batch,
+    let at = At {
         log_index,
         store_timestamp_ms,
         first_position,
-        topic,
-        queue_id,
-        messages,
-    )
-}
-
-/// Appends messages to a queue that exists and takes writes: the consume-queue entries and the
-/// queue's new bound.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn append(
-    db: &Db,
-    state: &mut SmState,
-    batch: &mut WriteBatch,
-    log_index: u64,
-    store_timestamp_ms: i64,
-    first_position: u32,
-    topic: &str,
-    queue_id: u32,
-    messages: &[MessageIn],
-) -> CommandResult {
-    let queue = state.queues.entry((topic.to_owned(), queue_id)).or_default();
-    let first_offset = queue.next_offset;
-    let cq = db.cf(CF_CQ);
-    for (i, message) in messages.iter().enumerate() {
-        let entry = CqEntry {
-            log_index,
-            position: first_position + i as u32,
-            store_timestamp_ms,
-            body_len: message.body.len() as u32,
-            tags: message.tags.clone(),
-        };
-        batch.put_cf(cq, keys::cq(topic, queue_id, queue.next_offset), codec::encode(&entry));
-        queue.next_offset += 1;
-    }
-    batch.put_cf(db.cf(CF_QUEUES), keys::queue(topic, queue_id), codec::encode(queue));
-    CommandResult::Sent {
-        first_offset,
-        count: messages.len() as u32,
-        first_position,
-    }
+    };
+    append(db, state, batch, &at, (topic, queue_id), messages)
 }
 
 /// Checks a topic config; the master runs the same check before proposing.

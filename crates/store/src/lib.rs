@@ -17,6 +17,7 @@ pub mod disk;
 pub mod keys;
 pub mod log_store;
 pub mod pop;
+pub mod queues;
 pub mod reader;
 pub mod retention;
 pub mod snapshot;

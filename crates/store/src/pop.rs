@@ -12,10 +12,10 @@
 
 use rocksdb::WriteBatch;
 
-use crate::apply::{append, MAX_QUEUES};
 use crate::codec;
 use crate::db::{Db, CF_OFFSETS, CF_POP, CF_TOPICS};
 use crate::keys;
+use crate::queues::{append, At, MAX_QUEUES};
 use crate::state::{Inflight, OffsetKey, PopQueue, SmState};
 use crate::types::{perm, CommandResult, MessageIn, Pop, PopLease, Rejection, TopicConfig};
 
@@ -280,17 +280,12 @@ pub(crate) fn dead_letter(
         batch.put_cf(db.cf(CF_TOPICS), dlq_topic.as_bytes(), codec::encode(&config));
         state.topics.insert(dlq_topic.to_owned(), config);
     }
-    let result = append(
-        db,
-        state,
-        batch,
+    let at = At {
         log_index,
-        ts,
-        position,
-        dlq_topic,
-        0,
-        std::slice::from_ref(message),
-    );
+        store_timestamp_ms: ts,
+        first_position: position,
+    };
+    let result = append(db, state, batch, &at, (dlq_topic, 0), std::slice::from_ref(message));
     if let Some(pq) = state.pops.get_mut(&key(group, topic, queue_id)) {
         pq.inflight.remove(&lease.offset);
     }

@@ -1,0 +1,53 @@
+//! Queues: appending messages to one, the one place a queue offset is assigned. A leaf of
+//! applying (`apply` for sends, `pop` for dead-lettered copies).
+
+use rocksdb::WriteBatch;
+
+use crate::codec;
+use crate::db::{Db, CF_CQ, CF_QUEUES};
+use crate::keys;
+use crate::state::{CqEntry, SmState};
+use crate::types::{CommandResult, MessageIn};
+
+/// Most queues a topic may have in one group.
+pub const MAX_QUEUES: u32 = 1024;
+
+/// Where appended messages are in the log: their entry, its store time, the first message's
+/// position in the entry.
+pub struct At {
+    pub log_index: u64,
+    pub store_timestamp_ms: i64,
+    pub first_position: u32,
+}
+
+/// Appends messages to a queue that exists and takes writes: the consume-queue entries and the
+/// queue's new bound.
+pub(crate) fn append(
+    db: &Db,
+    state: &mut SmState,
+    batch: &mut WriteBatch,
+    at: &At,
+    (topic, queue_id): (&str, u32),
+    messages: &[MessageIn],
+) -> CommandResult {
+    let queue = state.queues.entry((topic.to_owned(), queue_id)).or_default();
+    let first_offset = queue.next_offset;
+    let cq = db.cf(CF_CQ);
+    for (i, message) in messages.iter().enumerate() {
+        let entry = CqEntry {
+            log_index: at.log_index,
+            position: at.first_position + i as u32,
+            store_timestamp_ms: at.store_timestamp_ms,
+            body_len: message.body.len() as u32,
+            tags: message.tags.clone(),
+        };
+        batch.put_cf(cq, keys::cq(topic, queue_id, queue.next_offset), codec::encode(&entry));
+        queue.next_offset += 1;
+    }
+    batch.put_cf(db.cf(CF_QUEUES), keys::queue(topic, queue_id), codec::encode(queue));
+    CommandResult::Sent {
+        first_offset,
+        count: messages.len() as u32,
+        first_position: at.first_position,
+    }
+}
