@@ -48,6 +48,11 @@ pub struct RocketMqBroker {
     namesrv: Vec<NameServerClient<Channel>>,
 }
 
+/// A resource's full name in its namespace (a missing resource has the empty name).
+fn resource_name(namespace: &str, resource: Option<&v2::Resource>) -> String {
+    full_name(namespace, resource.map(|r| r.name.as_str()).unwrap_or_default())
+}
+
 fn fail(e: BrokerError) -> Fail {
     match e {
         // RocketMQ has a code of its own for a receipt handle that is no longer current.
@@ -116,10 +121,17 @@ impl RocketMqBroker {
         .to_string()
     }
 
-    /// Parses a receipt handle made by this group.
-    fn parse_handle(&self, handle: &str) -> Result<ReceiptHandle, Fail> {
+    /// Parses a receipt handle made by this group: the queue and the delivery's lease.
+    fn parse_handle(&self, handle: &str) -> Result<(u32, PopLease), Fail> {
         ReceiptHandle::parse(handle)
             .filter(|h| h.broker == self.group())
+            .map(|h| {
+                let lease = PopLease {
+                    offset: h.offset,
+                    lease: h.lease,
+                };
+                (h.queue_id, lease)
+            })
             .ok_or_else(|| {
                 Fail::new(
                     Code::InvalidReceiptHandle,
@@ -360,10 +372,7 @@ impl Backend for RocketMqBroker {
     }
 
     async fn send(&self, namespace: &str, messages: Vec<v2::Message>) -> Result<Vec<v2::SendResultEntry>, Fail> {
-        let topic = full_name(
-            namespace,
-            &messages[0].topic.as_ref().map(|t| t.name.clone()).unwrap_or_default(),
-        );
+        let topic = resource_name(namespace, messages[0].topic.as_ref());
         // The producer's message ids are the ones a RocketMQ 5 client knows its messages by.
         let mut ids = Vec::with_capacity(messages.len());
         let mut stored = Vec::with_capacity(messages.len());
@@ -401,10 +410,7 @@ impl Backend for RocketMqBroker {
         req: &v2::ReceiveMessageRequest,
         wait: Duration,
     ) -> Result<Vec<v2::Message>, Fail> {
-        let group = full_name(
-            namespace,
-            &req.group.as_ref().map(|g| g.name.clone()).unwrap_or_default(),
-        );
+        let group = resource_name(namespace, req.group.as_ref());
         let queue = req.message_queue.clone().unwrap_or_default();
         let topic_name = queue.topic.as_ref().map(|t| t.name.clone()).unwrap_or_default();
         let topic = full_name(namespace, &topic_name);
@@ -446,25 +452,13 @@ impl Backend for RocketMqBroker {
     }
 
     async fn ack(&self, namespace: &str, req: &v2::AckMessageRequest) -> Result<Vec<v2::AckMessageResultEntry>, Fail> {
-        let group = full_name(
-            namespace,
-            &req.group.as_ref().map(|g| g.name.clone()).unwrap_or_default(),
-        );
-        let topic = full_name(
-            namespace,
-            &req.topic.as_ref().map(|t| t.name.clone()).unwrap_or_default(),
-        );
+        let group = resource_name(namespace, req.group.as_ref());
+        let topic = resource_name(namespace, req.topic.as_ref());
         let mut results: Vec<Option<v2::Status>> = vec![None; req.entries.len()];
         let mut by_queue: BTreeMap<u32, Vec<(usize, PopLease)>> = BTreeMap::new();
         for (i, e) in req.entries.iter().enumerate() {
             match self.parse_handle(&e.receipt_handle) {
-                Ok(h) => by_queue.entry(h.queue_id).or_default().push((
-                    i,
-                    PopLease {
-                        offset: h.offset,
-                        lease: h.lease,
-                    },
-                )),
+                Ok((queue_id, lease)) => by_queue.entry(queue_id).or_default().push((i, lease)),
                 Err(f) => results[i] = Some(f.status()),
             }
         }
@@ -508,29 +502,19 @@ impl Backend for RocketMqBroker {
         namespace: &str,
         req: &v2::ChangeInvisibleDurationRequest,
     ) -> Result<String, Fail> {
-        let group = full_name(
-            namespace,
-            &req.group.as_ref().map(|g| g.name.clone()).unwrap_or_default(),
-        );
-        let topic = full_name(
-            namespace,
-            &req.topic.as_ref().map(|t| t.name.clone()).unwrap_or_default(),
-        );
-        let h = self.parse_handle(&req.receipt_handle)?;
+        let group = resource_name(namespace, req.group.as_ref());
+        let topic = resource_name(namespace, req.topic.as_ref());
+        let (queue_id, lease) = self.parse_handle(&req.receipt_handle)?;
         let invisible = check_invisible(
             req.invisible_duration
                 .as_ref()
                 .map(raftmq_rocketmq::duration)
                 .unwrap_or_default(),
         )?;
-        let lease = PopLease {
-            offset: h.offset,
-            lease: h.lease,
-        };
-        let lease = ops::pop::change_invisible(&self.state, &group, &topic, h.queue_id, lease, invisible)
+        let lease = ops::pop::change_invisible(&self.state, &group, &topic, queue_id, lease, invisible)
             .await
             .map_err(fail)?;
-        Ok(self.handle(h.queue_id, lease))
+        Ok(self.handle(queue_id, lease))
     }
 
     async fn forward_to_dead_letter(
@@ -538,20 +522,10 @@ impl Backend for RocketMqBroker {
         namespace: &str,
         req: &v2::ForwardMessageToDeadLetterQueueRequest,
     ) -> Result<(), Fail> {
-        let group = full_name(
-            namespace,
-            &req.group.as_ref().map(|g| g.name.clone()).unwrap_or_default(),
-        );
-        let topic = full_name(
-            namespace,
-            &req.topic.as_ref().map(|t| t.name.clone()).unwrap_or_default(),
-        );
-        let h = self.parse_handle(&req.receipt_handle)?;
-        let lease = PopLease {
-            offset: h.offset,
-            lease: h.lease,
-        };
-        ops::pop::give_up(&self.state, &group, &topic, h.queue_id, lease)
+        let group = resource_name(namespace, req.group.as_ref());
+        let topic = resource_name(namespace, req.topic.as_ref());
+        let (queue_id, lease) = self.parse_handle(&req.receipt_handle)?;
+        ops::pop::give_up(&self.state, &group, &topic, queue_id, lease)
             .await
             .map_err(fail)
     }

@@ -25,6 +25,13 @@ pub fn apply_request(
     req: &Request,
 ) -> Vec<CommandResult> {
     let mut position: u32 = 0;
+    // Where the command being applied is: this entry, its store time, the position of its
+    // first message in the entry.
+    let at = |first_position| At {
+        log_index,
+        store_timestamp_ms: req.store_timestamp_ms,
+        first_position,
+    };
     req.commands
         .iter()
         .map(|command| match command {
@@ -33,17 +40,7 @@ pub fn apply_request(
                 queue_id,
                 messages,
             } => {
-                let result = send(
-                    db,
-                    state,
-                    batch,
-                    log_index,
-                    req.store_timestamp_ms,
-                    position,
-                    topic,
-                    *queue_id,
-                    messages,
-                );
+                let result = send(db, state, batch, &at(position), (topic, *queue_id), messages);
                 // Positions count every message of the entry, stored or refused, so they are
                 // fixed by the entry alone.
                 position += messages.len() as u32;
@@ -73,11 +70,8 @@ pub fn apply_request(
                 db,
                 state,
                 batch,
-                log_index,
-                req.store_timestamp_ms,
-                group,
-                topic,
-                *queue_id,
+                &at(position),
+                (group, topic, *queue_id),
                 lease,
                 *invisible_ms,
             ),
@@ -93,15 +87,10 @@ pub fn apply_request(
                     db,
                     state,
                     batch,
-                    log_index,
-                    req.store_timestamp_ms,
-                    position,
-                    group,
-                    topic,
-                    *queue_id,
+                    &at(position),
+                    (group, topic, *queue_id),
                     lease,
-                    dlq_topic,
-                    message,
+                    (dlq_topic, message),
                 );
                 position += 1;
                 result
@@ -114,16 +103,12 @@ fn reject(why: Rejection, message: String) -> CommandResult {
     CommandResult::Rejected(why, message)
 }
 
-#[allow(clippy::too_many_arguments)]
 fn send(
     db: &Db,
     state: &mut SmState,
     batch: &mut WriteBatch,
-    log_index: u64,
-    store_timestamp_ms: i64,
-    first_position: u32,
-    topic: &str,
-    queue_id: u32,
+    at: &At,
+    (topic, queue_id): (&str, u32),
     messages: &[MessageIn],
 ) -> CommandResult {
     let Some(config) = state.topics.get(topic) else {
@@ -141,12 +126,7 @@ fn send(
             ),
         );
     }
-    let at = At {
-        log_index,
-        store_timestamp_ms,
-        first_position,
-    };
-    append(db, state, batch, &at, (topic, queue_id), messages)
+    append(db, state, batch, at, (topic, queue_id), messages)
 }
 
 /// Checks a topic config; the master runs the same check before proposing.

@@ -200,19 +200,16 @@ pub(crate) fn ack(
     CommandResult::Acked(results)
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn change_invisible(
     db: &Db,
     state: &mut SmState,
     batch: &mut WriteBatch,
-    log_index: u64,
-    ts: i64,
-    group: &str,
-    topic: &str,
-    queue_id: u32,
+    at: &At,
+    (group, topic, queue_id): (&str, &str, u32),
     lease: &PopLease,
     invisible_ms: u64,
 ) -> CommandResult {
+    let (log_index, ts) = (at.log_index, at.store_timestamp_ms);
     let stale = || {
         CommandResult::Rejected(
             Rejection::StaleLease,
@@ -235,20 +232,14 @@ pub(crate) fn change_invisible(
     CommandResult::Done
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn dead_letter(
     db: &Db,
     state: &mut SmState,
     batch: &mut WriteBatch,
-    log_index: u64,
-    ts: i64,
-    position: u32,
-    group: &str,
-    topic: &str,
-    queue_id: u32,
+    at: &At,
+    (group, topic, queue_id): (&str, &str, u32),
     lease: &PopLease,
-    dlq_topic: &str,
-    message: &MessageIn,
+    (dlq_topic, message): (&str, &MessageIn),
 ) -> CommandResult {
     let current = state
         .pops
@@ -280,12 +271,7 @@ pub(crate) fn dead_letter(
         batch.put_cf(db.cf(CF_TOPICS), dlq_topic.as_bytes(), codec::encode(&config));
         state.topics.insert(dlq_topic.to_owned(), config);
     }
-    let at = At {
-        log_index,
-        store_timestamp_ms: ts,
-        first_position: position,
-    };
-    let result = append(db, state, batch, &at, (dlq_topic, 0), std::slice::from_ref(message));
+    let result = append(db, state, batch, at, (dlq_topic, 0), std::slice::from_ref(message));
     if let Some(pq) = state.pops.get_mut(&key(group, topic, queue_id)) {
         pq.inflight.remove(&lease.offset);
     }
