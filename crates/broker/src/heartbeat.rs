@@ -8,8 +8,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use openraft::metrics::RaftServerMetrics;
 use raftmq_proto::name_server_client::NameServerClient;
 use raftmq_proto::{BrokerHeartbeat, Role, TopicTable, UnregisterRequest};
+use raftmq_store::{BrokerNode, NodeId};
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
@@ -27,19 +29,23 @@ pub(crate) fn connect(addr: &str) -> Option<NameServerClient<Channel>> {
     Some(NameServerClient::new(endpoint.connect_lazy()))
 }
 
-fn build(state: &BrokerState) -> BrokerHeartbeat {
-    let metrics = state.raft.metrics().borrow().clone();
-    let role = role(metrics.state);
+/// A heartbeat: role, term and leader from `server`, the metrics the loop woke on. openraft
+/// publishes them before its full metrics, so those may still be older when the loop wakes: a
+/// heartbeat built from them once said "learner" after the node had become a slave, and the
+/// NameServers heard the truth only at the next tick (the start-up's 1 s stalls).
+fn build(state: &BrokerState, server: &RaftServerMetrics<NodeId, BrokerNode>) -> BrokerHeartbeat {
+    let role = role(server.state);
     let me = state.config.me();
+    let applied = state.raft.metrics().borrow().last_applied.map(|l| l.index).unwrap_or(0);
     BrokerHeartbeat {
         cluster: state.config.cluster.clone(),
         group: state.config.group.clone(),
         node_id: state.config.node_id,
         client_addr: me.client_addr.clone(),
         role: role as i32,
-        term: metrics.current_term,
-        leader_id: metrics.current_leader.unwrap_or(0),
-        applied_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
+        term: server.vote.leader_id().term,
+        leader_id: server.current_leader.unwrap_or(0),
+        applied_index: applied,
         topics: (role == Role::Master).then(|| TopicTable {
             topics: state.reader.topics().iter().map(topic_to_proto).collect(),
         }),
@@ -81,7 +87,8 @@ pub async fn run(state: Arc<BrokerState>, mut stop: watch::Receiver<bool>) {
         };
         // The generation is read before the table, so the table sent is at least that new.
         let generation = *topics.borrow_and_update();
-        let hb = build(&state);
+        let server = metrics.borrow_and_update().clone();
+        let hb = build(&state, &server);
         let signature = Some((hb.role, hb.term, hb.leader_id, hb.topics.clone()));
         if !on_timer && signature == last_sent {
             state.announced_topics.send_if_modified(|g| raise(g, generation));
