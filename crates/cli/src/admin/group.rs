@@ -1,0 +1,86 @@
+//! `raftmq group`: a consumer group's progress (lag per queue) and offset resets.
+
+use anyhow::{anyhow, Context};
+use clap::Subcommand;
+use raftmq_client::admin::ResetTo;
+use raftmq_client::Admin;
+use serde_json::json;
+
+use crate::table;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum GroupCommand {
+    /// Per queue: stored offset, committed offset, lag.
+    Progress { consumer_group: String, topic: String },
+    /// Move a group's offsets: earliest, latest, a time in ms since the epoch, or offset:N.
+    Reset {
+        consumer_group: String,
+        topic: String,
+        #[arg(long)]
+        to: String,
+    },
+}
+
+pub(crate) async fn run(admin: &Admin, command: GroupCommand, as_json: bool) -> anyhow::Result<()> {
+    match command {
+        GroupCommand::Progress { consumer_group, topic } => {
+            let progress = admin.group_progress(&consumer_group, &topic).await?;
+            if as_json {
+                let items: Vec<_> = progress
+                    .iter()
+                    .map(|p| json!({"group": p.queue.group, "queue_id": p.queue.queue_id, "broker_offset": p.broker_offset, "consume_offset": p.consume_offset, "lag": p.lag}))
+                    .collect();
+                println!("{}", json!(items));
+            } else {
+                let rows: Vec<Vec<String>> = progress
+                    .iter()
+                    .map(|p| {
+                        vec![
+                            p.queue.group.clone(),
+                            p.queue.queue_id.to_string(),
+                            p.broker_offset.to_string(),
+                            p.consume_offset.map(|o| o.to_string()).unwrap_or_else(|| "-".into()),
+                            p.lag.to_string(),
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    table::render(&["GROUP", "QUEUE", "BROKER_OFFSET", "CONSUME_OFFSET", "LAG"], &rows)
+                );
+                println!("total lag: {}", progress.iter().map(|p| p.lag).sum::<u64>());
+            }
+        }
+        GroupCommand::Reset {
+            consumer_group,
+            topic,
+            to,
+        } => {
+            let target = match to.as_str() {
+                "earliest" | "first" => ResetTo::Earliest,
+                "latest" | "last" => ResetTo::Latest,
+                other => match other.strip_prefix("offset:") {
+                    Some(o) => ResetTo::Offset(o.parse().with_context(|| format!("--to {other}: not an offset"))?),
+                    None => ResetTo::Timestamp(other.parse().map_err(|_| {
+                        anyhow!("--to {other:?}: say earliest, latest, a time in ms since the epoch, or offset:N")
+                    })?),
+                },
+            };
+            let moved = admin.reset_offsets(&consumer_group, &topic, target).await?;
+            if as_json {
+                let items: Vec<_> = moved
+                    .iter()
+                    .map(|(q, o)| json!({"group": q.group, "queue_id": q.queue_id, "offset": o}))
+                    .collect();
+                println!("{}", json!(items));
+            } else {
+                let rows: Vec<Vec<String>> = moved
+                    .iter()
+                    .map(|(q, o)| vec![q.group.clone(), q.queue_id.to_string(), o.to_string()])
+                    .collect();
+                print!("{}", table::render(&["GROUP", "QUEUE", "OFFSET"], &rows));
+            }
+        }
+    }
+    Ok(())
+}
