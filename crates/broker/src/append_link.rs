@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::Raft;
+use raftmq_common::shutdown::Stopping;
 use raftmq_store::{NodeId, TypeConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -71,7 +72,7 @@ pub struct AppendServer {
     pub raft: Raft<TypeConfig>,
     pub contact: Arc<crate::election::LeaderContact>,
     /// Turns true when the node stops: every connection closes.
-    pub stop: tokio::sync::watch::Receiver<bool>,
+    pub stop: Stopping,
 }
 
 impl AppendServer {
@@ -84,7 +85,7 @@ impl AppendServer {
                     tracing::debug!("append connection closed: {e}");
                 }
             }
-            _ = stop.wait_for(|s| *s) => {}
+            _ = stop.wait() => {}
         }
     }
 

@@ -27,9 +27,9 @@ use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use openraft::{LogId, Raft, RaftMetrics, ServerState, Vote};
+use raftmq_common::shutdown::Stopping;
 use raftmq_store::{BrokerNode, LogStore, NodeId, TypeConfig};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
 
 use crate::network::{Connection, Network, PeerCalls};
 
@@ -264,7 +264,7 @@ pub async fn run(
     network: Network,
     contact: Arc<LeaderContact>,
     timing: Timing,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Stopping,
 ) {
     let me = network.me;
     let mut peers = Peers {
@@ -289,7 +289,7 @@ pub async fn run(
         };
         tokio::select! {
             _ = tokio::time::sleep_until((quiet_since() + timeout).into()) => {}
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.wait() => return,
         }
         if quiet_since() + timeout > Instant::now() {
             continue; // heard from a master, or granted a pre-vote, meanwhile

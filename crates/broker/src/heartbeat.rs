@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::metrics::RaftServerMetrics;
+use raftmq_common::shutdown::Stopping;
 use raftmq_proto::name_server_client::NameServerClient;
 use raftmq_proto::{BrokerHeartbeat, Role, TopicTable, UnregisterRequest};
 use raftmq_store::{BrokerNode, NodeId};
-use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::convert::{role, topic_to_proto};
@@ -59,7 +59,7 @@ fn raise(announced: &mut u64, generation: u64) -> bool {
 }
 
 /// Runs until `stop` turns true, then unregisters from every NameServer.
-pub async fn run(state: Arc<BrokerState>, mut stop: watch::Receiver<bool>) {
+pub async fn run(state: Arc<BrokerState>, mut stop: Stopping) {
     let clients: Vec<(String, NameServerClient<Channel>)> = state
         .config
         .namesrv
@@ -83,7 +83,7 @@ pub async fn run(state: Arc<BrokerState>, mut stop: watch::Receiver<bool>) {
             _ = tick.tick() => true,
             changed = metrics.changed() => { if changed.is_err() { break } false }
             changed = topics.changed() => { if changed.is_err() { break } false }
-            _ = stop.wait_for(|s| *s) => break,
+            _ = stop.wait() => break,
         };
         // The generation is read before the table, so the table sent is at least that new.
         let generation = *topics.borrow_and_update();

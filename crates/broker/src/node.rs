@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use openraft::error::{InitializeError, RaftError};
 use openraft::{Raft, SnapshotPolicy};
+use raftmq_common::shutdown::{Shutdown, Stopping};
 use raftmq_proto::broker_server::BrokerServer;
 use raftmq_proto::raft_transport_server::RaftTransportServer;
 use raftmq_store::{BrokerNode, FlushMode, NodeId, Store, StoreOptions, StoreReader, TypeConfig};
@@ -67,7 +68,7 @@ pub struct Broker {
     db: Arc<raftmq_store::db::Db>,
     sync_stall: raftmq_store::SyncStall,
     client_addr: SocketAddr,
-    stop: watch::Sender<bool>,
+    stop: Shutdown,
     /// Raft's connections, this node's election state and timings, for the leadership
     /// transfer at a clean stop.
     network: Network,
@@ -154,7 +155,7 @@ impl Broker {
         )
         .await?;
 
-        let (stop, stopped) = watch::channel(false);
+        let (stop, stopped) = Shutdown::new();
         let limits = Limits {
             max_messages: config.max_batch_messages,
             max_bytes: config.max_batch_bytes,
@@ -221,7 +222,7 @@ impl Broker {
                 Box::pin(raftmq_common::runtime::incoming(listener))
             };
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
-                let _ = stopped.wait_for(|s| *s).await;
+                stopped.wait().await;
             }))
         };
         let mut servers = Vec::new();
@@ -350,7 +351,7 @@ impl Broker {
                 ),
             }
         }
-        let _ = self.stop.send(true);
+        self.stop.stop();
         for task in self.tasks.drain(..) {
             let _ = task.await;
         }
@@ -427,12 +428,7 @@ impl Broker {
 /// A member that has heard nothing after a while (the lowest one is down at the first start)
 /// sets it itself: they all write the same first entry, and a node that has a log already
 /// refuses.
-async fn initialize_group(
-    raft: Raft<TypeConfig>,
-    config: BrokerConfig,
-    timing: election::Timing,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn initialize_group(raft: Raft<TypeConfig>, config: BrokerConfig, timing: election::Timing, mut stop: Stopping) {
     let lowest = config.members.iter().map(|m| m.node_id).min();
     if lowest != Some(config.node_id) {
         let wait = (timing.stickiness + timing.spread) * 10;
@@ -443,7 +439,7 @@ async fn initialize_group(
         );
         tokio::select! {
             joined = joined => if joined.is_ok() { return },
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.wait() => return,
         }
     }
     match raft.is_initialized().await {
@@ -467,7 +463,7 @@ async fn initialize_group(
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.wait() => return,
         }
     }
     let members: BTreeMap<u64, BrokerNode> = config
@@ -496,7 +492,7 @@ async fn track_leading(
     mut server: watch::Receiver<openraft::metrics::RaftServerMetrics<NodeId, BrokerNode>>,
     leading: raftmq_store::Leading,
     contact: Arc<LeaderContact>,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Stopping,
 ) {
     let mut vote = None;
     loop {
@@ -514,7 +510,7 @@ async fn track_leading(
         contact.set_master(master);
         tokio::select! {
             changed = server.changed() => if changed.is_err() { break },
-            _ = stop.wait_for(|s| *s) => break,
+            _ = stop.wait() => break,
         }
     }
     leading.set(false);
@@ -522,7 +518,7 @@ async fn track_leading(
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = self.stop.send(true);
+        self.stop.stop();
         for server in &self.servers {
             server.abort();
         }

@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::Raft;
+use raftmq_common::shutdown::Stopping;
 use raftmq_common::time::now_ms;
 use raftmq_store::types::{Command, CommandResult, Request};
 use raftmq_store::{BrokerNode, NodeId, TypeConfig};
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::error::BrokerError;
 
@@ -52,7 +53,7 @@ impl Proposer {
     pub fn start(
         raft: Raft<TypeConfig>,
         limits: Limits,
-        mut stop: watch::Receiver<bool>,
+        mut stop: Stopping,
     ) -> (Proposer, tokio::task::JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<Proposal>(limits.max_messages * limits.max_inflight * 4);
         let task = tokio::spawn(async move {
@@ -65,12 +66,12 @@ impl Proposer {
                     Some(p) => p,
                     None => tokio::select! {
                         p = rx.recv() => match p { Some(p) => p, None => break },
-                        _ = stop.wait_for(|s| *s) => break,
+                        _ = stop.wait() => break,
                     },
                 };
                 let permit = tokio::select! {
                     permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
-                    _ = stop.wait_for(|s| *s) => {
+                    _ = stop.wait() => {
                         let _ = first.reply.send(Err(BrokerError::Unavailable("the broker is shutting down".into())));
                         break;
                     }

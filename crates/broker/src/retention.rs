@@ -11,8 +11,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use openraft::Raft;
+use raftmq_common::shutdown::Stopping;
 use raftmq_store::{disk, Retention, TypeConfig};
-use tokio::sync::watch;
 
 use crate::error::BrokerError;
 
@@ -94,7 +94,7 @@ pub async fn run(
     hours: u64,
     clean_percent: u8,
     every: Duration,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Stopping,
 ) {
     let mut deleted_since_snapshot = 0u64;
     let mut tick = tokio::time::interval(every);
@@ -102,7 +102,7 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.wait() => return,
         }
         let now_ms = raftmq_common::time::now_ms();
         let cutoff = now_ms - (hours as i64) * 3_600_000;

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use openraft::{Raft, ServerState};
+use raftmq_common::shutdown::Stopping;
 use raftmq_store::types::{Command, CommandResult, Rejection};
 use raftmq_store::{StoreReader, TypeConfig};
 use tokio::sync::watch;
@@ -23,7 +24,7 @@ pub struct BrokerState {
     pub consumers: Consumers,
     pub disk: crate::retention::DiskGuard,
     pub faults: std::sync::Arc<crate::network::Faults>,
-    pub stop: watch::Receiver<bool>,
+    pub stop: Stopping,
     /// Set while a stopping master hands leadership over: it takes no new writes.
     pub handing_over: std::sync::atomic::AtomicBool,
     /// The election state: whether this master hears from a majority.

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use raftmq_client::{Admin, Client, ClientConfig, Message, MessageQueue, Producer};
+use raftmq_common::shutdown::Shutdown;
 use raftmq_proto as pb;
 use serde_json::json;
 
@@ -179,13 +180,13 @@ async fn drill_round(
     // The producer: one send in flight, numbered bodies.
     let acks: Arc<Mutex<Vec<Ack>>> = Arc::default();
     let unknown = Arc::new(Mutex::new(0usize));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (stop_tx, stop_rx) = Shutdown::new();
     let producer = {
         let producer = Producer::new(client.clone());
         let (acks, unknown, topic) = (acks.clone(), unknown.clone(), args.topic.clone());
         tokio::spawn(async move {
             let mut seq = 0u64;
-            while !*stop_rx.borrow() {
+            while !stop_rx.is_stopped() {
                 let body = format!("drill-{round}-{seq}").into_bytes();
                 seq += 1;
                 let started = Instant::now();
@@ -285,7 +286,7 @@ async fn drill_round(
     let (resumed, routed) = (resumed.expect("loop ends resumed"), routed.expect("loop ends routed"));
     // Some more sends on the new master, then stop.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let _ = stop_tx.send(true);
+    stop_tx.stop();
     producer.await?;
 
     // The old master comes back.

@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use raftmq_common::shutdown::{Shutdown, Stopping};
 use raftmq_proto as pb;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::error::{classify, ClientError, Retry};
@@ -364,7 +364,7 @@ impl PushConsumerBuilder {
             .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
         // Fails early on an unknown topic.
         self.client.route(&self.topic).await?;
-        let (stop, stopped) = watch::channel(false);
+        let (stop, stopped) = Shutdown::new();
         let shared = Arc::new(Shared {
             reader: PullConsumer::new(self.client.clone(), self.read_preference),
             client: self.client.clone(),
@@ -419,7 +419,7 @@ struct Shared {
 /// the group; dropping it stops it without committing.
 pub struct PushConsumer {
     shared: Arc<Shared>,
-    stop: watch::Sender<bool>,
+    stop: Shutdown,
     task: Option<JoinHandle<()>>,
 }
 
@@ -445,7 +445,7 @@ impl PushConsumer {
 
     /// Stops consuming, commits the offsets of everything handled, and leaves the group.
     pub async fn shutdown(mut self) {
-        let _ = self.stop.send(true);
+        self.stop.stop();
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
@@ -454,7 +454,7 @@ impl PushConsumer {
 
 impl Drop for PushConsumer {
     fn drop(&mut self) {
-        let _ = self.stop.send(true);
+        self.stop.stop();
         if let Some(task) = self.task.take() {
             task.abort();
         }
@@ -489,13 +489,8 @@ pub fn allocate_averagely(queues: &[MessageQueue], members: &[String], me: &str)
         .collect()
 }
 
-async fn coordinate(
-    shared: Arc<Shared>,
-    rebalance_every: Duration,
-    commit_every: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut workers: HashMap<MessageQueue, (watch::Sender<bool>, JoinHandle<()>)> = HashMap::new();
+async fn coordinate(shared: Arc<Shared>, rebalance_every: Duration, commit_every: Duration, mut stop: Stopping) {
+    let mut workers: HashMap<MessageQueue, (Shutdown, JoinHandle<()>)> = HashMap::new();
     let mut last_commit = Instant::now();
     loop {
         let route = shared
@@ -510,7 +505,7 @@ async fn coordinate(
                 let gone: Vec<MessageQueue> = workers.keys().filter(|q| !target.contains(*q)).cloned().collect();
                 for q in gone {
                     if let Some((stop_worker, handle)) = workers.remove(&q) {
-                        let _ = stop_worker.send(true);
+                        stop_worker.stop();
                         let _ = handle.await;
                     }
                     commit(&shared, Some(&q)).await;
@@ -518,7 +513,7 @@ async fn coordinate(
                 }
                 for q in &target {
                     if !workers.contains_key(q) {
-                        let (tx, rx) = watch::channel(false);
+                        let (tx, rx) = Shutdown::new();
                         workers.insert(
                             q.clone(),
                             (tx, tokio::spawn(consume_queue(shared.clone(), q.clone(), rx))),
@@ -534,11 +529,11 @@ async fn coordinate(
         }
         tokio::select! {
             _ = tokio::time::sleep(rebalance_every.min(commit_every)) => {}
-            _ = stop.wait_for(|s| *s) => break,
+            _ = stop.wait() => break,
         }
     }
     for (_, (stop_worker, handle)) in workers.drain() {
-        let _ = stop_worker.send(true);
+        stop_worker.stop();
         let _ = handle.await;
     }
     commit(&shared, None).await;
@@ -683,13 +678,13 @@ async fn start_offset(shared: &Shared, queue: &MessageQueue) -> Result<u64, Clie
     })
 }
 
-async fn consume_queue(shared: Arc<Shared>, queue: MessageQueue, mut stop: watch::Receiver<bool>) {
-    let pause = |stop: &mut watch::Receiver<bool>, d: Duration| {
+async fn consume_queue(shared: Arc<Shared>, queue: MessageQueue, mut stop: Stopping) {
+    let pause = |stop: &mut Stopping, d: Duration| {
         let mut stop = stop.clone();
         async move {
             tokio::select! {
                 _ = tokio::time::sleep(d) => false,
-                _ = stop.wait_for(|s| *s) => true,
+                _ = stop.wait() => true,
             }
         }
     };
@@ -716,7 +711,7 @@ async fn consume_queue(shared: Arc<Shared>, queue: MessageQueue, mut stop: watch
     loop {
         let pulled = tokio::select! {
             r = shared.reader.pull(&shared.topic, &queue, offset, shared.batch_size, &shared.tag_expression, Duration::from_secs(2)) => r,
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.wait() => return,
         };
         match pulled {
             // Nothing new, filtered-out messages skipped, or the offset corrected by the broker.

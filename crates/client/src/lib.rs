@@ -21,9 +21,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use raftmq_common::shutdown::{Shutdown, Stopping};
 use raftmq_proto as pb;
 use raftmq_proto::broker_client::BrokerClient;
-use tokio::sync::watch;
 use tonic::transport::Channel;
 
 pub use admin::Admin;
@@ -70,12 +70,12 @@ struct Inner {
     config: ClientConfig,
     routes: route::Routes,
     pool: Mutex<HashMap<String, BrokerClient<Channel>>>,
-    stop: watch::Sender<bool>,
+    stop: Shutdown,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let _ = self.stop.send(true);
+        self.stop.stop();
     }
 }
 
@@ -90,7 +90,7 @@ impl Client {
     /// Creates a client. No connection is made until the first call. Needs a Tokio runtime.
     pub fn new(config: ClientConfig) -> Result<Client, ClientError> {
         let routes = route::Routes::new(&config.namesrv, config.request_timeout)?;
-        let (stop, stopped) = watch::channel(false);
+        let (stop, stopped) = Shutdown::new();
         let inner = Arc::new(Inner {
             config,
             routes,
@@ -169,7 +169,7 @@ impl Client {
     }
 }
 
-async fn refresh_routes(inner: Weak<Inner>, mut stop: watch::Receiver<bool>) {
+async fn refresh_routes(inner: Weak<Inner>, mut stop: Stopping) {
     let every = match inner.upgrade() {
         Some(i) => i.config.route_refresh,
         None => return,
@@ -177,7 +177,7 @@ async fn refresh_routes(inner: Weak<Inner>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.wait() => return,
         }
         let Some(inner) = inner.upgrade() else { return };
         for topic in inner.routes.cached_topics() {
@@ -189,7 +189,7 @@ async fn refresh_routes(inner: Weak<Inner>, mut stop: watch::Receiver<bool>) {
 }
 
 /// Follows one NameServer's route watch stream at a time, moving to the next when it ends.
-async fn watch_routes(inner: Weak<Inner>, mut stop: watch::Receiver<bool>) {
+async fn watch_routes(inner: Weak<Inner>, mut stop: Stopping) {
     let mut attempt = 0usize;
     loop {
         let client = {
@@ -201,14 +201,14 @@ async fn watch_routes(inner: Weak<Inner>, mut stop: watch::Receiver<bool>) {
         let mut client = client;
         let stream = tokio::select! {
             s = client.watch_routes(pb::WatchRoutesRequest { topic: String::new() }) => s,
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.wait() => return,
         };
         if let Ok(stream) = stream {
             let mut stream = stream.into_inner();
             loop {
                 let event = tokio::select! {
                     e = stream.message() => e,
-                    _ = stop.wait_for(|s| *s) => return,
+                    _ = stop.wait() => return,
                 };
                 let Ok(Some(event)) = event else { break };
                 let Some(inner) = inner.upgrade() else { return };
@@ -225,7 +225,7 @@ async fn watch_routes(inner: Weak<Inner>, mut stop: watch::Receiver<bool>) {
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.wait() => return,
         }
     }
 }

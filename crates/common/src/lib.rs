@@ -7,6 +7,7 @@
 pub mod code;
 pub mod config;
 pub mod runtime;
+pub mod shutdown;
 pub mod time;
 pub mod validate;
 

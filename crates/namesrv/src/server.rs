@@ -7,9 +7,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use raftmq_common::shutdown::Shutdown;
 use raftmq_proto::name_server_server::NameServerServer;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::NamesrvConfig;
@@ -21,7 +21,7 @@ pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3)
 /// A running NameServer.
 pub struct NameServer {
     addr: SocketAddr,
-    stop: watch::Sender<bool>,
+    stop: Shutdown,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     scanner: JoinHandle<()>,
 }
@@ -34,7 +34,7 @@ impl NameServer {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
         let addr = listener.local_addr()?;
-        let (stop, stopped) = watch::channel(false);
+        let (stop, stopped) = Shutdown::new();
         let shared = Shared::new(config.broker_expiry(), stopped.clone());
 
         let scanner = {
@@ -46,7 +46,7 @@ impl NameServer {
                 loop {
                     tokio::select! {
                         _ = tick.tick() => shared.expire(Instant::now()),
-                        _ = stopped.wait_for(|s| *s) => return,
+                        _ = stopped.wait() => return,
                     }
                 }
             })
@@ -62,7 +62,7 @@ impl NameServer {
                 .add_service(NameServerServer::new(NameServerService::new(shared)))
                 .add_service(rocketmq.server())
                 .serve_with_incoming_shutdown(raftmq_common::runtime::incoming(listener), async move {
-                    let _ = stopped_server.wait_for(|s| *s).await;
+                    stopped_server.wait().await;
                 }),
         );
         tracing::info!(%addr, "NameServer listening");
@@ -82,7 +82,7 @@ impl NameServer {
     /// Stops accepting requests, ends watch streams and the scanner, and waits for all of them.
     /// Connections that do not close within [`DRAIN_TIMEOUT`] are dropped.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
-        let _ = self.stop.send(true);
+        self.stop.stop();
         self.scanner.await?;
         match tokio::time::timeout(DRAIN_TIMEOUT, &mut self.server).await {
             Ok(ended) => ended??,

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use futures::Stream;
+use raftmq_common::shutdown::Stopping;
 use raftmq_common::validate;
 use raftmq_common::validate::InvalidField;
 use raftmq_common::ErrorCode;
@@ -18,7 +19,7 @@ use raftmq_proto::{
     BrokerHeartbeat, ClusterInfo, GetClusterInfoRequest, GetRouteRequest, HeartbeatReply, ListTopicsRequest,
     Permission, RouteEvent, TopicList, TopicRoute, UnregisterReply, UnregisterRequest, WatchRoutesRequest,
 };
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -36,11 +37,11 @@ pub struct Shared {
     table: Mutex<RouteTable>,
     changes: broadcast::Sender<Arc<BTreeSet<String>>>,
     expiry: Duration,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Stopping,
 }
 
 impl Shared {
-    pub fn new(expiry: Duration, shutdown: watch::Receiver<bool>) -> Arc<Self> {
+    pub fn new(expiry: Duration, shutdown: Stopping) -> Arc<Self> {
         let (changes, _) = broadcast::channel(EVENT_BACKLOG);
         Arc::new(Shared {
             table: Mutex::new(RouteTable::new()),
@@ -195,11 +196,11 @@ impl NameServer for NameServerService {
                 for event in pending.drain(..) {
                     tokio::select! {
                         sent = tx.send(Ok(event)) => if sent.is_err() { return },
-                        _ = shutdown.wait_for(|stop| *stop) => return,
+                        _ = shutdown.wait() => return,
                     }
                 }
                 tokio::select! {
-                    _ = shutdown.wait_for(|stop| *stop) => return,
+                    _ = shutdown.wait() => return,
                     _ = tx.closed() => return,
                     received = changes.recv() => match received {
                         Ok(changed) => {

@@ -12,12 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
+use raftmq_common::shutdown::Stopping;
 use raftmq_common::time::now_ms;
 use raftmq_common::validate;
 use raftmq_proto::rocketmq::messaging_service_client::MessagingServiceClient;
 use raftmq_proto::rocketmq::messaging_service_server::MessagingService as Service;
 use raftmq_proto::rocketmq::{self as v2, Code};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::{KeyAndValueRef, MetadataMap};
 use tonic::transport::{Channel, Endpoint};
@@ -73,7 +74,7 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 pub struct MessagingService<B> {
     backend: Arc<B>,
     masters: Arc<Mutex<HashMap<String, MessagingServiceClient<Channel>>>>,
-    stop: watch::Receiver<bool>,
+    stop: Stopping,
 }
 
 impl<B> Clone for MessagingService<B> {
@@ -88,7 +89,7 @@ impl<B> Clone for MessagingService<B> {
 
 impl<B: Backend> MessagingService<B> {
     /// `stop` turning true ends telemetry streams, so a node can shut down.
-    pub fn new(backend: Arc<B>, stop: watch::Receiver<bool>) -> Self {
+    pub fn new(backend: Arc<B>, stop: Stopping) -> Self {
         MessagingService {
             backend,
             masters: Arc::default(),
@@ -522,7 +523,7 @@ impl<B: Backend> Service for MessagingService<B> {
             loop {
                 let command = tokio::select! {
                     c = inbound.next() => c,
-                    _ = stop.wait_for(|s| *s) => break,
+                    _ = stop.wait() => break,
                 };
                 let command = match command {
                     Some(Ok(c)) => c,

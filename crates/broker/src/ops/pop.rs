@@ -144,7 +144,7 @@ pub async fn receive(state: &BrokerState, r: Receive<'_>) -> Result<Vec<Delivery
                 return Err(BrokerError::Unavailable("the store is closing".into()));
             },
             _ = tokio::time::sleep_until(until.into()) => {}
-            _ = stop.wait_for(|s| *s) => return Err(BrokerError::Unavailable("the broker is shutting down".into())),
+            _ = stop.wait() => return Err(BrokerError::Unavailable("the broker is shutting down".into())),
         }
         if !state.is_master() {
             return Err(BrokerError::NotMaster { leader: None });

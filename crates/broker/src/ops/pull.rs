@@ -122,7 +122,7 @@ pub async fn pull(state: &BrokerState, query: PullQuery) -> Result<Pulled, Broke
         tokio::select! {
             changed = applied.changed() => if changed.is_err() { return Err(BrokerError::Unavailable("the store is closing".into())) },
             _ = tokio::time::sleep_until(deadline.into()) => {}
-            _ = stop.wait_for(|s| *s) => return Err(BrokerError::Unavailable("the broker is shutting down".into())),
+            _ = stop.wait() => return Err(BrokerError::Unavailable("the broker is shutting down".into())),
         }
     }
 }
