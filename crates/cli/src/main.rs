@@ -94,13 +94,7 @@ fn quiet_when_the_reader_goes_away() {
 async fn main() -> std::process::ExitCode {
     quiet_when_the_reader_goes_away();
     let cli = Cli::parse();
-    match run(cli).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("raftmq: {}", format!("{e:#}").replace('\n', " "));
-            std::process::ExitCode::FAILURE
-        }
-    }
+    raftmq_common::runtime::exit_code("raftmq", run(cli).await)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

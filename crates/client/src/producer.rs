@@ -30,8 +30,7 @@ const MAX_HOPS: usize = 3;
 /// Sends messages. Cheap to clone.
 #[derive(Clone)]
 pub struct Producer {
-    client: Client,
-    next: Arc<AtomicUsize>,
+    core: Core,
     batcher: mpsc::UnboundedSender<(Message, oneshot::Sender<Result<SendResult, ClientError>>)>,
     /// Requests in flight, at most [`MAX_BATCH_RPCS`]; shared with the batcher.
     slots: Arc<Semaphore>,
@@ -39,10 +38,10 @@ pub struct Producer {
     queued: Arc<AtomicUsize>,
 }
 
-/// What the batching task holds: everything but the channel, so it ends when the last
-/// [`Producer`] clone is dropped.
+/// What sending needs: the client and the round robin over queues. The batching task holds a
+/// clone of it and not the channel, so it ends when the last [`Producer`] clone is dropped.
 #[derive(Clone)]
-struct WeakProducer {
+struct Core {
     client: Client,
     next: Arc<AtomicUsize>,
 }
@@ -58,7 +57,7 @@ type Pending = (Message, oneshot::Sender<Result<SendResult, ClientError>>);
 
 /// Coalesces single sends: takes what queued, groups it by topic, one request per group.
 async fn batch_sends(
-    producer: WeakProducer,
+    producer: Core,
     mut rx: mpsc::UnboundedReceiver<Pending>,
     slots: Arc<Semaphore>,
     queued: Arc<AtomicUsize>,
@@ -94,45 +93,6 @@ async fn batch_sends(
     }
 }
 
-impl WeakProducer {
-    fn strong(&self) -> Producer {
-        // A detached handle for the batch: it must not keep the batcher alive.
-        let (tx, _) = mpsc::unbounded_channel();
-        Producer {
-            client: self.client.clone(),
-            next: self.next.clone(),
-            batcher: tx,
-            slots: Arc::new(Semaphore::new(0)),
-            queued: Arc::new(AtomicUsize::new(0)),
-        }
-    }
-
-    async fn send_coalesced(&self, topic: &str, pending: Vec<Pending>) {
-        let producer = self.strong();
-        let (messages, replies): (Vec<Message>, Vec<_>) = pending.into_iter().unzip();
-        match producer.send_to(topic, &messages, None).await {
-            Ok(results) => {
-                for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(Ok(result));
-                }
-            }
-            // One bad message must not fail its neighbours: send each alone to find it.
-            Err(ClientError::MessageTooLarge(_)) | Err(ClientError::InvalidArgument(_)) if messages.len() > 1 => {
-                for (message, reply) in messages.into_iter().zip(replies) {
-                    let _ = reply.send(first(
-                        producer.send_to(topic, std::slice::from_ref(&message), None).await,
-                    ));
-                }
-            }
-            Err(e) => {
-                for reply in replies {
-                    let _ = reply.send(Err(e.clone()));
-                }
-            }
-        }
-    }
-}
-
 /// A send running in the background; await it for the result.
 pub struct SendFuture(tokio::task::JoinHandle<Result<SendResult, ClientError>>);
 
@@ -163,14 +123,16 @@ impl Producer {
             ^ std::process::id() as usize;
         let (tx, rx) = mpsc::unbounded_channel();
         let producer = Producer {
-            client,
-            next: Arc::new(AtomicUsize::new(seed)),
+            core: Core {
+                client,
+                next: Arc::new(AtomicUsize::new(seed)),
+            },
             batcher: tx,
             slots: Arc::new(Semaphore::new(MAX_BATCH_RPCS)),
             queued: Arc::new(AtomicUsize::new(0)),
         };
         tokio::spawn(batch_sends(
-            producer.downgrade(),
+            producer.core.clone(),
             rx,
             producer.slots.clone(),
             producer.queued.clone(),
@@ -191,7 +153,7 @@ impl Producer {
         if self.queued.load(Ordering::SeqCst) == 0 && self.slots.available_permits() == MAX_BATCH_RPCS {
             if let Ok(_permit) = self.slots.clone().try_acquire_owned() {
                 let topic = message.topic.clone();
-                return first(self.send_to(&topic, std::slice::from_ref(&message), None).await);
+                return first(self.core.send_to(&topic, std::slice::from_ref(&message), None).await);
             }
         }
         let (reply, result) = oneshot::channel();
@@ -204,19 +166,13 @@ impl Producer {
             .unwrap_or_else(|_| Err(ClientError::Other("the producer's batcher stopped".into())))
     }
 
-    fn downgrade(&self) -> WeakProducer {
-        WeakProducer {
-            client: self.client.clone(),
-            next: self.next.clone(),
-        }
-    }
-
     /// Sends one message to the queue its sharding key hashes to: messages with the same key
     /// keep their order (while the topic's queue count is unchanged). No retry on another queue.
     pub async fn send_ordered(&self, message: Message, sharding_key: &str) -> Result<SendResult, ClientError> {
         let topic = message.topic.clone();
         first(
-            self.send_to(&topic, std::slice::from_ref(&message), Some(sharding_key))
+            self.core
+                .send_to(&topic, std::slice::from_ref(&message), Some(sharding_key))
                 .await,
         )
     }
@@ -233,7 +189,7 @@ impl Producer {
                 m.topic
             )));
         }
-        self.send_to(&topic, &messages, None).await
+        self.core.send_to(&topic, &messages, None).await
     }
 
     /// Starts a send and returns at once; the future yields its result.
@@ -250,6 +206,31 @@ impl Producer {
                 tracing::debug!("one-way send failed: {e}");
             }
         });
+    }
+}
+
+impl Core {
+    /// Sends what the batcher coalesced for one topic as one request and answers each sender.
+    async fn send_coalesced(&self, topic: &str, pending: Vec<Pending>) {
+        let (messages, replies): (Vec<Message>, Vec<_>) = pending.into_iter().unzip();
+        match self.send_to(topic, &messages, None).await {
+            Ok(results) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(Ok(result));
+                }
+            }
+            // One bad message must not fail its neighbours: send each alone to find it.
+            Err(ClientError::MessageTooLarge(_)) | Err(ClientError::InvalidArgument(_)) if messages.len() > 1 => {
+                for (message, reply) in messages.into_iter().zip(replies) {
+                    let _ = reply.send(first(self.send_to(topic, std::slice::from_ref(&message), None).await));
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
     }
 
     async fn send_to(

@@ -37,6 +37,18 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// A binary's exit status: success, or failure after one line on stderr, `PROGRAM: ERROR`, with
+/// the error's causes (`{:#}`) on that line too.
+pub fn exit_code<E: std::fmt::Display>(program: &str, result: Result<(), E>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{program}: {}", format!("{e:#}").replace('\n', " "));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Valid log levels for a `log-level` config key.
 pub fn check_log_level(level: &str) -> Result<(), String> {
     EnvFilter::try_new(level)

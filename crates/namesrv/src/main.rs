@@ -29,13 +29,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    match run(Args::parse()).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("raftmq-namesrv: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    raftmq_common::runtime::exit_code("raftmq-namesrv", run(Args::parse()).await)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
