@@ -345,6 +345,28 @@ impl Group {
 }
 
 /// The stable code of a failed call.
+/// A send of messages to one queue of a topic.
+pub fn send_request(topic: &str, queue_id: u32, messages: Vec<pb::Message>) -> pb::SendRequest {
+    pb::SendRequest {
+        topic: topic.into(),
+        queue_id,
+        messages,
+    }
+}
+
+/// A queue's bounds as one node reports them.
+pub async fn queue_offsets(client: &mut BrokerClient<Channel>, topic: &str, queue_id: u32) -> pb::QueueOffsetsReply {
+    let request = pb::QueueOffsetsRequest {
+        topic: topic.into(),
+        queue_id,
+    };
+    client
+        .get_queue_offsets(request)
+        .await
+        .expect("queue offsets")
+        .into_inner()
+}
+
 pub fn code(status: &tonic::Status) -> Option<ErrorCode> {
     RemoteError::from_status(status).code
 }

@@ -9,7 +9,7 @@ use openraft::ServerState;
 use raftmq_client::{Admin, Client, ClientConfig, Message, Producer};
 use raftmq_common::ErrorCode;
 use raftmq_proto as pb;
-use raftmq_testkit::{code, topic, wait_until, Group};
+use raftmq_testkit::{code, send_request, topic, wait_until, Group};
 
 const ELECTION: Duration = Duration::from_secs(10);
 const CATCH_UP: Duration = Duration::from_secs(10);
@@ -53,11 +53,7 @@ async fn create_topic(group: &Group, master: u64, name: &str) {
 async fn send(group: &Group, id: u64, body: &str) -> Result<u64, tonic::Status> {
     let mut c = group.client(id).await;
     let reply = c
-        .send(pb::SendRequest {
-            topic: "T".into(),
-            queue_id: 0,
-            messages: vec![raftmq_testkit::message(body, "")],
-        })
+        .send(send_request("T", 0, vec![raftmq_testkit::message(body, "")]))
         .await?;
     Ok(reply.get_ref().results[0].queue_offset)
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use raftmq_common::ErrorCode;
 use raftmq_proto as pb;
-use raftmq_testkit::{code, message, topic, wait_until, Group};
+use raftmq_testkit::{code, message, queue_offsets, send_request, topic, wait_until, Group};
 
 const ELECTION: Duration = Duration::from_secs(10);
 const CATCH_UP: Duration = Duration::from_secs(10);
@@ -55,11 +55,7 @@ async fn a_message_sent_to_the_master_is_on_both_slaves_byte_for_byte() {
     let reply = group
         .client(master)
         .await
-        .send(pb::SendRequest {
-            topic: "T".into(),
-            queue_id: 1,
-            messages: vec![m, message("second", "tagB")],
-        })
+        .send(send_request("T", 1, vec![m, message("second", "tagB")]))
         .await
         .expect("send")
         .into_inner();
@@ -115,11 +111,7 @@ async fn a_slave_answers_not_master_with_the_masters_address() {
     let err = group
         .client(slave)
         .await
-        .send(pb::SendRequest {
-            topic: "T".into(),
-            queue_id: 0,
-            messages: vec![message("x", "")],
-        })
+        .send(send_request("T", 0, vec![message("x", "")]))
         .await
         .unwrap_err();
     let remote = raftmq_common::RemoteError::from_status(&err);
@@ -155,14 +147,7 @@ async fn bad_requests_get_stable_codes_and_store_nothing() {
         (send("T", 2, b"x".to_vec()), ErrorCode::QueueNotFound),
         (send("T", 0, vec![0; 2048]), ErrorCode::MessageTooLarge),
         (send("bad topic", 0, b"x".to_vec()), ErrorCode::InvalidArgument),
-        (
-            pb::SendRequest {
-                topic: "T".into(),
-                queue_id: 0,
-                messages: vec![],
-            },
-            ErrorCode::InvalidArgument,
-        ),
+        (send_request("T", 0, vec![]), ErrorCode::InvalidArgument),
     ];
     for (request, expected) in cases {
         let err = c.send(request).await.unwrap_err();
@@ -194,14 +179,7 @@ async fn bad_requests_get_stable_codes_and_store_nothing() {
         .await
         .unwrap_err();
     assert_eq!(code(&err), Some(ErrorCode::MessageNotFound));
-    let offsets = c
-        .get_queue_offsets(pb::QueueOffsetsRequest {
-            topic: "T".into(),
-            queue_id: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let offsets = queue_offsets(&mut c, "T", 0).await;
     assert_eq!(offsets.max_offset, 0, "nothing refused was stored");
     group.shutdown().await;
 }
@@ -258,14 +236,7 @@ async fn send_stream(group: &Group, from: usize, count: usize) -> BTreeMap<u64, 
             target = next_node(group, target);
             continue;
         };
-        match c
-            .send(pb::SendRequest {
-                topic: "T".into(),
-                queue_id: 0,
-                messages: vec![message(body.clone(), "")],
-            })
-            .await
-        {
+        match c.send(send_request("T", 0, vec![message(body.clone(), "")])).await {
             Ok(reply) => {
                 let r = &reply.get_ref().results[0];
                 assert!(
@@ -374,13 +345,7 @@ async fn a_slow_snapshot_install_does_not_unseat_the_master() {
 /// Sends one message to one node, as a client that does not follow redirects.
 async fn send_to(group: &Group, id: u64, body: String) -> Result<u64, tonic::Status> {
     let mut c = group.client(id).await;
-    let reply = c
-        .send(pb::SendRequest {
-            topic: "T".into(),
-            queue_id: 0,
-            messages: vec![message(body, "")],
-        })
-        .await?;
+    let reply = c.send(send_request("T", 0, vec![message(body, "")])).await?;
     Ok(reply.get_ref().results[0].queue_offset)
 }
 
@@ -533,12 +498,8 @@ async fn a_master_cut_off_with_writes_in_flight_takes_sends_again_later() {
     for i in 0..4 {
         let mut c = group.client(old).await;
         stranded.push(tokio::spawn(async move {
-            c.send(pb::SendRequest {
-                topic: "T".into(),
-                queue_id: 0,
-                messages: vec![message(format!("stranded-{i}"), "")],
-            })
-            .await
+            c.send(send_request("T", 0, vec![message(format!("stranded-{i}"), "")]))
+                .await
         }));
     }
     // The other two go on, past a snapshot: the old master's stranded entries are overwritten
@@ -651,14 +612,7 @@ async fn retention_under_disk_pressure_takes_a_snapshot_so_the_old_one_lets_go()
     // And the messages went with it: the first 40 entries held the group's setup and most of
     // the first 40 messages, and the queue's first offset moved past them.
     let mut client = group.client(master).await;
-    let bounds = client
-        .get_queue_offsets(pb::QueueOffsetsRequest {
-            topic: "T".into(),
-            queue_id: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let bounds = queue_offsets(&mut client, "T", 0).await;
     assert!(bounds.min_offset >= 30 && bounds.max_offset == 50, "{bounds:?}");
     group.shutdown().await;
 }
@@ -758,24 +712,10 @@ async fn a_full_disk_refuses_sends_and_keeps_what_is_stored() {
     })
     .await;
     let mut c = group.client(master).await;
-    let err = c
-        .send(pb::SendRequest {
-            topic: "T".into(),
-            queue_id: 0,
-            messages: vec![message("x", "")],
-        })
-        .await
-        .unwrap_err();
+    let err = c.send(send_request("T", 0, vec![message("x", "")])).await.unwrap_err();
     assert_eq!(code(&err), Some(ErrorCode::DiskFull));
     assert_eq!(err.code(), tonic::Code::ResourceExhausted);
-    let offsets = c
-        .get_queue_offsets(pb::QueueOffsetsRequest {
-            topic: "T".into(),
-            queue_id: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let offsets = queue_offsets(&mut c, "T", 0).await;
     assert_eq!(offsets.max_offset, 0, "nothing was stored");
     group.shutdown().await;
 }
@@ -807,11 +747,7 @@ async fn a_waiting_pull_returns_when_a_message_is_committed_and_slaves_serve_it_
     group
         .client(master)
         .await
-        .send(pb::SendRequest {
-            topic: "T".into(),
-            queue_id: 0,
-            messages: vec![message("wake up", "")],
-        })
+        .send(send_request("T", 0, vec![message("wake up", "")]))
         .await
         .unwrap();
     let reply = tokio::time::timeout(Duration::from_secs(10), waiting)
@@ -1024,11 +960,7 @@ async fn append_connections_for_another_node_are_refused_and_garbage_closes_them
     let sent = group
         .client(master)
         .await
-        .send(pb::SendRequest {
-            topic: "T".into(),
-            queue_id: 0,
-            messages: vec![message("after garbage", "")],
-        })
+        .send(send_request("T", 0, vec![message("after garbage", "")]))
         .await
         .unwrap()
         .into_inner();

@@ -8,7 +8,7 @@ use std::time::Duration;
 use raftmq_proto as pb;
 use raftmq_proto::rocketmq::messaging_service_client::MessagingServiceClient;
 use raftmq_proto::rocketmq::{self as v2, Code};
-use raftmq_testkit::{topic, wait_until, Group};
+use raftmq_testkit::{queue_offsets, topic, wait_until, Group};
 use tonic::transport::Channel;
 
 async fn v2_client(addr: &str) -> MessagingServiceClient<Channel> {
@@ -359,14 +359,7 @@ async fn namespaces_routes_and_the_settings_handshake() {
     let mut admin = group.client(master).await;
     let mut stored = 0;
     for queue_id in 0..2 {
-        let offsets = admin
-            .get_queue_offsets(pb::QueueOffsetsRequest {
-                topic: "ns%T".into(),
-                queue_id,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let offsets = queue_offsets(&mut admin, "ns%T", queue_id).await;
         stored += offsets.max_offset;
     }
     assert_eq!(stored, 1);
