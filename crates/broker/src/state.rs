@@ -1,6 +1,6 @@
 //! What every operation of a broker node shares: its config, its Raft node, the store's reader,
-//! the proposer, and the master's rules (is this node the master, commit a command, look a topic
-//! up for a read or a send).
+//! the proposer, and the master's rules (is this node the master, commit a command). The topic
+//! rules of reads and sends are in `ops::topics`.
 
 use std::sync::Arc;
 

@@ -652,10 +652,7 @@ async fn the_nameserver_routes_the_group_and_follows_a_failover() {
     let mut group = Group::start(3, |_| {}).await;
     let master = group.wait_for_master(ELECTION).await;
     create_topic(&group, master, "T", 4).await;
-    let ns_addr = group.namesrv.as_ref().unwrap().addr();
-    let mut ns = raftmq_proto::name_server_client::NameServerClient::connect(format!("http://{ns_addr}"))
-        .await
-        .unwrap();
+    let mut ns = group.namesrv_client().await;
     let route_master = |route: &pb::TopicRoute| route.groups.first().map(|g| g.master_addr.clone());
     let master_addr = group.addr(master);
     wait_until("the NameServer routes T to the master", Duration::from_secs(10), || {
@@ -850,10 +847,7 @@ async fn a_clean_stop_unregisters_from_the_nameserver_at_once() {
     let mut group = Group::start(3, |_| {}).await;
     let master = group.wait_for_master(ELECTION).await;
     create_topic(&group, master, "T", 1).await;
-    let ns_addr = group.namesrv.as_ref().unwrap().addr();
-    let mut ns = raftmq_proto::name_server_client::NameServerClient::connect(format!("http://{ns_addr}"))
-        .await
-        .unwrap();
+    let mut ns = group.namesrv_client().await;
     wait_until("three nodes registered", Duration::from_secs(10), || {
         let mut ns = ns.clone();
         async move {

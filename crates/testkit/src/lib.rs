@@ -187,6 +187,13 @@ impl Group {
             .to_string()
     }
 
+    /// A client of the NameServer this fixture started.
+    pub async fn namesrv_client(&self) -> raftmq_proto::name_server_client::NameServerClient<Channel> {
+        raftmq_proto::name_server_client::NameServerClient::connect(format!("http://{}", self.namesrv_addr()))
+            .await
+            .expect("connect to the NameServer")
+    }
+
     pub fn ids(&self) -> Vec<u64> {
         (1..=self.configs.len() as u64).collect()
     }
