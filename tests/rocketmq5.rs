@@ -96,6 +96,15 @@ fn sends_filters_invisibility_and_stale_handles_through_a_nameserver_and_a_broke
 }
 
 #[test]
+fn a_delay_message_arrives_at_its_time_and_a_recalled_one_never() {
+    require_client();
+    let cluster = ScriptCluster::up(1, &["broker-a"]);
+    create_topic(&cluster, "V5Delay");
+    let result = run_client(&["delay", &cluster.namesrv[0], "V5Delay"], Duration::from_secs(120));
+    assert!(result.contains("late_ms"), "{result}");
+}
+
+#[test]
 fn a_push_consumer_gets_every_message_and_failed_ones_again() {
     require_client();
     let cluster = ScriptCluster::up(1, &["broker-a"]);

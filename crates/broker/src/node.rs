@@ -280,6 +280,7 @@ impl Broker {
             timing,
             stopped.clone(),
         ));
+        let delivery_task = tokio::spawn(crate::ops::delay::run(state.clone(), stopped.clone()));
         let heartbeat_task = tokio::spawn(crate::heartbeat::run(state.clone(), stopped));
         tracing::info!(group = %state.config.group, node = state.config.node_id, %client_addr, "broker node started");
         Ok(Broker {
@@ -294,6 +295,7 @@ impl Broker {
             tasks: vec![
                 proposer_task,
                 heartbeat_task,
+                delivery_task,
                 retention_task,
                 role_task,
                 election_task,

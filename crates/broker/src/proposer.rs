@@ -17,10 +17,10 @@ use raftmq_store::types::{Command, CommandResult, Request};
 use raftmq_store::{BrokerNode, NodeId, TypeConfig};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::error::BrokerError;
+use raftmq_common::{Error, ErrorCode};
 
 /// What a committed command produced: its entry's log index and its result.
-pub type Committed = Result<(u64, CommandResult), BrokerError>;
+pub type Committed = Result<(u64, CommandResult), Error>;
 
 struct Proposal {
     command: Command,
@@ -72,7 +72,7 @@ impl Proposer {
                 let permit = tokio::select! {
                     permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
                     _ = stop.wait() => {
-                        let _ = first.reply.send(Err(BrokerError::Unavailable("the broker is shutting down".into())));
+                        let _ = first.reply.send(Err(ErrorCode::Unavailable.err("the broker is shutting down")));
                         break;
                     }
                 };
@@ -98,14 +98,14 @@ impl Proposer {
             if let Some(p) = carry {
                 let _ = p
                     .reply
-                    .send(Err(BrokerError::Unavailable("the broker is shutting down".into())));
+                    .send(Err(ErrorCode::Unavailable.err("the broker is shutting down")));
             }
             // Anything still queued is answered, never dropped silently.
             rx.close();
             while let Ok(p) = rx.try_recv() {
                 let _ = p
                     .reply
-                    .send(Err(BrokerError::Unavailable("the broker is shutting down".into())));
+                    .send(Err(ErrorCode::Unavailable.err("the broker is shutting down")));
             }
         });
         (
@@ -132,13 +132,11 @@ impl Proposer {
                 reply,
             })
             .await
-            .map_err(|_| BrokerError::Unavailable("the broker is shutting down".into()))?;
+            .map_err(|_| ErrorCode::Unavailable.err("the broker is shutting down"))?;
         match tokio::time::timeout(self.timeout, rx).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(BrokerError::Timeout(
-                "the write's outcome is unknown: the proposer stopped".into(),
-            )),
-            Err(_) => Err(BrokerError::Timeout(format!(
+            Ok(Err(_)) => Err(ErrorCode::Timeout.err("the write's outcome is unknown: the proposer stopped")),
+            Err(_) => Err(ErrorCode::Timeout.err(format!(
                 "the write's outcome is unknown: not committed within {:?}",
                 self.timeout
             ))),
@@ -169,13 +167,13 @@ async fn propose(
         let outcome = match pending {
             Ok(receiver) => match tokio::time::timeout(timeout, receiver).await {
                 Ok(answer) => {
-                    answer.map_err(|_| BrokerError::Timeout("the write's outcome is unknown: raft dropped it".into()))
+                    answer.map_err(|_| ErrorCode::Timeout.err("the write's outcome is unknown: raft dropped it"))
                 }
-                Err(_) => Err(BrokerError::Timeout(format!(
+                Err(_) => Err(ErrorCode::Timeout.err(format!(
                     "the write's outcome is unknown: not committed within {timeout:?}"
                 ))),
             },
-            Err(fatal) => Err(BrokerError::Unavailable(format!("raft stopped: {fatal}"))),
+            Err(fatal) => Err(ErrorCode::Unavailable.err(format!("raft stopped: {fatal}"))),
         };
         drop(permit);
         match outcome {
@@ -200,16 +198,14 @@ async fn propose(
     });
 }
 
-fn write_error(e: ClientWriteError<NodeId, BrokerNode>) -> BrokerError {
+fn write_error(e: ClientWriteError<NodeId, BrokerNode>) -> Error {
     match e {
-        ClientWriteError::ForwardToLeader(f) => BrokerError::NotMaster {
-            leader: f.leader_node.map(|n| n.client_addr),
-        },
-        ClientWriteError::ChangeMembershipError(e) => BrokerError::Internal(e.to_string()),
+        ClientWriteError::ForwardToLeader(f) => Error::not_master(f.leader_node.map(|n| n.client_addr)),
+        ClientWriteError::ChangeMembershipError(e) => ErrorCode::Internal.err(e.to_string()),
     }
 }
 
 /// Maps a Raft error of a read-barrier or admin call.
-pub fn raft_error<E: std::fmt::Display>(e: RaftError<NodeId, E>) -> BrokerError {
-    BrokerError::Unavailable(e.to_string())
+pub fn raft_error<E: std::fmt::Display>(e: RaftError<NodeId, E>) -> Error {
+    ErrorCode::Unavailable.err(e.to_string())
 }

@@ -14,7 +14,7 @@ use openraft::Raft;
 use raftmq_common::shutdown::Stopping;
 use raftmq_store::{disk, Retention, TypeConfig};
 
-use crate::error::BrokerError;
+use raftmq_common::{Error, ErrorCode};
 
 /// How stale a disk reading may be when a send asks.
 const RECHECK: Duration = Duration::from_millis(100);
@@ -40,7 +40,7 @@ impl DiskGuard {
     }
 
     /// `DISK_FULL` when the disk is at or above the limit.
-    pub fn check(&self) -> Result<(), BrokerError> {
+    pub fn check(&self) -> Result<(), Error> {
         let stale = {
             let mut checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
             let stale = checked.is_none_or(|t| t.elapsed() >= RECHECK);
@@ -68,7 +68,7 @@ impl DiskGuard {
             }
         }
         if self.full.load(Ordering::Relaxed) {
-            return Err(BrokerError::DiskFull(format!(
+            return Err(ErrorCode::DiskFull.err(format!(
                 "the disk holding {} is at or above {}% use; nothing was stored",
                 self.dir.display(),
                 self.full_percent

@@ -19,23 +19,29 @@ use raftmq_store::types::{MessageIn, PopLease};
 use raftmq_store::{body_crc, StoredMessage};
 use tonic::transport::Channel;
 
-use crate::error::BrokerError;
 use crate::ops;
+use crate::ops::delay;
 use crate::ops::pop::{PROP_DLQ_ORIGIN_MESSAGE_ID, PROP_DLQ_ORIGIN_TOPIC};
 use crate::ops::pull::TagFilter;
 use crate::ops::send::MAX_PROPERTIES_SIZE;
 use crate::state::BrokerState;
+use raftmq_common::{Error, ErrorCode};
 
 /// Property holding the producer's message id (RocketMQ's name for it).
 pub const PROP_MESSAGE_ID: &str = "UNIQ_KEY";
 /// Property holding the producer's host.
 pub const PROP_BORN_HOST: &str = "__BORNHOST";
-/// Properties raftmq sets itself: a user property may not use these names.
-const RESERVED: [&str; 4] = [
+/// Properties raftmq sets itself: a user property may not use these names (a delay is asked for
+/// with the DELAY type and a delivery timestamp).
+const RESERVED: [&str; 8] = [
     PROP_MESSAGE_ID,
     PROP_BORN_HOST,
     PROP_DLQ_ORIGIN_TOPIC,
     PROP_DLQ_ORIGIN_MESSAGE_ID,
+    delay::PROP_DELIVER_MS,
+    delay::PROP_DELAY_MS,
+    delay::PROP_DELAY_SEC,
+    delay::PROP_DELAY_LEVEL,
 ];
 /// How long a write waits for the group to have a master before it answers HA_NOT_AVAILABLE.
 const MASTER_WAIT: Duration = Duration::from_secs(3);
@@ -53,12 +59,8 @@ fn resource_name(namespace: &str, resource: Option<&v2::Resource>) -> String {
     full_name(namespace, resource.map(|r| r.name.as_str()).unwrap_or_default())
 }
 
-fn fail(e: BrokerError) -> Fail {
-    match e {
-        // RocketMQ has a code of its own for a receipt handle that is no longer current.
-        BrokerError::StaleHandle(m) => Fail::new(Code::InvalidReceiptHandle, m),
-        e => Fail::from_raftmq(e.code(), &e.to_string()),
-    }
+fn fail(e: Error) -> Fail {
+    Fail::from(&e)
 }
 
 impl RocketMqBroker {
@@ -146,23 +148,48 @@ impl RocketMqBroker {
     /// Converts a protocol message into what the store keeps.
     fn message_in(&self, m: v2::Message) -> Result<MessageIn, Fail> {
         let sys = m.system_properties.unwrap_or_default();
-        match v2::MessageType::try_from(sys.message_type).unwrap_or(v2::MessageType::Unspecified) {
-            v2::MessageType::Normal | v2::MessageType::Unspecified => {}
+        let delayed = match v2::MessageType::try_from(sys.message_type).unwrap_or(v2::MessageType::Unspecified) {
+            v2::MessageType::Normal | v2::MessageType::Unspecified => false,
+            v2::MessageType::Delay => true,
             other => {
                 return Err(Fail::new(
                     Code::Unsupported,
                     format!(
-                        "{} messages are not served by raftmq; send NORMAL ones",
+                        "{} messages are not served by raftmq; send NORMAL or DELAY ones",
                         other.as_str_name()
                     ),
                 ))
             }
-        }
-        if sys.message_group.is_some() || sys.delivery_timestamp.is_some() {
+        };
+        // RocketMQ's type rules: a DELAY message has a delivery time and no message group; a
+        // NORMAL one has neither.
+        if delayed != sys.delivery_timestamp.is_some() {
             return Err(Fail::new(
-                Code::Unsupported,
-                "message groups (FIFO) and delivery timestamps (delay) are not served by raftmq",
+                Code::MessagePropertyConflictWithType,
+                "a DELAY message needs a delivery timestamp, and only a DELAY message may have one",
             ));
+        }
+        if sys.message_group.is_some() {
+            let code = if delayed {
+                Code::MessagePropertyConflictWithType
+            } else {
+                Code::Unsupported
+            };
+            return Err(Fail::new(code, "message groups (FIFO) are not served by raftmq"));
+        }
+        let due_ms = sys.delivery_timestamp.as_ref().map(delivery_ms);
+        if let Some(due) = due_ms {
+            let ahead = due - raftmq_common::time::now_ms();
+            if ahead > raftmq_store::timers::MAX_DELAY_MS {
+                return Err(Fail::new(
+                    Code::IllegalDeliveryTime,
+                    format!(
+                        "the delivery time is {} s ahead; the limit is {} days",
+                        ahead / 1000,
+                        raftmq_store::timers::MAX_DELAY_MS / 86_400_000
+                    ),
+                ));
+            }
         }
         if sys.message_id.is_empty() || sys.message_id.len() > 128 {
             return Err(Fail::new(
@@ -205,6 +232,9 @@ impl RocketMqBroker {
             properties.push((k, v));
         }
         properties.push((PROP_MESSAGE_ID.to_owned(), sys.message_id));
+        if let Some(due) = due_ms {
+            properties.push((delay::PROP_DELIVER_MS.to_owned(), due.to_string()));
+        }
         if !sys.born_host.is_empty() {
             properties.push((PROP_BORN_HOST.to_owned(), sys.born_host));
         }
@@ -242,11 +272,13 @@ impl RocketMqBroker {
     ) -> v2::Message {
         let mut message_id = m.msg_id.clone();
         let mut born_host = String::new();
+        let mut due_ms = None;
         let mut user = std::collections::HashMap::new();
         for (k, v) in m.properties {
             match k.as_str() {
                 PROP_MESSAGE_ID => message_id = v,
                 PROP_BORN_HOST => born_host = v,
+                delay::PROP_DELIVER_MS => due_ms = v.parse::<i64>().ok(),
                 _ => {
                     user.insert(k, v);
                 }
@@ -269,7 +301,12 @@ impl RocketMqBroker {
                     checksum,
                 }),
                 body_encoding: v2::Encoding::Identity as i32,
-                message_type: v2::MessageType::Normal as i32,
+                message_type: if due_ms.is_some() {
+                    v2::MessageType::Delay
+                } else {
+                    v2::MessageType::Normal
+                } as i32,
+                delivery_timestamp: due_ms.map(raftmq_rocketmq::timestamp_ms),
                 born_timestamp: Some(raftmq_rocketmq::timestamp_ms(m.born_timestamp_ms)),
                 born_host,
                 store_timestamp: Some(raftmq_rocketmq::timestamp_ms(m.store_timestamp_ms)),
@@ -283,6 +320,17 @@ impl RocketMqBroker {
             }),
             body: m.body,
         }
+    }
+}
+
+/// A delivery timestamp in ms. The official Python client 5.1.2 writes milliseconds into
+/// `seconds`; a `seconds` past year 5000 is read as that.
+fn delivery_ms(t: &prost_types::Timestamp) -> i64 {
+    const YEAR_5000_S: i64 = 95_617_584_000;
+    if t.seconds > YEAR_5000_S {
+        t.seconds
+    } else {
+        raftmq_rocketmq::timestamp_to_ms(t)
     }
 }
 
@@ -316,12 +364,7 @@ impl Backend for RocketMqBroker {
             req.set_timeout(ROUTE_TIMEOUT);
             match client.get_route(req).await {
                 Ok(route) => return Ok(route.into_inner()),
-                Err(e)
-                    if raftmq_common::RemoteError::from_status(&e).code
-                        == Some(raftmq_common::ErrorCode::TopicNotFound) =>
-                {
-                    not_found = true
-                }
+                Err(e) if Error::from_status(&e).code == ErrorCode::TopicNotFound => not_found = true,
                 Err(e) => tracing::debug!("route query to a NameServer failed: {e}"),
             }
         }
@@ -398,8 +441,11 @@ impl Backend for RocketMqBroker {
                 status: Some(raftmq_rocketmq::status::ok()),
                 message_id,
                 transaction_id: String::new(),
-                offset: (sent.first_offset + i as u64) as i64,
-                recall_handle: String::new(),
+                offset: match sent.scheduled.get(i) {
+                    Some(_) => 0,
+                    None => (sent.first_offset + i as u64) as i64,
+                },
+                recall_handle: sent.scheduled.get(i).map(|(h, _)| h.clone()).unwrap_or_default(),
             })
             .collect())
     }
@@ -495,6 +541,14 @@ impl Backend for RocketMqBroker {
                 status,
             })
             .collect())
+    }
+
+    fn own_group(&self) -> Option<&str> {
+        Some(self.group())
+    }
+
+    async fn recall(&self, _namespace: &str, req: &v2::RecallMessageRequest) -> Result<String, Fail> {
+        ops::delay::recall(&self.state, &req.recall_handle).await.map_err(fail)
     }
 
     async fn change_invisible(

@@ -15,11 +15,11 @@ use raftmq_store::types::{MessageIn, OffsetUpdate, TopicConfig};
 use tonic::{Request, Response, Status};
 
 use crate::convert::{self, to_proto, topic_to_proto};
-use crate::error::BrokerError;
 use crate::ops;
 use crate::ops::offsets::ResetTo;
 use crate::ops::pull::PullStatus;
 use crate::state::BrokerState;
+use raftmq_common::{Error, ErrorCode};
 
 /// The gRPC service.
 #[derive(Clone)]
@@ -42,11 +42,12 @@ impl Broker for BrokerService {
         let mut messages = Vec::with_capacity(req.messages.len());
         for (i, m) in req.messages.into_iter().enumerate() {
             if !m.topic.is_empty() && m.topic != req.topic {
-                return Err(BrokerError::InvalidArgument(format!(
-                    "field `messages[{i}].topic`: {:?} differs from the batch's topic {:?}",
-                    m.topic, req.topic
-                ))
-                .into());
+                return Err(ErrorCode::InvalidArgument
+                    .err(format!(
+                        "field `messages[{i}].topic`: {:?} differs from the batch's topic {:?}",
+                        m.topic, req.topic
+                    ))
+                    .into());
             }
             let mut properties: Vec<(String, String)> = m.properties.into_iter().collect();
             properties.sort();
@@ -69,16 +70,33 @@ impl Broker for BrokerService {
             .msg_ids
             .into_iter()
             .enumerate()
-            .map(|(i, msg_id)| pb::SendResult {
-                msg_id,
-                queue_id: sent.queue_id,
-                queue_offset: sent.first_offset + i as u64,
+            .map(|(i, msg_id)| match sent.scheduled.get(i) {
+                Some((handle, due)) => pb::SendResult {
+                    msg_id,
+                    queue_id: sent.queue_id,
+                    queue_offset: 0,
+                    recall_handle: handle.clone(),
+                    deliver_at_ms: *due,
+                },
+                None => pb::SendResult {
+                    msg_id,
+                    queue_id: sent.queue_id,
+                    queue_offset: sent.first_offset + i as u64,
+                    recall_handle: String::new(),
+                    deliver_at_ms: 0,
+                },
             })
             .collect();
         Ok(Response::new(pb::SendReply {
             group: self.state.config.group.clone(),
             results,
         }))
+    }
+
+    async fn recall(&self, request: Request<pb::RecallRequest>) -> Reply<pb::RecallReply> {
+        let req = request.into_inner();
+        ops::delay::recall(&self.state, &req.recall_handle).await?;
+        Ok(Response::new(pb::RecallReply {}))
     }
 
     async fn pull(&self, request: Request<pb::PullRequest>) -> Reply<pb::PullReply> {
@@ -167,10 +185,9 @@ impl Broker for BrokerService {
             Some(Target::ToEarliest(_)) => ResetTo::Earliest,
             Some(Target::ToLatest(_)) => ResetTo::Latest,
             None => {
-                return Err(BrokerError::InvalidArgument(
-                    "field `target`: say a timestamp, an offset, earliest or latest".into(),
-                )
-                .into())
+                return Err(ErrorCode::InvalidArgument
+                    .err("field `target`: say a timestamp, an offset, earliest or latest")
+                    .into())
             }
         };
         let offsets = ops::offsets::reset(&self.state, req.consumer_group, &req.topic, to)
@@ -190,9 +207,11 @@ impl Broker for BrokerService {
         request: Request<pb::ConsumerHeartbeatRequest>,
     ) -> Reply<pb::ConsumerHeartbeatReply> {
         let req = request.into_inner();
-        validate::name("consumer_group", &req.consumer_group).map_err(BrokerError::from)?;
+        validate::name("consumer_group", &req.consumer_group).map_err(Error::from)?;
         if req.client_id.is_empty() || req.client_id.len() > 255 {
-            return Err(BrokerError::InvalidArgument("field `client_id`: must be 1 to 255 bytes".into()).into());
+            return Err(ErrorCode::InvalidArgument
+                .err("field `client_id`: must be 1 to 255 bytes")
+                .into());
         }
         self.state
             .consumers
@@ -202,7 +221,7 @@ impl Broker for BrokerService {
 
     async fn get_consumers(&self, request: Request<pb::GetConsumersRequest>) -> Reply<pb::GetConsumersReply> {
         let req = request.into_inner();
-        validate::name("consumer_group", &req.consumer_group).map_err(BrokerError::from)?;
+        validate::name("consumer_group", &req.consumer_group).map_err(Error::from)?;
         Ok(Response::new(pb::GetConsumersReply {
             client_ids: self.state.consumers.members(&req.consumer_group, Instant::now()),
         }))
@@ -221,7 +240,7 @@ impl Broker for BrokerService {
         let t = request
             .into_inner()
             .topic
-            .ok_or_else(|| BrokerError::InvalidArgument("field `topic`: missing".into()))?;
+            .ok_or_else(|| ErrorCode::InvalidArgument.err("field `topic`: missing"))?;
         let config = TopicConfig {
             name: t.name,
             write_queues: t.write_queues,
@@ -245,7 +264,9 @@ impl Broker for BrokerService {
     async fn inject_fault(&self, request: Request<pb::InjectFaultRequest>) -> Reply<pb::InjectFaultReply> {
         let s = &self.state;
         if !s.config.fault_injection {
-            return Err(BrokerError::NoPermission("fault injection is off (fault-injection = false)".into()).into());
+            return Err(ErrorCode::NoPermission
+                .err("fault injection is off (fault-injection = false)")
+                .into());
         }
         let cut = request.into_inner().cut_from;
         s.faults.heal_all();
@@ -282,6 +303,7 @@ impl Broker for BrokerService {
             commit_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
             applied_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
             queues,
+            pending_delayed: s.reader.pending_timers(),
         }))
     }
 }

@@ -12,8 +12,8 @@ use tokio::sync::watch;
 
 use crate::config::BrokerConfig;
 use crate::consumers::Consumers;
-use crate::error::BrokerError;
 use crate::proposer::Proposer;
+use raftmq_common::{Error, ErrorCode};
 
 /// State every handler needs.
 pub struct BrokerState {
@@ -62,29 +62,32 @@ impl BrokerState {
         self.handing_over.load(std::sync::atomic::Ordering::Acquire) || self.contact.quorum_lost()
     }
 
-    pub(crate) fn require_master(&self) -> Result<(), BrokerError> {
+    pub(crate) fn require_master(&self) -> Result<(), Error> {
         if self.is_master() {
             Ok(())
         } else {
-            Err(BrokerError::NotMaster {
+            Err(Error::not_master(
                 // While handing over, the next master is not known yet: the client backs off
                 // briefly and asks the NameServers, instead of bouncing between the two.
-                leader: self.leader_client_addr().filter(|_| !self.stepping_down()),
-            })
+                self.leader_client_addr().filter(|_| !self.stepping_down()),
+            ))
         }
     }
 
     /// Proposes a command and maps a refusal by the state machine to its error.
-    pub(crate) async fn commit(&self, command: Command, bytes: usize) -> Result<(u64, CommandResult), BrokerError> {
+    pub(crate) async fn commit(&self, command: Command, bytes: usize) -> Result<(u64, CommandResult), Error> {
         let (index, result) = self.proposer.submit(command, bytes).await?;
         match result {
             CommandResult::Rejected(why, message) => Err(match why {
-                Rejection::TopicNotFound => BrokerError::TopicNotFound(message),
-                Rejection::QueueNotFound => BrokerError::QueueNotFound(message),
-                Rejection::NoPermission => BrokerError::NoPermission(message),
-                Rejection::InvalidArgument => BrokerError::InvalidArgument(message),
-                Rejection::StaleLease => BrokerError::StaleHandle(message),
-            }),
+                Rejection::TopicNotFound => ErrorCode::TopicNotFound,
+                Rejection::QueueNotFound => ErrorCode::QueueNotFound,
+                Rejection::NoPermission => ErrorCode::NoPermission,
+                Rejection::InvalidArgument => ErrorCode::InvalidArgument,
+                Rejection::StaleLease => ErrorCode::StaleHandle,
+                Rejection::AlreadyDelivered => ErrorCode::AlreadyDelivered,
+                Rejection::MessageNotFound => ErrorCode::MessageNotFound,
+            }
+            .err(message)),
             ok => Ok((index, ok)),
         }
     }

@@ -110,14 +110,7 @@ async fn setup() -> (Group, u64, u64) {
     let master = group.wait_for_master(Duration::from_secs(10)).await;
     let slave = group.ids().into_iter().find(|id| *id != master).expect("a slave");
     for name in ["T", "ns%T"] {
-        group
-            .client(master)
-            .await
-            .upsert_topic(pb::UpsertTopicRequest {
-                topic: Some(topic(name, 2)),
-            })
-            .await
-            .expect("topic");
+        group.create_topic(master, name, 2).await;
     }
     (group, master, slave)
 }
@@ -341,7 +334,10 @@ async fn namespaces_routes_and_the_settings_handshake() {
             "the topic is echoed with its namespace"
         );
         assert_eq!(q.permission, v2::Permission::ReadWrite as i32);
-        assert_eq!(q.accept_message_types, vec![v2::MessageType::Normal as i32]);
+        assert_eq!(
+            q.accept_message_types,
+            vec![v2::MessageType::Normal as i32, v2::MessageType::Delay as i32]
+        );
         let broker = q.broker.as_ref().unwrap();
         assert_eq!((broker.name.as_str(), broker.id), ("broker-a", 0));
         let e = broker.endpoints.as_ref().unwrap();
@@ -469,4 +465,107 @@ async fn deliveries_survive_a_restart_of_every_node_and_dead_letter_after_max_at
         Some("T")
     );
     group.shutdown().await;
+}
+
+fn delay_message(topic: &str, id: &str, due_ms: Option<i64>) -> v2::Message {
+    let mut m = message(topic, id, b"later");
+    let sys = m.system_properties.as_mut().unwrap();
+    sys.message_type = v2::MessageType::Delay as i32;
+    sys.delivery_timestamp = due_ms.map(|ms| prost_types::Timestamp {
+        seconds: ms / 1000,
+        nanos: (ms % 1000) as i32 * 1_000_000,
+    });
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delay_messages_follow_rocketmqs_type_rules_and_can_be_recalled_from_any_node() {
+    let (group, master, slave) = setup().await;
+    let mut c = v2_client(&group.addr(master)).await;
+    let now = raftmq_common::time::now_ms();
+
+    // Type rules: DELAY needs a timestamp; NORMAL may not carry one; FIFO and DELAY do not mix;
+    // no more than 30 days ahead.
+    let mut normal_with_time = delay_message("T", "n1", Some(now + 5_000));
+    normal_with_time.system_properties.as_mut().unwrap().message_type = v2::MessageType::Normal as i32;
+    let mut fifo_delay = delay_message("T", "f1", Some(now + 5_000));
+    fifo_delay.system_properties.as_mut().unwrap().message_group = Some("g".into());
+    for (what, m, want) in [
+        (
+            "DELAY without a time",
+            delay_message("T", "d0", None),
+            Code::MessagePropertyConflictWithType,
+        ),
+        (
+            "NORMAL with a time",
+            normal_with_time,
+            Code::MessagePropertyConflictWithType,
+        ),
+        (
+            "DELAY in a message group",
+            fifo_delay,
+            Code::MessagePropertyConflictWithType,
+        ),
+        (
+            "31 days ahead",
+            delay_message("T", "d31", Some(now + 31 * 86_400_000)),
+            Code::IllegalDeliveryTime,
+        ),
+    ] {
+        let r = send(&mut c, m).await;
+        assert_eq!(code(&r.status), want, "{what}: {:?}", r.status);
+    }
+    for q in 0..2 {
+        assert_eq!(
+            queue_offsets(&mut group.client(master).await, "T", q).await.max_offset,
+            0
+        );
+    }
+
+    // Two delayed messages; one recalled through a slave (forwarded to the master).
+    let due = now + 1_500;
+    let kept = send(&mut c, delay_message("T", "kept", Some(due))).await;
+    let gone = send(&mut c, delay_message("T", "gone", Some(due))).await;
+    assert_eq!(code(&kept.status), Code::Ok, "{:?}", kept.status);
+    let handle = gone.entries[0].recall_handle.clone();
+    assert!(!handle.is_empty(), "a DELAY send returns a recall handle");
+    let mut via_slave = v2_client(&group.addr(slave)).await;
+    let recall = |handle: String| v2::RecallMessageRequest {
+        topic: resource("T"),
+        recall_handle: handle,
+    };
+    let r = via_slave
+        .recall_message(recall(handle.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r.status), Code::Ok, "{:?}", r.status);
+    let r = via_slave.recall_message(recall(handle)).await.unwrap().into_inner();
+    assert_eq!(
+        code(&r.status),
+        Code::MessageNotFound,
+        "a second recall: {:?}",
+        r.status
+    );
+    let r = c.recall_message(recall("garbage".into())).await.unwrap().into_inner();
+    assert_eq!(code(&r.status), Code::BadRequest, "{:?}", r.status);
+
+    // The kept one arrives at its time, as a DELAY message that says when it was due.
+    let got = wait_until("the kept message delivered", Duration::from_secs(10), || {
+        let mut c = c.clone();
+        async move {
+            let (_, messages, _) = receive(&mut c, receive_request("G", "T", Duration::from_secs(30))).await;
+            (!messages.is_empty()).then_some(messages)
+        }
+    })
+    .await;
+    assert!(raftmq_common::time::now_ms() >= due);
+    assert_eq!(got.len(), 1, "the recalled message is not delivered");
+    let sys = got[0].system_properties.as_ref().unwrap();
+    assert_eq!(sys.message_id, "kept");
+    assert_eq!(sys.message_type, v2::MessageType::Delay as i32);
+    assert_eq!(
+        sys.delivery_timestamp.as_ref().map(raftmq_rocketmq::timestamp_to_ms),
+        Some(due)
+    );
 }

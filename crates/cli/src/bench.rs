@@ -14,7 +14,7 @@ use anyhow::bail;
 use clap::{Args, Subcommand};
 use futures::stream::{FuturesUnordered, StreamExt};
 use raftmq_client::{
-    Client, ClientError, ConsumeFrom, ConsumeResult, Message, MessageQueue, Producer, PullConsumer, PushConsumer,
+    Client, ConsumeFrom, ConsumeResult, Error, Message, MessageQueue, Producer, PullConsumer, PushConsumer,
     ReadPreference, ReceivedMessage,
 };
 use serde_json::json;
@@ -144,7 +144,7 @@ impl Progress {
         })
     }
 
-    fn error(&self, e: &ClientError) {
+    fn error(&self, e: &Error) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         *self.by_code.lock().unwrap().entry(error_key(e)).or_default() += 1;
     }
@@ -207,10 +207,8 @@ fn report(kind: &str, progress: &Progress, elapsed: Duration, size: usize, extra
     }
 }
 
-fn error_key(e: &ClientError) -> String {
-    e.code()
-        .map(|c| c.as_str().to_owned())
-        .unwrap_or_else(|| "OTHER".into())
+fn error_key(e: &Error) -> String {
+    e.code.as_str().to_owned()
 }
 
 pub async fn run(client: Client, command: BenchCommand, as_json: bool) -> anyhow::Result<()> {

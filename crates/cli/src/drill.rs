@@ -201,7 +201,7 @@ async fn drill_round(
                         offset: r.queue_offset,
                         body,
                     }),
-                    Err(e) if e.code() == Some(raftmq_common::ErrorCode::Timeout) => *unknown.lock().unwrap() += 1,
+                    Err(e) if e.code == raftmq_common::ErrorCode::Timeout => *unknown.lock().unwrap() += 1,
                     Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
                 }
             }

@@ -5,11 +5,11 @@
 mod admin;
 mod bench;
 mod chaos;
-mod chaos_disk;
 mod drill;
 mod messaging;
 mod ops;
 mod table;
+mod when;
 
 use std::time::Duration;
 

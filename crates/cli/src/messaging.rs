@@ -35,6 +35,13 @@ pub(crate) struct SendArgs {
     /// Send the body this many times.
     #[arg(long, default_value_t = 1)]
     pub(crate) count: u32,
+    /// Deliver the message this long after it is stored: 1500ms, 30s, 10m, 2h, 7d.
+    #[arg(long, value_parser = crate::when::parse_duration, conflicts_with = "deliver_at")]
+    pub(crate) delay: Option<std::time::Duration>,
+    /// Deliver the message at this time: RFC 3339 (2026-12-24T18:00:00Z, 2026-12-24T19:00:00+01:00)
+    /// or ms since the Unix epoch.
+    #[arg(long, value_parser = crate::when::parse_time_ms)]
+    pub(crate) deliver_at: Option<i64>,
 }
 
 pub(crate) fn parse_property(s: &str) -> Result<(String, String), String> {
@@ -140,13 +147,35 @@ pub(crate) async fn send(client: &Client, args: SendArgs, as_json: bool) -> anyh
     for (k, v) in &args.properties {
         message = message.with_property(k, v);
     }
+    if let Some(delay) = args.delay {
+        message = message.with_delay(delay);
+    }
+    if let Some(at) = args.deliver_at {
+        message = message.with_deliver_at(at);
+    }
     let producer = Producer::new(client.clone());
     for _ in 0..args.count {
         let result = match &args.sharding_key {
             Some(key) => producer.send_ordered(message.clone(), key).await?,
             None => producer.send(message.clone()).await?,
         };
-        if as_json {
+        if let Some(d) = &result.delayed {
+            if as_json {
+                println!(
+                    "{}",
+                    json!({"msg_id": result.msg_id, "group": result.group, "queue_id": result.queue_id, "deliver_at_ms": d.deliver_at_ms, "recall_handle": d.recall_handle})
+                );
+            } else {
+                println!(
+                    "scheduled {} for {}/{} at {} (recall handle {})",
+                    result.msg_id,
+                    result.group,
+                    result.queue_id,
+                    crate::when::format_time_ms(d.deliver_at_ms),
+                    d.recall_handle
+                );
+            }
+        } else if as_json {
             println!(
                 "{}",
                 json!({"msg_id": result.msg_id, "group": result.group, "queue_id": result.queue_id, "queue_offset": result.queue_offset})

@@ -8,7 +8,9 @@ use raftmq_proto::broker_client::BrokerClient;
 use tonic::transport::Channel;
 
 use crate::consumer::{PullConsumer, ReadPreference};
-use crate::error::{classify, ClientError, Retry};
+use raftmq_common::{Error, ErrorCode};
+
+use crate::error::{classify, Retry};
 use crate::message::ReceivedMessage;
 use crate::route::{MessageQueue, TopicRoute};
 use crate::Client;
@@ -45,7 +47,7 @@ impl Admin {
     }
 
     /// Runs a write on a master, following `NOT_MASTER` to the master it names.
-    async fn on_master<T, F, Fut>(&self, master: &str, mut call: F) -> Result<T, ClientError>
+    async fn on_master<T, F, Fut>(&self, master: &str, mut call: F) -> Result<T, Error>
     where
         F: FnMut(BrokerClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -72,12 +74,12 @@ impl Admin {
     /// Masters of every live group, or of the named ones: (group, master address).
     /// A group may be between masters for a moment (an election): wait for one up to the
     /// request deadline rather than fail at once.
-    async fn masters(&self, groups: &[String]) -> Result<Vec<(String, String)>, ClientError> {
+    async fn masters(&self, groups: &[String]) -> Result<Vec<(String, String)>, Error> {
         let deadline = tokio::time::Instant::now() + self.client.config().send_timeout;
         loop {
             match self.masters_now(groups).await {
-                Err(ClientError::Unavailable(m)) if tokio::time::Instant::now() < deadline => {
-                    tracing::debug!("waiting for masters: {m}");
+                Err(e) if e.code == ErrorCode::Unavailable && tokio::time::Instant::now() < deadline => {
+                    tracing::debug!("waiting for masters: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 other => return other,
@@ -85,31 +87,24 @@ impl Admin {
         }
     }
 
-    async fn masters_now(&self, groups: &[String]) -> Result<Vec<(String, String)>, ClientError> {
+    async fn masters_now(&self, groups: &[String]) -> Result<Vec<(String, String)>, Error> {
         let info = self.client.cluster_info().await?;
         let mut out = Vec::new();
         for g in &info.groups {
             if groups.is_empty() || groups.contains(&g.group) {
                 if g.master_addr.is_empty() {
-                    return Err(ClientError::Unavailable(format!(
-                        "group {} has no master right now",
-                        g.group
-                    )));
+                    return Err(ErrorCode::Unavailable.err(format!("group {} has no master right now", g.group)));
                 }
                 out.push((g.group.clone(), g.master_addr.clone()));
             }
         }
         for wanted in groups {
             if !out.iter().any(|(g, _)| g == wanted) {
-                return Err(ClientError::InvalidArgument(format!(
-                    "no live broker group named {wanted:?}"
-                )));
+                return Err(ErrorCode::InvalidArgument.err(format!("no live broker group named {wanted:?}")));
             }
         }
         if out.is_empty() {
-            return Err(ClientError::Unavailable(
-                "no broker group is registered with the NameServers".into(),
-            ));
+            return Err(ErrorCode::Unavailable.err("no broker group is registered with the NameServers"));
         }
         Ok(out)
     }
@@ -122,8 +117,8 @@ impl Admin {
         read_queues: u32,
         permission: pb::Permission,
         groups: &[String],
-    ) -> Result<Vec<String>, ClientError> {
-        raftmq_common::validate::name("topic", topic).map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
+    ) -> Result<Vec<String>, Error> {
+        raftmq_common::validate::name("topic", topic).map_err(|e| ErrorCode::InvalidArgument.err(e.to_string()))?;
         let config = pb::TopicConfig {
             name: topic.to_owned(),
             write_queues,
@@ -147,14 +142,14 @@ impl Admin {
     }
 
     /// Deletes a topic from every group holding it.
-    pub async fn delete_topic(&self, topic: &str) -> Result<Vec<String>, ClientError> {
+    pub async fn delete_topic(&self, topic: &str) -> Result<Vec<String>, Error> {
         let route = self.client.refresh_route(topic).await?;
         let mut done = Vec::new();
         for g in &route.groups {
             let master = g
                 .master
                 .clone()
-                .ok_or_else(|| ClientError::Unavailable(format!("group {} has no master right now", g.group)))?;
+                .ok_or_else(|| ErrorCode::Unavailable.err(format!("group {} has no master right now", g.group)))?;
             let req = pb::DeleteTopicRequest {
                 topic: topic.to_owned(),
             };
@@ -169,25 +164,25 @@ impl Admin {
         Ok(done)
     }
 
-    pub async fn route(&self, topic: &str) -> Result<std::sync::Arc<TopicRoute>, ClientError> {
+    pub async fn route(&self, topic: &str) -> Result<std::sync::Arc<TopicRoute>, Error> {
         self.client.refresh_route(topic).await
     }
 
-    pub async fn cluster(&self) -> Result<pb::ClusterInfo, ClientError> {
+    pub async fn cluster(&self) -> Result<pb::ClusterInfo, Error> {
         self.client.cluster_info().await
     }
 
     /// One broker group as the NameServers report it; `None` when they do not know it.
-    pub async fn group(&self, group: &str) -> Result<Option<pb::GroupInfo>, ClientError> {
+    pub async fn group(&self, group: &str) -> Result<Option<pb::GroupInfo>, Error> {
         Ok(self.cluster().await?.groups.into_iter().find(|g| g.group == group))
     }
 
-    pub async fn topics(&self) -> Result<Vec<String>, ClientError> {
+    pub async fn topics(&self) -> Result<Vec<String>, Error> {
         self.client.topics().await
     }
 
     /// Per queue: stored, committed, lag.
-    pub async fn group_progress(&self, consumer_group: &str, topic: &str) -> Result<Vec<QueueProgress>, ClientError> {
+    pub async fn group_progress(&self, consumer_group: &str, topic: &str) -> Result<Vec<QueueProgress>, Error> {
         let reader = PullConsumer::new(self.client.clone(), ReadPreference::Master);
         let route = self.client.refresh_route(topic).await?;
         let mut out = Vec::new();
@@ -218,18 +213,18 @@ impl Admin {
         queue: &MessageQueue,
         offset: u64,
         preference: ReadPreference,
-    ) -> Result<ReceivedMessage, ClientError> {
+    ) -> Result<ReceivedMessage, Error> {
         let route = self.client.route(topic).await?;
         let g = route
             .group(&queue.group)
-            .ok_or_else(|| ClientError::QueueNotFound(format!("group {} holds no queue of {topic}", queue.group)))?;
+            .ok_or_else(|| ErrorCode::QueueNotFound.err(format!("group {} holds no queue of {topic}", queue.group)))?;
         let mut nodes: Vec<String> = match preference {
             ReadPreference::Master => g.master.iter().chain(g.slaves.iter()).cloned().collect(),
             ReadPreference::PreferSlave => g.slaves.iter().chain(g.master.iter()).cloned().collect(),
             ReadPreference::SlaveOnly => g.slaves.clone(),
         };
         nodes.dedup();
-        let mut last = ClientError::Unavailable(format!("no node of {} answered", queue.group));
+        let mut last = ErrorCode::Unavailable.err(format!("no node of {} answered", queue.group));
         for addr in nodes {
             let mut b = self.client.broker(&addr)?;
             let req = pb::GetMessageRequest {
@@ -251,13 +246,48 @@ impl Admin {
         Err(last)
     }
 
+    /// Cancels a delayed message of `topic` that is not due yet, by the recall handle its send
+    /// returned. `ALREADY_DELIVERED` when it was delivered already, `MESSAGE_NOT_FOUND` when the
+    /// handle names nothing pending (recalled already).
+    pub async fn recall(&self, topic: &str, recall_handle: &str) -> Result<(), Error> {
+        let group = recall_handle
+            .split_once('@')
+            .map(|(g, _)| g)
+            .ok_or_else(|| ErrorCode::InvalidArgument.err(format!("{recall_handle:?} is not a recall handle")))?;
+        let route = self.client.route(topic).await?;
+        let g = route
+            .groups
+            .iter()
+            .find(|g| g.group == group)
+            .ok_or_else(|| ErrorCode::InvalidArgument.err(format!("no group {group} holds topic {topic}")))?;
+        // A slave answers NOT_MASTER naming the master, when there is none in the route yet.
+        let node = g
+            .master
+            .iter()
+            .chain(g.slaves.iter())
+            .next()
+            .cloned()
+            .ok_or_else(|| ErrorCode::Unavailable.err(format!("group {group} has no live node")))?;
+        let req = pb::RecallRequest {
+            topic: topic.to_owned(),
+            recall_handle: recall_handle.to_owned(),
+        };
+        let client = self.client.clone();
+        self.on_master(&node, |mut b| {
+            let r = client.request(req.clone(), client.config().request_timeout);
+            async move { b.recall(r).await }
+        })
+        .await?;
+        Ok(())
+    }
+
     /// Moves a consumer group's offsets in a topic, in every group holding it.
     pub async fn reset_offsets(
         &self,
         consumer_group: &str,
         topic: &str,
         to: ResetTo,
-    ) -> Result<Vec<(MessageQueue, u64)>, ClientError> {
+    ) -> Result<Vec<(MessageQueue, u64)>, Error> {
         use pb::reset_offsets_request::Target;
         let target = match to {
             ResetTo::Earliest => Target::ToEarliest(true),
@@ -271,7 +301,7 @@ impl Admin {
             let master = g
                 .master
                 .clone()
-                .ok_or_else(|| ClientError::Unavailable(format!("group {} has no master right now", g.group)))?;
+                .ok_or_else(|| ErrorCode::Unavailable.err(format!("group {} has no master right now", g.group)))?;
             let req = pb::ResetOffsetsRequest {
                 consumer_group: consumer_group.to_owned(),
                 topic: topic.to_owned(),

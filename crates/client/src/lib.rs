@@ -6,7 +6,7 @@
 //! average queue allocation).
 //!
 //! Guarantees: a send reported `Ok` is committed on a majority of its group. A send that timed
-//! out is reported as [`ClientError::Timeout`] — unknown, never "failed". Consumers deliver at
+//! out is reported as [`Error::Timeout`] — unknown, never "failed". Consumers deliver at
 //! least once: after a crash or failover a consumer may see messages again from its last
 //! committed offset, never skip one.
 
@@ -31,9 +31,9 @@ pub use consumer::{
     ConsumeFrom, ConsumeResult, MessageModel, PullConsumer, PullResult, PushConsumer, PushConsumerBuilder,
     ReadPreference,
 };
-pub use error::ClientError;
-pub use message::{Message, ReceivedMessage, SendResult};
+pub use message::{Delayed, Message, ReceivedMessage, SendResult};
 pub use producer::Producer;
+pub use raftmq_common::{Error, ErrorCode};
 pub use route::{GroupRoute, MessageQueue, TopicRoute};
 
 /// Client settings.
@@ -88,7 +88,7 @@ pub struct Client {
 
 impl Client {
     /// Creates a client. No connection is made until the first call. Needs a Tokio runtime.
-    pub fn new(config: ClientConfig) -> Result<Client, ClientError> {
+    pub fn new(config: ClientConfig) -> Result<Client, Error> {
         let routes = route::Routes::new(&config.namesrv, config.request_timeout)?;
         let (stop, stopped) = Shutdown::new();
         let inner = Arc::new(Inner {
@@ -109,13 +109,13 @@ impl Client {
     }
 
     /// The topic's route, from the cache when present.
-    pub async fn route(&self, topic: &str) -> Result<Arc<TopicRoute>, ClientError> {
-        raftmq_common::validate::name("topic", topic).map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
+    pub async fn route(&self, topic: &str) -> Result<Arc<TopicRoute>, Error> {
+        raftmq_common::validate::name("topic", topic).map_err(|e| ErrorCode::InvalidArgument.err(e.to_string()))?;
         self.inner.routes.get(topic).await
     }
 
     /// Fetches the topic's route now.
-    pub async fn refresh_route(&self, topic: &str) -> Result<Arc<TopicRoute>, ClientError> {
+    pub async fn refresh_route(&self, topic: &str) -> Result<Arc<TopicRoute>, Error> {
         self.inner.routes.refresh(topic).await
     }
 
@@ -130,7 +130,7 @@ impl Client {
     }
 
     /// A gRPC client for one broker node.
-    pub fn broker(&self, addr: &str) -> Result<BrokerClient<Channel>, ClientError> {
+    pub fn broker(&self, addr: &str) -> Result<BrokerClient<Channel>, Error> {
         let mut pool = self.inner.pool.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = pool.get(addr) {
             return Ok(c.clone());
@@ -144,7 +144,7 @@ impl Client {
     }
 
     /// Asks the NameServers (in turn) for the cluster.
-    pub async fn cluster_info(&self) -> Result<pb::ClusterInfo, ClientError> {
+    pub async fn cluster_info(&self) -> Result<pb::ClusterInfo, Error> {
         self.inner
             .routes
             .ask(|mut c| async move { c.get_cluster_info(pb::GetClusterInfoRequest {}).await })
@@ -152,7 +152,7 @@ impl Client {
     }
 
     /// Every topic some live group holds.
-    pub async fn topics(&self) -> Result<Vec<String>, ClientError> {
+    pub async fn topics(&self) -> Result<Vec<String>, Error> {
         Ok(self
             .inner
             .routes

@@ -40,6 +40,30 @@ impl Message {
         self
     }
 
+    /// Delivers the message `delay` after the broker stores it (100 ms precision; up to 30 days).
+    pub fn with_delay(self, delay: std::time::Duration) -> Message {
+        self.with_property(PROP_DELAY_MS, delay.as_millis().to_string())
+    }
+
+    /// Delivers the message at `deliver_at_ms` (ms since the Unix epoch); a time past means now.
+    pub fn with_deliver_at(self, deliver_at_ms: i64) -> Message {
+        self.with_property(PROP_DELIVER_MS, deliver_at_ms.to_string())
+    }
+
+    /// Delivers the message after RocketMQ's delay level `level`, 1 to 18 (`1s 5s 10s 30s 1m 2m
+    /// 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h`); 0 is no delay.
+    pub fn with_delay_level(self, level: u32) -> Message {
+        self.with_property(PROP_DELAY_LEVEL, level.to_string())
+    }
+
+    /// Whether the message asks to be delivered later.
+    pub fn is_delayed(&self) -> bool {
+        [PROP_DELIVER_MS, PROP_DELAY_MS, PROP_DELAY_SEC]
+            .iter()
+            .any(|p| self.properties.contains_key(*p))
+            || self.properties.get(PROP_DELAY_LEVEL).is_some_and(|l| l != "0")
+    }
+
     /// The message as a send request carries it; the request names the topic once, for all.
     pub(crate) fn to_proto(&self, born_timestamp_ms: i64) -> pb::Message {
         pb::Message {
@@ -53,13 +77,34 @@ impl Message {
     }
 }
 
+/// The property holding a delayed message's delivery time, ms since the epoch; a delivered
+/// delayed message carries it, so a consumer sees when it was due.
+pub const PROP_DELIVER_MS: &str = "TIMER_DELIVER_MS";
+/// A delay in ms from the send.
+pub const PROP_DELAY_MS: &str = "TIMER_DELAY_MS";
+/// A delay in seconds from the send.
+pub const PROP_DELAY_SEC: &str = "TIMER_DELAY_SEC";
+/// A RocketMQ delay level, 1 to 18.
+pub const PROP_DELAY_LEVEL: &str = "DELAY";
+
 /// What an acknowledged send returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SendResult {
     pub msg_id: String,
     pub group: String,
     pub queue_id: u32,
+    /// The message's offset in its queue; 0 for a delayed message (it has none until due).
     pub queue_offset: u64,
+    /// For a delayed message: when it is due, and the handle that recalls it until then
+    /// ([`Producer::recall`](crate::Producer::recall)).
+    pub delayed: Option<Delayed>,
+}
+
+/// A delayed message as its send left it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delayed {
+    pub deliver_at_ms: i64,
+    pub recall_handle: String,
 }
 
 /// A message as a consumer receives it.

@@ -5,7 +5,7 @@
 //! unchanged). A send that certainly did not happen (a slave answered `NOT_MASTER`, the node was
 //! unreachable) is retried — at once at the master a slave names, on another group for
 //! unkeyed sends — until the send timeout. A send whose outcome is unknown is never retried
-//! silently: it returns [`ClientError::Timeout`].
+//! silently: it returns [`Error::Timeout`].
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -19,8 +19,10 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use raftmq_proto as pb;
 
-use crate::error::{classify, ClientError, Retry};
-use crate::message::{Message, SendResult};
+use raftmq_common::{Error, ErrorCode};
+
+use crate::error::{classify, Retry};
+use crate::message::{Delayed, Message, SendResult};
 use crate::route::MessageQueue;
 use crate::Client;
 
@@ -31,7 +33,7 @@ const MAX_HOPS: usize = 3;
 #[derive(Clone)]
 pub struct Producer {
     core: Core,
-    batcher: mpsc::UnboundedSender<(Message, oneshot::Sender<Result<SendResult, ClientError>>)>,
+    batcher: mpsc::UnboundedSender<(Message, oneshot::Sender<Result<SendResult, Error>>)>,
     /// Requests in flight, at most [`MAX_BATCH_RPCS`]; shared with the batcher.
     slots: Arc<Semaphore>,
     /// Messages waiting in the batcher's channel.
@@ -53,7 +55,7 @@ const MAX_COALESCED: usize = 256;
 /// Most bytes coalesced into one request.
 const MAX_COALESCED_BYTES: usize = 1 << 20;
 
-type Pending = (Message, oneshot::Sender<Result<SendResult, ClientError>>);
+type Pending = (Message, oneshot::Sender<Result<SendResult, Error>>);
 
 /// Coalesces single sends: takes what queued, groups it by topic, one request per group.
 async fn batch_sends(
@@ -71,19 +73,26 @@ async fn batch_sends(
         tokio::task::yield_now().await;
         queued.fetch_sub(1, Ordering::SeqCst);
         let mut bytes = first.0.body.len();
-        let mut by_topic: std::collections::BTreeMap<String, Vec<Pending>> = Default::default();
-        by_topic.entry(first.0.topic.clone()).or_default().push(first);
+        // Delayed and immediate messages never share a request (a broker refuses the mix).
+        let mut by_topic: std::collections::BTreeMap<(String, bool), Vec<Pending>> = Default::default();
+        by_topic
+            .entry((first.0.topic.clone(), first.0.is_delayed()))
+            .or_default()
+            .push(first);
         let mut count = 1;
         while count < MAX_COALESCED && bytes < MAX_COALESCED_BYTES {
             let Ok(p) = rx.try_recv() else { break };
             queued.fetch_sub(1, Ordering::SeqCst);
             bytes += p.0.body.len();
             count += 1;
-            by_topic.entry(p.0.topic.clone()).or_default().push(p);
+            by_topic
+                .entry((p.0.topic.clone(), p.0.is_delayed()))
+                .or_default()
+                .push(p);
         }
         let producer = producer.clone();
         tokio::spawn(async move {
-            let sends = by_topic.into_iter().map(|(topic, pending)| {
+            let sends = by_topic.into_iter().map(|((topic, _), pending)| {
                 let producer = producer.clone();
                 async move { producer.send_coalesced(&topic, pending).await }
             });
@@ -94,15 +103,15 @@ async fn batch_sends(
 }
 
 /// A send running in the background; await it for the result.
-pub struct SendFuture(tokio::task::JoinHandle<Result<SendResult, ClientError>>);
+pub struct SendFuture(tokio::task::JoinHandle<Result<SendResult, Error>>);
 
 impl Future for SendFuture {
-    type Output = Result<SendResult, ClientError>;
+    type Output = Result<SendResult, Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         Pin::new(&mut self.0)
             .poll(cx)
-            .map(|r| r.unwrap_or_else(|e| Err(ClientError::Other(format!("send task failed: {e}")))))
+            .map(|r| r.unwrap_or_else(|e| Err(ErrorCode::Internal.err(format!("send task failed: {e}")))))
     }
 }
 
@@ -145,7 +154,7 @@ impl Producer {
     /// Concurrent sends of one producer (async sends, many tasks) are coalesced: while
     /// [`MAX_BATCH_RPCS`] requests are in flight, new messages of a topic wait and go together in
     /// the next request, to one queue. An idle producer sends each message at once.
-    pub async fn send(&self, message: Message) -> Result<SendResult, ClientError> {
+    pub async fn send(&self, message: Message) -> Result<SendResult, Error> {
         // An idle producer (nothing waiting, no request in flight) sends from this task, sparing
         // the hand-offs to the batcher and back (a sync sender's latency). A busy one leaves it
         // to the batcher: a message sent alone the moment a slot frees would take that slot
@@ -159,16 +168,16 @@ impl Producer {
         let (reply, result) = oneshot::channel();
         self.queued.fetch_add(1, Ordering::SeqCst);
         if self.batcher.send((message, reply)).is_err() {
-            return Err(ClientError::Other("the producer's batcher stopped".into()));
+            return Err(ErrorCode::Internal.err("the producer's batcher stopped"));
         }
         result
             .await
-            .unwrap_or_else(|_| Err(ClientError::Other("the producer's batcher stopped".into())))
+            .unwrap_or_else(|_| Err(ErrorCode::Internal.err("the producer's batcher stopped")))
     }
 
     /// Sends one message to the queue its sharding key hashes to: messages with the same key
     /// keep their order (while the topic's queue count is unchanged). No retry on another queue.
-    pub async fn send_ordered(&self, message: Message, sharding_key: &str) -> Result<SendResult, ClientError> {
+    pub async fn send_ordered(&self, message: Message, sharding_key: &str) -> Result<SendResult, Error> {
         let topic = message.topic.clone();
         first(
             self.core
@@ -178,18 +187,23 @@ impl Producer {
     }
 
     /// Sends messages of one topic as one batch, into one queue, committed together.
-    pub async fn send_batch(&self, messages: Vec<Message>) -> Result<Vec<SendResult>, ClientError> {
+    pub async fn send_batch(&self, messages: Vec<Message>) -> Result<Vec<SendResult>, Error> {
         let topic = messages
             .first()
             .map(|m| m.topic.clone())
-            .ok_or_else(|| ClientError::InvalidArgument("empty batch".into()))?;
+            .ok_or_else(|| ErrorCode::InvalidArgument.err("empty batch"))?;
         if let Some(m) = messages.iter().find(|m| m.topic != topic) {
-            return Err(ClientError::InvalidArgument(format!(
-                "a batch holds one topic; {:?} differs from {topic:?}",
-                m.topic
-            )));
+            return Err(ErrorCode::InvalidArgument
+                .err(format!("a batch holds one topic; {:?} differs from {topic:?}", m.topic)));
         }
         self.core.send_to(&topic, &messages, None).await
+    }
+
+    /// Cancels a delayed message that is not due yet (see [`crate::Admin::recall`]).
+    pub async fn recall(&self, topic: &str, recall_handle: &str) -> Result<(), Error> {
+        crate::Admin::new(self.core.client.clone())
+            .recall(topic, recall_handle)
+            .await
     }
 
     /// Starts a send and returns at once; the future yields its result.
@@ -220,7 +234,9 @@ impl Core {
                 }
             }
             // One bad message must not fail its neighbours: send each alone to find it.
-            Err(ClientError::MessageTooLarge(_)) | Err(ClientError::InvalidArgument(_)) if messages.len() > 1 => {
+            Err(e)
+                if matches!(e.code, ErrorCode::MessageTooLarge | ErrorCode::InvalidArgument) && messages.len() > 1 =>
+            {
                 for (message, reply) in messages.into_iter().zip(replies) {
                     let _ = reply.send(first(self.send_to(topic, std::slice::from_ref(&message), None).await));
                 }
@@ -233,14 +249,9 @@ impl Core {
         }
     }
 
-    async fn send_to(
-        &self,
-        topic: &str,
-        messages: &[Message],
-        key: Option<&str>,
-    ) -> Result<Vec<SendResult>, ClientError> {
+    async fn send_to(&self, topic: &str, messages: &[Message], key: Option<&str>) -> Result<Vec<SendResult>, Error> {
         if messages.is_empty() {
-            return Err(ClientError::InvalidArgument("nothing to send".into()));
+            return Err(ErrorCode::InvalidArgument.err("nothing to send"));
         }
         let born_timestamp_ms = raftmq_common::time::now_ms();
         let timeout = self.client.config().send_timeout;
@@ -252,9 +263,7 @@ impl Core {
         loop {
             let all = route.write_queues();
             if all.is_empty() {
-                return Err(ClientError::NoPermission(format!(
-                    "topic {topic:?} has no writable queue"
-                )));
+                return Err(ErrorCode::NoPermission.err(format!("topic {topic:?} has no writable queue")));
             }
             let queue: MessageQueue = match key {
                 Some(k) => all[(stable_hash(k) % all.len() as u64) as usize].clone(),
@@ -272,7 +281,7 @@ impl Core {
                 }
                 None => Err((
                     Retry::Unreachable,
-                    ClientError::Unavailable(format!("group {} has no master right now", queue.group)),
+                    ErrorCode::Unavailable.err(format!("group {} has no master right now", queue.group)),
                 )),
             };
             match outcome {
@@ -306,15 +315,15 @@ impl Core {
         messages: &[Message],
         born_timestamp_ms: i64,
         deadline: Instant,
-    ) -> Result<Vec<SendResult>, (Retry, ClientError)> {
+    ) -> Result<Vec<SendResult>, (Retry, Error)> {
         let mut target = master.to_owned();
-        let mut last = (Retry::Unreachable, ClientError::Unavailable("no attempt".into()));
+        let mut last = (Retry::Unreachable, ErrorCode::Unavailable.err("no attempt"));
         for _ in 0..MAX_HOPS {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err((
                     Retry::Unknown,
-                    ClientError::Timeout(format!("send to {topic} not acknowledged in time")),
+                    ErrorCode::Timeout.err(format!("send to {topic} not acknowledged in time")),
                 ));
             }
             let mut broker = self.client.broker(&target).map_err(|e| (Retry::No, e))?;
@@ -334,7 +343,7 @@ impl Core {
             let reply = tokio::select! {
                 reply = broker.send(request) => reply,
                 _ = self.client.master_moved(topic, &queue.group, &target) => {
-                    return Err((Retry::Unknown, ClientError::Timeout(format!("the master of {} changed while a send to {target} was in flight", queue.group))));
+                    return Err((Retry::Unknown, ErrorCode::Timeout.err(format!("the master of {} changed while a send to {target} was in flight", queue.group))));
                 }
             };
             match reply {
@@ -344,6 +353,10 @@ impl Core {
                         .results
                         .into_iter()
                         .map(|r| SendResult {
+                            delayed: (!r.recall_handle.is_empty()).then_some(Delayed {
+                                deliver_at_ms: r.deliver_at_ms,
+                                recall_handle: r.recall_handle,
+                            }),
                             msg_id: r.msg_id,
                             group: reply.group.clone(),
                             queue_id: r.queue_id,
@@ -356,7 +369,8 @@ impl Core {
                     (Retry::Unknown, _) if status.code() == tonic::Code::DeadlineExceeded => {
                         return Err((
                             Retry::Unknown,
-                            ClientError::Timeout(format!("send to {target} not acknowledged within the send timeout")),
+                            ErrorCode::Timeout
+                                .err(format!("send to {target} not acknowledged within the send timeout")),
                         ))
                     }
                     other => {
@@ -370,9 +384,9 @@ impl Core {
     }
 }
 
-fn first(results: Result<Vec<SendResult>, ClientError>) -> Result<SendResult, ClientError> {
+fn first(results: Result<Vec<SendResult>, Error>) -> Result<SendResult, Error> {
     results?
         .into_iter()
         .next()
-        .ok_or_else(|| ClientError::Other("the broker acknowledged no message".into()))
+        .ok_or_else(|| ErrorCode::Internal.err("the broker acknowledged no message"))
 }

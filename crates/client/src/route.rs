@@ -12,7 +12,7 @@ use raftmq_proto as pb;
 use raftmq_proto::name_server_client::NameServerClient;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::error::ClientError;
+use raftmq_common::{Error, ErrorCode};
 
 /// One broker group's part of a topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,9 +115,9 @@ impl TopicRoute {
     }
 }
 
-pub(crate) fn endpoint(addr: &str, timeout: Duration) -> Result<Endpoint, ClientError> {
+pub(crate) fn endpoint(addr: &str, timeout: Duration) -> Result<Endpoint, Error> {
     Ok(Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| ClientError::InvalidArgument(format!("address {addr:?}: {e}")))?
+        .map_err(|e| ErrorCode::InvalidArgument.err(format!("address {addr:?}: {e}")))?
         .connect_timeout(timeout)
         .tcp_nodelay(true))
 }
@@ -132,13 +132,14 @@ pub(crate) struct Routes {
 }
 
 impl Routes {
-    pub fn new(namesrv: &[String], timeout: Duration) -> Result<Routes, ClientError> {
+    pub fn new(namesrv: &[String], timeout: Duration) -> Result<Routes, Error> {
         if namesrv.is_empty() {
-            return Err(ClientError::InvalidArgument("no NameServer address given".into()));
+            return Err(ErrorCode::InvalidArgument.err("no NameServer address given"));
         }
         let mut clients = Vec::new();
         for addr in namesrv {
-            raftmq_common::validate::addr("namesrv", addr).map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
+            raftmq_common::validate::addr("namesrv", addr)
+                .map_err(|e| ErrorCode::InvalidArgument.err(e.to_string()))?;
             clients.push((
                 addr.clone(),
                 NameServerClient::new(endpoint(addr, timeout)?.connect_lazy()),
@@ -158,26 +159,25 @@ impl Routes {
 
     /// Calls every NameServer in turn until one answers; a `TOPIC_NOT_FOUND` or invalid request
     /// is final, a transport error moves on.
-    pub async fn ask<T, F, Fut>(&self, mut call: F) -> Result<T, ClientError>
+    pub async fn ask<T, F, Fut>(&self, mut call: F) -> Result<T, Error>
     where
         F: FnMut(NameServerClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let mut last = ClientError::Unavailable("no NameServer answered".into());
+        let mut last = ErrorCode::Unavailable.err("no NameServer answered");
         for (addr, client) in &self.namesrv {
             match tokio::time::timeout(self.timeout, call(client.clone())).await {
                 Ok(Ok(reply)) => return Ok(reply.into_inner()),
                 Ok(Err(status)) => {
-                    let remote = raftmq_common::RemoteError::from_status(&status);
-                    if remote.code.is_some() {
-                        return Err(ClientError::from_remote(&remote));
+                    if raftmq_common::code::answered(&status) {
+                        return Err(Error::from_status(&status));
                     }
                     tracing::debug!(namesrv = %addr, "NameServer failed: {status}");
-                    last = ClientError::Unavailable(format!("NameServer {addr}: {}", status.message()));
+                    last = ErrorCode::Unavailable.err(format!("NameServer {addr}: {}", status.message()));
                 }
                 Err(_) => {
-                    last =
-                        ClientError::Unavailable(format!("NameServer {addr} did not answer within {:?}", self.timeout))
+                    last = ErrorCode::Unavailable
+                        .err(format!("NameServer {addr} did not answer within {:?}", self.timeout))
                 }
             }
         }
@@ -185,7 +185,7 @@ impl Routes {
     }
 
     /// The cached route, fetched when absent.
-    pub async fn get(&self, topic: &str) -> Result<Arc<TopicRoute>, ClientError> {
+    pub async fn get(&self, topic: &str) -> Result<Arc<TopicRoute>, Error> {
         if let Some(route) = self.cache.read().unwrap_or_else(|p| p.into_inner()).get(topic) {
             return Ok(route.clone());
         }
@@ -193,7 +193,7 @@ impl Routes {
     }
 
     /// Fetches a route now and caches it.
-    pub async fn refresh(&self, topic: &str) -> Result<Arc<TopicRoute>, ClientError> {
+    pub async fn refresh(&self, topic: &str) -> Result<Arc<TopicRoute>, Error> {
         let req = pb::GetRouteRequest {
             topic: topic.to_owned(),
         };
@@ -206,7 +206,7 @@ impl Routes {
         {
             Ok(route) => Ok(self.store(&route)),
             Err(e) => {
-                if matches!(e, ClientError::TopicNotFound(_)) {
+                if e.code == ErrorCode::TopicNotFound {
                     self.forget(topic);
                 }
                 Err(e)

@@ -126,7 +126,7 @@ async fn sync_async_oneway_and_batch_sends_arrive() {
 
     // Errors keep their codes.
     let err = producer.send(Message::new("Nope", "x")).await.unwrap_err();
-    assert_eq!(err.code(), Some(raftmq_common::ErrorCode::TopicNotFound));
+    assert_eq!(err.code, raftmq_common::ErrorCode::TopicNotFound);
     group.shutdown().await;
 }
 
@@ -403,7 +403,7 @@ async fn sends_go_to_another_group_when_one_is_down() {
                 acked += 1;
             }
             Err(e) => {
-                assert_eq!(e.code(), Some(raftmq_common::ErrorCode::Timeout), "{e}");
+                assert_eq!(e.code, raftmq_common::ErrorCode::Timeout, "{e}");
                 unknown += 1;
             }
         }

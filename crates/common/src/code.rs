@@ -28,6 +28,11 @@ pub enum ErrorCode {
     QueueNotFound,
     /// No message at that (topic, queue, offset).
     MessageNotFound,
+    /// A POP receipt handle that is no longer current (acked, expired or redelivered): give up
+    /// on that delivery.
+    StaleHandle,
+    /// A recall of a delayed message that was delivered already: it cannot be taken back.
+    AlreadyDelivered,
     /// This node is not the master; retry at the leader address if one is given.
     NotMaster,
     /// A message body (or batch) exceeds the configured maximum size.
@@ -45,12 +50,14 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::InvalidArgument,
         ErrorCode::TopicNotFound,
         ErrorCode::NoPermission,
         ErrorCode::QueueNotFound,
         ErrorCode::MessageNotFound,
+        ErrorCode::StaleHandle,
+        ErrorCode::AlreadyDelivered,
         ErrorCode::NotMaster,
         ErrorCode::MessageTooLarge,
         ErrorCode::DiskFull,
@@ -68,6 +75,8 @@ impl ErrorCode {
             ErrorCode::NoPermission => "NO_PERMISSION",
             ErrorCode::QueueNotFound => "QUEUE_NOT_FOUND",
             ErrorCode::MessageNotFound => "MESSAGE_NOT_FOUND",
+            ErrorCode::StaleHandle => "STALE_HANDLE",
+            ErrorCode::AlreadyDelivered => "ALREADY_DELIVERED",
             ErrorCode::NotMaster => "NOT_MASTER",
             ErrorCode::MessageTooLarge => "MESSAGE_TOO_LARGE",
             ErrorCode::DiskFull => "DISK_FULL",
@@ -86,10 +95,10 @@ impl ErrorCode {
     /// The gRPC status code that best matches, for clients that only look at that.
     pub fn grpc_code(self) -> Code {
         match self {
-            ErrorCode::InvalidArgument | ErrorCode::MessageTooLarge => Code::InvalidArgument,
+            ErrorCode::InvalidArgument | ErrorCode::MessageTooLarge | ErrorCode::StaleHandle => Code::InvalidArgument,
             ErrorCode::TopicNotFound | ErrorCode::QueueNotFound | ErrorCode::MessageNotFound => Code::NotFound,
             ErrorCode::NoPermission => Code::PermissionDenied,
-            ErrorCode::NotMaster => Code::FailedPrecondition,
+            ErrorCode::NotMaster | ErrorCode::AlreadyDelivered => Code::FailedPrecondition,
             ErrorCode::DiskFull => Code::ResourceExhausted,
             ErrorCode::Timeout => Code::DeadlineExceeded,
             ErrorCode::Unavailable => Code::Unavailable,
@@ -98,25 +107,14 @@ impl ErrorCode {
         }
     }
 
-    /// Builds the status for this code.
-    pub fn status(self, message: impl fmt::Display) -> Status {
-        let mut status = Status::new(self.grpc_code(), format!("{}: {message}", self.as_str()));
-        status
-            .metadata_mut()
-            .insert(CODE_KEY, MetadataValue::from_static(self.as_str()));
-        status
+    /// An [`Error`] with this code.
+    pub fn err(self, message: impl Into<String>) -> Error {
+        Error::new(self, message)
     }
 
-    /// `NOT_MASTER` naming the master's client address when this node knows it.
-    pub fn not_master(leader: Option<&str>) -> Status {
-        let mut status = match leader {
-            Some(addr) => ErrorCode::NotMaster.status(format!("not the master; master is {addr}")),
-            None => ErrorCode::NotMaster.status("not the master; no master is known"),
-        };
-        if let Some(value) = leader.and_then(|a| MetadataValue::try_from(a).ok()) {
-            status.metadata_mut().insert(LEADER_KEY, value);
-        }
-        status
+    /// The status for this code: shorthand for `Status::from(self.err(message))`.
+    pub fn status(self, message: impl fmt::Display) -> Status {
+        self.err(message.to_string()).into()
     }
 }
 
@@ -126,20 +124,44 @@ impl fmt::Display for ErrorCode {
     }
 }
 
-/// An error answered by a raftmq server, as a client sees it.
+/// The one error type that crosses the wire: a stable code, a message for people and, for
+/// `NOT_MASTER`, the master's client address. Servers build it and turn it into a status with
+/// `Status::from` (the one mapping out); clients read it back with [`Error::from_status`] (the
+/// one mapping back). Displayed as `CODE: message`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RemoteError {
-    /// The stable code, `None` when the status did not come from raftmq (a transport error).
-    pub code: Option<ErrorCode>,
-    /// The master's address, for `NOT_MASTER`.
-    pub leader: Option<String>,
-    /// The gRPC code.
-    pub grpc_code: Code,
+pub struct Error {
+    pub code: ErrorCode,
     pub message: String,
+    /// The master's client address, for `NOT_MASTER` when the answering node knows it.
+    pub leader: Option<String>,
 }
 
-impl RemoteError {
-    /// Reads the code and leader back out of a status built by [`ErrorCode::status`].
+impl Error {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Error {
+            code,
+            message: message.into(),
+            leader: None,
+        }
+    }
+
+    /// `NOT_MASTER`, naming the master when it is known.
+    pub fn not_master(leader: Option<String>) -> Self {
+        let message = match &leader {
+            Some(addr) => format!("not the master; master is {addr}"),
+            None => "not the master; no master is known".to_owned(),
+        };
+        Error {
+            code: ErrorCode::NotMaster,
+            message,
+            leader,
+        }
+    }
+
+    /// Reads an error back out of a status. A status that did not come from raftmq (the
+    /// transport failed, or a proxy answered) is named by its gRPC code: a deadline or a
+    /// cancellation is `TIMEOUT` (the outcome is unknown), an unavailable peer `UNAVAILABLE`,
+    /// anything else `INTERNAL`. [`answered`] tells the two kinds apart.
     pub fn from_status(status: &Status) -> Self {
         let meta = |key: &str| {
             status
@@ -148,26 +170,64 @@ impl RemoteError {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         };
-        RemoteError {
-            code: meta(CODE_KEY).and_then(|c| ErrorCode::parse(&c)),
-            leader: meta(LEADER_KEY),
-            grpc_code: status.code(),
-            message: status.message().to_owned(),
+        let text = status.message();
+        match meta(CODE_KEY) {
+            Some(name) => {
+                let (code, message) = match ErrorCode::parse(&name) {
+                    Some(code) => (code, text.strip_prefix(&format!("{name}: ")).unwrap_or(text).to_owned()),
+                    // A code a newer server knows and this client does not: keep its words.
+                    None => (ErrorCode::Internal, text.to_owned()),
+                };
+                Error {
+                    code,
+                    message,
+                    leader: meta(LEADER_KEY),
+                }
+            }
+            None => {
+                let code = match status.code() {
+                    Code::DeadlineExceeded | Code::Cancelled => ErrorCode::Timeout,
+                    Code::Unavailable => ErrorCode::Unavailable,
+                    _ => ErrorCode::Internal,
+                };
+                Error::new(code, format!("{:?}: {text}", status.code()))
+            }
         }
     }
 }
 
-impl fmt::Display for RemoteError {
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        let mut status = Status::new(e.code.grpc_code(), e.to_string());
+        status
+            .metadata_mut()
+            .insert(CODE_KEY, MetadataValue::from_static(e.code.as_str()));
+        if let Some(value) = e.leader.as_deref().and_then(|a| MetadataValue::try_from(a).ok()) {
+            status.metadata_mut().insert(LEADER_KEY, value);
+        }
+        status
+    }
+}
+
+impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.code {
-            // The message already starts with the code.
-            Some(_) => f.write_str(&self.message),
-            None => write!(f, "{:?}: {}", self.grpc_code, self.message),
-        }
+        write!(f, "{}: {}", self.code, self.message)
     }
 }
 
-impl std::error::Error for RemoteError {}
+impl std::error::Error for Error {}
+
+impl From<crate::validate::InvalidField> for Error {
+    fn from(e: crate::validate::InvalidField) -> Self {
+        Error::new(ErrorCode::InvalidArgument, e.to_string())
+    }
+}
+
+/// Whether a raftmq server answered with this status (it carries a stable code), as opposed to
+/// the transport failing on the way.
+pub fn answered(status: &Status) -> bool {
+    status.metadata().contains_key(CODE_KEY)
+}
 
 /// Whether a transport error happened before the request could be sent: the connection was
 /// never made. Only then is a write safe to send again; any other transport error leaves its
@@ -192,26 +252,45 @@ mod tests {
     #[test]
     fn every_code_round_trips_through_a_status() {
         for code in ErrorCode::ALL {
-            let err = RemoteError::from_status(&code.status("boom"));
-            assert_eq!(err.code, Some(code));
-            assert_eq!(err.grpc_code, code.grpc_code());
-            assert_eq!(err.message, format!("{}: boom", code.as_str()));
+            let status = Status::from(code.err("boom"));
+            assert_eq!(status.code(), code.grpc_code());
+            assert_eq!(status.message(), format!("{}: boom", code.as_str()));
+            assert!(answered(&status));
+            assert_eq!(Error::from_status(&status), code.err("boom"));
         }
     }
 
     #[test]
     fn not_master_carries_the_leader() {
-        let err = RemoteError::from_status(&ErrorCode::not_master(Some("127.0.0.1:9000")));
-        assert_eq!(err.code, Some(ErrorCode::NotMaster));
+        let err = Error::from_status(&Error::not_master(Some("127.0.0.1:9000".into())).into());
+        assert_eq!(err.code, ErrorCode::NotMaster);
         assert_eq!(err.leader.as_deref(), Some("127.0.0.1:9000"));
-        let err = RemoteError::from_status(&ErrorCode::not_master(None));
+        let err = Error::from_status(&Error::not_master(None).into());
         assert_eq!(err.leader, None);
     }
 
     #[test]
-    fn foreign_status_has_no_code() {
-        let err = RemoteError::from_status(&Status::unavailable("connection refused"));
-        assert_eq!(err.code, None);
-        assert_eq!(err.grpc_code, Code::Unavailable);
+    fn foreign_status_is_named_by_its_grpc_code() {
+        let status = Status::unavailable("connection refused");
+        assert!(!answered(&status));
+        let err = Error::from_status(&status);
+        assert_eq!(err.code, ErrorCode::Unavailable);
+        assert_eq!(err.message, "Unavailable: connection refused");
+        assert_eq!(
+            Error::from_status(&Status::deadline_exceeded("late")).code,
+            ErrorCode::Timeout
+        );
+        assert_eq!(Error::from_status(&Status::unknown("what")).code, ErrorCode::Internal);
+    }
+
+    #[test]
+    fn an_unknown_code_keeps_its_words() {
+        let mut status = Status::invalid_argument("NEWER_CODE: detail");
+        status
+            .metadata_mut()
+            .insert(CODE_KEY, MetadataValue::from_static("NEWER_CODE"));
+        let err = Error::from_status(&status);
+        assert_eq!(err.code, ErrorCode::Internal);
+        assert_eq!(err.message, "NEWER_CODE: detail");
     }
 }

@@ -11,7 +11,7 @@ pub mod shutdown;
 pub mod time;
 pub mod validate;
 
-pub use code::{ErrorCode, RemoteError};
+pub use code::{Error, ErrorCode};
 
 /// File in a broker's RocksDB directory naming its newest WAL file and how many of its bytes are
 /// synced (`000012.log 4096`), kept only with `fault-injection = true`: the chaos suite's

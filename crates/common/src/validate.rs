@@ -6,8 +6,6 @@
 
 use std::fmt;
 
-use crate::ErrorCode;
-
 /// The longest topic, group or cluster name accepted.
 pub const NAME_MAX_LEN: usize = 127;
 /// The longest `host:port` address accepted.
@@ -39,7 +37,7 @@ impl std::error::Error for InvalidField {}
 
 impl From<InvalidField> for tonic::Status {
     fn from(e: InvalidField) -> Self {
-        ErrorCode::InvalidArgument.status(e)
+        crate::Error::from(e).into()
     }
 }
 

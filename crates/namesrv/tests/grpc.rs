@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use raftmq_common::{ErrorCode, RemoteError};
+use raftmq_common::{Error, ErrorCode};
 use raftmq_namesrv::{NameServer, NamesrvConfig};
 use raftmq_proto::name_server_client::NameServerClient;
 use raftmq_proto::{
@@ -86,7 +86,7 @@ async fn next_matching(
 }
 
 fn code(status: &tonic::Status) -> Option<ErrorCode> {
-    RemoteError::from_status(status).code
+    raftmq_common::code::answered(status).then(|| Error::from_status(status).code)
 }
 
 #[tokio::test]

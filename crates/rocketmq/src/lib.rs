@@ -76,6 +76,43 @@ pub trait Backend: Send + Sync + 'static {
         Err(Fail::illegal_access_point())
     }
 
+    /// The broker group this node belongs to; `None` on a NameServer.
+    fn own_group(&self) -> Option<&str> {
+        None
+    }
+
+    /// Where a recall runs: the master of the group its handle names (`group@timer`). On a
+    /// node of that group, where writes go ([`Backend::target`]); anywhere else (a NameServer,
+    /// a node of another group), that group's master as the route names it.
+    async fn recall_target(&self, topic: &str, handle: &str) -> Result<Target, Fail> {
+        let group = handle
+            .split_once('@')
+            .map(|(g, _)| g)
+            .ok_or_else(|| Fail::new(v2::Code::BadRequest, format!("{handle:?} is not a recall handle")))?;
+        if self.own_group() == Some(group) {
+            return self.target().await;
+        }
+        let route = self.route(topic).await?;
+        let g = route.groups.iter().find(|g| g.group == group).ok_or_else(|| {
+            Fail::new(
+                v2::Code::BadRequest,
+                format!("no broker group {group} holds topic {topic}"),
+            )
+        })?;
+        // A slave forwards to its master; the master named first when there is one.
+        route::nodes(g).into_iter().next().map(Target::Master).ok_or_else(|| {
+            Fail::new(
+                v2::Code::HaNotAvailable,
+                format!("group {group} has no live node; retry"),
+            )
+        })
+    }
+
+    /// Cancels a delayed message by its recall handle; returns the message's id.
+    async fn recall(&self, _ns: &str, _req: &v2::RecallMessageRequest) -> Result<String, Fail> {
+        Err(Fail::illegal_access_point())
+    }
+
     /// Moves a delivered message to its group's dead-letter topic.
     async fn forward_to_dead_letter(
         &self,

@@ -88,9 +88,9 @@ fn permission(bits: i32) -> v2::Permission {
     }
 }
 
-/// What raftmq accepts: normal messages (FIFO, delay and transactions are not served).
+/// What raftmq accepts: normal and delayed messages (FIFO and transactions are not served).
 pub fn accepted_types() -> Vec<i32> {
-    vec![v2::MessageType::Normal as i32]
+    vec![v2::MessageType::Normal as i32, v2::MessageType::Delay as i32]
 }
 
 /// The message queues of a route; `topic` is echoed back as the client named it.
@@ -191,7 +191,10 @@ mod tests {
             v2::Permission::Read as i32,
             "queue 2 is read-only"
         );
-        assert_eq!(queues[0].accept_message_types, vec![v2::MessageType::Normal as i32]);
+        assert_eq!(
+            queues[0].accept_message_types,
+            vec![v2::MessageType::Normal as i32, v2::MessageType::Delay as i32]
+        );
         let a = assignments(&route(), &topic);
         assert_eq!(a.len(), 3, "every readable queue");
     }

@@ -38,6 +38,8 @@ impl Fail {
             ErrorCode::TopicNotFound => Code::TopicNotFound,
             ErrorCode::QueueNotFound => Code::NotFound,
             ErrorCode::MessageNotFound => Code::MessageNotFound,
+            ErrorCode::StaleHandle => Code::InvalidReceiptHandle,
+            ErrorCode::AlreadyDelivered => Code::BadRequest,
             ErrorCode::NoPermission => Code::Forbidden,
             ErrorCode::MessageTooLarge => Code::MessageBodyTooLarge,
             // Outcome unknown: the write may have been stored.
@@ -53,6 +55,12 @@ impl Fail {
             code: self.code as i32,
             message: self.message.clone(),
         }
+    }
+}
+
+impl From<&raftmq_common::Error> for Fail {
+    fn from(e: &raftmq_common::Error) -> Fail {
+        Fail::from_raftmq(e.code, &e.message)
     }
 }
 

@@ -11,10 +11,11 @@ use crate::db::{Db, CF_CQ, CF_OFFSETS, CF_QUEUES, CF_TOPICS};
 use crate::keys;
 use crate::pop;
 use crate::state::{QueueState, SmState};
+use crate::timers;
 use crate::types::{perm, Command, CommandResult, MessageIn, OffsetUpdate, Rejection, Request, TopicConfig};
 
 pub use crate::queues::MAX_QUEUES;
-use crate::queues::{append, At};
+use crate::queues::{append, check_writable, At};
 
 /// Applies one request to `state`, adding its writes to `batch`.
 pub fn apply_request(
@@ -95,6 +96,27 @@ pub fn apply_request(
                 position += 1;
                 result
             }
+            Command::Schedule {
+                topic,
+                queue_id,
+                due_ms,
+                message,
+            } => {
+                let result = timers::schedule(db, state, batch, &at(position), (topic, *queue_id), *due_ms, message);
+                position += 1;
+                result
+            }
+            Command::Deliver {
+                timer,
+                topic,
+                queue_id,
+                message,
+            } => {
+                let result = timers::deliver(db, state, batch, &at(position), timer, (topic, *queue_id), message);
+                position += 1;
+                result
+            }
+            Command::Recall { timer } => timers::recall(db, state, batch, &at(position), timer),
         })
         .collect()
 }
@@ -111,20 +133,8 @@ fn send(
     (topic, queue_id): (&str, u32),
     messages: &[MessageIn],
 ) -> CommandResult {
-    let Some(config) = state.topics.get(topic) else {
-        return reject(Rejection::TopicNotFound, format!("topic {topic:?} does not exist"));
-    };
-    if config.permission & perm::WRITE == 0 {
-        return reject(Rejection::NoPermission, format!("topic {topic:?} is not writable"));
-    }
-    if queue_id >= config.write_queues {
-        return reject(
-            Rejection::QueueNotFound,
-            format!(
-                "topic {topic:?} has {} write queues; queue {queue_id} does not exist",
-                config.write_queues
-            ),
-        );
+    if let Some(refused) = check_writable(state, topic, queue_id) {
+        return refused;
     }
     append(db, state, batch, at, (topic, queue_id), messages)
 }

@@ -24,7 +24,11 @@ pub const CF_QUEUES: &str = "queues";
 pub const CF_CQ: &str = "cq";
 pub const CF_OFFSETS: &str = "offsets";
 pub const CF_POP: &str = "pop";
-pub const ALL_CFS: [&str; 7] = [CF_LOG, CF_META, CF_TOPICS, CF_QUEUES, CF_CQ, CF_OFFSETS, CF_POP];
+/// Pending delayed messages (see `timers`).
+pub const CF_TIMERS: &str = "timers";
+pub const ALL_CFS: [&str; 8] = [
+    CF_LOG, CF_META, CF_TOPICS, CF_QUEUES, CF_CQ, CF_OFFSETS, CF_POP, CF_TIMERS,
+];
 
 pub const META_VOTE: &[u8] = b"vote";
 pub const META_COMMITTED: &[u8] = b"committed";

@@ -23,6 +23,7 @@ pub mod retention;
 pub mod snapshot;
 pub mod state;
 pub mod state_machine;
+pub mod timers;
 pub mod types;
 
 use std::path::{Path, PathBuf};

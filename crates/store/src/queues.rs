@@ -7,7 +7,7 @@ use crate::codec;
 use crate::db::{Db, CF_CQ, CF_QUEUES};
 use crate::keys;
 use crate::state::{CqEntry, SmState};
-use crate::types::{CommandResult, MessageIn};
+use crate::types::{perm, CommandResult, MessageIn, Rejection};
 
 /// Most queues a topic may have in one group.
 pub const MAX_QUEUES: u32 = 1024;
@@ -50,4 +50,31 @@ pub(crate) fn append(
         count: messages.len() as u32,
         first_position: at.first_position,
     }
+}
+
+/// Why a queue cannot take a message now: the topic is missing or read-only, or has no such
+/// write queue. Every write to a queue (a send, a scheduled or delivered message) checks it.
+pub(crate) fn check_writable(state: &SmState, topic: &str, queue_id: u32) -> Option<CommandResult> {
+    let Some(config) = state.topics.get(topic) else {
+        return Some(CommandResult::Rejected(
+            Rejection::TopicNotFound,
+            format!("topic {topic:?} does not exist"),
+        ));
+    };
+    if config.permission & perm::WRITE == 0 {
+        return Some(CommandResult::Rejected(
+            Rejection::NoPermission,
+            format!("topic {topic:?} is not writable"),
+        ));
+    }
+    if queue_id >= config.write_queues {
+        return Some(CommandResult::Rejected(
+            Rejection::QueueNotFound,
+            format!(
+                "topic {topic:?} has {} write queues; queue {queue_id} does not exist",
+                config.write_queues
+            ),
+        ));
+    }
+    None
 }

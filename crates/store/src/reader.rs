@@ -191,6 +191,16 @@ impl StoreReader {
         crate::pop::delivery(&self.shared.read(), group, topic, queue_id, lease)
     }
 
+    /// Up to `limit` delayed messages due at or before `now_ms`, earliest first.
+    pub fn due_timers(&self, now_ms: i64, limit: usize) -> Result<Vec<crate::timers::DueTimer>, ReadError> {
+        Ok(crate::timers::due(&self.db, now_ms, limit)?)
+    }
+
+    /// How many delayed messages are pending.
+    pub fn pending_timers(&self) -> u64 {
+        self.shared.read().timers_pending
+    }
+
     pub fn applied_index(&self) -> u64 {
         *self.shared.subscribe().borrow()
     }

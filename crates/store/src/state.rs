@@ -73,6 +73,11 @@ pub struct SmState {
     pub queues: HashMap<(String, u32), QueueState>,
     pub offsets: BTreeMap<OffsetKey, u64>,
     pub pops: BTreeMap<OffsetKey, PopQueue>,
+    /// Timers changed by entries applied into a batch not yet written (the timers themselves
+    /// are on disk only).
+    pub unwritten_timers: crate::timers::Unwritten,
+    /// How many delayed messages are pending.
+    pub timers_pending: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +136,7 @@ impl SmState {
                 }
             }
         }
+        state.timers_pending = crate::timers::load_count(db)?;
         Ok(state)
     }
 }

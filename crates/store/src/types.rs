@@ -150,6 +150,24 @@ pub enum Command {
         dlq_topic: String,
         message: MessageIn,
     },
+    /// Stores a message now and appends it to its queue at `due_ms` (a delayed or timed
+    /// message): a pending timer instead of a queue offset. See [`crate::timers`].
+    Schedule {
+        topic: String,
+        queue_id: u32,
+        due_ms: i64,
+        message: MessageIn,
+    },
+    /// Appends a copy of a scheduled message to its queue if its timer is still pending, and
+    /// ends the timer. Proposed by the master when the timer is due, with the timer's target.
+    Deliver {
+        timer: crate::timers::Timer,
+        topic: String,
+        queue_id: u32,
+        message: MessageIn,
+    },
+    /// Cancels a pending timer: its message is never delivered.
+    Recall { timer: crate::timers::Timer },
 }
 
 impl Command {
@@ -163,6 +181,18 @@ impl Command {
                 messages,
             } => Some((topic, *queue_id, messages)),
             Command::PopDeadLetter { dlq_topic, message, .. } => Some((dlq_topic, 0, std::slice::from_ref(message))),
+            Command::Schedule {
+                topic,
+                queue_id,
+                message,
+                ..
+            } => Some((topic, *queue_id, std::slice::from_ref(message))),
+            Command::Deliver {
+                topic,
+                queue_id,
+                message,
+                ..
+            } => Some((topic, *queue_id, std::slice::from_ref(message))),
             _ => None,
         }
     }
@@ -369,6 +399,10 @@ pub enum Rejection {
     InvalidArgument,
     /// A POP lease that is no longer current (acknowledged, redelivered or changed since).
     StaleLease,
+    /// A recall of a delayed message that was delivered already.
+    AlreadyDelivered,
+    /// A recall handle that names no pending message.
+    MessageNotFound,
 }
 
 /// The outcome of one command.
@@ -388,6 +422,10 @@ pub enum CommandResult {
     Popped(Vec<(u64, u32)>),
     /// Per acknowledged entry: whether its lease was current.
     Acked(Vec<bool>),
+    /// A message stored with a pending timer, at `position` among the entry's messages.
+    Scheduled {
+        position: u32,
+    },
 }
 
 /// The outcome of applying one entry.

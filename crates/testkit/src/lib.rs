@@ -12,7 +12,7 @@ use openraft::ServerState;
 use raftmq_broker::config::Member;
 use raftmq_broker::node::Listeners;
 use raftmq_broker::{Broker, BrokerConfig, Faults};
-use raftmq_common::{ErrorCode, RemoteError};
+use raftmq_common::{Error, ErrorCode};
 use raftmq_namesrv::{NameServer, NamesrvConfig};
 use raftmq_proto as pb;
 use raftmq_proto::broker_client::BrokerClient;
@@ -93,6 +93,11 @@ async fn bind_again(addr: SocketAddr) -> TcpListener {
     }
 }
 
+/// How long a test waits for a group to elect a master.
+pub const ELECTION: Duration = Duration::from_secs(10);
+/// How long a test waits for a node to catch up with the master.
+pub const CATCH_UP: Duration = Duration::from_secs(10);
+
 /// A broker group of N nodes in this process.
 pub struct Group {
     pub dir: TempDir,
@@ -116,6 +121,26 @@ impl Group {
         let mut group = Self::start_named(n, "broker-a", &addr, tune).await;
         group.namesrv = Some(namesrv);
         group
+    }
+
+    /// Starts three nodes tuned by `tune`, waits for a master and creates topic `T` with one
+    /// queue; returns the group and the master.
+    pub async fn start_with_topic_t(tune: impl Fn(&mut BrokerConfig)) -> (Group, u64) {
+        let group = Group::start(3, tune).await;
+        let master = group.wait_for_master(ELECTION).await;
+        group.create_topic(master, "T", 1).await;
+        (group, master)
+    }
+
+    /// Creates (or updates) a read-write topic with `queues` queues through node `id`.
+    pub async fn create_topic(&self, id: u64, name: &str, queues: u32) {
+        self.client(id)
+            .await
+            .upsert_topic(pb::UpsertTopicRequest {
+                topic: Some(topic(name, queues)),
+            })
+            .await
+            .expect("create topic");
     }
 
     /// Starts `n` nodes of group `name` that heartbeat an existing NameServer.
@@ -263,6 +288,72 @@ impl Group {
         }
     }
 
+    /// Sends numbered messages to topic `T` queue 0 one at a time, to whichever node is master,
+    /// following NOT_MASTER; returns acknowledged offset -> body. Sends whose outcome is unknown
+    /// are retried with a new number, so only acknowledged ones are counted.
+    pub async fn send_stream(&self, from: usize, count: usize) -> std::collections::BTreeMap<u64, Vec<u8>> {
+        let mut acked = std::collections::BTreeMap::new();
+        let mut i = from;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut target = self.up()[0];
+        while acked.len() < count {
+            assert!(
+                Instant::now() < deadline,
+                "sends did not resume: {} of {count} acknowledged",
+                acked.len()
+            );
+            let body = format!("message-{i:06}").into_bytes();
+            i += 1;
+            let Ok(mut c) = BrokerClient::connect(format!("http://{}", self.addr(target))).await else {
+                target = self.next_up(target);
+                continue;
+            };
+            match c.send(send_request("T", 0, vec![message(body.clone(), "")])).await {
+                Ok(reply) => {
+                    let r = &reply.get_ref().results[0];
+                    assert!(
+                        acked.insert(r.queue_offset, body).is_none(),
+                        "offset {} acknowledged twice",
+                        r.queue_offset
+                    );
+                }
+                Err(status) => {
+                    let leader = Error::from_status(&status)
+                        .leader
+                        .and_then(|addr| self.ids().into_iter().find(|id| self.addr(*id) == addr));
+                    match leader {
+                        Some(leader) if self.is_up(leader) => target = leader,
+                        _ => {
+                            target = self.next_up(target);
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                }
+            }
+        }
+        acked
+    }
+
+    /// The running node after `current`, in id order, wrapping around.
+    fn next_up(&self, current: u64) -> u64 {
+        let up = self.up();
+        let pos = up.iter().position(|id| *id == current).map(|p| p + 1).unwrap_or(0);
+        up[pos % up.len()]
+    }
+
+    /// Waits until `node` has purged its log past `index` (after a snapshot).
+    pub async fn wait_purged_past(&self, node: u64, index: u64) {
+        wait_until(
+            &format!("node {node} purged its log past entry {index}"),
+            Duration::from_secs(20),
+            || async {
+                let m = self.node(node).raft().metrics().borrow().clone();
+                m.purged.filter(|p| p.index > index).map(|_| ())
+            },
+        )
+        .await;
+    }
+
     /// Stops a node as SIGKILL would: no unregistering, no draining.
     pub async fn kill(&mut self, id: u64) {
         let node = self.nodes[id as usize - 1]
@@ -375,7 +466,7 @@ pub async fn queue_offsets(client: &mut BrokerClient<Channel>, topic: &str, queu
 }
 
 pub fn code(status: &tonic::Status) -> Option<ErrorCode> {
-    RemoteError::from_status(status).code
+    raftmq_common::code::answered(status).then(|| Error::from_status(status).code)
 }
 
 /// A topic with `queues` read and write queues.

@@ -130,3 +130,49 @@ async fn cli_commands_print_what_they_should() {
     assert!(!ok && err.starts_with("raftmq: UNAVAILABLE"), "{err}");
     group.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_sends_print_a_recall_handle_that_recalls_them() {
+    let group = Group::start(3, |_| {}).await;
+    group.wait_for_master(Duration::from_secs(10)).await;
+    let ns = group.namesrv_addr();
+    wait_until("topic create succeeds", Duration::from_secs(10), || async {
+        run_cli(&ns, &["topic", "create", "Later", "--queues", "1"])
+            .await
+            .0
+            .then_some(())
+    })
+    .await;
+    let (ok, out, err) = run_cli(&ns, &["send", "Later", "in-a-minute", "--delay", "60s"]).await;
+    assert!(ok && out.starts_with("scheduled "), "{out}{err}");
+    assert!(
+        out.contains("T") && out.contains("Z (recall handle "),
+        "an RFC 3339 due time: {out}"
+    );
+    let (ok, out, err) = run_cli(
+        &ns,
+        &[
+            "--json",
+            "send",
+            "Later",
+            "at-new-year",
+            "--deliver-at",
+            "2099-01-01T00:00:00Z",
+        ],
+    )
+    .await;
+    assert!(!ok, "more than 30 days ahead is refused: {out}");
+    assert!(err.contains("INVALID_ARGUMENT"), "{err}");
+    let (ok, out, err) = run_cli(&ns, &["--json", "send", "Later", "soon", "--delay", "1h"]).await;
+    assert!(ok, "{err}");
+    let sent: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+    let handle = sent["recall_handle"].as_str().expect("a recall handle").to_owned();
+    assert!(sent["deliver_at_ms"].as_i64().unwrap() > raftmq_common::time::now_ms() + 3_000_000);
+
+    let (ok, out, err) = run_cli(&ns, &["message", "recall", "Later", &handle]).await;
+    assert!(ok && out.contains("recalled"), "{out}{err}");
+    let (ok, _, err) = run_cli(&ns, &["message", "recall", "Later", &handle]).await;
+    assert!(!ok && err.contains("MESSAGE_NOT_FOUND"), "a second recall: {err}");
+    let (ok, _, err) = run_cli(&ns, &["send", "Later", "x", "--delay", "soonish"]).await;
+    assert!(!ok && err.contains("not a duration"), "{err}");
+}

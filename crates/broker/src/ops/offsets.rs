@@ -4,7 +4,9 @@
 use raftmq_common::validate;
 use raftmq_store::types::{Command, OffsetUpdate};
 
-use crate::error::BrokerError;
+use raftmq_common::Error;
+
+use crate::error::storage;
 use crate::state::BrokerState;
 
 /// Where a reset moves a consumer group's offsets, in every queue of the topic.
@@ -19,7 +21,7 @@ pub enum ResetTo {
 }
 
 /// Commits a group's offsets on the master; an offset lower than the one committed is ignored.
-pub async fn commit(state: &BrokerState, group: String, offsets: Vec<OffsetUpdate>) -> Result<(), BrokerError> {
+pub async fn commit(state: &BrokerState, group: String, offsets: Vec<OffsetUpdate>) -> Result<(), Error> {
     validate::name("consumer_group", &group)?;
     for o in &offsets {
         validate::name("offsets.topic", &o.topic)?;
@@ -38,22 +40,13 @@ pub async fn commit(state: &BrokerState, group: String, offsets: Vec<OffsetUpdat
 }
 
 /// A group's committed offsets, of one topic or all: (topic, queue, offset).
-pub fn committed(
-    state: &BrokerState,
-    group: &str,
-    topic: Option<&str>,
-) -> Result<Vec<(String, u32, u64)>, BrokerError> {
+pub fn committed(state: &BrokerState, group: &str, topic: Option<&str>) -> Result<Vec<(String, u32, u64)>, Error> {
     validate::name("consumer_group", group)?;
     Ok(state.reader.consume_offsets(group, topic))
 }
 
 /// Sets a group's offsets in every queue of a topic, on the master; returns them.
-pub async fn reset(
-    state: &BrokerState,
-    group: String,
-    topic: &str,
-    to: ResetTo,
-) -> Result<Vec<OffsetUpdate>, BrokerError> {
+pub async fn reset(state: &BrokerState, group: String, topic: &str, to: ResetTo) -> Result<Vec<OffsetUpdate>, Error> {
     validate::name("consumer_group", &group)?;
     let topic = super::topics::for_read(state, topic, 0)?;
     state.require_master()?;
@@ -61,7 +54,7 @@ pub async fn reset(
     for queue_id in 0..topic.queues() {
         let bounds = state.reader.queue_state(&topic.name, queue_id);
         let offset = match to {
-            ResetTo::Timestamp(ts) => state.reader.search_offset(&topic.name, queue_id, ts)?,
+            ResetTo::Timestamp(ts) => state.reader.search_offset(&topic.name, queue_id, ts).map_err(storage)?,
             ResetTo::Offset(o) => o.clamp(bounds.min_offset, bounds.next_offset),
             ResetTo::Earliest => bounds.min_offset,
             ResetTo::Latest => bounds.next_offset,

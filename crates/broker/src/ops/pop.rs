@@ -19,8 +19,9 @@ use raftmq_store::types::{perm, Command, CommandResult, MessageIn, Pop, PopLease
 use raftmq_store::StoredMessage;
 
 use super::pull::TagFilter;
-use crate::error::BrokerError;
+use crate::error::storage;
 use crate::state::BrokerState;
+use raftmq_common::{Error, ErrorCode};
 
 /// Properties a dead-lettered copy carries about its origin.
 pub const PROP_DLQ_ORIGIN_TOPIC: &str = "DLQ_ORIGIN_TOPIC";
@@ -81,26 +82,21 @@ pub struct Receive<'a> {
 
 /// Receives: returns as soon as a round of the queues found something, or empty at the end of
 /// the wait.
-pub async fn receive(state: &BrokerState, r: Receive<'_>) -> Result<Vec<Delivery>, BrokerError> {
+pub async fn receive(state: &BrokerState, r: Receive<'_>) -> Result<Vec<Delivery>, Error> {
     let config = state.reader.topic(r.topic).ok_or_else(|| {
-        BrokerError::TopicNotFound(format!(
+        ErrorCode::TopicNotFound.err(format!(
             "topic {:?} does not exist in broker group {}",
             r.topic, state.config.group
         ))
     })?;
     if config.permission & perm::READ == 0 {
-        return Err(BrokerError::NoPermission(format!(
-            "topic {:?} is not readable",
-            r.topic
-        )));
+        return Err(ErrorCode::NoPermission.err(format!("topic {:?} is not readable", r.topic)));
     }
     if r.max == 0 {
-        return Err(BrokerError::InvalidArgument(
-            "field `batch_size`: must be positive".into(),
-        ));
+        return Err(ErrorCode::InvalidArgument.err("field `batch_size`: must be positive"));
     }
     if let Some(q) = r.queue.filter(|q| *q >= config.read_queues) {
-        return Err(BrokerError::QueueNotFound(format!(
+        return Err(ErrorCode::QueueNotFound.err(format!(
             "topic {:?} has {} read queues; queue {q} does not exist",
             r.topic, config.read_queues
         )));
@@ -141,13 +137,13 @@ pub async fn receive(state: &BrokerState, r: Receive<'_>) -> Result<Vec<Delivery
         }
         tokio::select! {
             changed = applied.changed() => if changed.is_err() {
-                return Err(BrokerError::Unavailable("the store is closing".into()));
+                return Err(ErrorCode::Unavailable.err("the store is closing"));
             },
             _ = tokio::time::sleep_until(until.into()) => {}
-            _ = stop.wait() => return Err(BrokerError::Unavailable("the broker is shutting down".into())),
+            _ = stop.wait() => return Err(ErrorCode::Unavailable.err("the broker is shutting down")),
         }
         if !state.is_master() {
-            return Err(BrokerError::NotMaster { leader: None });
+            return Err(Error::not_master(None));
         }
     }
 }
@@ -163,7 +159,7 @@ struct Popped {
 /// One POP round in one queue: dead-letters what used up its attempts, redelivers what
 /// expired, and hands out new messages; returns what apply granted, with messages, and when
 /// the next delivery still invisible comes back.
-async fn pop_queue(state: &BrokerState, r: &Receive<'_>, queue_id: u32, max: usize) -> Result<Popped, BrokerError> {
+async fn pop_queue(state: &BrokerState, r: &Receive<'_>, queue_id: u32, max: usize) -> Result<Popped, Error> {
     let (group, topic) = (r.group, r.topic);
     let Some(_busy) = state.pop_busy.try_mark((group.to_owned(), topic.to_owned(), queue_id)) else {
         tracing::debug!(group, topic, queue_id, "queue busy with another receive");
@@ -177,7 +173,7 @@ async fn pop_queue(state: &BrokerState, r: &Receive<'_>, queue_id: u32, max: usi
     let mut forget = Vec::new();
     let mut messages: BTreeMap<u64, StoredMessage> = BTreeMap::new();
     for (lease, attempt) in view.expired {
-        let Some(m) = state.reader.get(topic, queue_id, lease.offset)? else {
+        let Some(m) = state.reader.get(topic, queue_id, lease.offset).map_err(storage)? else {
             // Retention removed the message: nothing left to deliver.
             forget.push(lease);
             continue;
@@ -199,14 +195,17 @@ async fn pop_queue(state: &BrokerState, r: &Receive<'_>, queue_id: u32, max: usi
     let room = max.saturating_sub(redeliver.len());
     let (mut new, mut new_to) = (Vec::new(), view.cursor);
     if room > 0 && view.inflight < MAX_INFLIGHT_PER_QUEUE {
-        let read = state.reader.read(
-            topic,
-            queue_id,
-            view.cursor,
-            room.min(MAX_INFLIGHT_PER_QUEUE - view.inflight),
-            RECEIVE_BYTES,
-            &|tags| r.filter.matches(tags),
-        )?;
+        let read = state
+            .reader
+            .read(
+                topic,
+                queue_id,
+                view.cursor,
+                room.min(MAX_INFLIGHT_PER_QUEUE - view.inflight),
+                RECEIVE_BYTES,
+                &|tags| r.filter.matches(tags),
+            )
+            .map_err(storage)?;
         new_to = read.next_offset.max(view.cursor);
         for m in read.messages {
             new.push(m.queue_offset);
@@ -242,7 +241,7 @@ async fn pop_queue(state: &BrokerState, r: &Receive<'_>, queue_id: u32, max: usi
     });
     let (lease, result) = state.commit(command, 0).await?;
     let CommandResult::Popped(granted) = result else {
-        return Err(BrokerError::Internal(format!("a POP applied as {result:?}")));
+        return Err(ErrorCode::Internal.err(format!("a POP applied as {result:?}")));
     };
     let deliveries = granted
         .into_iter()
@@ -260,10 +259,9 @@ async fn pop_queue(state: &BrokerState, r: &Receive<'_>, queue_id: u32, max: usi
     })
 }
 
-fn stale() -> BrokerError {
-    BrokerError::StaleHandle(
-        "the receipt handle is stale: the message was acknowledged, redelivered or changed since".into(),
-    )
+fn stale() -> Error {
+    ErrorCode::StaleHandle
+        .err("the receipt handle is stale: the message was acknowledged, redelivered or changed since")
 }
 
 /// Acknowledges deliveries of one queue; per lease, whether it was current (a stale one is a
@@ -274,7 +272,7 @@ pub async fn ack(
     topic: &str,
     queue_id: u32,
     leases: Vec<PopLease>,
-) -> Result<Vec<Result<(), BrokerError>>, BrokerError> {
+) -> Result<Vec<Result<(), Error>>, Error> {
     let command = Command::PopAck {
         group: group.to_owned(),
         topic: topic.to_owned(),
@@ -286,7 +284,7 @@ pub async fn ack(
             .into_iter()
             .map(|current| if current { Ok(()) } else { Err(stale()) })
             .collect()),
-        (_, other) => Err(BrokerError::Internal(format!("an ack applied as {other:?}"))),
+        (_, other) => Err(ErrorCode::Internal.err(format!("an ack applied as {other:?}"))),
     }
 }
 
@@ -298,7 +296,7 @@ pub async fn change_invisible(
     queue_id: u32,
     lease: PopLease,
     invisible: Duration,
-) -> Result<PopLease, BrokerError> {
+) -> Result<PopLease, Error> {
     let command = Command::PopChangeInvisible {
         group: group.to_owned(),
         topic: topic.to_owned(),
@@ -320,14 +318,15 @@ pub async fn give_up(
     topic: &str,
     queue_id: u32,
     lease: PopLease,
-) -> Result<(), BrokerError> {
+) -> Result<(), Error> {
     if state.reader.pop_delivery(group, topic, queue_id, &lease).is_none() {
         return Err(stale());
     }
     let m = state
         .reader
-        .get(topic, queue_id, lease.offset)?
-        .ok_or_else(|| BrokerError::MessageNotFound("the message is no longer stored".into()))?;
+        .get(topic, queue_id, lease.offset)
+        .map_err(storage)?
+        .ok_or_else(|| ErrorCode::MessageNotFound.err("the message is no longer stored"))?;
     move_to_dead_letter(state, group, topic, queue_id, lease, m, "the consumer gave up on it").await
 }
 
@@ -340,7 +339,7 @@ async fn move_to_dead_letter(
     lease: PopLease,
     m: StoredMessage,
     why: &str,
-) -> Result<(), BrokerError> {
+) -> Result<(), Error> {
     let dlq_topic = dead_letter_topic(group);
     let mut properties = m.properties;
     properties.retain(|(k, _)| k != PROP_DLQ_ORIGIN_TOPIC && k != PROP_DLQ_ORIGIN_MESSAGE_ID);

@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use raftmq_store::StoredMessage;
 
-use crate::error::BrokerError;
+use crate::error::storage;
 use crate::state::BrokerState;
+use raftmq_common::{Error, ErrorCode};
 
 /// Longest a pull may wait for new messages.
 pub const MAX_PULL_WAIT: Duration = Duration::from_secs(30);
@@ -20,16 +21,16 @@ const DEFAULT_PULL_BYTES: u64 = 4 << 20;
 pub struct TagFilter(Option<BTreeSet<String>>);
 
 impl TagFilter {
-    pub fn parse(expression: &str) -> Result<TagFilter, BrokerError> {
+    pub fn parse(expression: &str) -> Result<TagFilter, Error> {
         let e = expression.trim();
         if e.is_empty() || e == "*" {
             return Ok(TagFilter(None));
         }
         let tags: BTreeSet<String> = e.split("||").map(|t| t.trim().to_owned()).collect();
         if tags.iter().any(|t| t.is_empty()) {
-            return Err(BrokerError::InvalidArgument(format!(
-                "field `tag_expression`: {expression:?} has an empty tag"
-            )));
+            return Err(
+                ErrorCode::InvalidArgument.err(format!("field `tag_expression`: {expression:?} has an empty tag"))
+            );
         }
         Ok(TagFilter(Some(tags)))
     }
@@ -73,7 +74,7 @@ pub struct Pulled {
 
 /// Reads what matches from `offset` on; with nothing there, waits until an entry is applied, the
 /// wait is over, or the node stops.
-pub async fn pull(state: &BrokerState, query: PullQuery) -> Result<Pulled, BrokerError> {
+pub async fn pull(state: &BrokerState, query: PullQuery) -> Result<Pulled, Error> {
     super::topics::for_read(state, &query.topic, query.queue_id)?;
     let filter = TagFilter::parse(&query.tag_expression)?;
     let max_messages = query.max_messages.clamp(1, MAX_PULL_MESSAGES) as usize;
@@ -87,14 +88,17 @@ pub async fn pull(state: &BrokerState, query: PullQuery) -> Result<Pulled, Broke
     let mut stop = state.stop.clone();
     loop {
         applied.borrow_and_update();
-        let read = state.reader.read(
-            &query.topic,
-            query.queue_id,
-            query.offset,
-            max_messages,
-            max_bytes,
-            &|tags| filter.matches(tags),
-        )?;
+        let read = state
+            .reader
+            .read(
+                &query.topic,
+                query.queue_id,
+                query.offset,
+                max_messages,
+                max_bytes,
+                &|tags| filter.matches(tags),
+            )
+            .map_err(storage)?;
         let status = if query.offset < read.min_offset {
             PullStatus::OffsetMoved
         } else if query.offset > read.max_offset {
@@ -120,31 +124,35 @@ pub async fn pull(state: &BrokerState, query: PullQuery) -> Result<Pulled, Broke
             });
         }
         tokio::select! {
-            changed = applied.changed() => if changed.is_err() { return Err(BrokerError::Unavailable("the store is closing".into())) },
+            changed = applied.changed() => if changed.is_err() { return Err(ErrorCode::Unavailable.err("the store is closing")) },
             _ = tokio::time::sleep_until(deadline.into()) => {}
-            _ = stop.wait() => return Err(BrokerError::Unavailable("the broker is shutting down".into())),
+            _ = stop.wait() => return Err(ErrorCode::Unavailable.err("the broker is shutting down")),
         }
     }
 }
 
 /// The message at an offset of a queue.
-pub fn message(state: &BrokerState, topic: &str, queue_id: u32, offset: u64) -> Result<StoredMessage, BrokerError> {
+pub fn message(state: &BrokerState, topic: &str, queue_id: u32, offset: u64) -> Result<StoredMessage, Error> {
     super::topics::for_read(state, topic, queue_id)?;
     state
         .reader
-        .get(topic, queue_id, offset)?
-        .ok_or_else(|| BrokerError::MessageNotFound(format!("no message at {topic}/{queue_id} offset {offset}")))
+        .get(topic, queue_id, offset)
+        .map_err(storage)?
+        .ok_or_else(|| ErrorCode::MessageNotFound.err(format!("no message at {topic}/{queue_id} offset {offset}")))
 }
 
 /// A queue's first offset and the offset its next message will get.
-pub fn bounds(state: &BrokerState, topic: &str, queue_id: u32) -> Result<(u64, u64), BrokerError> {
+pub fn bounds(state: &BrokerState, topic: &str, queue_id: u32) -> Result<(u64, u64), Error> {
     super::topics::for_read(state, topic, queue_id)?;
     let q = state.reader.queue_state(topic, queue_id);
     Ok((q.min_offset, q.next_offset))
 }
 
 /// The first offset of a queue stored at or after a time.
-pub fn search(state: &BrokerState, topic: &str, queue_id: u32, timestamp_ms: i64) -> Result<u64, BrokerError> {
+pub fn search(state: &BrokerState, topic: &str, queue_id: u32, timestamp_ms: i64) -> Result<u64, Error> {
     super::topics::for_read(state, topic, queue_id)?;
-    Ok(state.reader.search_offset(topic, queue_id, timestamp_ms)?)
+    state
+        .reader
+        .search_offset(topic, queue_id, timestamp_ms)
+        .map_err(storage)
 }

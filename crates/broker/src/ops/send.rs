@@ -3,11 +3,14 @@
 
 use std::sync::atomic::Ordering;
 
+use raftmq_common::time::now_ms;
 use raftmq_common::validate;
+use raftmq_common::{Error, ErrorCode};
 use raftmq_store::reader::message_id;
+use raftmq_store::timers::Timer;
 use raftmq_store::types::{perm, Command, CommandResult, MessageIn};
 
-use crate::error::BrokerError;
+use super::delay;
 use crate::state::BrokerState;
 
 /// Largest total of one message's tags, keys and properties, bytes.
@@ -34,21 +37,24 @@ pub struct Batch {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sent {
     pub queue_id: u32,
+    /// The first message's queue offset; 0 for delayed messages, which have none yet.
     pub first_offset: u64,
     /// The broker's message id of each message, in batch order.
     pub msg_ids: Vec<String>,
+    /// For a batch of delayed messages: each one's recall handle and due time, in batch order.
+    pub scheduled: Vec<(String, i64)>,
 }
 
 /// Stores a batch on a majority of the group. Refused before anything is proposed when: the topic
 /// name is not valid, the batch is empty, this node is not the master, its disk is too full, a
 /// message or the batch is over its size limit, the topic does not exist (and auto-create is
-/// off), is not writable, or has no such queue.
-pub async fn send(state: &BrokerState, batch: Batch) -> Result<Sent, BrokerError> {
+/// off), is not writable, or has no such queue, or a delivery time is malformed or too far
+/// ahead. A batch is all immediate or all delayed; delayed messages are scheduled one by one
+/// ([`super::delay`]).
+pub async fn send(state: &BrokerState, batch: Batch) -> Result<Sent, Error> {
     validate::name("topic", &batch.topic)?;
     if batch.messages.is_empty() {
-        return Err(BrokerError::InvalidArgument(
-            "field `messages`: the batch is empty".into(),
-        ));
+        return Err(ErrorCode::InvalidArgument.err("field `messages`: the batch is empty"));
     }
     state.require_master()?;
     state.disk.check()?;
@@ -58,14 +64,14 @@ pub async fn send(state: &BrokerState, batch: Batch) -> Result<Sent, BrokerError
     for (i, message) in batch.messages.iter().enumerate() {
         let body = message.body.len();
         if body > state.config.max_message_size {
-            return Err(BrokerError::MessageTooLarge(format!(
+            return Err(ErrorCode::MessageTooLarge.err(format!(
                 "message {i}'s body is {body} bytes; the limit is {}",
                 state.config.max_message_size
             )));
         }
         let size = message.size();
         if size - body > MAX_PROPERTIES_SIZE {
-            return Err(BrokerError::MessageTooLarge(format!(
+            return Err(ErrorCode::MessageTooLarge.err(format!(
                 "message {i}'s tags, keys and properties are {} bytes; the limit is {MAX_PROPERTIES_SIZE}",
                 size - body
             )));
@@ -74,21 +80,21 @@ pub async fn send(state: &BrokerState, batch: Batch) -> Result<Sent, BrokerError
         bodies += body;
     }
     if bodies > state.config.max_batch_bytes {
-        return Err(BrokerError::MessageTooLarge(format!(
+        return Err(ErrorCode::MessageTooLarge.err(format!(
             "the batch's bodies are {bodies} bytes; the limit is {}",
             state.config.max_batch_bytes
         )));
     }
     let topic = super::topics::for_send(state, &batch.topic).await?;
     if topic.permission & perm::WRITE == 0 {
-        return Err(BrokerError::NoPermission(format!(
+        return Err(ErrorCode::NoPermission.err(format!(
             "topic {:?} is not writable in group {}",
             batch.topic, state.config.group
         )));
     }
     let queue_id = match batch.queue {
         Queue::Given(q) if q >= topic.write_queues => {
-            return Err(BrokerError::QueueNotFound(format!(
+            return Err(ErrorCode::QueueNotFound.err(format!(
                 "topic {:?} has {} write queues; queue {q} does not exist",
                 batch.topic, topic.write_queues
             )))
@@ -97,6 +103,20 @@ pub async fn send(state: &BrokerState, batch: Batch) -> Result<Sent, BrokerError
         // A topic has 1 to MAX_QUEUES write queues (`raftmq_store::apply::check_topic`).
         Queue::Next => state.next_queue.fetch_add(1, Ordering::Relaxed) % topic.write_queues.max(1),
     };
+    let now = now_ms();
+    let dues = batch
+        .messages
+        .iter()
+        .map(|m| delay::due_ms(m, now))
+        .collect::<Result<Vec<_>, _>>()?;
+    match dues.iter().filter(|d| d.is_some()).count() {
+        0 => {}
+        n if n == dues.len() => return schedule(state, batch.topic, queue_id, batch.messages, dues).await,
+        _ => {
+            return Err(ErrorCode::InvalidArgument
+                .err("a batch is all immediate or all delayed messages; send the delayed ones on their own"))
+        }
+    }
     let command = Command::Send {
         topic: batch.topic,
         queue_id,
@@ -109,7 +129,7 @@ pub async fn send(state: &BrokerState, batch: Batch) -> Result<Sent, BrokerError
         first_position,
     } = result
     else {
-        return Err(BrokerError::Internal(format!("a send applied as {result:?}")));
+        return Err(ErrorCode::Internal.err(format!("a send applied as {result:?}")));
     };
     Ok(Sent {
         queue_id,
@@ -117,5 +137,50 @@ pub async fn send(state: &BrokerState, batch: Batch) -> Result<Sent, BrokerError
         msg_ids: (0..count)
             .map(|i| message_id(state.reader.id_prefix(), log_index, first_position + i))
             .collect(),
+        scheduled: Vec::new(),
     })
+}
+
+/// Stores each delayed message with its timer, all proposed at once.
+async fn schedule(
+    state: &BrokerState,
+    topic: String,
+    queue_id: u32,
+    messages: Vec<MessageIn>,
+    dues: Vec<Option<i64>>,
+) -> Result<Sent, Error> {
+    let commits = messages.into_iter().zip(dues).map(|(message, due)| {
+        let due_ms = due.expect("every message of the batch is delayed");
+        let message = delay::scheduled(message, due_ms);
+        let bytes = message.size();
+        let command = Command::Schedule {
+            topic: topic.clone(),
+            queue_id,
+            due_ms,
+            message,
+        };
+        async move { (due_ms, state.commit(command, bytes).await) }
+    });
+    let mut sent = Sent {
+        queue_id,
+        first_offset: 0,
+        msg_ids: Vec::new(),
+        scheduled: Vec::new(),
+    };
+    for (due_ms, committed) in futures::future::join_all(commits).await {
+        let (log_index, result) = committed?;
+        let CommandResult::Scheduled { position } = result else {
+            return Err(ErrorCode::Internal.err(format!("a delayed send applied as {result:?}")));
+        };
+        let timer = Timer {
+            due_ms,
+            log_index,
+            position,
+        };
+        sent.msg_ids
+            .push(message_id(state.reader.id_prefix(), log_index, position));
+        sent.scheduled
+            .push((delay::recall_handle(&state.config.group, &timer), due_ms));
+    }
+    Ok(sent)
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 use raftmq_common::validate;
 use raftmq_store::types::{perm, Command, TopicConfig};
 
-use crate::error::BrokerError;
 use crate::state::BrokerState;
+use raftmq_common::{Error, ErrorCode};
 
 /// How long a topic change waits for the NameServers to hear it (a heartbeat RPC's deadline and
 /// some).
@@ -15,8 +15,8 @@ const ANNOUNCE_WAIT: Duration = Duration::from_secs(3);
 
 /// Creates a topic or changes its queues and permission, on the master; returns once committed
 /// and announced to the NameServers (see [`announce`]).
-pub async fn upsert(state: &BrokerState, config: TopicConfig) -> Result<(), BrokerError> {
-    raftmq_store::apply::check_topic(&config).map_err(BrokerError::InvalidArgument)?;
+pub async fn upsert(state: &BrokerState, config: TopicConfig) -> Result<(), Error> {
+    raftmq_store::apply::check_topic(&config).map_err(|e| ErrorCode::InvalidArgument.err(e))?;
     state.require_master()?;
     state.commit(Command::UpsertTopic(config), 0).await?;
     announce(state).await;
@@ -24,7 +24,7 @@ pub async fn upsert(state: &BrokerState, config: TopicConfig) -> Result<(), Brok
 }
 
 /// Deletes a topic and its messages, on the master; returns once committed and announced.
-pub async fn delete(state: &BrokerState, name: String) -> Result<(), BrokerError> {
+pub async fn delete(state: &BrokerState, name: String) -> Result<(), Error> {
     validate::name("topic", &name)?;
     state.require_master()?;
     state.commit(Command::DeleteTopic { name }, 0).await?;
@@ -51,16 +51,16 @@ async fn announce(state: &BrokerState) {
 }
 
 /// The topic a read names, which must exist here with that queue.
-pub fn for_read(state: &BrokerState, topic: &str, queue_id: u32) -> Result<TopicConfig, BrokerError> {
+pub fn for_read(state: &BrokerState, topic: &str, queue_id: u32) -> Result<TopicConfig, Error> {
     validate::name("topic", topic)?;
     let config = state.reader.topic(topic).ok_or_else(|| {
-        BrokerError::TopicNotFound(format!(
+        ErrorCode::TopicNotFound.err(format!(
             "topic {topic:?} does not exist in group {}",
             state.config.group
         ))
     })?;
     if queue_id >= config.queues() {
-        return Err(BrokerError::QueueNotFound(format!(
+        return Err(ErrorCode::QueueNotFound.err(format!(
             "topic {topic:?} has {} queues; queue {queue_id} does not exist",
             config.queues()
         )));
@@ -69,12 +69,12 @@ pub fn for_read(state: &BrokerState, topic: &str, queue_id: u32) -> Result<Topic
 }
 
 /// The topic to send to, created first when auto-create is on.
-pub async fn for_send(state: &BrokerState, topic: &str) -> Result<TopicConfig, BrokerError> {
+pub async fn for_send(state: &BrokerState, topic: &str) -> Result<TopicConfig, Error> {
     if let Some(config) = state.reader.topic(topic) {
         return Ok(config);
     }
     if !state.config.auto_create_topic {
-        return Err(BrokerError::TopicNotFound(format!(
+        return Err(ErrorCode::TopicNotFound.err(format!(
             "topic {topic:?} does not exist in group {} (auto-create is off)",
             state.config.group
         )));

@@ -1,4 +1,4 @@
-//! `raftmq message`: one message by its queue and offset.
+//! `raftmq message`: one message by its queue and offset; recalling a delayed one.
 
 use clap::Subcommand;
 use raftmq_client::{Admin, MessageQueue};
@@ -18,6 +18,12 @@ pub(crate) enum MessageCommand {
         offset: u64,
         #[arg(long, value_enum, default_value_t = Read::Master)]
         read: Read,
+    },
+    /// Cancels a delayed message that is not due yet, by the recall handle its send printed.
+    Recall {
+        topic: String,
+        /// The recall handle (`raftmq send --delay ...` prints it).
+        handle: String,
     },
 }
 
@@ -39,6 +45,14 @@ pub(crate) async fn run(admin: &Admin, command: MessageCommand, as_json: bool) -
                 )
                 .await?;
             print_message(&m, as_json);
+        }
+        MessageCommand::Recall { topic, handle } => {
+            admin.recall(&topic, &handle).await?;
+            if as_json {
+                println!("{}", serde_json::json!({"recalled": handle}));
+            } else {
+                println!("recalled {handle}");
+            }
         }
     }
     Ok(())

@@ -1,10 +1,7 @@
 //! The `MessagingService` gRPC service over a [`Backend`], with forwarding to the master.
 //!
 //! Writes and receives (send, receive, ack, change invisible duration, dead-letter) run where
-//! the backend says: here on the master, otherwise forwarded to the master with the caller's
-//! metadata and deadline. A forwarded request that lands on a node that is no longer master is
-//! forwarded once more at most (then it answers HA_NOT_AVAILABLE and the client retries), so
-//! requests never loop between nodes during an election.
+//! the backend says: here on the master, otherwise forwarded to the master ([`forward`]).
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -20,18 +17,18 @@ use raftmq_proto::rocketmq::messaging_service_server::MessagingService as Servic
 use raftmq_proto::rocketmq::{self as v2, Code};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::metadata::{KeyAndValueRef, MetadataMap};
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::MetadataMap;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::status::{ok, summary, Fail};
-use crate::{full_name, route, settings, timestamp_ms, Backend, Target};
 
-/// Marks a request one node forwarded to another, with how many times it was forwarded.
-const FORWARDED: &str = "x-raftmq-forwarded";
-/// Most times one request is forwarded: a master that moved while the request travelled gets one
-/// more hop (the request was not processed anywhere yet), never a loop.
-const MAX_HOPS: u32 = 2;
+#[macro_use]
+mod forward;
+
+use crate::{full_name, route, settings, timestamp_ms, Backend};
+use forward::{caller_timeout, forward_failed, forwarded, Master};
+
 /// The namespace header RocketMQ clients send.
 const NAMESPACE: &str = "x-mq-namespace";
 /// Largest message accepted or sent: a 4 MiB body plus headers and properties, with room.
@@ -40,34 +37,8 @@ pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
 const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
 /// Longest receive wait when the client names none.
 const DEFAULT_POLL: Duration = Duration::from_secs(20);
-/// Deadline of a forwarded request when the caller set none.
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long a forward waits for a new master after the old one turned out unreachable.
-const NEXT_MASTER_WAIT: Duration = Duration::from_secs(3);
 
 type Reply<T> = Result<Response<T>, Status>;
-
-/// The master a request is forwarded to.
-struct Master {
-    addr: String,
-    client: MessagingServiceClient<Channel>,
-}
-
-/// Calls the master, and when the connection to it fails before the request is sent, once more
-/// on the master the group names next.
-macro_rules! forward {
-    ($self:expr, $md:expr, $master:expr, $req:expr, $method:ident) => {{
-        let Master { addr, mut client } = $master;
-        match client.$method(forwarded(&$md, $req.clone())).await {
-            Err(e) if raftmq_common::code::never_sent(&e) => match $self.next_master(&addr).await {
-                Ok(mut next) => next.$method(forwarded(&$md, $req)).await.map_err(forward_failed),
-                Err(f) => Err(f),
-            },
-            other => other.map_err(forward_failed),
-        }
-    }};
-}
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// The service, cloned per connection by tonic.
@@ -103,56 +74,6 @@ impl<B: Backend> MessagingService<B> {
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE)
     }
-
-    fn client(&self, addr: &str) -> Result<MessagingServiceClient<Channel>, Fail> {
-        let mut masters = self.masters.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = masters.get(addr) {
-            return Ok(c.clone());
-        }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Fail::new(Code::InternalServerError, format!("bad master address {addr:?}: {e}")))?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true);
-        let client = MessagingServiceClient::new(endpoint.connect_lazy())
-            .max_decoding_message_size(MAX_MESSAGE_SIZE)
-            .max_encoding_message_size(MAX_MESSAGE_SIZE);
-        masters.insert(addr.to_owned(), client.clone());
-        Ok(client)
-    }
-
-    /// Where a write or receive runs: `Ok(None)` here, `Ok(Some(master))` forwarded.
-    async fn route_write(&self, md: &MetadataMap) -> Result<Option<Master>, Fail> {
-        match self.backend.target().await? {
-            Target::Here => Ok(None),
-            Target::Master(_) if hops(md) >= MAX_HOPS => Err(Fail::new(
-                Code::HaNotAvailable,
-                "NOT_MASTER: the master moved while the request was forwarded; retry",
-            )),
-            Target::Master(addr) => Ok(Some(Master {
-                client: self.client(&addr)?,
-                addr,
-            })),
-        }
-    }
-
-    /// After the master at `dead` could not be reached (the request was never sent): waits for
-    /// the group to name another master, so the request can go there instead of failing.
-    async fn next_master(&self, dead: &str) -> Result<MessagingServiceClient<Channel>, Fail> {
-        let deadline = tokio::time::Instant::now() + NEXT_MASTER_WAIT;
-        loop {
-            match self.backend.target().await? {
-                Target::Master(addr) if addr != dead => return self.client(&addr),
-                // This node became master: the client's retry lands here.
-                Target::Here => break,
-                Target::Master(_) if tokio::time::Instant::now() >= deadline => break,
-                Target::Master(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-        Err(Fail::new(
-            Code::HaNotAvailable,
-            format!("NOT_MASTER: the master at {dead} is unreachable and no other master is known yet; retry"),
-        ))
-    }
 }
 
 /// The request's namespace: from the resource when it names one, else the header.
@@ -165,61 +86,6 @@ fn namespace_of(md: &MetadataMap, resource: Option<&v2::Resource>) -> String {
             .unwrap_or_default()
             .to_owned(),
     }
-}
-
-/// How many times a request was forwarded already.
-fn hops(md: &MetadataMap) -> u32 {
-    md.get(FORWARDED)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-/// The caller's deadline from the `grpc-timeout` header.
-fn caller_timeout(md: &MetadataMap) -> Option<Duration> {
-    let v = md.get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
-/// A request to forward: the caller's metadata (namespace, client id, ...), its deadline, and
-/// the mark that stops a second hop.
-fn forwarded<T>(md: &MetadataMap, message: T) -> Request<T> {
-    let mut req = Request::new(message);
-    for kv in md.iter() {
-        if let KeyAndValueRef::Ascii(k, v) = kv {
-            let name = k.as_str();
-            if !(name.starts_with("grpc-") || matches!(name, "te" | "content-type" | "user-agent")) {
-                req.metadata_mut().insert(k.clone(), v.clone());
-            }
-        }
-    }
-    let hops = (hops(md) + 1).to_string();
-    req.metadata_mut()
-        .insert(FORWARDED, hops.parse().expect("digits are ascii"));
-    req.set_timeout(caller_timeout(md).unwrap_or(FORWARD_TIMEOUT));
-    req
-}
-
-/// A forwarded call that failed in transport: its outcome is unknown to us.
-fn forward_failed(e: Status) -> Fail {
-    Fail::new(
-        Code::ProxyTimeout,
-        format!(
-            "TIMEOUT: forwarding to the master failed ({}): {}",
-            e.code(),
-            e.message()
-        ),
-    )
 }
 
 fn check_topic(namespace: &str, topic: Option<&v2::Resource>) -> Result<String, Fail> {
@@ -594,11 +460,34 @@ impl<B: Backend> Service for MessagingService<B> {
         }
     }
 
-    async fn recall_message(&self, _request: Request<v2::RecallMessageRequest>) -> Reply<v2::RecallMessageResponse> {
-        Ok(Response::new(v2::RecallMessageResponse {
-            status: Some(unsupported("RecallMessage (delayed messages)")),
-            message_id: String::new(),
-        }))
+    async fn recall_message(&self, request: Request<v2::RecallMessageRequest>) -> Reply<v2::RecallMessageResponse> {
+        let (md, _, req) = request.into_parts();
+        let answer = |r: Result<String, Fail>| {
+            Ok(Response::new(match r {
+                Ok(message_id) => v2::RecallMessageResponse {
+                    status: Some(ok()),
+                    message_id,
+                },
+                Err(f) => v2::RecallMessageResponse {
+                    status: Some(f.status()),
+                    message_id: String::new(),
+                },
+            }))
+        };
+        let namespace = namespace_of(&md, req.topic.as_ref());
+        let topic = match check_topic(&namespace, req.topic.as_ref()) {
+            Ok(topic) => topic,
+            Err(f) => return answer(Err(f)),
+        };
+        let target = self.backend.recall_target(&topic, &req.recall_handle).await;
+        match self.route_to(&md, target) {
+            Err(f) => answer(Err(f)),
+            Ok(Some(master)) => match forward!(self, md, master, req, recall_message) {
+                Ok(r) => Ok(Response::new(r.into_inner())),
+                Err(f) => answer(Err(f)),
+            },
+            Ok(None) => answer(self.backend.recall(&namespace, &req).await),
+        }
     }
 
     async fn sync_lite_subscription(

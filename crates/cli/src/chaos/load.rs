@@ -1,0 +1,256 @@
+//! The load a chaos run keeps on the group while faults hit it: producers sending unique,
+//! self-describing bodies (`p{producer}-{seq}`, every attempt a new seq) and recording what
+//! each send's outcome was, a consumer group reading all along, and a watcher of the committed
+//! consume offsets. It records; [`super::verdict`] judges.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use raftmq_client::{Client, ConsumeFrom, ConsumeResult, Message, MessageQueue, Producer, PushConsumer};
+use raftmq_common::ErrorCode;
+use raftmq_proto as pb;
+
+use super::cluster::{deadline, stage};
+use crate::ops::node_status;
+
+/// The consumer group the run reads with.
+const GROUP: &str = "chaos-group";
+
+/// A message the consumer group got: queue, offset, body.
+pub type Received = (MessageQueue, u64, Vec<u8>);
+
+/// What happened to one send.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Acked(MessageQueue, u64),
+    /// Reported as certainly not stored, with the error.
+    Failed(String),
+    /// Timed out or cut off mid-call, with the error.
+    Unknown(String),
+}
+
+/// What the load saw, once it stopped.
+pub struct Record {
+    /// Every send by body.
+    pub outcomes: BTreeMap<String, Outcome>,
+    /// Every message the consumer group got.
+    pub consumed: Vec<Received>,
+    /// Committed consume offsets that moved backwards.
+    pub offsets_back: Vec<String>,
+}
+
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    outcomes: Arc<Mutex<BTreeMap<String, Outcome>>>,
+    /// When the newest acknowledged send had started.
+    pub last_ack: Arc<Mutex<Instant>>,
+    producers: Vec<tokio::task::JoinHandle<()>>,
+    consumed: Arc<Mutex<Vec<Received>>>,
+    consumer: PushConsumer,
+    offsets_back: Arc<Mutex<Vec<String>>>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    pub async fn start(
+        client: &Client,
+        topic: &str,
+        producers: usize,
+        nodes: &BTreeMap<u64, String>,
+    ) -> anyhow::Result<Load> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let outcomes: Arc<Mutex<BTreeMap<String, Outcome>>> = Arc::default();
+        let last_ack = Arc::new(Mutex::new(Instant::now()));
+        let producers = (0..producers)
+            .map(|p| {
+                let send = Sender {
+                    producer: Producer::new(client.clone()),
+                    topic: topic.to_owned(),
+                    outcomes: outcomes.clone(),
+                    last_ack: last_ack.clone(),
+                };
+                tokio::spawn(send.run(p, stop.clone()))
+            })
+            .collect();
+        let consumed: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let consumer = {
+            let consumed = consumed.clone();
+            PushConsumer::builder(client.clone(), GROUP, topic)
+                .consume_from(ConsumeFrom::First)
+                .start(move |batch| {
+                    let mut c = consumed.lock().unwrap();
+                    for m in batch {
+                        let queue = MessageQueue {
+                            group: m.group.clone(),
+                            queue_id: m.queue_id,
+                        };
+                        c.push((queue, m.queue_offset, m.body.clone()));
+                    }
+                    ConsumeResult::Success
+                })
+                .await?
+        };
+        let offsets_back: Arc<Mutex<Vec<String>>> = Arc::default();
+        let watcher = tokio::spawn(watch_offsets(
+            client.clone(),
+            stop.clone(),
+            nodes.clone(),
+            offsets_back.clone(),
+            topic.to_owned(),
+        ));
+        Ok(Load {
+            stop,
+            outcomes,
+            last_ack,
+            producers,
+            consumed,
+            consumer,
+            offsets_back,
+            watcher,
+        })
+    }
+
+    /// Tells the producers and the watcher to stop after their current step.
+    pub fn halt(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits for the producers and the watcher to stop, lets the consumer group drain what was
+    /// acknowledged (30 s at most), and stops it. Every step has a deadline and says which one
+    /// ran out: a wait without one once kept a finished 300-round run from reaching its verdict.
+    pub async fn stop(self, healthy: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<Record> {
+        self.halt();
+        stage("stopping the producers", Duration::from_secs(60), async {
+            for p in self.producers {
+                p.await?;
+            }
+            Ok(())
+        })
+        .await?;
+        stage("stopping the offset watcher", Duration::from_secs(30), async {
+            Ok(self.watcher.await?)
+        })
+        .await?;
+        stage("waiting for a healthy group", Duration::from_secs(40), healthy).await?;
+        eprintln!("chaos: draining the consumer group");
+        let outcomes = self.outcomes.lock().unwrap().clone();
+        let acked: Vec<&[u8]> = outcomes
+            .iter()
+            .filter(|(_, o)| matches!(o, Outcome::Acked(..)))
+            .map(|(b, _)| b.as_bytes())
+            .collect();
+        let drain_end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let all_in = {
+                let consumed = self.consumed.lock().unwrap();
+                let got: std::collections::BTreeSet<&[u8]> = consumed.iter().map(|(_, _, b)| b.as_slice()).collect();
+                acked.iter().all(|b| got.contains(b))
+            };
+            if all_in || Instant::now() >= drain_end {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        stage("stopping the consumer", Duration::from_secs(30), async {
+            self.consumer.shutdown().await;
+            Ok(())
+        })
+        .await?;
+        let consumed = std::mem::take(&mut *self.consumed.lock().unwrap());
+        let offsets_back = std::mem::take(&mut *self.offsets_back.lock().unwrap());
+        Ok(Record {
+            outcomes,
+            consumed,
+            offsets_back,
+        })
+    }
+}
+
+/// One producer of the run.
+struct Sender {
+    producer: Producer,
+    topic: String,
+    outcomes: Arc<Mutex<BTreeMap<String, Outcome>>>,
+    last_ack: Arc<Mutex<Instant>>,
+}
+
+impl Sender {
+    async fn run(self, p: usize, stop: Arc<AtomicBool>) {
+        let mut seq = 0u64;
+        while !stop.load(Ordering::SeqCst) {
+            let body = format!("p{p}-{seq}");
+            seq += 1;
+            let started = Instant::now();
+            let outcome = match self.producer.send(Message::new(&self.topic, body.clone())).await {
+                Ok(r) => {
+                    let mut last = self.last_ack.lock().unwrap();
+                    *last = (*last).max(started);
+                    let queue = MessageQueue {
+                        group: r.group,
+                        queue_id: r.queue_id,
+                    };
+                    Outcome::Acked(queue, r.queue_offset)
+                }
+                Err(e) if e.code == ErrorCode::Timeout => Outcome::Unknown(e.to_string()),
+                Err(e) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Outcome::Failed(e.to_string())
+                }
+            };
+            self.outcomes.lock().unwrap().insert(body, outcome);
+        }
+    }
+}
+
+/// Committed consume offsets as the current master (highest term seen) reports them: they must
+/// never move backwards. (A lagging slave may show older ones; that is not a commit going back,
+/// so slaves are not asked.)
+async fn watch_offsets(
+    client: Client,
+    stop: Arc<AtomicBool>,
+    nodes: BTreeMap<u64, String>,
+    violations: Arc<Mutex<Vec<String>>>,
+    topic: String,
+) {
+    let mut last: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut term = 0;
+    while !stop.load(Ordering::SeqCst) {
+        let mut master = None;
+        for addr in nodes.values() {
+            if let Some(s) = node_status(&client, addr).await {
+                if s.role == pb::Role::Master as i32
+                    && s.term >= term
+                    && master.as_ref().is_none_or(|(t, _)| s.term > *t)
+                {
+                    master = Some((s.term, addr.clone()));
+                }
+            }
+        }
+        if let Some((t, addr)) = master {
+            term = t;
+            // This run's topic only: the group may have offsets in earlier runs' topics.
+            let req = pb::GetConsumeOffsetsRequest {
+                consumer_group: GROUP.into(),
+                topic: topic.clone(),
+            };
+            if let Ok(mut b) = client.broker(&addr) {
+                if let Ok(reply) = b.get_consume_offsets(deadline(req)).await {
+                    for o in reply.into_inner().offsets {
+                        if let Some(prev) = last.insert(o.queue_id, o.offset) {
+                            if o.offset < prev {
+                                let text = format!(
+                                    "queue {} offset moved back from {prev} to {} (term {t})",
+                                    o.queue_id, o.offset
+                                );
+                                violations.lock().unwrap().push(text);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

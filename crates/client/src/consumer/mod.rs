@@ -1,0 +1,69 @@
+//! Consumers: a pull consumer for explicit reads, and a group consumer (RocketMQ's push
+//! consumer) that shares a topic's queues among the members of a consumer group.
+//!
+//! Delivery is at least once. A group consumer commits the offset after the handler returned
+//! success for a batch, periodically and when it gives a queue up; after a crash, a rebalance or
+//! a failover a queue resumes from the last committed offset, so a message may come again but
+//! none is skipped.
+//!
+//! - [`pull`]: [`PullConsumer`], explicit reads of one queue at a time, and consume offsets;
+//! - [`push`]: [`PushConsumer`], the group consumer: a queue reader per assigned queue, the
+//!   handler, and the periodic commit;
+//! - [`rebalance`]: who in a group reads which queue, and the heartbeats that make a member
+//!   known.
+
+mod pull;
+mod push;
+mod rebalance;
+
+pub use pull::{PullConsumer, PullResult};
+pub use push::{Handler, PushConsumer, PushConsumerBuilder};
+pub use rebalance::allocate_averagely;
+
+use crate::route::GroupRoute;
+
+/// Which node of a group reads are sent to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadPreference {
+    /// The master; a slave when the master cannot be reached.
+    #[default]
+    Master,
+    /// A slave; the master when no slave can be reached.
+    PreferSlave,
+    /// Slaves only.
+    SlaveOnly,
+}
+
+/// Where a consumer group with no committed offset starts (RocketMQ's ConsumeFromWhere).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsumeFrom {
+    First,
+    Last,
+    /// The first message stored at or after this time (ms since the epoch).
+    Timestamp(i64),
+}
+
+/// Clustering shares queues among a group; broadcasting gives every member every queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageModel {
+    Clustering,
+    Broadcasting,
+}
+
+/// What a handler says about a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsumeResult {
+    Success,
+    /// Deliver the same batch again after a pause (the queue waits: order is kept).
+    Retry,
+}
+
+pub(crate) fn nodes_for(group: &GroupRoute, pref: ReadPreference) -> Vec<String> {
+    let master = group.master.iter().cloned();
+    let slaves = group.slaves.iter().cloned();
+    match pref {
+        ReadPreference::Master => master.chain(slaves).collect(),
+        ReadPreference::PreferSlave => slaves.chain(master).collect(),
+        ReadPreference::SlaveOnly => slaves.collect(),
+    }
+}

@@ -1,0 +1,388 @@
+//! The group consumer (RocketMQ's push consumer): one reader task per assigned queue calls the
+//! handler batch by batch in queue order; a coordinator rebalances and commits on a timer and
+//! commits a queue's offset when it gives the queue up.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use raftmq_common::shutdown::{Shutdown, Stopping};
+use raftmq_common::{Error, ErrorCode};
+use raftmq_proto as pb;
+use tokio::task::JoinHandle;
+
+use super::rebalance::{all_nodes, assignment, heartbeat};
+use super::{ConsumeFrom, ConsumeResult, MessageModel, PullConsumer, ReadPreference};
+use crate::message::ReceivedMessage;
+use crate::route::MessageQueue;
+use crate::Client;
+
+/// The handler a group consumer calls with each batch, in queue order.
+pub type Handler = Arc<dyn Fn(&[ReceivedMessage]) -> ConsumeResult + Send + Sync>;
+
+/// Builds a [`PushConsumer`].
+pub struct PushConsumerBuilder {
+    client: Client,
+    consumer_group: String,
+    topic: String,
+    tag_expression: String,
+    model: MessageModel,
+    read_preference: ReadPreference,
+    consume_from: ConsumeFrom,
+    batch_size: u32,
+    rebalance_interval: Duration,
+    commit_interval: Duration,
+    client_id: String,
+}
+
+impl PushConsumerBuilder {
+    pub fn new(client: Client, consumer_group: impl Into<String>, topic: impl Into<String>) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        PushConsumerBuilder {
+            client,
+            consumer_group: consumer_group.into(),
+            topic: topic.into(),
+            tag_expression: "*".into(),
+            model: MessageModel::Clustering,
+            read_preference: ReadPreference::Master,
+            consume_from: ConsumeFrom::Last,
+            batch_size: 32,
+            rebalance_interval: Duration::from_secs(1),
+            commit_interval: Duration::from_secs(1),
+            client_id: format!("{}@{}", std::process::id(), nanos),
+        }
+    }
+
+    /// `*` or `a || b`.
+    pub fn tag_expression(mut self, e: impl Into<String>) -> Self {
+        self.tag_expression = e.into();
+        self
+    }
+    pub fn model(mut self, m: MessageModel) -> Self {
+        self.model = m;
+        self
+    }
+    pub fn read_preference(mut self, p: ReadPreference) -> Self {
+        self.read_preference = p;
+        self
+    }
+    /// Where a group with no committed offset starts (default: last, as RocketMQ).
+    pub fn consume_from(mut self, f: ConsumeFrom) -> Self {
+        self.consume_from = f;
+        self
+    }
+    pub fn batch_size(mut self, n: u32) -> Self {
+        self.batch_size = n.max(1);
+        self
+    }
+    pub fn rebalance_interval(mut self, d: Duration) -> Self {
+        self.rebalance_interval = d;
+        self
+    }
+    pub fn commit_interval(mut self, d: Duration) -> Self {
+        self.commit_interval = d;
+        self
+    }
+    /// The member's id in its group (default: pid and a random part).
+    pub fn client_id(mut self, id: impl Into<String>) -> Self {
+        self.client_id = id.into();
+        self
+    }
+
+    /// Joins the group and starts consuming.
+    pub async fn start(
+        self,
+        handler: impl Fn(&[ReceivedMessage]) -> ConsumeResult + Send + Sync + 'static,
+    ) -> Result<PushConsumer, Error> {
+        raftmq_common::validate::name("consumer group", &self.consumer_group)
+            .map_err(|e| ErrorCode::InvalidArgument.err(e.to_string()))?;
+        // Fails early on an unknown topic.
+        self.client.route(&self.topic).await?;
+        let (stop, stopped) = Shutdown::new();
+        let shared = Arc::new(Shared {
+            reader: PullConsumer::new(self.client.clone(), self.read_preference),
+            client: self.client.clone(),
+            consumer_group: self.consumer_group,
+            topic: self.topic,
+            tag_expression: self.tag_expression,
+            model: self.model,
+            consume_from: self.consume_from,
+            batch_size: self.batch_size,
+            client_id: self.client_id,
+            handler: Arc::new(handler),
+            offsets: Mutex::new(HashMap::new()),
+            assigned: Mutex::new(BTreeSet::new()),
+        });
+        let task = tokio::spawn(coordinate(
+            shared.clone(),
+            self.rebalance_interval,
+            self.commit_interval,
+            stopped,
+        ));
+        Ok(PushConsumer {
+            shared,
+            stop,
+            task: Some(task),
+        })
+    }
+}
+
+/// A queue's consume position as the consumer knows it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Position {
+    offset: u64,
+    committed: Option<u64>,
+}
+
+pub(super) struct Shared {
+    pub(super) client: Client,
+    pub(super) reader: PullConsumer,
+    pub(super) consumer_group: String,
+    pub(super) topic: String,
+    pub(super) tag_expression: String,
+    pub(super) model: MessageModel,
+    pub(super) consume_from: ConsumeFrom,
+    pub(super) batch_size: u32,
+    pub(super) client_id: String,
+    pub(super) handler: Handler,
+    pub(super) offsets: Mutex<HashMap<MessageQueue, Position>>,
+    pub(super) assigned: Mutex<BTreeSet<MessageQueue>>,
+}
+
+/// A running group consumer. [`PushConsumer::shutdown`] commits what was consumed and leaves
+/// the group; dropping it stops it without committing.
+pub struct PushConsumer {
+    shared: Arc<Shared>,
+    stop: Shutdown,
+    task: Option<JoinHandle<()>>,
+}
+
+impl PushConsumer {
+    pub fn builder(client: Client, consumer_group: impl Into<String>, topic: impl Into<String>) -> PushConsumerBuilder {
+        PushConsumerBuilder::new(client, consumer_group, topic)
+    }
+
+    pub fn client_id(&self) -> &str {
+        &self.shared.client_id
+    }
+
+    /// The queues this member reads now.
+    pub fn assigned_queues(&self) -> Vec<MessageQueue> {
+        self.shared
+            .assigned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Stops consuming, commits the offsets of everything handled, and leaves the group.
+    pub async fn shutdown(mut self) {
+        self.stop.stop();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for PushConsumer {
+    fn drop(&mut self) {
+        self.stop.stop();
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+async fn coordinate(shared: Arc<Shared>, rebalance_every: Duration, commit_every: Duration, mut stop: Stopping) {
+    let mut workers: HashMap<MessageQueue, (Shutdown, JoinHandle<()>)> = HashMap::new();
+    let mut last_commit = Instant::now();
+    loop {
+        let route = shared
+            .client
+            .refresh_route(&shared.topic)
+            .await
+            .or(shared.client.route(&shared.topic).await);
+        if let Ok(route) = route {
+            heartbeat(&shared, &route).await;
+            if let Some(target) = assignment(&shared, &route).await {
+                // Give up queues no longer ours first (committing them), then take new ones.
+                let gone: Vec<MessageQueue> = workers.keys().filter(|q| !target.contains(*q)).cloned().collect();
+                for q in gone {
+                    if let Some((stop_worker, handle)) = workers.remove(&q) {
+                        stop_worker.stop();
+                        let _ = handle.await;
+                    }
+                    commit(&shared, Some(&q)).await;
+                    shared.offsets.lock().unwrap_or_else(|p| p.into_inner()).remove(&q);
+                }
+                for q in &target {
+                    if !workers.contains_key(q) {
+                        let (tx, rx) = Shutdown::new();
+                        workers.insert(
+                            q.clone(),
+                            (tx, tokio::spawn(consume_queue(shared.clone(), q.clone(), rx))),
+                        );
+                    }
+                }
+                *shared.assigned.lock().unwrap_or_else(|p| p.into_inner()) = target;
+            }
+        }
+        if last_commit.elapsed() >= commit_every {
+            commit(&shared, None).await;
+            last_commit = Instant::now();
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(rebalance_every.min(commit_every)) => {}
+            _ = stop.wait() => break,
+        }
+    }
+    for (_, (stop_worker, handle)) in workers.drain() {
+        stop_worker.stop();
+        let _ = handle.await;
+    }
+    commit(&shared, None).await;
+    if let Ok(route) = shared.client.route(&shared.topic).await {
+        for addr in all_nodes(&route) {
+            if let Ok(mut b) = shared.client.broker(&addr) {
+                let req = pb::UnregisterConsumerRequest {
+                    consumer_group: shared.consumer_group.clone(),
+                    client_id: shared.client_id.clone(),
+                };
+                let _ = b
+                    .unregister_consumer(shared.client.request(req, Duration::from_secs(1)))
+                    .await;
+            }
+        }
+    }
+}
+
+/// Commits dirty offsets (all, or one queue's), per broker group. Broadcasting keeps them local.
+async fn commit(shared: &Shared, only: Option<&MessageQueue>) {
+    if shared.model == MessageModel::Broadcasting {
+        return;
+    }
+    let dirty: Vec<(MessageQueue, u64)> = {
+        let offsets = shared.offsets.lock().unwrap_or_else(|p| p.into_inner());
+        offsets
+            .iter()
+            .filter(|(q, p)| only.is_none_or(|o| o == *q) && p.committed != Some(p.offset))
+            .map(|(q, p)| (q.clone(), p.offset))
+            .collect()
+    };
+    let mut by_group: BTreeMap<String, BTreeMap<u32, u64>> = BTreeMap::new();
+    for (q, o) in &dirty {
+        by_group.entry(q.group.clone()).or_default().insert(q.queue_id, *o);
+    }
+    for (group, offsets) in by_group {
+        match shared
+            .reader
+            .commit_offsets(&shared.topic, &group, &shared.consumer_group, &offsets)
+            .await
+        {
+            Ok(()) => {
+                let mut table = shared.offsets.lock().unwrap_or_else(|p| p.into_inner());
+                for (queue_id, offset) in offsets {
+                    if let Some(p) = table.get_mut(&MessageQueue {
+                        group: group.clone(),
+                        queue_id,
+                    }) {
+                        p.committed = Some(p.committed.map_or(offset, |c| c.max(offset)));
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(group, "offset commit failed, will retry: {e}"),
+        }
+    }
+}
+
+/// Where a queue starts: the committed offset, else the configured start.
+async fn start_offset(shared: &Shared, queue: &MessageQueue) -> Result<u64, Error> {
+    if let Some(p) = shared.offsets.lock().unwrap_or_else(|p| p.into_inner()).get(queue) {
+        return Ok(p.offset);
+    }
+    if shared.model == MessageModel::Clustering {
+        let committed = shared
+            .reader
+            .committed_offsets(&shared.topic, &queue.group, &shared.consumer_group)
+            .await?;
+        if let Some(offset) = committed.get(&queue.queue_id) {
+            return Ok(*offset);
+        }
+    }
+    let (min, max) = shared.reader.queue_offsets(&shared.topic, queue).await?;
+    Ok(match shared.consume_from {
+        ConsumeFrom::First => min,
+        ConsumeFrom::Last => max,
+        ConsumeFrom::Timestamp(ts) => shared.reader.search_offset(&shared.topic, queue, ts).await?,
+    })
+}
+
+async fn consume_queue(shared: Arc<Shared>, queue: MessageQueue, mut stop: Stopping) {
+    let pause = |stop: &mut Stopping, d: Duration| {
+        let mut stop = stop.clone();
+        async move {
+            tokio::select! {
+                _ = tokio::time::sleep(d) => false,
+                _ = stop.wait() => true,
+            }
+        }
+    };
+    let mut offset = loop {
+        match start_offset(&shared, &queue).await {
+            Ok(o) => break o,
+            Err(e) => {
+                tracing::debug!(%queue, "cannot find where to start: {e}");
+                if pause(&mut stop, Duration::from_millis(500)).await {
+                    return;
+                }
+            }
+        }
+    };
+    shared
+        .offsets
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(queue.clone())
+        .or_insert(Position {
+            offset,
+            committed: None,
+        });
+    loop {
+        let pulled = tokio::select! {
+            r = shared.reader.pull(&shared.topic, &queue, offset, shared.batch_size, &shared.tag_expression, Duration::from_secs(2)) => r,
+            _ = stop.wait() => return,
+        };
+        match pulled {
+            // Nothing new, filtered-out messages skipped, or the offset corrected by the broker.
+            Ok(result) if result.messages.is_empty() => offset = result.next_offset,
+            Ok(result) => loop {
+                match (shared.handler)(&result.messages) {
+                    ConsumeResult::Success => {
+                        offset = result.next_offset;
+                        break;
+                    }
+                    ConsumeResult::Retry => {
+                        if pause(&mut stop, Duration::from_secs(1)).await {
+                            return;
+                        }
+                    }
+                }
+            },
+            Err(e) => {
+                tracing::debug!(%queue, "pull failed: {e}");
+                if pause(&mut stop, Duration::from_millis(200)).await {
+                    return;
+                }
+                continue;
+            }
+        }
+        if let Some(p) = shared.offsets.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&queue) {
+            p.offset = offset;
+        }
+    }
+}
