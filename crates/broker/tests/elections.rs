@@ -9,7 +9,7 @@ use openraft::ServerState;
 use raftmq_client::{Admin, Client, ClientConfig, Message, Producer};
 use raftmq_common::ErrorCode;
 use raftmq_proto as pb;
-use raftmq_testkit::{code, send_request, topic, wait_until, Group, CATCH_UP, ELECTION};
+use raftmq_testkit::{code, send_request, wait_until, Group, CATCH_UP, ELECTION};
 
 fn state(group: &Group, id: u64) -> ServerState {
     group.node(id).raft().metrics().borrow().state
@@ -62,9 +62,7 @@ async fn a_new_group_elects_one_master_and_keeps_it() {
 /// try.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_node_with_the_higher_id_cannot_keep_the_group_without_a_master() {
-    let mut group = Group::start(3, |_| {}).await;
-    let master = group.wait_for_master(ELECTION).await;
-    group.create_topic(master, "T", 1).await;
+    let (mut group, master) = Group::start_with_topic_t(|_| {}).await;
     let mut slaves: Vec<u64> = group.ids().into_iter().filter(|id| *id != master).collect();
     slaves.sort();
     let (current, stale) = (slaves[0], slaves[1]);
@@ -102,9 +100,7 @@ async fn a_stale_node_with_the_higher_id_cannot_keep_the_group_without_a_master(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slave_cut_off_from_the_group_does_not_raise_the_term() {
-    let group = Group::start(3, |_| {}).await;
-    let master = group.wait_for_master(ELECTION).await;
-    group.create_topic(master, "T", 1).await;
+    let (group, master) = Group::start_with_topic_t(|_| {}).await;
     let term = group.term(master);
     let slave = group.ids().into_iter().find(|id| *id != master).expect("a slave");
     // Cut off from everyone for several election timeouts: it stands, and its pre-votes fail.
@@ -149,9 +145,7 @@ async fn a_slave_cut_off_from_the_group_does_not_raise_the_term() {
 /// changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_former_master_that_starts_again_rejoins_without_an_election() {
-    let mut group = Group::start(3, |_| {}).await;
-    let mut master = group.wait_for_master(ELECTION).await;
-    group.create_topic(master, "T", 1).await;
+    let (mut group, mut master) = Group::start_with_topic_t(|_| {}).await;
     for round in 0..5 {
         send(&group, master, &format!("before {round}")).await.expect("send");
         group.kill(master).await;
@@ -245,9 +239,7 @@ async fn a_clean_stop_of_the_master_hands_over_without_a_failed_send() {
 /// sends, and falls silent), and the slaves elect one of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_no_majority_answers_steps_down_and_the_slaves_elect_another() {
-    let group = Group::start(3, |_| {}).await;
-    let master = group.wait_for_master(ELECTION).await;
-    group.create_topic(master, "T", 1).await;
+    let (group, master) = Group::start_with_topic_t(|_| {}).await;
     send(&group, master, "before").await.expect("send before the cut");
     let term = group.term(master);
     let slaves: Vec<u64> = group.ids().into_iter().filter(|id| *id != master).collect();

@@ -6,14 +6,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use raftmq_common::ErrorCode;
-use raftmq_proto as pb;
-use raftmq_testkit::{code, message, queue_offsets, send_request, topic, wait_until, Group, CATCH_UP, ELECTION};
+use raftmq_testkit::{code, message, send_request, wait_until, Group, CATCH_UP, ELECTION};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_master_mid_stream_loses_no_acknowledged_message() {
-    let mut group = Group::start(3, |_| {}).await;
-    let first = group.wait_for_master(ELECTION).await;
-    group.create_topic(first, "T", 1).await;
+    let (mut group, first) = Group::start_with_topic_t(|_| {}).await;
     let first_term = group.term(first);
 
     // A producer that always writes to whoever answers as master.
@@ -43,9 +40,7 @@ async fn killing_the_master_mid_stream_loses_no_acknowledged_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarting_every_node_keeps_everything_acknowledged() {
-    let mut group = Group::start(3, |_| {}).await;
-    let master = group.wait_for_master(ELECTION).await;
-    group.create_topic(master, "T", 1).await;
+    let (mut group, _master) = Group::start_with_topic_t(|_| {}).await;
     let acked = group.send_stream(0, 40).await;
     for id in group.ids() {
         group.kill(id).await;

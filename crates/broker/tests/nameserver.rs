@@ -1,12 +1,19 @@
 //! The NameServer's view of a three-node group in one process: routes that follow a failover, and
 //! a clean stop that unregisters at once.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use raftmq_common::ErrorCode;
 use raftmq_proto as pb;
-use raftmq_testkit::{code, message, queue_offsets, send_request, topic, wait_until, Group, CATCH_UP, ELECTION};
+use raftmq_testkit::{wait_until, Group, ELECTION};
+
+/// Topic T's route as the NameServer answers it now.
+async fn route_of_t(
+    ns: &raftmq_proto::name_server_client::NameServerClient<tonic::transport::Channel>,
+) -> Option<pb::TopicRoute> {
+    let mut ns = ns.clone();
+    let route = ns.get_route(pb::GetRouteRequest { topic: "T".into() }).await.ok()?;
+    Some(route.into_inner())
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_nameserver_routes_the_group_and_follows_a_failover() {
@@ -16,21 +23,17 @@ async fn the_nameserver_routes_the_group_and_follows_a_failover() {
     let mut ns = group.namesrv_client().await;
     let route_master = |route: &pb::TopicRoute| route.groups.first().map(|g| g.master_addr.clone());
     let master_addr = group.addr(master);
-    wait_until("the NameServer routes T to the master", Duration::from_secs(10), || {
-        let mut ns = ns.clone();
-        let want = master_addr.clone();
-        async move {
-            let route = ns
-                .get_route(pb::GetRouteRequest { topic: "T".into() })
-                .await
-                .ok()?
-                .into_inner();
-            (route_master(&route) == Some(want)
+    wait_until(
+        "the NameServer routes T to the master",
+        Duration::from_secs(10),
+        || async {
+            let route = route_of_t(&ns).await?;
+            (route_master(&route) == Some(master_addr.clone())
                 && route.groups[0].slaves.len() == 2
                 && route.queues[0].write_queues == 4)
                 .then_some(())
-        }
-    })
+        },
+    )
     .await;
     group.kill(master).await;
     let second = group.wait_for_master(ELECTION).await;
@@ -38,17 +41,9 @@ async fn the_nameserver_routes_the_group_and_follows_a_failover() {
     wait_until(
         "the NameServer routes T to the new master",
         Duration::from_secs(10),
-        || {
-            let mut ns = ns.clone();
-            let want = second_addr.clone();
-            async move {
-                let route = ns
-                    .get_route(pb::GetRouteRequest { topic: "T".into() })
-                    .await
-                    .ok()?
-                    .into_inner();
-                (route_master(&route) == Some(want)).then_some(())
-            }
+        || async {
+            let route = route_of_t(&ns).await?;
+            (route_master(&route) == Some(second_addr.clone())).then_some(())
         },
     )
     .await;
@@ -63,9 +58,7 @@ async fn the_nameserver_routes_the_group_and_follows_a_failover() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clean_stop_unregisters_from_the_nameserver_at_once() {
-    let mut group = Group::start(3, |_| {}).await;
-    let master = group.wait_for_master(ELECTION).await;
-    group.create_topic(master, "T", 1).await;
+    let (mut group, master) = Group::start_with_topic_t(|_| {}).await;
     let mut ns = group.namesrv_client().await;
     wait_until("three nodes registered", Duration::from_secs(10), || {
         let mut ns = ns.clone();

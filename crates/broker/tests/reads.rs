@@ -1,18 +1,15 @@
 //! Reads in a three-node group in one process: long-polling pulls served by the master and the
 //! slaves, and consume offsets replicated through a failover.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use raftmq_common::ErrorCode;
 use raftmq_proto as pb;
-use raftmq_testkit::{code, message, queue_offsets, send_request, topic, wait_until, Group, CATCH_UP, ELECTION};
+use raftmq_testkit::{code, message, send_request, Group, CATCH_UP, ELECTION};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_pull_returns_when_a_message_is_committed_and_slaves_serve_it_too() {
-    let group = Group::start(3, |_| {}).await;
-    let master = group.wait_for_master(ELECTION).await;
-    group.create_topic(master, "T", 1).await;
+    let (group, master) = Group::start_with_topic_t(|_| {}).await;
     // The slave serves the topic once it has applied its creation.
     group.wait_caught_up(master, CATCH_UP).await;
     let slave = group.ids().into_iter().find(|id| *id != master).unwrap();

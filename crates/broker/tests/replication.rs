@@ -2,12 +2,11 @@
 //! slave answers NOT_MASTER with the master's address, bad requests get stable codes and store
 //! nothing, and the links between nodes refuse messages meant for another node.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use raftmq_common::ErrorCode;
 use raftmq_proto as pb;
-use raftmq_testkit::{code, message, queue_offsets, send_request, topic, wait_until, Group, CATCH_UP, ELECTION};
+use raftmq_testkit::{code, message, queue_offsets, send_request, topic, Group, CATCH_UP, ELECTION};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_sent_to_the_master_is_on_both_slaves_byte_for_byte() {
@@ -71,9 +70,7 @@ async fn a_message_sent_to_the_master_is_on_both_slaves_byte_for_byte() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slave_answers_not_master_with_the_masters_address() {
-    let group = Group::start(3, |_| {}).await;
-    let master = group.wait_for_master(ELECTION).await;
-    group.create_topic(master, "T", 1).await;
+    let (group, master) = Group::start_with_topic_t(|_| {}).await;
     let slave = group.ids().into_iter().find(|id| *id != master).unwrap();
     let err = group
         .client(slave)

@@ -5,10 +5,9 @@
 
 use std::time::Duration;
 
-use raftmq_proto as pb;
 use raftmq_proto::rocketmq::messaging_service_client::MessagingServiceClient;
 use raftmq_proto::rocketmq::{self as v2, Code};
-use raftmq_testkit::{queue_offsets, topic, wait_until, Group};
+use raftmq_testkit::{queue_offsets, wait_until, Group};
 use tonic::transport::Channel;
 
 async fn v2_client(addr: &str) -> MessagingServiceClient<Channel> {

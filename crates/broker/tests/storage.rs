@@ -1,12 +1,10 @@
 //! Storage in a three-node group in one process: snapshot catch-up of a lagging node, retention
 //! under disk pressure, a corrupted committed record, a full disk.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use raftmq_common::ErrorCode;
-use raftmq_proto as pb;
-use raftmq_testkit::{code, message, queue_offsets, send_request, topic, wait_until, Group, CATCH_UP, ELECTION};
+use raftmq_testkit::{code, message, queue_offsets, send_request, wait_until, Group, CATCH_UP, ELECTION};
 
 /// A node is down while the master purges its log past a snapshot; started again, it installs
 /// the snapshot (each install delayed by `install_delay`) and catches up, without an election.
@@ -119,9 +117,7 @@ async fn retention_under_disk_pressure_takes_a_snapshot_so_the_old_one_lets_go()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_committed_record_keeps_the_node_down() {
-    let mut group = Group::start(3, |_| {}).await;
-    let master = group.wait_for_master(ELECTION).await;
-    group.create_topic(master, "T", 1).await;
+    let (mut group, master) = Group::start_with_topic_t(|_| {}).await;
     group.send_stream(0, 5).await;
     group.wait_caught_up(master, CATCH_UP).await;
     let victim = group.ids().into_iter().find(|id| *id != master).unwrap();

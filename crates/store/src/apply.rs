@@ -12,7 +12,7 @@ use crate::keys;
 use crate::pop;
 use crate::state::{QueueState, SmState};
 use crate::timers;
-use crate::types::{perm, Command, CommandResult, MessageIn, OffsetUpdate, Rejection, Request, TopicConfig};
+use crate::types::{perm, Command, CommandResult, OffsetUpdate, Rejection, Request, TopicConfig};
 
 pub use crate::queues::MAX_QUEUES;
 use crate::queues::{append, check_writable, At};
@@ -41,7 +41,8 @@ pub fn apply_request(
                 queue_id,
                 messages,
             } => {
-                let result = send(db, state, batch, &at(position), (topic, *queue_id), messages);
+                let result = check_writable(state, topic, *queue_id)
+                    .unwrap_or_else(|| append(db, state, batch, &at(position), (topic, *queue_id), messages));
                 // Positions count every message of the entry, stored or refused, so they are
                 // fixed by the entry alone.
                 position += messages.len() as u32;
@@ -123,20 +124,6 @@ pub fn apply_request(
 
 fn reject(why: Rejection, message: String) -> CommandResult {
     CommandResult::Rejected(why, message)
-}
-
-fn send(
-    db: &Db,
-    state: &mut SmState,
-    batch: &mut WriteBatch,
-    at: &At,
-    (topic, queue_id): (&str, u32),
-    messages: &[MessageIn],
-) -> CommandResult {
-    if let Some(refused) = check_writable(state, topic, queue_id) {
-        return refused;
-    }
-    append(db, state, batch, at, (topic, queue_id), messages)
 }
 
 /// Checks a topic config; the master runs the same check before proposing.

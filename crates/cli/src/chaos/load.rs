@@ -1,6 +1,7 @@
 //! The load a chaos run keeps on the group while faults hit it: producers sending unique,
-//! self-describing bodies (`p{producer}-{seq}`, every attempt a new seq) and recording what
-//! each send's outcome was, a consumer group reading all along, and a watcher of the committed
+//! self-describing bodies (`p{producer}-{seq}`, every attempt a new seq; every tenth one a
+//! delayed message `d{producer}-{seq}`, due 0.5 to 2 s after its send) and recording what each
+//! send's outcome was, a consumer group reading all along, and a watcher of the committed
 //! consume offsets. It records; [`super::verdict`] judges.
 
 use std::collections::BTreeMap;
@@ -25,6 +26,8 @@ pub type Received = (MessageQueue, u64, Vec<u8>);
 #[derive(Debug, Clone)]
 pub enum Outcome {
     Acked(MessageQueue, u64),
+    /// A delayed message acknowledged: due at this time (ms since the epoch), in no queue yet.
+    Scheduled(i64),
     /// Reported as certainly not stored, with the error.
     Failed(String),
     /// Timed out or cut off mid-call, with the error.
@@ -138,7 +141,7 @@ impl Load {
         let outcomes = self.outcomes.lock().unwrap().clone();
         let acked: Vec<&[u8]> = outcomes
             .iter()
-            .filter(|(_, o)| matches!(o, Outcome::Acked(..)))
+            .filter(|(_, o)| matches!(o, Outcome::Acked(..) | Outcome::Scheduled(_)))
             .map(|(b, _)| b.as_bytes())
             .collect();
         let drain_end = Instant::now() + Duration::from_secs(30);
@@ -180,18 +183,28 @@ impl Sender {
     async fn run(self, p: usize, stop: Arc<AtomicBool>) {
         let mut seq = 0u64;
         while !stop.load(Ordering::SeqCst) {
-            let body = format!("p{p}-{seq}");
+            let delayed = seq % 10 == 9;
+            let body = format!("{}{p}-{seq}", if delayed { 'd' } else { 'p' });
+            let mut message = Message::new(&self.topic, body.clone());
+            if delayed {
+                message = message.with_delay(Duration::from_millis(500 + seq % 16 * 100));
+            }
             seq += 1;
             let started = Instant::now();
-            let outcome = match self.producer.send(Message::new(&self.topic, body.clone())).await {
+            let outcome = match self.producer.send(message).await {
                 Ok(r) => {
                     let mut last = self.last_ack.lock().unwrap();
                     *last = (*last).max(started);
-                    let queue = MessageQueue {
-                        group: r.group,
-                        queue_id: r.queue_id,
-                    };
-                    Outcome::Acked(queue, r.queue_offset)
+                    match r.delayed {
+                        Some(d) => Outcome::Scheduled(d.deliver_at_ms),
+                        None => {
+                            let queue = MessageQueue {
+                                group: r.group,
+                                queue_id: r.queue_id,
+                            };
+                            Outcome::Acked(queue, r.queue_offset)
+                        }
+                    }
                 }
                 Err(e) if e.code == ErrorCode::Timeout => Outcome::Unknown(e.to_string()),
                 Err(e) => {

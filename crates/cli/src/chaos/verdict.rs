@@ -23,8 +23,8 @@ pub struct Recovery {
     pub after_heal: BTreeMap<String, Vec<Duration>>,
 }
 
-/// (queue, offset) → body, as one replica holds the run's topic.
-type Replica = BTreeMap<(u32, u64), Vec<u8>>;
+/// (queue, offset) → (body, store timestamp), as one replica holds the run's topic.
+type Replica = BTreeMap<(u32, u64), (Vec<u8>, i64)>;
 
 /// Reads every queue of the topic from every node.
 pub async fn read_replicas(
@@ -54,7 +54,7 @@ pub async fn read_replicas(
                     break;
                 }
                 for m in r.messages {
-                    content.insert((queue_id, m.queue_offset), m.body);
+                    content.insert((queue_id, m.queue_offset), (m.body, m.store_timestamp_ms));
                 }
                 offset = r.next_offset;
             }
@@ -75,7 +75,10 @@ pub fn judge(
     as_json: bool,
 ) -> anyhow::Result<()> {
     let outcomes = &record.outcomes;
-    let acked = outcomes.values().filter(|o| matches!(o, Outcome::Acked(..))).count();
+    let acked = outcomes
+        .values()
+        .filter(|o| matches!(o, Outcome::Acked(..) | Outcome::Scheduled(_)))
+        .count();
     let mut problems: Vec<String> = record.offsets_back.clone();
     let reference = replicas.values().next().cloned().unwrap_or_default();
     for (id, content) in replicas {
@@ -90,7 +93,7 @@ pub fn judge(
     for (body, outcome) in outcomes {
         if let Outcome::Acked(q, offset) = outcome {
             for (id, content) in replicas {
-                if content.get(&(q.queue_id, *offset)) != Some(&body.as_bytes().to_vec()) {
+                if content.get(&(q.queue_id, *offset)).map(|(b, _)| b.as_slice()) != Some(body.as_bytes()) {
                     lost += 1;
                     problems.push(format!(
                         "acknowledged {body} at {q} offset {offset} missing on node {id}"
@@ -99,13 +102,39 @@ pub fn judge(
             }
         }
     }
-    // Each body at most once; per producer and queue, offsets follow send order.
+    // A delayed message: once in every replica, never stored before it was due.
+    let mut delayed = 0;
+    for (body, outcome) in outcomes {
+        if let Outcome::Scheduled(due) = outcome {
+            delayed += 1;
+            for (id, content) in replicas {
+                let copies: Vec<i64> = content
+                    .values()
+                    .filter(|(b, _)| b.as_slice() == body.as_bytes())
+                    .map(|(_, stored)| *stored)
+                    .collect();
+                match copies[..] {
+                    [] => {
+                        lost += 1;
+                        problems.push(format!("delayed {body} (due {due}) missing on node {id}"));
+                    }
+                    [stored] if stored < *due => {
+                        problems.push(format!("delayed {body} stored at {stored}, before its time {due}"))
+                    }
+                    [_] => {}
+                    _ => problems.push(format!("delayed {body} stored {} times on node {id}", copies.len())),
+                }
+            }
+        }
+    }
+    // Each body at most once; per producer and queue, offsets follow send order (delayed
+    // messages, `d...`, are in the order they fell due instead).
     let mut seen: BTreeMap<Vec<u8>, u32> = BTreeMap::new();
     let mut order: BTreeMap<(String, u32), Vec<(u64, u64)>> = BTreeMap::new();
-    for ((queue, offset), body) in &reference {
+    for ((queue, offset), (body, _)) in &reference {
         *seen.entry(body.clone()).or_default() += 1;
         let text = String::from_utf8_lossy(body);
-        if let Some((p, seq)) = text.split_once('-') {
+        if let Some((p, seq)) = text.split_once('-').filter(|(p, _)| p.starts_with('p')) {
             order
                 .entry((p.to_owned(), *queue))
                 .or_default()
@@ -134,7 +163,9 @@ pub fn judge(
     let consumed_set: BTreeSet<&[u8]> = record.consumed.iter().map(|(_, _, b)| b.as_slice()).collect();
     let not_consumed = outcomes
         .iter()
-        .filter(|(b, o)| matches!(o, Outcome::Acked(..)) && !consumed_set.contains(b.as_bytes()))
+        .filter(|(b, o)| {
+            matches!(o, Outcome::Acked(..) | Outcome::Scheduled(_)) && !consumed_set.contains(b.as_bytes())
+        })
         .count();
     if not_consumed > 0 {
         problems.push(format!(
@@ -161,7 +192,7 @@ pub fn judge(
             .collect();
         println!(
             "{}",
-            json!({"seed": seed, "rounds": rounds, "faults": counts, "acknowledged": acked, "lost": lost, "duplicates": duplicates, "unknown": unknown.len(), "unknown_stored": unknown_present, "liveness_failures": 0, "recovery": rec, "problems": problems})
+            json!({"seed": seed, "rounds": rounds, "faults": counts, "acknowledged": acked, "delayed": delayed, "lost": lost, "duplicates": duplicates, "unknown": unknown.len(), "unknown_stored": unknown_present, "liveness_failures": 0, "recovery": rec, "problems": problems})
         );
     } else {
         println!("seed {seed}, {rounds} rounds, liveness failures 0 (a run with one stops there)");
@@ -181,7 +212,7 @@ pub fn judge(
             );
         }
         println!(
-            "acknowledged {acked}, lost {lost}, duplicates {duplicates}, unknown {} ({} stored, {} absent)",
+            "acknowledged {acked} ({delayed} delayed), lost {lost}, duplicates {duplicates}, unknown {} ({} stored, {} absent)",
             unknown.len(),
             unknown_present,
             unknown.len() - unknown_present

@@ -28,7 +28,12 @@ pub enum BenchCommand {
     Consume(ConsumeArgs),
     /// Produce and consume together; latency is send to receipt.
     E2e(E2eArgs),
+    /// Delayed messages: how late after their due time they become visible, in a burst all due
+    /// in the same second or at a steady rate.
+    Delay(delay::DelayArgs),
 }
+
+mod delay;
 
 #[derive(Debug, Args, Clone)]
 pub struct ProduceArgs {
@@ -215,6 +220,7 @@ pub async fn run(client: Client, command: BenchCommand, as_json: bool) -> anyhow
     match command {
         BenchCommand::Produce(args) => produce(client, args, as_json).await,
         BenchCommand::Consume(args) => consume(client, args, as_json, None).await,
+        BenchCommand::Delay(args) => delay::run(client, args, as_json).await,
         BenchCommand::E2e(args) => {
             let stop = Arc::new(AtomicBool::new(false));
             let consumer_args = ConsumeArgs {
