@@ -191,9 +191,15 @@ impl StoreReader {
         crate::pop::delivery(&self.shared.read(), group, topic, queue_id, lease)
     }
 
-    /// Up to `limit` delayed messages due at or before `now_ms`, earliest first.
-    pub fn due_timers(&self, now_ms: i64, limit: usize) -> Result<Vec<crate::timers::DueTimer>, ReadError> {
-        Ok(crate::timers::due(&self.db, now_ms, limit)?)
+    /// Up to `limit` delayed messages due at or before `now_ms`, earliest first (after `after`,
+    /// when given).
+    pub fn due_timers(
+        &self,
+        after: Option<&crate::timers::Timer>,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<crate::timers::DueTimer>, ReadError> {
+        Ok(crate::timers::due(&self.db, after, now_ms, limit)?)
     }
 
     /// How many delayed messages are pending.

@@ -190,6 +190,13 @@ pub(crate) fn deliver(
         Ok(None) => return CommandResult::Done,
         Err(e) => return unreadable(timer, e),
     };
+    // Never early, whatever a master's clock said when it proposed: the entry's own time rules.
+    if at.store_timestamp_ms < timer.due_ms {
+        return CommandResult::Rejected(
+            Rejection::InvalidArgument,
+            format!("timer {} is not due until {}", timer.handle(), timer.due_ms),
+        );
+    }
     if target.topic != topic || target.queue_id != queue_id {
         return CommandResult::Rejected(
             Rejection::InvalidArgument,
@@ -248,10 +255,12 @@ fn unreadable(timer: &Timer, e: String) -> CommandResult {
     )
 }
 
-/// Up to `limit` timers due at or before `now_ms`, earliest first, from the written state.
-pub fn due(db: &Db, now_ms: i64, limit: usize) -> Result<Vec<DueTimer>, CorruptRecord> {
+/// Up to `limit` timers due at or before `now_ms`, earliest first, from the written state;
+/// only those after `after` when given (a scan that goes on where the last one stopped passes
+/// over neither the timers it already has in hand nor the deleted keys of delivered ones).
+pub fn due(db: &Db, after: Option<&Timer>, now_ms: i64, limit: usize) -> Result<Vec<DueTimer>, CorruptRecord> {
     let mut out = Vec::new();
-    let start = [b'D'];
+    let start = after.map_or_else(|| vec![b'D'], |t| t.due_key().to_vec());
     let from = IteratorMode::From(&start, rocksdb::Direction::Forward);
     for item in db.db.iterator_cf(db.cf(CF_TIMERS), from) {
         let (key, value) = item.map_err(|e| CorruptRecord {
@@ -262,6 +271,9 @@ pub fn due(db: &Db, now_ms: i64, limit: usize) -> Result<Vec<DueTimer>, CorruptR
             what: "timers".into(),
             reason: format!("a key of {} bytes", key.len()),
         })?;
+        if Some(&timer) == after {
+            continue;
+        }
         if timer.due_ms > now_ms || out.len() >= limit {
             break;
         }
@@ -273,7 +285,7 @@ pub fn due(db: &Db, now_ms: i64, limit: usize) -> Result<Vec<DueTimer>, CorruptR
 
 /// When the earliest pending timer is due, if any.
 pub fn next_due(db: &Db) -> Result<Option<i64>, CorruptRecord> {
-    Ok(due(db, i64::MAX, 1)?.first().map(|d| d.timer.due_ms))
+    Ok(due(db, None, i64::MAX, 1)?.first().map(|d| d.timer.due_ms))
 }
 
 #[cfg(test)]

@@ -4,109 +4,12 @@ use std::path::Path;
 
 use tokio::io::AsyncWriteExt;
 
-use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
-use openraft::{CommittedLeaderId, EntryPayload, RaftSnapshotBuilder, Snapshot};
-use raftmq_store::types::{perm, Command, CommandResult, MessageIn, OffsetUpdate, Rejection, Request, TopicConfig};
-use raftmq_store::{body_crc, Entry, LogId, OpenError, Store, StoreOptions, TypeConfig};
+use openraft::storage::{RaftLogStorage, RaftStateMachine};
+use raftmq_store::types::{perm, Command, CommandResult, OffsetUpdate, Rejection, TopicConfig};
+use raftmq_store::{Entry, OpenError, Store, StoreOptions};
 
-fn log_id(index: u64) -> LogId {
-    LogId::new(CommittedLeaderId::new(1, 1), index)
-}
-
-fn entry(index: u64, commands: Vec<Command>) -> Entry {
-    Entry {
-        log_id: log_id(index),
-        payload: EntryPayload::Normal(Request::new(1_000 + index as i64, commands)),
-    }
-}
-
-fn message(body: &str, tags: &str) -> MessageIn {
-    MessageIn {
-        tags: tags.into(),
-        keys: "k1 k2".into(),
-        properties: vec![("a".into(), "b".into())],
-        body: body.as_bytes().to_vec(),
-        born_timestamp_ms: 7,
-        body_crc: body_crc(body.as_bytes()),
-    }
-}
-
-fn topic(name: &str, queues: u32) -> Command {
-    Command::UpsertTopic(TopicConfig {
-        name: name.into(),
-        write_queues: queues,
-        read_queues: queues,
-        permission: perm::READ_WRITE,
-    })
-}
-
-fn send(topic: &str, queue: u32, bodies: &[(&str, &str)]) -> Command {
-    Command::Send {
-        topic: topic.into(),
-        queue_id: queue,
-        messages: bodies.iter().map(|(b, t)| message(b, t)).collect(),
-    }
-}
-
-/// Appends and applies entries, as a committed log would.
-async fn commit(store: &mut Store, entries: Vec<Entry>) -> Vec<raftmq_store::Response> {
-    store.log.blocking_append(entries.clone()).await.unwrap();
-    store.state_machine.apply(entries).await.unwrap()
-}
-
-fn open(dir: &Path) -> Store {
-    Store::open(dir, StoreOptions::default()).unwrap().0
-}
-
-/// Sends a snapshot as the network does: encoded chunk by chunk from its checkpoint, then
-/// received and installed. Returns the size of what was sent.
-async fn transfer(snapshot: Snapshot<TypeConfig>, to: &mut Store) -> u64 {
-    let pointer = snapshot.snapshot.into_std().await;
-    let mut chunks = Vec::new();
-    raftmq_store::snapshot::stream_for_sending(pointer, 64 << 10, |c| {
-        chunks.push(c);
-        true
-    })
-    .unwrap();
-    assert!(chunks[..chunks.len() - 1].iter().all(|c| c.len() == 64 << 10));
-    let mut incoming = to.state_machine.begin_receiving_snapshot().await.unwrap();
-    let mut size = 0;
-    for chunk in chunks {
-        incoming.write_all(&chunk).await.unwrap();
-        size += chunk.len() as u64;
-    }
-    to.state_machine
-        .install_snapshot(&snapshot.meta, incoming)
-        .await
-        .unwrap();
-    size
-}
-
-/// Builds a snapshot as openraft does.
-async fn build_snapshot(store: &mut Store) -> Snapshot<TypeConfig> {
-    store
-        .state_machine
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap()
-}
-
-/// The size of the file a snapshot hands out (a pointer, or a full snapshot).
-async fn handed_out(snapshot: &mut Snapshot<TypeConfig>) -> u64 {
-    snapshot.snapshot.metadata().await.unwrap().len()
-}
-
-/// Names in a store's snapshot directory, sorted.
-fn snapshot_dir_names(store: &Store) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(store.state_machine.snapshot_dir())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
+mod common;
+use common::*;
 
 #[tokio::test]
 async fn sends_get_dense_offsets_and_read_back_byte_for_byte() {

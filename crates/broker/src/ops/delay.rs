@@ -128,25 +128,31 @@ pub async fn recall(state: &BrokerState, handle: &str) -> Result<String, Error> 
 /// stores it once.
 pub async fn run(state: Arc<BrokerState>, mut stop: Stopping) {
     let in_flight: Arc<Mutex<HashSet<Timer>>> = Arc::default();
+    // Where the last scan stopped: the next goes on from there, so a burst of due timers is
+    // proposed as fast as room frees, instead of rereading the ones in flight; an empty scan
+    // starts over from the first pending timer (a proposal that failed is found again then).
+    let mut cursor: Option<Timer> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(TICK) => {}
             _ = stop.wait() => return,
         }
         if !state.is_master() {
+            cursor = None;
             continue;
         }
         let room = MAX_IN_FLIGHT.saturating_sub(in_flight.lock().unwrap_or_else(|p| p.into_inner()).len());
         if room == 0 {
             continue;
         }
-        let due = match state.reader.due_timers(now_ms(), room) {
+        let due = match state.reader.due_timers(cursor.as_ref(), now_ms(), room) {
             Ok(due) => due,
             Err(e) => {
                 tracing::error!("cannot read the pending timers: {e}");
                 continue;
             }
         };
+        cursor = due.last().map(|d| d.timer);
         for d in due {
             if !in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(d.timer) {
                 continue;
