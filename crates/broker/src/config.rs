@@ -78,8 +78,10 @@ pub struct BrokerConfig {
     pub retention_check_ms: u64,
     /// A consumer silent this long leaves its group, milliseconds.
     pub consumer_expiry_ms: u64,
-    /// Deliveries of one message to a RocketMQ 5 (POP) consumer group before it moves to the
-    /// group's dead-letter topic `%DLQ%<group>` (RocketMQ's default: 16).
+    /// Deliveries of one message to a consumer group (the first and the retries) before it moves
+    /// to the group's dead-letter topic `%DLQ%<group>`, for groups without a
+    /// `max-reconsume-times` of their own (`raftmq group update`). RocketMQ's default: 16
+    /// retries, so 17.
     pub max_delivery_attempts: u32,
     pub log_level: String,
     /// Accept the test-only InjectFault RPC (link cuts for the chaos suite). Never in production.
@@ -110,7 +112,7 @@ impl Default for BrokerConfig {
             snapshot_every_entries: 100_000,
             snapshot_log_keep: 1_000,
             retention_hours: 72,
-            max_delivery_attempts: 16,
+            max_delivery_attempts: 17,
             disk_clean_percent: 75,
             disk_full_percent: 90,
             retention_check_ms: 10_000,

@@ -2,8 +2,10 @@
 //! NameServer heartbeats. A leaf: it knows no state.
 
 use openraft::ServerState;
+use raftmq_common::{Error, ErrorCode};
 use raftmq_proto as pb;
 use raftmq_proto::Role;
+use raftmq_store::groups::{Backoff, GroupConfig};
 use raftmq_store::types::TopicConfig;
 use raftmq_store::StoredMessage;
 
@@ -41,4 +43,63 @@ pub fn topic_to_proto(t: &TopicConfig) -> pb::TopicConfig {
         read_queues: t.read_queues,
         permission: t.permission as i32,
     }
+}
+
+/// A group's settings as `raftmq.v1` has them (the effective retries are the caller's to add).
+pub fn group_to_proto(g: &GroupConfig) -> pb::GroupConfig {
+    let (backoff_ms, exponential) = match &g.backoff {
+        None => (vec![], None),
+        Some(Backoff::Table(t)) => (t.clone(), None),
+        Some(Backoff::Exponential {
+            initial_ms,
+            max_ms,
+            multiplier,
+        }) => (
+            vec![],
+            Some(pb::ExponentialBackoff {
+                initial_ms: *initial_ms,
+                max_ms: *max_ms,
+                multiplier: *multiplier,
+            }),
+        ),
+    };
+    pb::GroupConfig {
+        consumer_group: g.name.clone(),
+        max_reconsume_times: g.max_reconsume_times.map_or(-1, |n| n.min(i32::MAX as u32) as i32),
+        backoff_ms,
+        exponential,
+        effective_max_reconsume_times: 0,
+    }
+}
+
+/// A group's settings from `raftmq.v1`; a table and an exponential backoff together are refused.
+pub fn group_from_proto(g: pb::GroupConfig) -> Result<GroupConfig, Error> {
+    let backoff = match (g.backoff_ms.is_empty(), g.exponential) {
+        (true, None) => None,
+        (false, None) => Some(Backoff::Table(g.backoff_ms)),
+        (true, Some(e)) => Some(Backoff::Exponential {
+            initial_ms: e.initial_ms,
+            max_ms: e.max_ms,
+            multiplier: e.multiplier,
+        }),
+        (false, Some(_)) => {
+            return Err(ErrorCode::InvalidArgument.err("field `backoff_ms`: give a table or `exponential`, not both"))
+        }
+    };
+    let max_reconsume_times = match g.max_reconsume_times {
+        -1 => None,
+        n if n >= 0 => Some(n as u32),
+        n => {
+            return Err(ErrorCode::InvalidArgument.err(format!(
+                "field `max_reconsume_times`: {n} is neither -1 (the default) nor a count"
+            )))
+        }
+    };
+    let config = GroupConfig {
+        name: g.consumer_group,
+        max_reconsume_times,
+        backoff,
+    };
+    raftmq_store::groups::check(&config).map_err(|e| ErrorCode::InvalidArgument.err(e))?;
+    Ok(config)
 }

@@ -350,8 +350,23 @@ fn check_invisible(d: Duration) -> Result<Duration, Fail> {
 
 #[tonic::async_trait]
 impl Backend for RocketMqBroker {
-    fn max_delivery_attempts(&self) -> u32 {
-        self.state.config.max_delivery_attempts
+    fn consumer_retry_policy(&self, group: &str) -> v2::RetryPolicy {
+        use raftmq_rocketmq::settings::{consumer_retry_policy, Redelivery};
+        use raftmq_store::groups::Backoff;
+        let attempts = ops::retry::max_reconsume_times(&self.state, group).saturating_add(1);
+        let redelivery = match self.state.reader.group(group).backoff() {
+            Backoff::Table(ms) => Redelivery::Delays(ms.into_iter().map(Duration::from_millis).collect()),
+            Backoff::Exponential {
+                initial_ms,
+                max_ms,
+                multiplier,
+            } => Redelivery::Exponential {
+                initial: Duration::from_millis(initial_ms),
+                max: Duration::from_millis(max_ms),
+                multiplier: multiplier as f32,
+            },
+        };
+        consumer_retry_policy(attempts, redelivery)
     }
 
     async fn route(&self, topic: &str) -> Result<v1::TopicRoute, Fail> {

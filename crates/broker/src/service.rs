@@ -202,6 +202,41 @@ impl Broker for BrokerService {
         Ok(Response::new(pb::ResetOffsetsReply { offsets }))
     }
 
+    async fn send_back(&self, request: Request<pb::SendBackRequest>) -> Reply<pb::SendBackReply> {
+        let req = request.into_inner();
+        let at = (req.topic.as_str(), req.queue_id, req.offset);
+        let reply = match ops::retry::send_back(&self.state, &req.consumer_group, at).await? {
+            ops::retry::SentBack::Retry {
+                reconsume_times,
+                deliver_at_ms,
+            } => pb::SendBackReply {
+                reconsume_times,
+                deliver_at_ms,
+                ..Default::default()
+            },
+            ops::retry::SentBack::DeadLettered { dlq_topic } => pb::SendBackReply {
+                dead_lettered: true,
+                dlq_topic,
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn get_group_config(&self, request: Request<pb::GetGroupConfigRequest>) -> Reply<pb::GroupConfig> {
+        let name = request.into_inner().consumer_group;
+        let config = ops::retry::group(&self.state, &name)?;
+        let mut reply = convert::group_to_proto(&config);
+        reply.effective_max_reconsume_times = ops::retry::max_reconsume_times(&self.state, &name);
+        Ok(Response::new(reply))
+    }
+
+    async fn update_group_config(&self, request: Request<pb::GroupConfig>) -> Reply<pb::UpdateGroupConfigReply> {
+        let config = convert::group_from_proto(request.into_inner())?;
+        ops::retry::update_group(&self.state, config).await?;
+        Ok(Response::new(pb::UpdateGroupConfigReply {}))
+    }
+
     async fn consumer_heartbeat(
         &self,
         request: Request<pb::ConsumerHeartbeatRequest>,

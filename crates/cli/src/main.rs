@@ -58,7 +58,7 @@ enum Command {
     Send(SendArgs),
     /// Consume messages, as a group member or by plain pulls.
     Consume(ConsumeArgs),
-    /// Consumer group progress and offset resets.
+    /// Consumer groups: progress, offset resets, retry settings, dead letters.
     #[command(subcommand)]
     Group(GroupCommand),
     /// Read single messages.

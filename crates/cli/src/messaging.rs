@@ -219,6 +219,9 @@ pub(crate) async fn consume(client: &Client, args: ConsumeArgs, as_json: bool) -
                 })
                 .read_preference(args.read.preference())
                 .consume_from(from)
+                // A batch cut by --count is handed back in place (orderly), so what is past the
+                // limit stays in its queue instead of going to the retry topic.
+                .orderly(args.count.is_some())
                 .start(move |batch| {
                     for m in batch {
                         // Messages past the limit are not taken: they stay for the next consumer.

@@ -38,7 +38,7 @@ pub enum ResetTo {
 /// Administrative calls.
 #[derive(Clone)]
 pub struct Admin {
-    client: Client,
+    pub(crate) client: Client,
 }
 
 impl Admin {
@@ -47,7 +47,7 @@ impl Admin {
     }
 
     /// Runs a write on a master, following `NOT_MASTER` to the master it names.
-    async fn on_master<T, F, Fut>(&self, master: &str, mut call: F) -> Result<T, Error>
+    pub(crate) async fn on_master<T, F, Fut>(&self, master: &str, mut call: F) -> Result<T, Error>
     where
         F: FnMut(BrokerClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -74,7 +74,7 @@ impl Admin {
     /// Masters of every live group, or of the named ones: (group, master address).
     /// A group may be between masters for a moment (an election): wait for one up to the
     /// request deadline rather than fail at once.
-    async fn masters(&self, groups: &[String]) -> Result<Vec<(String, String)>, Error> {
+    pub(crate) async fn masters(&self, groups: &[String]) -> Result<Vec<(String, String)>, Error> {
         let deadline = tokio::time::Instant::now() + self.client.config().send_timeout;
         loop {
             match self.masters_now(groups).await {

@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod consumer;
+pub mod dead_letters;
 pub mod error;
 pub mod message;
 pub mod producer;
@@ -29,7 +30,7 @@ use tonic::transport::Channel;
 pub use admin::Admin;
 pub use consumer::{
     ConsumeFrom, ConsumeResult, MessageModel, PullConsumer, PullResult, PushConsumer, PushConsumerBuilder,
-    ReadPreference,
+    ReadPreference, SentBack,
 };
 pub use message::{Delayed, Message, ReceivedMessage, SendResult};
 pub use producer::Producer;

@@ -86,6 +86,16 @@ pub const PROP_DELAY_MS: &str = "TIMER_DELAY_MS";
 pub const PROP_DELAY_SEC: &str = "TIMER_DELAY_SEC";
 /// A RocketMQ delay level, 1 to 18.
 pub const PROP_DELAY_LEVEL: &str = "DELAY";
+/// On a retried message: the topic it was first sent to (RocketMQ's property).
+pub const PROP_RETRY_TOPIC: &str = "RETRY_TOPIC";
+/// On a retried or dead-lettered message: how many times it was consumed again.
+pub const PROP_RECONSUME_TIME: &str = "RECONSUME_TIME";
+/// On a retried or dead-lettered message: its id when first stored.
+pub const PROP_ORIGIN_MESSAGE_ID: &str = "ORIGIN_MESSAGE_ID";
+/// On a dead letter: the topic it was first sent to.
+pub const PROP_DLQ_ORIGIN_TOPIC: &str = "DLQ_ORIGIN_TOPIC";
+/// On a dead letter: its id when first stored.
+pub const PROP_DLQ_ORIGIN_MESSAGE_ID: &str = "DLQ_ORIGIN_MESSAGE_ID";
 
 /// What an acknowledged send returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,6 +134,26 @@ pub struct ReceivedMessage {
 }
 
 impl ReceivedMessage {
+    /// How many times this message was consumed again after a failure (0 on its first delivery).
+    pub fn reconsume_times(&self) -> u32 {
+        self.properties
+            .get(PROP_RECONSUME_TIME)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// A message read from a group's retry topic as its consumer sees it: the topic and id it
+    /// had when first sent.
+    pub(crate) fn as_retried(mut self) -> ReceivedMessage {
+        if let Some(topic) = self.properties.get(PROP_RETRY_TOPIC) {
+            self.topic = topic.clone();
+        }
+        if let Some(id) = self.properties.get(PROP_ORIGIN_MESSAGE_ID) {
+            self.msg_id = id.clone();
+        }
+        self
+    }
+
     pub(crate) fn from_proto(group: &str, m: pb::StoredMessage) -> ReceivedMessage {
         ReceivedMessage {
             msg_id: m.msg_id,

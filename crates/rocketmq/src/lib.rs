@@ -40,9 +40,10 @@ pub trait Backend: Send + Sync + 'static {
     /// The route of a topic (its full name, namespace included) as the NameServers know it.
     async fn route(&self, topic: &str) -> Result<v1::TopicRoute, Fail>;
 
-    /// Deliveries of a message before it is dead-lettered, told to consumers in their settings.
-    fn max_delivery_attempts(&self) -> u32 {
-        MAX_DELIVERY_ATTEMPTS
+    /// A consumer group's retry policy (deliveries of a message before it is dead-lettered, and
+    /// the delays between them), told to its consumers in their settings.
+    fn consumer_retry_policy(&self, _group: &str) -> raftmq_proto::rocketmq::RetryPolicy {
+        settings::default_consumer_retry_policy()
     }
 
     /// Where writes and receives go from here; may wait a bounded time for a master to exist.
@@ -138,8 +139,9 @@ pub const MAX_INVISIBLE: Duration = Duration::from_secs(12 * 3600);
 pub const MIN_INVISIBLE: Duration = Duration::from_secs(1);
 /// Invisibility of a receive that names none (push consumers ask for auto-renewal).
 pub const DEFAULT_INVISIBLE: Duration = Duration::from_secs(60);
-/// Deliveries of one message before it goes to the dead-letter topic (RocketMQ's default).
-pub const MAX_DELIVERY_ATTEMPTS: u32 = 16;
+/// Deliveries of one message before it goes to the dead-letter topic (RocketMQ's default: the
+/// first and 16 retries).
+pub const MAX_DELIVERY_ATTEMPTS: u32 = 17;
 /// Most messages one receive returns.
 pub const MAX_RECEIVE_BATCH: usize = 256;
 

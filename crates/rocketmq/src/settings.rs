@@ -19,14 +19,58 @@ pub const RECEIVE_BATCH_SIZE: i32 = 32;
 /// Attempts of one send (the first and two retries), as RocketMQ's proxy says.
 pub const SEND_ATTEMPTS: i32 = 3;
 
-/// RocketMQ's redelivery delays for push consumers: 1s 5s 10s 30s 1m 2m 3m ... 2h.
+/// RocketMQ's retry delays: 10s 30s 1m 2m 3m ... 2h.
 const REDELIVERY_DELAYS: [u64; 16] = [
-    1, 5, 10, 30, 60, 120, 180, 240, 300, 360, 420, 480, 540, 600, 1200, 1800,
+    10, 30, 60, 120, 180, 240, 300, 360, 420, 480, 540, 600, 1200, 1800, 3600, 7200,
 ];
 
-/// The settings the server answers to the client's `settings`; consumers are told that a message
-/// is delivered at most `max_delivery_attempts` times.
-pub fn effective(client: &v2::Settings, max_delivery_attempts: u32) -> v2::Settings {
+/// When a consumer group's failed messages come again, as its consumers are told.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Redelivery {
+    /// The n-th retry after the n-th delay (past the end, the last).
+    Delays(Vec<Duration>),
+    /// `initial * multiplier^(n-1)`, at most `max`.
+    Exponential {
+        initial: Duration,
+        max: Duration,
+        multiplier: f32,
+    },
+}
+
+/// A consumer group's retry policy: at most `max_attempts` deliveries of a message, after
+/// `redelivery` delays.
+pub fn consumer_retry_policy(max_attempts: u32, redelivery: Redelivery) -> v2::RetryPolicy {
+    let strategy = match redelivery {
+        Redelivery::Delays(delays) => v2::retry_policy::Strategy::CustomizedBackoff(v2::CustomizedBackoff {
+            next: delays.into_iter().map(proto_duration).collect(),
+        }),
+        Redelivery::Exponential {
+            initial,
+            max,
+            multiplier,
+        } => v2::retry_policy::Strategy::ExponentialBackoff(v2::ExponentialBackoff {
+            initial: Some(proto_duration(initial)),
+            max: Some(proto_duration(max)),
+            multiplier,
+        }),
+    };
+    v2::RetryPolicy {
+        max_attempts: max_attempts.min(i32::MAX as u32) as i32,
+        strategy: Some(strategy),
+    }
+}
+
+/// RocketMQ's default: 16 retries after 10s 30s 1m ... 2h.
+pub fn default_consumer_retry_policy() -> v2::RetryPolicy {
+    consumer_retry_policy(
+        crate::MAX_DELIVERY_ATTEMPTS,
+        Redelivery::Delays(REDELIVERY_DELAYS.iter().map(|s| Duration::from_secs(*s)).collect()),
+    )
+}
+
+/// The settings the server answers to the client's `settings`; consumers are told their
+/// group's retry policy (`consumer_retry`: how many deliveries at most, after which delays).
+pub fn effective(client: &v2::Settings, consumer_retry: v2::RetryPolicy) -> v2::Settings {
     let mut s = v2::Settings {
         client_type: client.client_type,
         access_point: client.access_point.clone(),
@@ -55,15 +99,7 @@ pub fn effective(client: &v2::Settings, max_delivery_attempts: u32) -> v2::Setti
             }));
         }
         Some(v2::settings::PubSub::Subscription(sub)) => {
-            s.backoff_policy = Some(v2::RetryPolicy {
-                max_attempts: max_delivery_attempts as i32,
-                strategy: Some(v2::retry_policy::Strategy::CustomizedBackoff(v2::CustomizedBackoff {
-                    next: REDELIVERY_DELAYS
-                        .iter()
-                        .map(|s| proto_duration(Duration::from_secs(*s)))
-                        .collect(),
-                })),
-            });
+            s.backoff_policy = Some(consumer_retry);
             let long_polling = sub
                 .long_polling_timeout
                 .as_ref()
@@ -98,7 +134,7 @@ mod tests {
                 pub_sub: Some(v2::settings::PubSub::Publishing(v2::Publishing::default())),
                 ..Default::default()
             },
-            16,
+            default_consumer_retry_policy(),
         );
         let Some(v2::settings::PubSub::Publishing(p)) = producer.pub_sub else {
             panic!()
@@ -114,7 +150,7 @@ mod tests {
                 pub_sub: Some(v2::settings::PubSub::Subscription(v2::Subscription::default())),
                 ..Default::default()
             },
-            16,
+            default_consumer_retry_policy(),
         );
         let Some(v2::settings::PubSub::Subscription(sub)) = consumer.pub_sub else {
             panic!()
@@ -122,7 +158,7 @@ mod tests {
         assert_eq!(sub.long_polling_timeout.unwrap().seconds, 20);
         assert_eq!(sub.receive_batch_size, Some(32));
         assert_eq!(sub.fifo, Some(false));
-        assert_eq!(consumer.backoff_policy.unwrap().max_attempts, 16);
+        assert_eq!(consumer.backoff_policy.unwrap().max_attempts, 17);
         assert!(!consumer.metric.unwrap().on);
     }
 }

@@ -118,6 +118,18 @@ pub fn apply_request(
                 result
             }
             Command::Recall { timer } => timers::recall(db, state, batch, &at(position), timer),
+            Command::UpdateGroup(config) => crate::groups::update(db, state, batch, config),
+            Command::SendBack {
+                group,
+                topic,
+                due_ms,
+                message,
+            } => {
+                let result =
+                    crate::groups::send_back(db, state, batch, &at(position), (group, topic), *due_ms, message);
+                position += 1;
+                result
+            }
         })
         .collect()
 }

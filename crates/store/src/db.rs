@@ -26,8 +26,10 @@ pub const CF_OFFSETS: &str = "offsets";
 pub const CF_POP: &str = "pop";
 /// Pending delayed messages (see `timers`).
 pub const CF_TIMERS: &str = "timers";
-pub const ALL_CFS: [&str; 8] = [
-    CF_LOG, CF_META, CF_TOPICS, CF_QUEUES, CF_CQ, CF_OFFSETS, CF_POP, CF_TIMERS,
+/// Consumer group settings, by group name.
+pub const CF_GROUPS: &str = "groups";
+pub const ALL_CFS: [&str; 9] = [
+    CF_LOG, CF_META, CF_TOPICS, CF_QUEUES, CF_CQ, CF_OFFSETS, CF_POP, CF_TIMERS, CF_GROUPS,
 ];
 
 pub const META_VOTE: &[u8] = b"vote";

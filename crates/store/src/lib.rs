@@ -14,6 +14,7 @@ pub mod apply;
 pub mod codec;
 pub mod db;
 pub mod disk;
+pub mod groups;
 pub mod keys;
 pub mod log_store;
 pub mod pop;

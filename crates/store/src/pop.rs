@@ -13,11 +13,11 @@
 use rocksdb::WriteBatch;
 
 use crate::codec;
-use crate::db::{Db, CF_OFFSETS, CF_POP, CF_TOPICS};
+use crate::db::{Db, CF_OFFSETS, CF_POP};
 use crate::keys;
-use crate::queues::{append, At, MAX_QUEUES};
+use crate::queues::{append, At};
 use crate::state::{Inflight, OffsetKey, PopQueue, SmState};
-use crate::types::{perm, CommandResult, MessageIn, Pop, PopLease, Rejection, TopicConfig};
+use crate::types::{CommandResult, MessageIn, Pop, PopLease, Rejection};
 
 /// Most deliveries one group may hold in flight in one queue; past it, a receive only
 /// redelivers until acknowledgements make room.
@@ -258,19 +258,7 @@ pub(crate) fn dead_letter(
     if let Err(e) = raftmq_common::validate::name("dead-letter topic", dlq_topic) {
         return CommandResult::Rejected(Rejection::InvalidArgument, e.to_string());
     }
-    if !state.topics.contains_key(dlq_topic) {
-        // Created on first use, as RocketMQ does: one queue, readable so it can be inspected
-        // and re-consumed.
-        let config = TopicConfig {
-            name: dlq_topic.to_owned(),
-            write_queues: 1,
-            read_queues: 1,
-            permission: perm::READ_WRITE,
-        };
-        debug_assert!(config.queues() <= MAX_QUEUES);
-        batch.put_cf(db.cf(CF_TOPICS), dlq_topic.as_bytes(), codec::encode(&config));
-        state.topics.insert(dlq_topic.to_owned(), config);
-    }
+    crate::groups::ensure_system_topic(db, state, batch, dlq_topic);
     let result = append(db, state, batch, at, (dlq_topic, 0), std::slice::from_ref(message));
     if let Some(pq) = state.pops.get_mut(&key(group, topic, queue_id)) {
         pq.inflight.remove(&lease.offset);

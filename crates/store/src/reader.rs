@@ -124,6 +124,21 @@ impl StoreReader {
         self.shared.read().topics.values().cloned().collect()
     }
 
+    /// A consumer group's settings: the stored ones, or the defaults.
+    pub fn group(&self, name: &str) -> crate::groups::GroupConfig {
+        self.shared
+            .read()
+            .groups
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| crate::groups::GroupConfig::new(name))
+    }
+
+    /// Every group with settings of its own.
+    pub fn groups(&self) -> Vec<crate::groups::GroupConfig> {
+        self.shared.read().groups.values().cloned().collect()
+    }
+
     pub fn queue_state(&self, topic: &str, queue_id: u32) -> QueueState {
         crate::apply::queue_state(&self.shared.read(), topic, queue_id)
     }

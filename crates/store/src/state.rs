@@ -11,7 +11,7 @@ use rocksdb::IteratorMode;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, CorruptRecord};
-use crate::db::{Db, CF_OFFSETS, CF_POP, CF_QUEUES, CF_TOPICS, META_APPLIED, META_MEMBERSHIP};
+use crate::db::{Db, CF_GROUPS, CF_OFFSETS, CF_POP, CF_QUEUES, CF_TOPICS, META_APPLIED, META_MEMBERSHIP};
 use crate::keys;
 use crate::types::{LogId, StoredMembership, TopicConfig};
 
@@ -78,6 +78,8 @@ pub struct SmState {
     pub unwritten_timers: crate::timers::Unwritten,
     /// How many delayed messages are pending.
     pub timers_pending: u64,
+    /// Consumer groups with settings of their own.
+    pub groups: BTreeMap<String, crate::groups::GroupConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +139,12 @@ impl SmState {
             }
         }
         state.timers_pending = crate::timers::load_count(db)?;
+        for item in db.db.iterator_cf(db.cf(CF_GROUPS), IteratorMode::Start) {
+            let (key, value) = item?;
+            let group: crate::groups::GroupConfig =
+                codec::decode(&value, || format!("group {}", String::from_utf8_lossy(&key)))?;
+            state.groups.insert(group.name.clone(), group);
+        }
         Ok(state)
     }
 }

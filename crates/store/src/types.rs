@@ -168,6 +168,17 @@ pub enum Command {
     },
     /// Cancels a pending timer: its message is never delivered.
     Recall { timer: crate::timers::Timer },
+    /// Stores a consumer group's settings.
+    UpdateGroup(crate::groups::GroupConfig),
+    /// A message a consumer of `group` failed: with `due_ms`, scheduled on the group's retry
+    /// topic (`topic` names it); without, appended to its dead-letter topic. The topic is
+    /// created on first use. See [`crate::groups`].
+    SendBack {
+        group: String,
+        topic: String,
+        due_ms: Option<i64>,
+        message: MessageIn,
+    },
 }
 
 impl Command {
@@ -181,6 +192,7 @@ impl Command {
                 messages,
             } => Some((topic, *queue_id, messages)),
             Command::PopDeadLetter { dlq_topic, message, .. } => Some((dlq_topic, 0, std::slice::from_ref(message))),
+            Command::SendBack { topic, message, .. } => Some((topic, 0, std::slice::from_ref(message))),
             Command::Schedule {
                 topic,
                 queue_id,

@@ -9,5 +9,6 @@ pub mod delay;
 pub mod offsets;
 pub mod pop;
 pub mod pull;
+pub mod retry;
 pub mod send;
 pub mod topics;

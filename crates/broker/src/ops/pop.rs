@@ -1,7 +1,7 @@
 //! POP consumption, RocketMQ 5's model: a receive hands out messages that stay invisible to the
 //! group for a while; an ack ends a delivery, a change of invisibility extends it, and a message
-//! delivered `max-delivery-attempts` times (or given up on by its consumer) moves to the group's
-//! dead-letter topic.
+//! delivered once and then `max-reconsume-times` times more (the group's setting, see
+//! [`super::retry`]), or given up on by its consumer, moves to the group's dead-letter topic.
 //!
 //! Everything that changes state is a Raft command, committed before it is answered: a
 //! delivery (its invisibility, its attempt count, its acknowledgement) survives a failover. A
@@ -29,10 +29,7 @@ pub const PROP_DLQ_ORIGIN_MESSAGE_ID: &str = "DLQ_ORIGIN_MESSAGE_ID";
 /// Most bytes one receive reads from one queue.
 const RECEIVE_BYTES: u64 = 4 << 20;
 
-/// A consumer group's dead-letter topic, as RocketMQ names it.
-pub fn dead_letter_topic(group: &str) -> String {
-    format!("%DLQ%{group}")
-}
+use raftmq_store::groups::dead_letter_topic;
 
 /// The (group, topic, queue) a receive on this node is proposing for: another receive skips
 /// that queue rather than propose the same messages.
@@ -183,7 +180,7 @@ async fn pop_queue(state: &BrokerState, r: &Receive<'_>, queue_id: u32, max: usi
             forget.push(lease);
             continue;
         }
-        if attempt >= state.config.max_delivery_attempts {
+        if attempt > super::retry::max_reconsume_times(state, group) {
             move_to_dead_letter(state, group, topic, queue_id, lease, m, "delivered too many times").await?;
             continue;
         }

@@ -1,4 +1,5 @@
-//! `raftmq group`: a consumer group's progress (lag per queue) and offset resets.
+//! `raftmq group`: a consumer group's progress (lag per queue), offset resets, retry settings
+//! and dead letters.
 
 use anyhow::{anyhow, Context};
 use clap::Subcommand;
@@ -19,10 +20,41 @@ pub(crate) enum GroupCommand {
         #[arg(long)]
         to: String,
     },
+    /// The group's retry settings in every broker group.
+    Settings { consumer_group: String },
+    /// Store the group's retry settings in every broker group.
+    Update {
+        consumer_group: String,
+        /// Retries of a failed message before it goes to %DLQ%<group>, or `default`.
+        #[arg(long, default_value = "default")]
+        max_reconsume_times: String,
+        /// Delays before the 1st, 2nd, ... retry (`10s,1m,10m`; past the end, the last),
+        /// `exp:INITIAL,MAX,MULTIPLIER`, or `default` (10s 30s 1m 2m ... 2h).
+        #[arg(long, default_value = "default")]
+        backoff: String,
+    },
+    /// The group's dead letters.
+    #[command(subcommand)]
+    Dlq(super::dlq::DlqCommand),
 }
 
 pub(crate) async fn run(admin: &Admin, command: GroupCommand, as_json: bool) -> anyhow::Result<()> {
     match command {
+        GroupCommand::Settings { consumer_group } => super::dlq::settings(admin, &consumer_group, as_json).await?,
+        GroupCommand::Update {
+            consumer_group,
+            max_reconsume_times,
+            backoff,
+        } => {
+            let config = super::dlq::update_request(&consumer_group, &max_reconsume_times, &backoff)?;
+            let groups = admin.update_group_config(config).await?;
+            if as_json {
+                println!("{}", json!({"updated": groups}));
+            } else {
+                println!("updated {consumer_group} in {}", groups.join(", "));
+            }
+        }
+        GroupCommand::Dlq(command) => super::dlq::run(admin, command, as_json).await?,
         GroupCommand::Progress { consumer_group, topic } => {
             let progress = admin.group_progress(&consumer_group, &topic).await?;
             if as_json {

@@ -3,6 +3,7 @@
 //! with `--json`, JSON.
 
 pub(crate) mod cluster;
+pub(crate) mod dlq;
 pub(crate) mod group;
 pub(crate) mod message;
 pub(crate) mod topic;

@@ -16,7 +16,7 @@ mod pull;
 mod push;
 mod rebalance;
 
-pub use pull::{PullConsumer, PullResult};
+pub use pull::{PullConsumer, PullResult, SentBack};
 pub use push::{Handler, PushConsumer, PushConsumerBuilder};
 pub use rebalance::allocate_averagely;
 
@@ -54,8 +54,21 @@ pub enum MessageModel {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConsumeResult {
     Success,
-    /// Deliver the same batch again after a pause (the queue waits: order is kept).
+    /// The batch failed. A clustering consumer sends each message back: it comes again from
+    /// the group's retry topic after the group's backoff (10s, 30s, 1m, ... by default), and
+    /// goes to the dead-letter topic after the group's retries; the queue moves on. An orderly
+    /// or broadcasting consumer handles the same batch again after a pause, and the queue waits.
     Retry,
+}
+
+/// A consumer group's retry topic, as RocketMQ names it.
+pub fn retry_topic(consumer_group: &str) -> String {
+    format!("%RETRY%{consumer_group}")
+}
+
+/// A consumer group's dead-letter topic, as RocketMQ names it.
+pub fn dead_letter_topic(consumer_group: &str) -> String {
+    format!("%DLQ%{consumer_group}")
 }
 
 pub(crate) fn nodes_for(group: &GroupRoute, pref: ReadPreference) -> Vec<String> {

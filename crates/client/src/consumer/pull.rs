@@ -24,6 +24,16 @@ pub struct PullResult {
     pub offset_moved: bool,
 }
 
+/// What became of a message sent back after a failed consume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SentBack {
+    /// It comes again from the group's retry topic at `deliver_at_ms`, as reconsume
+    /// `reconsume_times`.
+    Retry { reconsume_times: u32, deliver_at_ms: i64 },
+    /// It used up the group's retries and is on its dead-letter topic.
+    DeadLettered { dlq_topic: String },
+}
+
 /// Reads queues explicitly.
 #[derive(Clone)]
 pub struct PullConsumer {
@@ -175,6 +185,32 @@ impl PullConsumer {
         Ok(r.offsets.into_iter().map(|o| (o.queue_id, o.offset)).collect())
     }
 
+    /// Calls `call` on the master of a broker group holding `topic`, following `NOT_MASTER`.
+    async fn on_master<T, F, Fut>(&self, topic: &str, group: &str, mut call: F) -> Result<T, Error>
+    where
+        F: FnMut(raftmq_proto::broker_client::BrokerClient<tonic::transport::Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let route = self.client.route(topic).await?;
+        let mut target = route
+            .group(group)
+            .and_then(|g| g.master.clone())
+            .ok_or_else(|| ErrorCode::Unavailable.err(format!("group {group} has no master")))?;
+        for _ in 0..3 {
+            match call(self.client.broker(&target)?).await {
+                Ok(reply) => return Ok(reply.into_inner()),
+                Err(status) => match classify(&status) {
+                    (Retry::AtLeader(Some(leader)), _) => target = leader,
+                    (_, e) => {
+                        let _ = self.client.refresh_route(topic).await;
+                        return Err(e);
+                    }
+                },
+            }
+        }
+        Err(ErrorCode::Unavailable.err(format!("group {group}: the master kept moving")))
+    }
+
     /// Commits offsets to a group's master.
     pub async fn commit_offsets(
         &self,
@@ -183,11 +219,6 @@ impl PullConsumer {
         consumer_group: &str,
         offsets: &BTreeMap<u32, u64>,
     ) -> Result<(), Error> {
-        let route = self.client.route(topic).await?;
-        let mut target = route
-            .group(group)
-            .and_then(|g| g.master.clone())
-            .ok_or_else(|| ErrorCode::Unavailable.err(format!("group {group} has no master to commit to")))?;
         let req = pb::CommitOffsetsRequest {
             consumer_group: consumer_group.to_owned(),
             offsets: offsets
@@ -199,22 +230,45 @@ impl PullConsumer {
                 })
                 .collect(),
         };
-        for _ in 0..3 {
-            let mut b = self.client.broker(&target)?;
-            match b
-                .commit_offsets(self.client.request(req.clone(), self.client.config().request_timeout))
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(status) => match classify(&status) {
-                    (Retry::AtLeader(Some(leader)), _) => target = leader,
-                    (_, e) => {
-                        let _ = self.client.refresh_route(topic).await;
-                        return Err(e);
-                    }
-                },
+        let client = &self.client;
+        self.on_master(topic, group, |mut b| {
+            let r = client.request(req.clone(), client.config().request_timeout);
+            async move { b.commit_offsets(r).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Hands a message `consumer_group` failed back to its broker group's master, which stores
+    /// it for a retry (or, past the group's retries, as a dead letter). `topic` is where it was
+    /// read (the original topic or the group's retry topic).
+    pub async fn send_back(
+        &self,
+        topic: &str,
+        queue: &MessageQueue,
+        offset: u64,
+        consumer_group: &str,
+    ) -> Result<SentBack, Error> {
+        let req = pb::SendBackRequest {
+            consumer_group: consumer_group.to_owned(),
+            topic: topic.to_owned(),
+            queue_id: queue.queue_id,
+            offset,
+        };
+        let client = &self.client;
+        let r = self
+            .on_master(topic, &queue.group, |mut b| {
+                let r = client.request(req.clone(), client.config().request_timeout);
+                async move { b.send_back(r).await }
+            })
+            .await?;
+        Ok(if r.dead_lettered {
+            SentBack::DeadLettered { dlq_topic: r.dlq_topic }
+        } else {
+            SentBack::Retry {
+                reconsume_times: r.reconsume_times,
+                deliver_at_ms: r.deliver_at_ms,
             }
-        }
-        Err(ErrorCode::Unavailable.err(format!("group {group}: the master kept moving")))
+        })
     }
 }

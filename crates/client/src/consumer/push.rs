@@ -1,6 +1,12 @@
 //! The group consumer (RocketMQ's push consumer): one reader task per assigned queue calls the
 //! handler batch by batch in queue order; a coordinator rebalances and commits on a timer and
 //! commits a queue's offset when it gives the queue up.
+//!
+//! A batch the handler fails is sent back to the broker message by message: each comes again
+//! from the group's retry topic `%RETRY%<group>` after the group's backoff, and goes to
+//! `%DLQ%<group>` once it used up the group's retries; the queue moves on. The consumer reads
+//! the retry topic as a second subscription, and its handler sees a retried message with the
+//! topic and id it was first sent with. Orderly and broadcasting consumers retry in place.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -33,6 +39,7 @@ pub struct PushConsumerBuilder {
     rebalance_interval: Duration,
     commit_interval: Duration,
     client_id: String,
+    orderly: bool,
 }
 
 impl PushConsumerBuilder {
@@ -53,7 +60,16 @@ impl PushConsumerBuilder {
             rebalance_interval: Duration::from_secs(1),
             commit_interval: Duration::from_secs(1),
             client_id: format!("{}@{}", std::process::id(), nanos),
+            orderly: false,
         }
+    }
+
+    /// Orderly consumption (RocketMQ's `MessageListenerOrderly`): a failed batch is handled
+    /// again in place after a pause, so the queue keeps its order and waits. By default a failed
+    /// message is sent back for a later retry and the queue moves on.
+    pub fn orderly(mut self, orderly: bool) -> Self {
+        self.orderly = orderly;
+        self
     }
 
     /// `*` or `a || b`.
@@ -102,31 +118,50 @@ impl PushConsumerBuilder {
         // Fails early on an unknown topic.
         self.client.route(&self.topic).await?;
         let (stop, stopped) = Shutdown::new();
-        let shared = Arc::new(Shared {
-            reader: PullConsumer::new(self.client.clone(), self.read_preference),
-            client: self.client.clone(),
-            consumer_group: self.consumer_group,
-            topic: self.topic,
-            tag_expression: self.tag_expression,
-            model: self.model,
-            consume_from: self.consume_from,
-            batch_size: self.batch_size,
-            client_id: self.client_id,
-            handler: Arc::new(handler),
-            offsets: Mutex::new(HashMap::new()),
-            assigned: Mutex::new(BTreeSet::new()),
-        });
-        let task = tokio::spawn(coordinate(
-            shared.clone(),
-            self.rebalance_interval,
-            self.commit_interval,
-            stopped,
-        ));
-        Ok(PushConsumer {
-            shared,
-            stop,
-            task: Some(task),
-        })
+        let in_place = self.orderly || self.model == MessageModel::Broadcasting;
+        let handler: Handler = Arc::new(handler);
+        let subscription = |topic: String, tag_expression: String, consume_from, retry_topic| {
+            Arc::new(Shared {
+                reader: PullConsumer::new(self.client.clone(), self.read_preference),
+                client: self.client.clone(),
+                consumer_group: self.consumer_group.clone(),
+                topic,
+                tag_expression,
+                model: self.model,
+                consume_from,
+                batch_size: self.batch_size,
+                client_id: self.client_id.clone(),
+                handler: handler.clone(),
+                offsets: Mutex::new(HashMap::new()),
+                assigned: Mutex::new(BTreeSet::new()),
+                in_place,
+                retry_topic,
+            })
+        };
+        let shared = subscription(
+            self.topic.clone(),
+            self.tag_expression.clone(),
+            self.consume_from,
+            false,
+        );
+        let mut subscriptions = vec![shared.clone()];
+        if !in_place {
+            // Everything retried is the group's to consume, from the first retry on.
+            let retry = super::retry_topic(&self.consumer_group);
+            subscriptions.push(subscription(retry, "*".into(), ConsumeFrom::First, true));
+        }
+        let tasks = subscriptions
+            .into_iter()
+            .map(|s| {
+                tokio::spawn(coordinate(
+                    s,
+                    self.rebalance_interval,
+                    self.commit_interval,
+                    stopped.clone(),
+                ))
+            })
+            .collect();
+        Ok(PushConsumer { shared, stop, tasks })
     }
 }
 
@@ -150,14 +185,19 @@ pub(super) struct Shared {
     pub(super) handler: Handler,
     pub(super) offsets: Mutex<HashMap<MessageQueue, Position>>,
     pub(super) assigned: Mutex<BTreeSet<MessageQueue>>,
+    /// A failed batch is handled again here (orderly, broadcasting) instead of sent back.
+    in_place: bool,
+    /// This subscription reads the group's retry topic.
+    retry_topic: bool,
 }
 
 /// A running group consumer. [`PushConsumer::shutdown`] commits what was consumed and leaves
 /// the group; dropping it stops it without committing.
 pub struct PushConsumer {
+    /// The subscription to the topic (the one to the retry topic runs beside it).
     shared: Arc<Shared>,
     stop: Shutdown,
-    task: Option<JoinHandle<()>>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl PushConsumer {
@@ -169,7 +209,7 @@ impl PushConsumer {
         &self.shared.client_id
     }
 
-    /// The queues this member reads now.
+    /// The queues of the topic this member reads now.
     pub fn assigned_queues(&self) -> Vec<MessageQueue> {
         self.shared
             .assigned
@@ -183,7 +223,7 @@ impl PushConsumer {
     /// Stops consuming, commits the offsets of everything handled, and leaves the group.
     pub async fn shutdown(mut self) {
         self.stop.stop();
-        if let Some(task) = self.task.take() {
+        for task in std::mem::take(&mut self.tasks) {
             let _ = task.await;
         }
     }
@@ -192,7 +232,7 @@ impl PushConsumer {
 impl Drop for PushConsumer {
     fn drop(&mut self) {
         self.stop.stop();
-        if let Some(task) = self.task.take() {
+        for task in &self.tasks {
             task.abort();
         }
     }
@@ -360,19 +400,28 @@ async fn consume_queue(shared: Arc<Shared>, queue: MessageQueue, mut stop: Stopp
         match pulled {
             // Nothing new, filtered-out messages skipped, or the offset corrected by the broker.
             Ok(result) if result.messages.is_empty() => offset = result.next_offset,
-            Ok(result) => loop {
-                match (shared.handler)(&result.messages) {
-                    ConsumeResult::Success => {
-                        offset = result.next_offset;
-                        break;
-                    }
-                    ConsumeResult::Retry => {
-                        if pause(&mut stop, Duration::from_secs(1)).await {
-                            return;
+            Ok(result) => {
+                let mut batch = result.messages;
+                if shared.retry_topic {
+                    batch = batch.into_iter().map(ReceivedMessage::as_retried).collect();
+                }
+                loop {
+                    match (shared.handler)(&batch) {
+                        ConsumeResult::Success => break,
+                        ConsumeResult::Retry if shared.in_place => {}
+                        ConsumeResult::Retry => {
+                            batch = send_back(&shared, &queue, batch).await;
+                            if batch.is_empty() {
+                                break;
+                            }
                         }
                     }
+                    if pause(&mut stop, Duration::from_secs(1)).await {
+                        return;
+                    }
                 }
-            },
+                offset = result.next_offset;
+            }
             Err(e) => {
                 tracing::debug!(%queue, "pull failed: {e}");
                 if pause(&mut stop, Duration::from_millis(200)).await {
@@ -385,4 +434,29 @@ async fn consume_queue(shared: Arc<Shared>, queue: MessageQueue, mut stop: Stopp
             p.offset = offset;
         }
     }
+}
+
+/// Sends each message of a failed batch back to its broker for a later retry; returns those
+/// that could not be, which are handled again here after a pause (as RocketMQ does).
+async fn send_back(shared: &Shared, queue: &MessageQueue, batch: Vec<ReceivedMessage>) -> Vec<ReceivedMessage> {
+    let calls = batch.iter().map(|m| {
+        shared
+            .reader
+            .send_back(&shared.topic, queue, m.queue_offset, &shared.consumer_group)
+    });
+    let results = futures::future::join_all(calls).await;
+    batch
+        .into_iter()
+        .zip(results)
+        .filter_map(|(m, r)| match r {
+            Ok(sent) => {
+                tracing::debug!(%queue, offset = m.queue_offset, ?sent, "sent back for a retry");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(%queue, offset = m.queue_offset, "cannot send a failed message back, retrying it here: {e}");
+                Some(m)
+            }
+        })
+        .collect()
 }

@@ -384,7 +384,7 @@ impl<B: Backend> Service for MessagingService<B> {
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let mut stop = self.stop.clone();
-        let max_attempts = self.backend.max_delivery_attempts();
+        let backend = self.backend.clone();
         tokio::spawn(async move {
             loop {
                 let command = tokio::select! {
@@ -402,12 +402,15 @@ impl<B: Backend> Service for MessagingService<B> {
                 // Settings get the effective settings; everything else (thread stack traces,
                 // verification results) needs no answer.
                 if let Some(v2::telemetry_command::Command::Settings(s)) = command.command {
+                    let retry = match &s.pub_sub {
+                        Some(v2::settings::PubSub::Subscription(v2::Subscription { group: Some(g), .. })) => {
+                            backend.consumer_retry_policy(&full_name(&g.resource_namespace, &g.name))
+                        }
+                        _ => settings::default_consumer_retry_policy(),
+                    };
                     let reply = v2::TelemetryCommand {
                         status: Some(ok()),
-                        command: Some(v2::telemetry_command::Command::Settings(settings::effective(
-                            &s,
-                            max_attempts,
-                        ))),
+                        command: Some(v2::telemetry_command::Command::Settings(settings::effective(&s, retry))),
                     };
                     if tx.send(Ok(reply)).await.is_err() {
                         break;
