@@ -78,6 +78,8 @@ pub struct SmState {
     pub unwritten_timers: crate::timers::Unwritten,
     /// How many delayed messages are pending.
     pub timers_pending: u64,
+    /// Committed data that apply found damaged: the state machine refuses to go on.
+    pub corrupt: Option<CorruptRecord>,
     /// Consumer groups with settings of their own.
     pub groups: BTreeMap<String, crate::groups::GroupConfig>,
 }

@@ -321,7 +321,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         .commands
                         .iter()
                         .any(|c| matches!(c, Command::UpsertTopic(_) | Command::DeleteTopic { .. }));
-                    apply_request(db, &mut state, &mut batch, log_index, &request)
+                    let topics = state.topics.len();
+                    let results = apply_request(db, &mut state, &mut batch, log_index, &request);
+                    // A system topic created on first use (retry, dead letters) is news too.
+                    topics_changed |= state.topics.len() != topics;
+                    results
                 }
                 EntryPayload::Membership(membership) => {
                     state.membership = StoredMembership::new(Some(entry.log_id), membership);
@@ -330,6 +334,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             };
             responses.push(Response { log_index, results });
+        }
+        if let Some(corrupt) = state.corrupt.take() {
+            // Damaged committed data stops this node loudly rather than let it answer
+            // differently from its group; nothing of this batch is written.
+            tracing::error!("the state machine stops: {corrupt}");
+            return Err(sm_read_err(corrupt));
         }
         batch.put_cf(db.cf(CF_META), META_APPLIED, codec::encode(&state.applied));
         db.write(batch, false).map_err(sm_write_err)?;

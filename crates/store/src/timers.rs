@@ -188,7 +188,7 @@ pub(crate) fn deliver(
     let target = match pending(db, state, timer) {
         Ok(Some(target)) => target,
         Ok(None) => return CommandResult::Done,
-        Err(e) => return unreadable(timer, e),
+        Err(e) => return unreadable(state, timer, e),
     };
     // Never early, whatever a master's clock said when it proposed: the entry's own time rules.
     if at.store_timestamp_ms < timer.due_ms {
@@ -242,13 +242,18 @@ pub(crate) fn recall(db: &Db, state: &mut SmState, batch: &mut WriteBatch, at: &
                 timer.handle()
             ),
         ),
-        Err(e) => unreadable(timer, e),
+        Err(e) => unreadable(state, timer, e),
     }
 }
 
-/// A timer that cannot be read: damaged data, loud in the log; the command is refused.
-fn unreadable(timer: &Timer, e: String) -> CommandResult {
+/// A timer that cannot be read: damaged committed data. The state machine stops the node when
+/// it sees `state.corrupt` (nothing of the batch is written); the result is never answered.
+fn unreadable(state: &mut SmState, timer: &Timer, e: String) -> CommandResult {
     tracing::error!("cannot read timer {}: {e}", timer.handle());
+    state.corrupt.get_or_insert_with(|| CorruptRecord {
+        what: format!("timer {}", timer.handle()),
+        reason: e.clone(),
+    });
     CommandResult::Rejected(
         Rejection::InvalidArgument,
         format!("timer {} is unreadable: {e}", timer.handle()),

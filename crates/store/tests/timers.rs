@@ -196,3 +196,40 @@ async fn a_scan_goes_on_after_the_timer_it_was_given() {
         .unwrap()
         .is_empty());
 }
+
+#[tokio::test]
+async fn a_damaged_timer_stops_the_state_machine_and_writes_nothing() {
+    use openraft::storage::{RaftLogStorageExt, RaftStateMachine};
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, timer) = scheduled(dir.path()).await;
+    // Overwrite the timer's value with garbage, as a bad disk would.
+    {
+        let db = &store.db;
+        let cf = db.cf(raftmq_store::db::CF_TIMERS);
+        let key = db
+            .db
+            .iterator_cf(cf, rocksdb::IteratorMode::Start)
+            .map(|kv| kv.unwrap().0)
+            .find(|k| k.first() == Some(&b'D'))
+            .expect("the timer's key");
+        db.db.put_cf(cf, key, b"\xff\xff not a timer").unwrap();
+    }
+
+    let entries = vec![entry(3, vec![deliver(timer, "later")])];
+    store.log.blocking_append(entries.clone()).await.unwrap();
+    let applied_before = store.reader.applied_index();
+    let err = store
+        .state_machine
+        .apply(entries)
+        .await
+        .expect_err("damaged data must stop apply");
+    assert!(err.to_string().contains("timer"), "{err}");
+    assert!(bodies(&store).is_empty(), "nothing delivered");
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(
+        store.reader.applied_index(),
+        applied_before,
+        "the failed batch was not written"
+    );
+}

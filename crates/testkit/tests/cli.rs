@@ -176,3 +176,77 @@ async fn delayed_sends_print_a_recall_handle_that_recalls_them() {
     let (ok, _, err) = run_cli(&ns, &["send", "Later", "x", "--delay", "soonish"]).await;
     assert!(!ok && err.contains("not a duration"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_settings_and_dead_letters_from_the_command_line() {
+    let group = Group::start(3, |_| {}).await;
+    let master = group.wait_for_master(Duration::from_secs(10)).await;
+    let ns = group.namesrv_addr();
+    wait_until("topic create succeeds", Duration::from_secs(10), || async {
+        run_cli(&ns, &["topic", "create", "Jobs", "--queues", "1"])
+            .await
+            .0
+            .then_some(())
+    })
+    .await;
+    let update = [
+        "group",
+        "update",
+        "G",
+        "--max-reconsume-times",
+        "0",
+        "--backoff",
+        "1s,5s",
+    ];
+    let (ok, out, err) = run_cli(&ns, &update).await;
+    assert!(ok && out.contains("updated G in broker-a"), "{out}{err}");
+    let (ok, out, err) = run_cli(&ns, &["group", "settings", "G"]).await;
+    assert!(ok && out.contains("1000ms 5000ms"), "{out}{err}");
+    assert!(out.lines().any(|l| l.split_whitespace().nth(1) == Some("0")), "{out}");
+    let (ok, _, err) = run_cli(&ns, &["group", "update", "G", "--backoff", "exp:1s,2"]).await;
+    assert!(!ok && err.contains("exp:INITIAL,MAX,MULTIPLIER"), "{err}");
+    let (ok, _, err) = run_cli(&ns, &["group", "update", "G", "--backoff", "0s"]).await;
+    assert!(!ok && err.contains("INVALID_ARGUMENT"), "{err}");
+
+    let (ok, out, err) = run_cli(&ns, &["send", "Jobs", "job-1"]).await;
+    assert!(ok, "{out}{err}");
+    // The group allows no retry: its first failure is a dead letter.
+    let mut broker = group.client(master).await;
+    let back = broker
+        .send_back(raftmq_proto::SendBackRequest {
+            consumer_group: "G".into(),
+            topic: "Jobs".into(),
+            queue_id: 0,
+            offset: 0,
+        })
+        .await
+        .expect("send back")
+        .into_inner();
+    assert!(back.dead_lettered && back.dlq_topic == "%DLQ%G", "{back:?}");
+
+    let (ok, out, err) = wait_until("the dead letter listed", Duration::from_secs(10), || async {
+        let r = run_cli(&ns, &["--json", "group", "dlq", "list", "G"]).await;
+        (r.0 && r.1.contains("job-1")).then_some(r)
+    })
+    .await;
+    assert!(ok, "{err}");
+    let letters: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+    assert_eq!(letters.as_array().map(Vec::len), Some(1), "{out}");
+    let id = letters[0]["msg_id"].as_str().unwrap().to_owned();
+    let (ok, out, err) = run_cli(&ns, &["group", "dlq", "show", "G", &id]).await;
+    assert!(
+        ok && out.contains("job-1") && out.contains("DLQ_ORIGIN_TOPIC"),
+        "{out}{err}"
+    );
+    let (ok, _, err) = run_cli(&ns, &["group", "dlq", "show", "G", "no-such-id"]).await;
+    assert!(!ok && err.contains("no dead letter"), "{err}");
+    let (ok, out, err) = run_cli(&ns, &["group", "dlq", "resend", "G", "--all"]).await;
+    assert!(ok && out.contains("1 dead letter(s) resent"), "{out}{err}");
+    let (ok, out, _) = run_cli(&ns, &["group", "dlq", "list", "G"]).await;
+    assert!(ok && !out.contains("Jobs"), "resent, so no longer pending: {out}");
+    let (ok, out, _) = run_cli(&ns, &["group", "dlq", "list", "G", "--all"]).await;
+    assert!(ok && out.contains("Jobs"), "kept on the topic: {out}");
+    let offsets = raftmq_testkit::queue_offsets(&mut broker, "Jobs", 0).await;
+    assert_eq!(offsets.max_offset, 2, "the resent copy is a new message of Jobs");
+    group.shutdown().await;
+}
