@@ -407,6 +407,43 @@ async fn namespaces_routes_and_the_settings_handshake() {
             }
         }
     }
+    // A group with settings of its own is told its retries and backoff.
+    admin
+        .update_group_config(raftmq_proto::GroupConfig {
+            consumer_group: "ns%G2".into(),
+            max_reconsume_times: 5,
+            backoff_ms: vec![250, 1_500],
+            ..Default::default()
+        })
+        .await
+        .expect("group settings");
+    let subscription = v2::Subscription {
+        group: Some(v2::Resource {
+            resource_namespace: "ns".into(),
+            name: "G2".into(),
+        }),
+        ..Default::default()
+    };
+    tx.send(v2::TelemetryCommand {
+        status: None,
+        command: Some(v2::telemetry_command::Command::Settings(v2::Settings {
+            pub_sub: Some(v2::settings::PubSub::Subscription(subscription)),
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let reply = replies.message().await.unwrap().expect("a reply");
+    let Some(v2::telemetry_command::Command::Settings(s)) = reply.command else {
+        panic!("settings back")
+    };
+    let policy = s.backoff_policy.unwrap();
+    assert_eq!(policy.max_attempts, 6, "the first delivery and the group's 5 retries");
+    let Some(v2::retry_policy::Strategy::CustomizedBackoff(b)) = policy.strategy else {
+        panic!("the group's table: {:?}", policy.strategy)
+    };
+    let next: Vec<(i64, i32)> = b.next.iter().map(|d| (d.seconds, d.nanos)).collect();
+    assert_eq!(next, [(0, 250_000_000), (1, 500_000_000)]);
     drop(tx);
     group.shutdown().await;
 }

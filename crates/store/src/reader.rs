@@ -35,6 +35,20 @@ pub struct StoredMessage {
     pub body_crc: u32,
 }
 
+impl StoredMessage {
+    /// The message as it would be sent again (a copy for a retry or a dead letter).
+    pub fn into_message_in(self) -> crate::types::MessageIn {
+        crate::types::MessageIn {
+            tags: self.tags,
+            keys: self.keys,
+            properties: self.properties,
+            body_crc: self.body_crc,
+            body: self.body,
+            born_timestamp_ms: self.born_timestamp_ms,
+        }
+    }
+}
+
 /// What a read found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReadResult {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use raftmq_common::time::now_ms;
 use raftmq_store::pop::MAX_INFLIGHT_PER_QUEUE;
-use raftmq_store::types::{perm, Command, CommandResult, MessageIn, Pop, PopLease};
+use raftmq_store::types::{perm, Command, CommandResult, Pop, PopLease};
 use raftmq_store::StoredMessage;
 
 use super::pull::TagFilter;
@@ -338,20 +338,14 @@ async fn move_to_dead_letter(
     why: &str,
 ) -> Result<(), Error> {
     let dlq_topic = dead_letter_topic(group);
-    let mut properties = m.properties;
+    let bytes = m.body.len();
+    let origin_id = m.msg_id.clone();
+    let mut message = m.into_message_in();
+    let properties = &mut message.properties;
     properties.retain(|(k, _)| k != PROP_DLQ_ORIGIN_TOPIC && k != PROP_DLQ_ORIGIN_MESSAGE_ID);
     properties.push((PROP_DLQ_ORIGIN_TOPIC.to_owned(), topic.to_owned()));
-    properties.push((PROP_DLQ_ORIGIN_MESSAGE_ID.to_owned(), m.msg_id.clone()));
+    properties.push((PROP_DLQ_ORIGIN_MESSAGE_ID.to_owned(), origin_id));
     properties.sort();
-    let bytes = m.body.len();
-    let message = MessageIn {
-        tags: m.tags,
-        keys: m.keys,
-        properties,
-        body_crc: m.body_crc,
-        body: m.body,
-        born_timestamp_ms: m.born_timestamp_ms,
-    };
     let command = Command::PopDeadLetter {
         group: group.to_owned(),
         topic: topic.to_owned(),

@@ -11,7 +11,7 @@
 use raftmq_common::time::now_ms;
 use raftmq_common::{Error, ErrorCode};
 use raftmq_store::groups::{self, GroupConfig};
-use raftmq_store::types::{Command, MessageIn};
+use raftmq_store::types::Command;
 
 use super::delay;
 use super::pop::{PROP_DLQ_ORIGIN_MESSAGE_ID, PROP_DLQ_ORIGIN_TOPIC};
@@ -77,7 +77,8 @@ pub async fn send_back(
         .and_then(|v| v.parse::<u32>().ok())
         .unwrap_or(0)
         .saturating_add(1);
-    let mut properties = m.properties;
+    let mut message = m.into_message_in();
+    let properties = &mut message.properties;
     properties.retain(|(k, _)| {
         ![
             PROP_RETRY_TOPIC,
@@ -99,14 +100,6 @@ pub async fn send_back(
         properties.push((PROP_RECONSUME_TIME.to_owned(), reconsume.to_string()));
     }
     properties.push((PROP_ORIGIN_MESSAGE_ID.to_owned(), origin_id));
-    let mut message = MessageIn {
-        tags: m.tags,
-        keys: m.keys,
-        properties,
-        body_crc: m.body_crc,
-        body: m.body,
-        born_timestamp_ms: m.born_timestamp_ms,
-    };
     let bytes = message.size();
     let (topic, due_ms) = if dead {
         // A dead letter is not delayed any more.

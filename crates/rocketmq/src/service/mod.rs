@@ -402,10 +402,14 @@ impl<B: Backend> Service for MessagingService<B> {
                 // Settings get the effective settings; everything else (thread stack traces,
                 // verification results) needs no answer.
                 if let Some(v2::telemetry_command::Command::Settings(s)) = command.command {
+                    // A subscription that names no group gets the node's defaults.
                     let retry = match &s.pub_sub {
-                        Some(v2::settings::PubSub::Subscription(v2::Subscription { group: Some(g), .. })) => {
-                            backend.consumer_retry_policy(&full_name(&g.resource_namespace, &g.name))
-                        }
+                        Some(v2::settings::PubSub::Subscription(sub)) => backend.consumer_retry_policy(
+                            &sub.group
+                                .as_ref()
+                                .map(|g| full_name(&g.resource_namespace, &g.name))
+                                .unwrap_or_default(),
+                        ),
                         _ => settings::default_consumer_retry_policy(),
                     };
                     let reply = v2::TelemetryCommand {
