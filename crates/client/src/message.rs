@@ -144,7 +144,7 @@ impl ReceivedMessage {
 
     /// A message read from a group's retry topic as its consumer sees it: the topic and id it
     /// had when first sent.
-    pub(crate) fn as_retried(mut self) -> ReceivedMessage {
+    pub(crate) fn into_first_sent(mut self) -> ReceivedMessage {
         if let Some(topic) = self.properties.get(PROP_RETRY_TOPIC) {
             self.topic = topic.clone();
         }

@@ -403,7 +403,7 @@ async fn consume_queue(shared: Arc<Shared>, queue: MessageQueue, mut stop: Stopp
             Ok(result) => {
                 let mut batch = result.messages;
                 if shared.retry_topic {
-                    batch = batch.into_iter().map(ReceivedMessage::as_retried).collect();
+                    batch = batch.into_iter().map(ReceivedMessage::into_first_sent).collect();
                 }
                 loop {
                     match (shared.handler)(&batch) {
