@@ -134,6 +134,18 @@ pub fn apply_request(
         .collect()
 }
 
+/// Writes what the applied commands changed and left for once per batch: queue bounds and the
+/// pending timer count. Called before the batch is written.
+pub fn write_changes(db: &Db, state: &mut SmState, batch: &mut WriteBatch) {
+    for (topic, queue_id) in std::mem::take(&mut state.unwritten_queues) {
+        // A queue of a topic deleted later in the batch is gone, not written back.
+        if let Some(bounds) = state.queues.get(&(topic.clone(), queue_id)) {
+            batch.put_cf(db.cf(CF_QUEUES), keys::queue(&topic, queue_id), codec::encode(bounds));
+        }
+    }
+    timers::write_count(db, state, batch);
+}
+
 fn reject(why: Rejection, message: String) -> CommandResult {
     CommandResult::Rejected(why, message)
 }

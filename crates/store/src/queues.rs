@@ -4,7 +4,7 @@
 use rocksdb::WriteBatch;
 
 use crate::codec;
-use crate::db::{Db, CF_CQ, CF_QUEUES};
+use crate::db::{Db, CF_CQ};
 use crate::keys;
 use crate::state::{CqEntry, SmState};
 use crate::types::{perm, CommandResult, MessageIn, Rejection};
@@ -44,7 +44,7 @@ pub(crate) fn append(
         batch.put_cf(cq, keys::cq(topic, queue_id, queue.next_offset), codec::encode(&entry));
         queue.next_offset += 1;
     }
-    batch.put_cf(db.cf(CF_QUEUES), keys::queue(topic, queue_id), codec::encode(queue));
+    state.unwritten_queues.insert((topic.to_owned(), queue_id));
     CommandResult::Sent {
         first_offset,
         count: messages.len() as u32,

@@ -78,6 +78,11 @@ pub struct SmState {
     pub unwritten_timers: crate::timers::Unwritten,
     /// How many delayed messages are pending.
     pub timers_pending: u64,
+    /// Queues whose bounds changed in the batch not yet written, and whether the pending timer
+    /// count did: written once per batch ([`crate::apply::write_changes`]), not once per
+    /// command.
+    pub unwritten_queues: std::collections::HashSet<(String, u32)>,
+    pub unwritten_timer_count: bool,
     /// Committed data that apply found damaged: the state machine refuses to go on.
     pub corrupt: Option<CorruptRecord>,
     /// Consumer groups with settings of their own.

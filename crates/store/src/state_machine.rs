@@ -17,7 +17,7 @@ use rocksdb::WriteBatch;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-use crate::apply::apply_request;
+use crate::apply::{apply_request, write_changes};
 use crate::codec;
 use crate::db::{Db, CF_LOG, CF_META, META_APPLIED, META_INSTALLING, META_LAST_PURGED, META_MEMBERSHIP, META_SNAPSHOT};
 use crate::keys;
@@ -341,6 +341,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             tracing::error!("the state machine stops: {corrupt}");
             return Err(sm_read_err(corrupt));
         }
+        write_changes(db, &mut state, &mut batch);
         batch.put_cf(db.cf(CF_META), META_APPLIED, codec::encode(&state.applied));
         db.write(batch, false).map_err(sm_write_err)?;
         state.unwritten_timers.clear();

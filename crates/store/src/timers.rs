@@ -148,7 +148,7 @@ pub(crate) fn schedule(
     };
     batch.put_cf(db.cf(CF_TIMERS), timer.due_key(), codec::encode(&target));
     state.unwritten_timers.insert(timer, Some(target));
-    count(db, state, batch, 1);
+    count(state, 1);
     CommandResult::Scheduled {
         position: at.first_position,
     }
@@ -157,13 +157,21 @@ pub(crate) fn schedule(
 fn remove(db: &Db, state: &mut SmState, batch: &mut WriteBatch, timer: &Timer) {
     batch.delete_cf(db.cf(CF_TIMERS), timer.due_key());
     state.unwritten_timers.insert(*timer, None);
-    count(db, state, batch, -1);
+    count(state, -1);
 }
 
-/// Keeps the pending count, in memory and beside the timers (so it travels with snapshots).
-fn count(db: &Db, state: &mut SmState, batch: &mut WriteBatch, change: i64) {
+/// Keeps the pending count in memory; it is written beside the timers (so it travels with
+/// snapshots) once per batch, by [`write_count`].
+fn count(state: &mut SmState, change: i64) {
     state.timers_pending = state.timers_pending.saturating_add_signed(change);
-    batch.put_cf(db.cf(CF_TIMERS), COUNT_KEY, codec::encode(&state.timers_pending));
+    state.unwritten_timer_count = true;
+}
+
+/// Writes the pending count if the batch changed it.
+pub(crate) fn write_count(db: &Db, state: &mut SmState, batch: &mut WriteBatch) {
+    if std::mem::take(&mut state.unwritten_timer_count) {
+        batch.put_cf(db.cf(CF_TIMERS), COUNT_KEY, codec::encode(&state.timers_pending));
+    }
 }
 
 /// The stored pending count (0 in a store that never had a timer).
