@@ -284,6 +284,7 @@ async fn offsets_survive_a_consumer_restart_and_a_master_failover() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slave_preferring_consumer_reads_everything_with_the_master_alive_and_dead() {
     let (mut group, c) = setup(2).await;
+    let offsets = tempfile::tempdir().unwrap();
     let producer = Producer::new(c.clone());
     for i in 0..20 {
         producer.send(Message::new("T", format!("m{i}"))).await.unwrap();
@@ -293,6 +294,7 @@ async fn a_slave_preferring_consumer_reads_everything_with_the_master_alive_and_
         .consume_from(ConsumeFrom::First)
         .read_preference(ReadPreference::PreferSlave)
         .model(MessageModel::Broadcasting)
+        .local_offset_dir(offsets.path())
         .start(seen.handler())
         .await
         .unwrap();
@@ -332,6 +334,7 @@ async fn a_slave_preferring_consumer_reads_everything_with_the_master_alive_and_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broadcasting_delivers_every_message_to_every_member() {
     let (group, c) = setup(3).await;
+    let offsets = tempfile::tempdir().unwrap();
     let a = Seen::default();
     let b = Seen::default();
     let mut members = Vec::new();
@@ -340,6 +343,7 @@ async fn broadcasting_delivers_every_message_to_every_member() {
             PushConsumer::builder(c.clone(), "bcast", "T")
                 .client_id(format!("b{i}"))
                 .model(MessageModel::Broadcasting)
+                .local_offset_dir(offsets.path())
                 .consume_from(ConsumeFrom::First)
                 .start(seen.handler())
                 .await
@@ -359,6 +363,69 @@ async fn broadcasting_delivers_every_message_to_every_member() {
     for m in members {
         m.shutdown().await;
     }
+    group.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_broadcasting_consumer_resumes_from_its_own_offsets_file() {
+    let (group, c) = setup(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let start = |seen: &Seen| {
+        PushConsumer::builder(c.clone(), "bc", "T")
+            .model(MessageModel::Broadcasting)
+            .consume_from(ConsumeFrom::First)
+            .local_offset_dir(dir.path())
+            .commit_interval(Duration::from_millis(200))
+            .start(seen.handler())
+    };
+    let producer = Producer::new(c.clone());
+    for i in 0..20 {
+        producer.send(Message::new("T", format!("m{i}"))).await.unwrap();
+    }
+    // A clean stop saves everything handled: the next start neither replays nor skips.
+    let first = Seen::default();
+    let consumer = start(&first).await.unwrap();
+    wait_until("the first 20", Duration::from_secs(15), || async {
+        (first.bodies() == bodies(0..20)).then_some(())
+    })
+    .await;
+    consumer.shutdown().await;
+    let file = dir.path().join("bc").join("T.offsets");
+    let saved = std::fs::read_to_string(&file).expect("an offsets file");
+    assert_eq!(saved.lines().filter(|l| !l.starts_with('#')).count(), 2, "{saved}");
+    for i in 20..30 {
+        producer.send(Message::new("T", format!("m{i}"))).await.unwrap();
+    }
+    let second = Seen::default();
+    let consumer = start(&second).await.unwrap();
+    wait_until("the next 10", Duration::from_secs(15), || async {
+        (second.bodies() == bodies(20..30)).then_some(())
+    })
+    .await;
+    // A crash (dropped, not shut down) loses at most what came after the last periodic save.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    drop(consumer);
+    for i in 30..40 {
+        producer.send(Message::new("T", format!("m{i}"))).await.unwrap();
+    }
+    let third = Seen::default();
+    let consumer = start(&third).await.unwrap();
+    wait_until("the last 10", Duration::from_secs(15), || async {
+        third.bodies().is_superset(&bodies(30..40)).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(third.bodies(), bodies(30..40), "nothing replayed after a save");
+    assert_eq!(third.len(), 10);
+    consumer.shutdown().await;
+
+    // A damaged file stops the consumer's queues from starting rather than start over.
+    std::fs::write(&file, "broker-a zero 1\n").unwrap();
+    let fourth = Seen::default();
+    let consumer = start(&fourth).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(fourth.len(), 0, "nothing consumed from a damaged offsets file");
+    consumer.shutdown().await;
     group.shutdown().await;
 }
 

@@ -12,10 +12,12 @@
 //! - [`rebalance`]: who in a group reads which queue, and the heartbeats that make a member
 //!   known.
 
+mod local_offsets;
 mod pull;
 mod push;
 mod rebalance;
 
+pub use local_offsets::default_offset_dir;
 pub use pull::{PullConsumer, PullResult, SentBack};
 pub use push::{Handler, PushConsumer, PushConsumerBuilder};
 pub use rebalance::allocate_averagely;
@@ -43,7 +45,8 @@ pub enum ConsumeFrom {
     Timestamp(i64),
 }
 
-/// Clustering shares queues among a group; broadcasting gives every member every queue.
+/// Clustering shares queues among a group, whose offsets the brokers keep; broadcasting gives
+/// every member every queue, and each member keeps its own offsets in a file on its machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MessageModel {
     Clustering,

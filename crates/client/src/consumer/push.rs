@@ -17,6 +17,7 @@ use raftmq_common::{Error, ErrorCode};
 use raftmq_proto as pb;
 use tokio::task::JoinHandle;
 
+use super::local_offsets::LocalOffsets;
 use super::rebalance::{all_nodes, assignment, heartbeat};
 use super::{ConsumeFrom, ConsumeResult, MessageModel, PullConsumer, ReadPreference};
 use crate::message::ReceivedMessage;
@@ -40,6 +41,9 @@ pub struct PushConsumerBuilder {
     commit_interval: Duration,
     client_id: String,
     orderly: bool,
+    offset_dir: Option<std::path::PathBuf>,
+    /// The member's id was chosen by the user (and is stable across restarts).
+    named: bool,
 }
 
 impl PushConsumerBuilder {
@@ -61,7 +65,18 @@ impl PushConsumerBuilder {
             commit_interval: Duration::from_secs(1),
             client_id: format!("{}@{}", std::process::id(), nanos),
             orderly: false,
+            offset_dir: None,
+            named: false,
         }
+    }
+
+    /// Where a broadcasting consumer keeps its offsets: `DIR/<group>/<topic>.offsets`
+    /// (`DIR/<group>/<client id>/<topic>.offsets` with a [`client_id`](Self::client_id) of
+    /// one's own, so that members on one machine keep theirs apart), resumed when it starts
+    /// again. Default: [`super::default_offset_dir`].
+    pub fn local_offset_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.offset_dir = Some(dir.into());
+        self
     }
 
     /// Orderly consumption (RocketMQ's `MessageListenerOrderly`): a failed batch is handled
@@ -105,6 +120,7 @@ impl PushConsumerBuilder {
     /// The member's id in its group (default: pid and a random part).
     pub fn client_id(mut self, id: impl Into<String>) -> Self {
         self.client_id = id.into();
+        self.named = true;
         self
     }
 
@@ -120,7 +136,15 @@ impl PushConsumerBuilder {
         let (stop, stopped) = Shutdown::new();
         let in_place = self.orderly || self.model == MessageModel::Broadcasting;
         let handler: Handler = Arc::new(handler);
+        let local = |topic: &str| {
+            (self.model == MessageModel::Broadcasting).then(|| {
+                let dir = self.offset_dir.clone().unwrap_or_else(super::default_offset_dir);
+                let member = self.named.then_some(self.client_id.as_str());
+                LocalOffsets::new(&dir, &self.consumer_group, member, topic)
+            })
+        };
         let subscription = |topic: String, tag_expression: String, consume_from, retry_topic| {
+            let topic_name = topic.clone();
             Arc::new(Shared {
                 reader: PullConsumer::new(self.client.clone(), self.read_preference),
                 client: self.client.clone(),
@@ -136,6 +160,7 @@ impl PushConsumerBuilder {
                 assigned: Mutex::new(BTreeSet::new()),
                 in_place,
                 retry_topic,
+                local_offsets: local(&topic_name),
             })
         };
         let shared = subscription(
@@ -189,6 +214,8 @@ pub(super) struct Shared {
     in_place: bool,
     /// This subscription reads the group's retry topic.
     retry_topic: bool,
+    /// A broadcasting consumer's offsets file.
+    local_offsets: Option<LocalOffsets>,
 }
 
 /// A running group consumer. [`PushConsumer::shutdown`] commits what was consumed and leaves
@@ -301,9 +328,11 @@ async fn coordinate(shared: Arc<Shared>, rebalance_every: Duration, commit_every
     }
 }
 
-/// Commits dirty offsets (all, or one queue's), per broker group. Broadcasting keeps them local.
+/// Commits dirty offsets (all, or one queue's), per broker group; a broadcasting consumer saves
+/// all of its own to its file.
 async fn commit(shared: &Shared, only: Option<&MessageQueue>) {
-    if shared.model == MessageModel::Broadcasting {
+    if let Some(local) = &shared.local_offsets {
+        save_local(shared, local);
         return;
     }
     let dirty: Vec<(MessageQueue, u64)> = {
@@ -340,10 +369,47 @@ async fn commit(shared: &Shared, only: Option<&MessageQueue>) {
     }
 }
 
-/// Where a queue starts: the committed offset, else the configured start.
+/// Saves a broadcasting consumer's offsets when any moved since the last save.
+fn save_local(shared: &Shared, local: &LocalOffsets) {
+    let offsets: BTreeMap<MessageQueue, u64> = {
+        let table = shared.offsets.lock().unwrap_or_else(|p| p.into_inner());
+        if table.values().all(|p| p.committed == Some(p.offset)) {
+            return;
+        }
+        table.iter().map(|(q, p)| (q.clone(), p.offset)).collect()
+    };
+    match local.save(&offsets) {
+        Ok(()) => {
+            let mut table = shared.offsets.lock().unwrap_or_else(|p| p.into_inner());
+            for (q, offset) in offsets {
+                if let Some(p) = table.get_mut(&q) {
+                    p.committed = Some(offset);
+                }
+            }
+        }
+        Err(e) => tracing::warn!(path = %local.path().display(), "cannot save the offsets, will retry: {e}"),
+    }
+}
+
+/// Where a queue starts: the committed offset (the broker's, or a broadcasting consumer's
+/// own file), else the configured start.
 async fn start_offset(shared: &Shared, queue: &MessageQueue) -> Result<u64, Error> {
     if let Some(p) = shared.offsets.lock().unwrap_or_else(|p| p.into_inner()).get(queue) {
         return Ok(p.offset);
+    }
+    if let Some(local) = &shared.local_offsets {
+        let saved = local
+            .load()
+            .map_err(|e| ErrorCode::InvalidArgument.err(e.to_string()))?;
+        if let Some(offset) = saved.get(queue) {
+            let (_, max) = shared.reader.queue_offsets(&shared.topic, queue).await?;
+            // Past the queue's end: the file is of another incarnation of the topic (deleted
+            // and created again, another cluster); it says nothing about this one.
+            if *offset <= max {
+                return Ok(*offset);
+            }
+            tracing::warn!(%queue, offset, max, path = %local.path().display(), "saved offset is past the queue's end; ignored");
+        }
     }
     if shared.model == MessageModel::Clustering {
         let committed = shared
