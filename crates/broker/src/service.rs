@@ -140,7 +140,11 @@ impl Broker for BrokerService {
 
     async fn get_message(&self, request: Request<pb::GetMessageRequest>) -> Reply<pb::StoredMessage> {
         let req = request.into_inner();
-        let message = ops::pull::message(&self.state, &req.topic, req.queue_id, req.offset)?;
+        let message = if req.msg_id.is_empty() {
+            ops::pull::message(&self.state, &req.topic, req.queue_id, req.offset)?
+        } else {
+            ops::pull::message_by_id(&self.state, &req.msg_id)?
+        };
         Ok(Response::new(to_proto(message)))
     }
 

@@ -38,6 +38,7 @@ async fn a_message_sent_to_the_master_is_on_both_slaves_byte_for_byte() {
                 topic: "T".into(),
                 queue_id: 1,
                 offset: 0,
+                msg_id: String::new(),
             })
             .await
             .unwrap_or_else(|e| panic!("node {id}: {e}"))
@@ -46,6 +47,21 @@ async fn a_message_sent_to_the_master_is_on_both_slaves_byte_for_byte() {
         assert_eq!(got.msg_id, reply.results[0].msg_id, "node {id}");
         assert_eq!((got.tags.as_str(), got.keys.as_str()), ("tagA", "order-1"));
         assert_eq!(got.properties.get("k").map(String::as_str), Some("v"));
+        // By id, on every node: the same message, with its queue and offset.
+        let by_id = group
+            .client(id)
+            .await
+            .get_message(pb::GetMessageRequest {
+                msg_id: reply.results[1].msg_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("node {id}: {e}"))
+            .into_inner();
+        assert_eq!(
+            (by_id.body.as_slice(), by_id.queue_id, by_id.queue_offset),
+            (&b"second"[..], 1, 1)
+        );
         // A pull with a tag filter on every node, slaves included.
         let pulled = group
             .client(id)
@@ -139,10 +155,22 @@ async fn bad_requests_get_stable_codes_and_store_nothing() {
             topic: "T".into(),
             queue_id: 0,
             offset: 0,
+            msg_id: String::new(),
         })
         .await
         .unwrap_err();
     assert_eq!(code(&err), Some(ErrorCode::MessageNotFound));
+    for (id, expected) in [
+        ("garbage", ErrorCode::InvalidArgument),
+        ("0123456789abcdef0123456789abcdef", ErrorCode::MessageNotFound),
+    ] {
+        let req = pb::GetMessageRequest {
+            msg_id: id.into(),
+            ..Default::default()
+        };
+        let err = c.get_message(req).await.unwrap_err();
+        assert_eq!(code(&err), Some(expected), "{id}: {err}");
+    }
     let offsets = queue_offsets(&mut c, "T", 0).await;
     assert_eq!(offsets.max_offset, 0, "nothing refused was stored");
     group.shutdown().await;

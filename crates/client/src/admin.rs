@@ -231,6 +231,7 @@ impl Admin {
                 topic: topic.to_owned(),
                 queue_id: queue.queue_id,
                 offset,
+                msg_id: String::new(),
             };
             match b
                 .get_message(self.client.request(req, self.client.config().request_timeout))
@@ -241,6 +242,39 @@ impl Admin {
                     (Retry::No, e) => return Err(e),
                     (_, e) => last = e,
                 },
+            }
+        }
+        Err(last)
+    }
+
+    /// The message with an id, from whichever broker group stored it (any of its nodes:
+    /// committed messages only). `MESSAGE_NOT_FOUND` when no group has it in a queue (never
+    /// stored, removed by retention, or a delayed message before its time).
+    pub async fn message_by_id(&self, msg_id: &str) -> Result<ReceivedMessage, Error> {
+        let info = self.client.cluster_info().await?;
+        let mut last = ErrorCode::MessageNotFound.err(format!("no broker group stores message {msg_id}"));
+        for g in &info.groups {
+            let nodes = std::iter::once(g.master_addr.clone())
+                .chain(g.nodes.iter().map(|n| n.addr.clone()))
+                .filter(|a| !a.is_empty());
+            for addr in nodes {
+                let req = pb::GetMessageRequest {
+                    msg_id: msg_id.to_owned(),
+                    ..Default::default()
+                };
+                let mut b = self.client.broker(&addr)?;
+                match b
+                    .get_message(self.client.request(req, self.client.config().request_timeout))
+                    .await
+                {
+                    Ok(m) => return Ok(ReceivedMessage::from_proto(&g.group, m.into_inner())),
+                    Err(status) => match classify(&status) {
+                        // This group answered: not here. The next group, then.
+                        (Retry::No, e) if e.code == ErrorCode::MessageNotFound => break,
+                        (Retry::No, e) => return Err(e),
+                        (_, e) => last = e,
+                    },
+                }
             }
         }
         Err(last)

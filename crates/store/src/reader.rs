@@ -73,6 +73,18 @@ pub fn message_id(prefix: u32, log_index: u64, position: u32) -> String {
     format!("{prefix:08X}{log_index:016X}{position:08X}")
 }
 
+/// Parses a [`message_id`]: the group's prefix, the log index, the position.
+pub fn parse_message_id(id: &str) -> Option<(u32, u64, u32)> {
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some((
+        u32::from_str_radix(&id[..8], 16).ok()?,
+        u64::from_str_radix(&id[8..24], 16).ok()?,
+        u32::from_str_radix(&id[24..], 16).ok()?,
+    ))
+}
+
 /// A read handle on the store. Cheap to clone.
 #[derive(Clone)]
 pub struct StoreReader {
@@ -345,6 +357,62 @@ impl StoreReader {
     pub fn get(&self, topic: &str, queue_id: u32, offset: u64) -> Result<Option<StoredMessage>, ReadError> {
         let r = self.read(topic, queue_id, offset, 1, u64::MAX, &|_| true)?;
         Ok(r.messages.into_iter().next().filter(|m| m.queue_offset == offset))
+    }
+
+    /// The message an id names, from applied entries only: its entry gives its topic and queue,
+    /// a binary search of that queue's index its offset. `None` when nothing here is stored
+    /// under it: another group's id, an entry not applied yet or removed by retention, a
+    /// position past the entry's messages, or a message that is in no queue (a delayed one
+    /// before its time; it is stored under an id of its own when due).
+    pub fn get_by_id(&self, msg_id: &str) -> Result<Option<StoredMessage>, ReadError> {
+        let Some((prefix, index, position)) = parse_message_id(msg_id) else {
+            return Ok(None);
+        };
+        if prefix != self.id_prefix || index == 0 || index > self.applied_index() {
+            return Ok(None);
+        }
+        let Some(raw) = self.db.db.get_pinned_cf(self.db.cf(CF_LOG), keys::log(index))? else {
+            return Ok(None);
+        };
+        let entry = decode_entry(index, &raw)?;
+        let EntryPayload::Normal(request) = &entry.payload else {
+            return Ok(None);
+        };
+        let mut first = 0u32;
+        let mut place = None;
+        for command in request.commands.iter() {
+            if let Some((topic, queue_id, messages)) = command.stored_messages() {
+                if position >= first && position < first + messages.len() as u32 {
+                    place = Some((topic.to_owned(), queue_id));
+                    break;
+                }
+                first += messages.len() as u32;
+            }
+        }
+        let Some((topic, queue_id)) = place else {
+            return Ok(None);
+        };
+        // Index entries go up the log along a queue: search for (index, position).
+        let bounds = self.queue_state(&topic, queue_id);
+        let (mut lo, mut hi) = (bounds.min_offset, bounds.next_offset);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let Some(value) = self
+                .db
+                .db
+                .get_pinned_cf(self.db.cf(CF_CQ), keys::cq(&topic, queue_id, mid))?
+            else {
+                lo = mid + 1;
+                continue;
+            };
+            let cq: CqEntry = codec::decode(&value, || format!("consume queue {topic}/{queue_id} offset {mid}"))?;
+            match (cq.log_index, cq.position).cmp(&(index, position)) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return self.get(&topic, queue_id, mid),
+            }
+        }
+        Ok(None)
     }
 
     /// The first offset of a queue stored at or after `timestamp_ms` (the queue's end if none).

@@ -423,6 +423,7 @@ impl Group {
                     topic: "T".into(),
                     queue_id: 0,
                     offset,
+                    msg_id: String::new(),
                 })
                 .await
                 .unwrap_or_else(|e| panic!("node {id}: acknowledged offset {offset} is missing: {e}"))

@@ -61,6 +61,19 @@ async fn cli_commands_print_what_they_should() {
         sent["queue_id"].as_u64().unwrap(),
         sent["queue_offset"].as_u64().unwrap(),
     );
+    let id = sent["msg_id"].as_str().expect("an id").to_owned();
+    let (ok, out, err) = run_cli(&ns, &["--json", "message", "get", "--id", &id]).await;
+    assert!(ok, "{err}");
+    let got: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+    assert_eq!(
+        (got["body"].as_str(), got["queue_offset"].as_u64()),
+        (Some("json-body"), Some(offset))
+    );
+    let unknown = format!("{}{:024X}", &id[..8], u64::MAX);
+    let (ok, _, err) = run_cli(&ns, &["message", "get", "--id", &unknown]).await;
+    assert!(!ok && err.contains("MESSAGE_NOT_FOUND"), "{err}");
+    let (ok, _, err) = run_cli(&ns, &["message", "get", "--id", "not-an-id"]).await;
+    assert!(!ok && err.contains("INVALID_ARGUMENT"), "{err}");
 
     let (ok, out, err) = run_cli(&ns, &["consume", "Orders", "--count", "4", "--idle-secs", "5"]).await;
     assert!(ok, "{err}");

@@ -141,6 +141,28 @@ pub fn message(state: &BrokerState, topic: &str, queue_id: u32, offset: u64) -> 
         .ok_or_else(|| ErrorCode::MessageNotFound.err(format!("no message at {topic}/{queue_id} offset {offset}")))
 }
 
+/// The message with an id, on any node (applied entries only). `MESSAGE_NOT_FOUND` for an id of
+/// another broker group, or one that names nothing in a queue here (not applied yet, removed by
+/// retention, a delayed message before its time).
+pub fn message_by_id(state: &BrokerState, msg_id: &str) -> Result<StoredMessage, Error> {
+    let (prefix, _, _) = raftmq_store::reader::parse_message_id(msg_id).ok_or_else(|| {
+        ErrorCode::InvalidArgument.err(format!(
+            "field `msg_id`: {msg_id:?} is not a message id (32 hex digits)"
+        ))
+    })?;
+    if prefix != state.reader.id_prefix() {
+        return Err(ErrorCode::MessageNotFound.err(format!(
+            "message {msg_id} is not of broker group {}",
+            state.config.group
+        )));
+    }
+    state
+        .reader
+        .get_by_id(msg_id)
+        .map_err(storage)?
+        .ok_or_else(|| ErrorCode::MessageNotFound.err(format!("no message {msg_id} is stored in a queue here")))
+}
+
 /// A queue's first offset and the offset its next message will get.
 pub fn bounds(state: &BrokerState, topic: &str, queue_id: u32) -> Result<(u64, u64), Error> {
     super::topics::for_read(state, topic, queue_id)?;
