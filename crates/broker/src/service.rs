@@ -180,6 +180,22 @@ impl Broker for BrokerService {
         Ok(Response::new(pb::GetConsumeOffsetsReply { offsets }))
     }
 
+    async fn get_topic_consumers(
+        &self,
+        request: Request<pb::GetTopicConsumersRequest>,
+    ) -> Reply<pb::GetTopicConsumersReply> {
+        let topic = request.into_inner().topic;
+        let offsets = ops::offsets::topic_consumers(&self.state, &topic)?
+            .into_iter()
+            .map(|(consumer_group, queue_id, offset)| pb::GroupOffset {
+                consumer_group,
+                queue_id,
+                offset,
+            })
+            .collect();
+        Ok(Response::new(pb::GetTopicConsumersReply { offsets }))
+    }
+
     async fn reset_offsets(&self, request: Request<pb::ResetOffsetsRequest>) -> Reply<pb::ResetOffsetsReply> {
         use pb::reset_offsets_request::Target;
         let req = request.into_inner();

@@ -26,6 +26,16 @@ pub struct QueueProgress {
     pub lag: u64,
 }
 
+/// Where a message is and who has consumed it ([`Admin::trace`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trace {
+    /// The message, with its broker group, queue, offset and store time.
+    pub message: ReceivedMessage,
+    /// Every consumer group with an offset in the message's queue: (group, its offset, whether
+    /// it has consumed past the message).
+    pub groups: Vec<(String, u64, bool)>,
+}
+
 /// Where a reset moves a group's offsets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResetTo {
@@ -44,6 +54,11 @@ pub struct Admin {
 impl Admin {
     pub fn new(client: Client) -> Admin {
         Admin { client }
+    }
+
+    /// The client it calls through.
+    pub fn client(&self) -> Client {
+        self.client.clone()
     }
 
     /// Runs a write on a master, following `NOT_MASTER` to the master it names.
@@ -278,6 +293,33 @@ impl Admin {
             }
         }
         Err(last)
+    }
+
+    /// Where the message with an id is stored and which consumer groups have consumed past it
+    /// (their committed offsets in its queue, as its broker group's master knows them).
+    pub async fn trace(&self, msg_id: &str) -> Result<Trace, Error> {
+        let message = self.message_by_id(msg_id).await?;
+        let masters = self.masters(std::slice::from_ref(&message.group)).await?;
+        let req = pb::GetTopicConsumersRequest {
+            topic: message.topic.clone(),
+        };
+        let client = self.client.clone();
+        let reply = self
+            .on_master(&masters[0].1, |mut b| {
+                let r = client.request(req.clone(), client.config().request_timeout);
+                async move { b.get_topic_consumers(r).await }
+            })
+            .await?;
+        let groups = reply
+            .offsets
+            .into_iter()
+            .filter(|o| o.queue_id == message.queue_id)
+            .map(|o| {
+                let past = o.offset > message.queue_offset;
+                (o.consumer_group, o.offset, past)
+            })
+            .collect();
+        Ok(Trace { message, groups })
     }
 
     /// Cancels a delayed message of `topic` that is not due yet, by the recall handle its send

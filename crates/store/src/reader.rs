@@ -196,17 +196,15 @@ impl StoreReader {
             .collect()
     }
 
-    /// Every group that has an offset in a topic.
-    pub fn groups_of_topic(&self, topic: &str) -> Vec<String> {
-        let state = self.shared.read();
-        let mut groups: Vec<String> = state
+    /// Every group's committed offsets in a topic: (group, queue, offset).
+    pub fn topic_consumers(&self, topic: &str) -> Vec<(String, u32, u64)> {
+        self.shared
+            .read()
             .offsets
-            .keys()
-            .filter(|(_, t, _)| t == topic)
-            .map(|(g, _, _)| g.clone())
-            .collect();
-        groups.dedup();
-        groups
+            .iter()
+            .filter(|((_, t, _), _)| t == topic)
+            .map(|((g, _, q), o)| (g.clone(), *q, *o))
+            .collect()
     }
 
     /// A consumer group's POP state in a queue at `now_ms` (see [`crate::pop::view`]).

@@ -109,6 +109,30 @@ async fn cli_commands_print_what_they_should() {
             .sum::<u64>(),
         4
     );
+    // g1 consumed all four (the --count consumer committed on its way out): the trace says so.
+    let (ok, out, err) = run_cli(&ns, &["--json", "message", "trace", "--id", &id]).await;
+    assert!(ok, "{err}");
+    let trace: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+    assert_eq!(
+        (trace["topic"].as_str(), trace["queue_offset"].as_u64()),
+        (Some("Orders"), Some(offset))
+    );
+    let groups = trace["consumer_groups"].as_array().expect("groups");
+    assert!(
+        groups
+            .iter()
+            .any(|g| g["consumer_group"] == "g1" && g["consumed"] == true),
+        "{out}"
+    );
+    let (ok, out, err) = run_cli(&ns, &["message", "offsets", "Orders", "--at", "2000-01-01T00:00:00Z"]).await;
+    assert!(ok && out.starts_with("GROUP"), "{out}{err}");
+    assert_eq!(out.lines().count(), 3, "a header and two queues: {out}");
+    for line in out.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(f[4], f[2], "everything is after 2000: the first offset: {line}");
+    }
+    let (ok, _, err) = run_cli(&ns, &["message", "offsets", "Orders", "--at", "yesterday-ish"]).await;
+    assert!(!ok && err.contains("--at"), "{err}");
 
     let (ok, out, err) = run_cli(
         &ns,

@@ -45,6 +45,12 @@ pub fn committed(state: &BrokerState, group: &str, topic: Option<&str>) -> Resul
     Ok(state.reader.consume_offsets(group, topic))
 }
 
+/// Every consumer group's committed offsets in a topic: (group, queue, offset).
+pub fn topic_consumers(state: &BrokerState, topic: &str) -> Result<Vec<(String, u32, u64)>, Error> {
+    super::topics::for_read(state, topic, 0)?;
+    Ok(state.reader.topic_consumers(topic))
+}
+
 /// Sets a group's offsets in every queue of a topic, on the master; returns them.
 pub async fn reset(state: &BrokerState, group: String, topic: &str, to: ResetTo) -> Result<Vec<OffsetUpdate>, Error> {
     validate::name("consumer_group", &group)?;

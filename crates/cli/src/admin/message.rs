@@ -1,7 +1,10 @@
 //! `raftmq message`: one message by its queue and offset or by its id; recalling a delayed one.
 
 use clap::Subcommand;
-use raftmq_client::{Admin, MessageQueue};
+use raftmq_client::{Admin, MessageQueue, PullConsumer, ReadPreference};
+use serde_json::json;
+
+use crate::table;
 
 use crate::messaging::{print_message, Read};
 
@@ -22,6 +25,19 @@ pub(crate) enum MessageCommand {
         id: Option<String>,
         #[arg(long, value_enum, default_value_t = Read::Master)]
         read: Read,
+    },
+    /// Where a message is stored (group, queue, offset, store time) and which consumer groups
+    /// have consumed past it.
+    Trace {
+        #[arg(long)]
+        id: String,
+    },
+    /// Per queue of a topic: its first and next offsets and, with --at, the first offset stored
+    /// at or after a time (RFC 3339 or ms since the epoch).
+    Offsets {
+        topic: String,
+        #[arg(long)]
+        at: Option<String>,
     },
     /// Cancels a delayed message that is not due yet, by the recall handle its send printed.
     Recall {
@@ -51,6 +67,76 @@ pub(crate) async fn run(admin: &Admin, command: MessageCommand, as_json: bool) -
                 _ => anyhow::bail!("say --id, or a topic with --group, --queue and --offset"),
             };
             print_message(&m, as_json);
+        }
+        MessageCommand::Trace { id } => {
+            let t = admin.trace(&id).await?;
+            let m = &t.message;
+            if as_json {
+                let groups: Vec<_> = t
+                    .groups
+                    .iter()
+                    .map(|(g, o, past)| json!({"consumer_group": g, "offset": o, "consumed": past}))
+                    .collect();
+                println!(
+                    "{}",
+                    json!({"msg_id": m.msg_id, "topic": m.topic, "group": m.group, "queue_id": m.queue_id, "queue_offset": m.queue_offset, "store_timestamp_ms": m.store_timestamp_ms, "consumer_groups": groups})
+                );
+            } else {
+                println!(
+                    "{} is {}/{}/{} offset {}, stored {}",
+                    m.msg_id,
+                    m.topic,
+                    m.group,
+                    m.queue_id,
+                    m.queue_offset,
+                    crate::when::format_time_ms(m.store_timestamp_ms)
+                );
+                let rows: Vec<Vec<String>> = t
+                    .groups
+                    .iter()
+                    .map(|(g, o, past)| vec![g.clone(), o.to_string(), if *past { "yes" } else { "no" }.into()])
+                    .collect();
+                print!("{}", table::render(&["CONSUMER_GROUP", "OFFSET", "CONSUMED"], &rows));
+            }
+        }
+        MessageCommand::Offsets { topic, at } => {
+            let at = at
+                .map(|s| crate::when::parse_time_ms(&s).map_err(|e| anyhow::anyhow!("--at {s:?}: {e}")))
+                .transpose()?;
+            let reader = PullConsumer::new(admin.client(), ReadPreference::Master);
+            let mut rows = Vec::new();
+            for q in reader.queues(&topic).await? {
+                let (min, max) = reader.queue_offsets(&topic, &q).await?;
+                let found = match at {
+                    Some(ms) => Some(reader.search_offset(&topic, &q, ms).await?),
+                    None => None,
+                };
+                rows.push((q, min, max, found));
+            }
+            if as_json {
+                let items: Vec<_> = rows
+                    .iter()
+                    .map(|(q, min, max, at)| json!({"group": q.group, "queue_id": q.queue_id, "min_offset": min, "max_offset": max, "offset_at": at}))
+                    .collect();
+                println!("{}", json!(items));
+            } else {
+                let rows: Vec<Vec<String>> = rows
+                    .iter()
+                    .map(|(q, min, max, at)| {
+                        vec![
+                            q.group.clone(),
+                            q.queue_id.to_string(),
+                            min.to_string(),
+                            max.to_string(),
+                            at.map_or("-".into(), |o| o.to_string()),
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    table::render(&["GROUP", "QUEUE", "MIN", "MAX", "OFFSET_AT"], &rows)
+                );
+            }
         }
         MessageCommand::Recall { topic, handle } => {
             admin.recall(&topic, &handle).await?;
