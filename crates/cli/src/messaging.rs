@@ -74,9 +74,14 @@ pub(crate) struct ConsumeArgs {
     /// it: plain pulls of every queue.
     #[arg(long)]
     pub(crate) group: Option<String>,
-    /// Every member reads every queue (with --group).
+    /// Every member reads every queue (with --group), and keeps its offsets in a file on this
+    /// machine, resumed next time.
     #[arg(long, requires = "group")]
     pub(crate) broadcast: bool,
+    /// Where a broadcasting consumer keeps its offsets (default: $RAFTMQ_OFFSET_DIR, else
+    /// ~/.raftmq_offsets).
+    #[arg(long, requires = "broadcast")]
+    pub(crate) offset_dir: Option<std::path::PathBuf>,
     /// Where to start without a committed offset: first, last, or a time in ms since the epoch.
     #[arg(long, default_value = "first")]
     pub(crate) from: String,
@@ -116,8 +121,13 @@ pub(crate) fn print_message(m: &ReceivedMessage, as_json: bool) {
     if as_json {
         println!("{}", message_json(m));
     } else {
+        // A retried message says how often it came before.
+        let retried = match m.reconsume_times() {
+            0 => String::new(),
+            n => format!(" reconsume={n}"),
+        };
         println!(
-            "{}/{} offset={} id={} tags={:?} keys={:?} body={}",
+            "{}/{} offset={} id={} tags={:?} keys={:?}{retried} body={}",
             m.group,
             m.queue_id,
             m.queue_offset,
@@ -210,7 +220,11 @@ pub(crate) async fn consume(client: &Client, args: ConsumeArgs, as_json: bool) -
         Some(group) => {
             let seen = count.clone();
             let quiet = args.quiet;
-            let consumer = PushConsumer::builder(client.clone(), group, &args.topic)
+            let mut builder = PushConsumer::builder(client.clone(), group, &args.topic);
+            if let Some(dir) = &args.offset_dir {
+                builder = builder.local_offset_dir(dir);
+            }
+            let consumer = builder
                 .tag_expression(&args.tags)
                 .model(if args.broadcast {
                     MessageModel::Broadcasting
@@ -219,9 +233,11 @@ pub(crate) async fn consume(client: &Client, args: ConsumeArgs, as_json: bool) -
                 })
                 .read_preference(args.read.preference())
                 .consume_from(from)
-                // A batch cut by --count is handed back in place (orderly), so what is past the
-                // limit stays in its queue instead of going to the retry topic.
+                // With --count, one message a batch, handed back in place (orderly) once the
+                // count is reached: what is past it stays in its queue (not on the retry topic),
+                // and what was printed is committed.
                 .orderly(args.count.is_some())
+                .batch_size(if args.count.is_some() { 1 } else { 32 })
                 .start(move |batch| {
                     for m in batch {
                         // Messages past the limit are not taken: they stay for the next consumer.

@@ -285,5 +285,30 @@ async fn group_settings_and_dead_letters_from_the_command_line() {
     assert!(ok && out.contains("Jobs"), "kept on the topic: {out}");
     let offsets = raftmq_testkit::queue_offsets(&mut broker, "Jobs", 0).await;
     assert_eq!(offsets.max_offset, 2, "the resent copy is a new message of Jobs");
+
+    // A broadcasting consumer resumes from its own offsets file: one message a run.
+    let dir = tempfile::tempdir().unwrap();
+    let dir_arg = dir.path().to_str().unwrap();
+    for expected in ["offset=0", "offset=1"] {
+        let args = [
+            "consume",
+            "Jobs",
+            "--group",
+            "bc",
+            "--broadcast",
+            "--offset-dir",
+            dir_arg,
+            "--count",
+            "1",
+            "--idle-secs",
+            "3",
+        ];
+        let (ok, out, err) = run_cli(&ns, &args).await;
+        assert!(
+            ok && out.lines().count() == 1 && out.contains(expected),
+            "{expected}: {out}{err}"
+        );
+    }
+    assert!(dir.path().join("bc").join("Jobs.offsets").exists());
     group.shutdown().await;
 }
