@@ -19,26 +19,9 @@ while [ $# -gt 0 ]; do
         *) echo "usage: $0 [--runs N] [--pending COUNT]" >&2; exit 2 ;;
     esac
 done
-export RAFTMQ_HOME=${RAFTMQ_BENCH_HOME:-$ROOT/.bench}
-CLUSTER="$ROOT/scripts/cluster.sh"
-BIN=${RAFTMQ_BIN_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/release}
-NS=127.0.0.1:9876
-
-"$CLUSTER" down --purge >/dev/null 2>&1 || true
-trap '"$CLUSTER" down --purge >/dev/null 2>&1 || true' EXIT
-"$CLUSTER" up "$ROOT/cluster-config/small" >/dev/null
-R() { "$BIN/raftmq" --namesrv "$NS" "$@"; }
+. "$ROOT/scripts/lib/bench.sh"
 R topic create BenchDelay --queues 8 >/dev/null
 sleep 1
-
-rss() { # VmRSS of every broker, in MB
-    local out="" f pid
-    for f in "$RAFTMQ_HOME"/pids/broker-*.pid; do
-        pid=$(cat "$f")
-        out+="$(basename "$f" .pid)=$(awk '$1 == "VmRSS:" {printf "%.1f", $2 / 1024}' "/proc/$pid/status")MB "
-    done
-    echo "$out"
-}
 
 for i in $(seq "$RUNS"); do
     echo "burst run $i: $(R bench delay --shape burst --count 100000 --due-in 30 --size 128 | tr '\n' ' ')"
@@ -47,11 +30,11 @@ for i in $(seq "$RUNS"); do
     echo "steady run $i: $(R bench delay --shape steady --rate 10000 --duration 20 --delay-ms 2000 --size 128 | tr '\n' ' ')"
 done
 
-echo "broker RSS before scheduling $PENDING: $(rss)"
+echo "broker RSS before scheduling $PENDING: $(rss VmRSS)"
 R bench delay --shape burst --count "$PENDING" --due-in 7200 --size 128 --schedule-only | tr '\n' ' '
 echo
 sleep 5
-echo "broker RSS with $PENDING pending: $(rss)"
+echo "broker RSS with $PENDING pending: $(rss VmRSS)"
 master=$(R --json cluster list | grep -o '"node_id":[0-9]*,"role":"master"' | grep -o '[0-9]*' | head -n 1 || true)
 slave=1; [ "$master" = 1 ] && slave=2
 "$CLUSTER" stop "broker-a-$slave" >/dev/null
@@ -60,4 +43,4 @@ t0=$(date +%s%N)
 t1=$(date +%s%N)
 echo "slave broker-a-$slave restarted with $PENDING pending: serving after $(( (t1 - t0) / 1000000 )) ms"
 sleep 3
-echo "broker RSS after the restart: $(rss)"
+echo "broker RSS after the restart: $(rss VmRSS)"

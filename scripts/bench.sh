@@ -11,24 +11,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DURATION=10
 [ "${1:-}" = --duration ] && DURATION=$2
-export RAFTMQ_HOME=${RAFTMQ_BENCH_HOME:-$ROOT/.bench}
-CLUSTER="$ROOT/scripts/cluster.sh"
-BIN=${RAFTMQ_BIN_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/release}
-NS=127.0.0.1:9876
-
-"$CLUSTER" down --purge >/dev/null 2>&1 || true
-trap '"$CLUSTER" down --purge >/dev/null 2>&1 || true' EXIT
-"$CLUSTER" up "$ROOT/cluster-config/small" >/dev/null
-R() { "$BIN/raftmq" --namesrv "$NS" "$@"; }
-
-rss() { # VmRSS or VmHWM of every broker, in MB
-    local field=$1 out="" f pid
-    for f in "$RAFTMQ_HOME"/pids/broker-*.pid; do
-        pid=$(cat "$f")
-        out+="$(basename "$f" .pid)=$(awk -v k="$field:" '$1 == k {printf "%.1f", $2 / 1024}' "/proc/$pid/status")MB "
-    done
-    echo "$out"
-}
+. "$ROOT/scripts/lib/bench.sh"
 
 # Idle memory, and how fast a broker is ready to serve on an empty store.
 sleep 2

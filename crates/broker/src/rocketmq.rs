@@ -353,8 +353,9 @@ impl Backend for RocketMqBroker {
     fn consumer_retry_policy(&self, group: &str) -> v2::RetryPolicy {
         use raftmq_rocketmq::settings::{consumer_retry_policy, Redelivery};
         use raftmq_store::groups::Backoff;
-        let attempts = ops::retry::max_reconsume_times(&self.state, group).saturating_add(1);
-        let redelivery = match self.state.reader.group(group).backoff() {
+        let config = self.state.reader.group(group);
+        let attempts = ops::retry::effective_max(&self.state, &config).saturating_add(1);
+        let redelivery = match config.backoff() {
             Backoff::Table(ms) => Redelivery::Delays(ms.into_iter().map(Duration::from_millis).collect()),
             Backoff::Exponential {
                 initial_ms,

@@ -247,7 +247,7 @@ impl Broker for BrokerService {
         let name = request.into_inner().consumer_group;
         let config = ops::retry::group(&self.state, &name)?;
         let mut reply = convert::group_to_proto(&config);
-        reply.effective_max_reconsume_times = ops::retry::max_reconsume_times(&self.state, &name);
+        reply.effective_max_reconsume_times = ops::retry::effective_max(&self.state, &config);
         Ok(Response::new(reply))
     }
 

@@ -37,9 +37,12 @@ pub enum SentBack {
 
 /// Retries of a failed message the group allows before dead-lettering it.
 pub fn max_reconsume_times(state: &BrokerState, group: &str) -> u32 {
-    state
-        .reader
-        .group(group)
+    effective_max(state, &state.reader.group(group))
+}
+
+/// The retries a group's settings allow: its own, or the broker's default.
+pub fn effective_max(state: &BrokerState, config: &GroupConfig) -> u32 {
+    config
         .max_reconsume_times
         .unwrap_or(state.config.max_delivery_attempts.saturating_sub(1))
 }
@@ -90,7 +93,7 @@ pub async fn send_back(
         .contains(&k.as_str())
     });
     let config = state.reader.group(group);
-    let dead = reconsume > max_reconsume_times(state, group);
+    let dead = reconsume > effective_max(state, &config);
     if dead {
         properties.push((PROP_DLQ_ORIGIN_TOPIC.to_owned(), origin_topic));
         properties.push((PROP_DLQ_ORIGIN_MESSAGE_ID.to_owned(), origin_id.clone()));

@@ -9,7 +9,7 @@ use raftmq_proto::rocketmq::messaging_service_client::MessagingServiceClient;
 use raftmq_proto::rocketmq::Code;
 use tonic::metadata::{KeyAndValueRef, MetadataMap};
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Status};
+use tonic::{Request, Response, Status};
 
 use super::{MessagingService, MAX_MESSAGE_SIZE};
 use crate::status::Fail;
@@ -149,6 +149,11 @@ pub(super) fn forwarded<T>(md: &MetadataMap, message: T) -> Request<T> {
 }
 
 /// A forwarded call that failed in transport: its outcome is unknown to us.
+/// The master's answer as this node's: its message, without the master's response metadata.
+pub(super) fn strip<T>(reply: Response<T>) -> Response<T> {
+    Response::new(reply.into_inner())
+}
+
 pub(super) fn forward_failed(e: Status) -> Fail {
     Fail::new(
         Code::ProxyTimeout,

@@ -27,7 +27,7 @@ use crate::status::{ok, summary, Fail};
 mod forward;
 
 use crate::{full_name, route, settings, timestamp_ms, Backend};
-use forward::{caller_timeout, forward_failed, forwarded, Master};
+use forward::{caller_timeout, forward_failed, forwarded, strip, Master};
 
 /// The namespace header RocketMQ clients send.
 const NAMESPACE: &str = "x-mq-namespace";
@@ -177,10 +177,7 @@ impl<B: Backend> Service for MessagingService<B> {
         }
         match self.route_write(&md).await {
             Err(f) => fail(f),
-            Ok(Some(master)) => match forward!(self, md, master, req, send_message) {
-                Ok(r) => Ok(Response::new(r.into_inner())),
-                Err(f) => fail(f),
-            },
+            Ok(Some(master)) => forward!(self, md, master, req, send_message).map(strip).or_else(fail),
             Ok(None) => match self.backend.send(&namespace, req.messages).await {
                 Ok(entries) => Ok(Response::new(v2::SendMessageResponse {
                     status: Some(summary(entries.iter().filter_map(|e| e.status.as_ref()))),
@@ -299,10 +296,7 @@ impl<B: Backend> Service for MessagingService<B> {
         }
         match self.route_write(&md).await {
             Err(f) => fail(f),
-            Ok(Some(master)) => match forward!(self, md, master, req, ack_message) {
-                Ok(r) => Ok(Response::new(r.into_inner())),
-                Err(f) => fail(f),
-            },
+            Ok(Some(master)) => forward!(self, md, master, req, ack_message).map(strip).or_else(fail),
             Ok(None) => match self.backend.ack(&namespace, &req).await {
                 Ok(entries) => Ok(Response::new(v2::AckMessageResponse {
                     status: Some(summary(entries.iter().filter_map(|e| e.status.as_ref()))),
@@ -334,10 +328,9 @@ impl<B: Backend> Service for MessagingService<B> {
         }
         match self.route_write(&md).await {
             Err(f) => answer(Err(f)),
-            Ok(Some(master)) => match forward!(self, md, master, req, forward_message_to_dead_letter_queue) {
-                Ok(r) => Ok(Response::new(r.into_inner())),
-                Err(f) => answer(Err(f)),
-            },
+            Ok(Some(master)) => forward!(self, md, master, req, forward_message_to_dead_letter_queue)
+                .map(strip)
+                .or_else(|f| answer(Err(f))),
             Ok(None) => answer(self.backend.forward_to_dead_letter(&namespace, &req).await),
         }
     }
@@ -459,10 +452,9 @@ impl<B: Backend> Service for MessagingService<B> {
         }
         match self.route_write(&md).await {
             Err(f) => answer(Err(f)),
-            Ok(Some(master)) => match forward!(self, md, master, req, change_invisible_duration) {
-                Ok(r) => Ok(Response::new(r.into_inner())),
-                Err(f) => answer(Err(f)),
-            },
+            Ok(Some(master)) => forward!(self, md, master, req, change_invisible_duration)
+                .map(strip)
+                .or_else(|f| answer(Err(f))),
             Ok(None) => answer(self.backend.change_invisible(&namespace, &req).await),
         }
     }
@@ -489,10 +481,9 @@ impl<B: Backend> Service for MessagingService<B> {
         let target = self.backend.recall_target(&topic, &req.recall_handle).await;
         match self.route_to(&md, target) {
             Err(f) => answer(Err(f)),
-            Ok(Some(master)) => match forward!(self, md, master, req, recall_message) {
-                Ok(r) => Ok(Response::new(r.into_inner())),
-                Err(f) => answer(Err(f)),
-            },
+            Ok(Some(master)) => forward!(self, md, master, req, recall_message)
+                .map(strip)
+                .or_else(|f| answer(Err(f))),
             Ok(None) => answer(self.backend.recall(&namespace, &req).await),
         }
     }
