@@ -96,6 +96,15 @@ fn sends_filters_invisibility_and_stale_handles_through_a_nameserver_and_a_broke
 }
 
 #[test]
+fn a_sql92_subscription_gets_exactly_its_messages_and_a_bad_one_is_refused() {
+    require_client();
+    let cluster = ScriptCluster::up(1, &["broker-a"]);
+    create_topic(&cluster, "V5Sql");
+    let result = run_client(&["sql", &cluster.namesrv[0], "V5Sql"], Duration::from_secs(120));
+    assert!(result.contains("\"matched\": "), "{result}");
+}
+
+#[test]
 fn a_delay_message_arrives_at_its_time_and_a_recalled_one_never() {
     require_client();
     let cluster = ScriptCluster::up(1, &["broker-a"]);

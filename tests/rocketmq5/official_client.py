@@ -8,6 +8,7 @@ unmodified, against a raftmq cluster. Run by tests/rocketmq5.rs; usable by hand:
     python3 tests/rocketmq5/official_client.py failover 127.0.0.1:9876 TopicD 12
     python3 tests/rocketmq5/official_client.py pop-failover 127.0.0.1:9876 TopicE
     python3 tests/rocketmq5/official_client.py delay 127.0.0.1:9876 TopicF
+    python3 tests/rocketmq5/official_client.py sql 127.0.0.1:9876 TopicG
 
 The two failover modes print a line (SENDING, RECEIVED) when it is time to kill the master, and
 go on when they read KILLED on stdin.
@@ -23,7 +24,7 @@ import time
 
 from rocketmq import (ClientConfiguration, ConsumeResult, Credentials, FilterExpression, Message, Producer,
                       PushConsumer, SimpleConsumer)
-from rocketmq.grpc_protocol import Code
+from rocketmq.grpc_protocol import Code, FilterType
 from rocketmq.v5.consumer import MessageListener
 from rocketmq.v5.exception import BadRequestException, ClientException
 
@@ -363,6 +364,57 @@ def delay(endpoint, topic):
     return {"late_ms": at - due_ms}
 
 
+def sql(endpoint, topic):
+    """A SQL92 subscription gets exactly the messages its condition holds for, a message whose
+    property is not a number is skipped without stalling the queue, and a bad expression is
+    refused with ILLEGAL_FILTER_EXPRESSION."""
+    producer = Producer(config(endpoint), (topic,))
+    producer.startup()
+    sent = {}
+    for i in range(30):
+        color = "red" if i % 3 == 0 else "blue"
+        # Every seventh message has an `n` that is not a number.
+        n = "abc" if i % 7 == 3 else str(i)
+        receipt = producer.send(message(topic, f"m{i}".encode(), "T1" if i < 15 else "T2", None,
+                                        {"n": n, "color": color}))
+        sent[receipt.message_id] = (n, color, "T1" if i < 15 else "T2")
+    producer.shutdown()
+
+    condition = "(n BETWEEN 5 AND 25 AND color = 'red') OR (TAGS = 'T2' AND n IN (16, 17))"
+
+    def wanted(n, color, tag):
+        if not n.isdigit():
+            return False
+        v = int(n)
+        return (5 <= v <= 25 and color == "red") or (tag == "T2" and v in (16, 17))
+
+    want = {mid for mid, props in sent.items() if wanted(*props)}
+    check(want, "the test sends messages the condition holds for")
+    consumer = SimpleConsumer(config(endpoint), "g-sql", {topic: FilterExpression(condition, FilterType.SQL)},
+                              await_duration=3)
+    consumer.startup()
+    got = receive_until(consumer, lambda r: {m.message_id for m in r} >= want, 30)
+    ids = [m.message_id for m in got]
+    check(set(ids) == want, f"SQL delivered {sorted(sent[i] for i in ids)}, expected {sorted(sent[i] for i in want)}")
+    check(len(ids) == len(set(ids)), "an acknowledged message was delivered twice")
+    # Nothing else comes: filtered-out messages were passed over, not left to come later.
+    late = receive_until(consumer, lambda r: False, 4)
+    check(not late, f"{len(late)} more messages after the matching ones")
+    consumer.shutdown()
+
+    bad = SimpleConsumer(config(endpoint), "g-sql-bad", {topic: FilterExpression("n >", FilterType.SQL)},
+                         await_duration=1)
+    bad.startup()
+    try:
+        bad.receive(32, 20)
+        fail("a receive with a malformed SQL expression succeeded")
+    except ClientException as e:
+        check(e.code == Code.ILLEGAL_FILTER_EXPRESSION, f"a malformed SQL expression answered {e.code}: {e}")
+        check("column" in str(e), f"the error names the position: {e}")
+    bad.shutdown()
+    return {"sent": len(sent), "matched": len(want)}
+
+
 def main():
     mode, endpoint, topic = sys.argv[1], sys.argv[2], sys.argv[3]
     if mode == "basics":
@@ -373,6 +425,8 @@ def main():
         result = dead_letter(endpoint, topic, int(sys.argv[4]))
     elif mode == "delay":
         result = delay(endpoint, topic)
+    elif mode == "sql":
+        result = sql(endpoint, topic)
     elif mode == "pop-failover":
         result = pop_failover(endpoint, topic)
     elif mode == "failover":

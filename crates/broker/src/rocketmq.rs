@@ -22,7 +22,6 @@ use tonic::transport::Channel;
 use crate::ops;
 use crate::ops::delay;
 use crate::ops::pop::{PROP_DLQ_ORIGIN_MESSAGE_ID, PROP_DLQ_ORIGIN_TOPIC};
-use crate::ops::pull::TagFilter;
 use crate::ops::send::MAX_PROPERTIES_SIZE;
 use crate::state::BrokerState;
 use raftmq_common::{Error, ErrorCode};
@@ -476,18 +475,7 @@ impl Backend for RocketMqBroker {
         let queue = req.message_queue.clone().unwrap_or_default();
         let topic_name = queue.topic.as_ref().map(|t| t.name.clone()).unwrap_or_default();
         let topic = full_name(namespace, &topic_name);
-        let filter = match &req.filter_expression {
-            Some(f) if f.r#type == v2::FilterType::Sql as i32 => {
-                return Err(Fail::new(
-                    Code::Unsupported,
-                    "SQL filter expressions are not served; use tags",
-                ))
-            }
-            Some(f) => {
-                TagFilter::parse(&f.expression).map_err(|e| Fail::new(Code::IllegalFilterExpression, e.to_string()))?
-            }
-            None => TagFilter::parse("*").map_err(fail)?,
-        };
+        let filter = raftmq_rocketmq::filter_of(req.filter_expression.as_ref())?;
         let invisible = check_invisible(
             req.invisible_duration
                 .as_ref()

@@ -105,7 +105,7 @@ impl Broker for BrokerService {
             topic: req.topic,
             queue_id: req.queue_id,
             offset: req.offset,
-            tag_expression: req.tag_expression,
+            filter: ops::pull::filter(&req.tag_expression, &req.sql_expression)?,
             max_messages: req.max_messages,
             max_bytes: req.max_bytes,
             wait: Duration::from_millis(req.wait_ms),

@@ -191,7 +191,14 @@ async fn bad_input_gets_rocketmq_codes_and_nothing_is_stored() {
         r#type: v2::FilterType::Sql as i32,
         expression: "a > 1".into(),
     });
-    assert_eq!(receive(&mut c, sql).await.0, Code::Unsupported);
+    // No message has a property `a`: none matches, and the group's position moves past them.
+    assert_eq!(receive(&mut c, sql.clone()).await.0, Code::MessageNotFound);
+    sql.filter_expression = Some(v2::FilterExpression {
+        r#type: v2::FilterType::Sql as i32,
+        expression: "a > 'x'".into(),
+    });
+    let refused = receive(&mut c, sql).await.0;
+    assert_eq!(refused, Code::IllegalFilterExpression);
     let (status, _, _) = receive(&mut c, receive_request("G", "T", Duration::ZERO)).await;
     assert_eq!(status, Code::IllegalInvisibleTime);
     let (status, messages, _) = receive(&mut c, receive_request("G", "T", Duration::from_secs(30))).await;

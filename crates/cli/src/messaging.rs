@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, ValueEnum};
 use raftmq_client::{
-    Client, ConsumeFrom, ConsumeResult, Message, MessageModel, MessageQueue, Producer, PullConsumer, PushConsumer,
-    ReadPreference, ReceivedMessage,
+    Client, ConsumeFrom, ConsumeResult, Message, MessageModel, MessageQueue, MessageSelector, Producer, PullConsumer,
+    PushConsumer, ReadPreference, ReceivedMessage,
 };
 use serde_json::json;
 
@@ -91,6 +91,10 @@ pub(crate) struct ConsumeArgs {
     /// Tag filter: `*` or `a || b`.
     #[arg(long, default_value = "*")]
     pub(crate) tags: String,
+    /// SQL92 filter over message properties, evaluated on the broker: `a > 5 AND (b = 'x' OR
+    /// TAGS IN ('t1', 't2'))`, with BETWEEN, IN, NOT, IS [NOT] NULL. Instead of --tags.
+    #[arg(long, conflicts_with = "tags")]
+    pub(crate) sql: Option<String>,
     /// Stop after this many messages.
     #[arg(long)]
     pub(crate) count: Option<usize>,
@@ -212,6 +216,12 @@ pub(crate) fn parse_from(from: &str) -> anyhow::Result<ConsumeFrom> {
 }
 
 pub(crate) async fn consume(client: &Client, args: ConsumeArgs, as_json: bool) -> anyhow::Result<()> {
+    let selector = match &args.sql {
+        Some(sql) => MessageSelector::by_sql(sql),
+        None => MessageSelector::by_tag(&args.tags),
+    };
+    // A bad expression fails here, with its line and column, before anything is read.
+    selector.check()?;
     let from = parse_from(&args.from)?;
     let limit = args.count.unwrap_or(usize::MAX);
     let idle = Duration::from_secs(args.idle_secs);
@@ -225,7 +235,7 @@ pub(crate) async fn consume(client: &Client, args: ConsumeArgs, as_json: bool) -
                 builder = builder.local_offset_dir(dir);
             }
             let consumer = builder
-                .tag_expression(&args.tags)
+                .selector(selector.clone())
                 .model(if args.broadcast {
                     MessageModel::Broadcasting
                 } else {
@@ -283,7 +293,7 @@ pub(crate) async fn consume(client: &Client, args: ConsumeArgs, as_json: bool) -
                 for q in &queues {
                     let offset = offsets[q];
                     let result = reader
-                        .pull(&args.topic, q, offset, 64, &args.tags, Duration::ZERO)
+                        .pull(&args.topic, q, offset, 64, &selector, Duration::ZERO)
                         .await?;
                     offsets.insert(q.clone(), result.next_offset);
                     for m in &result.messages {

@@ -29,8 +29,8 @@ use tonic::transport::Channel;
 
 pub use admin::Admin;
 pub use consumer::{
-    ConsumeFrom, ConsumeResult, MessageModel, PullConsumer, PullResult, PushConsumer, PushConsumerBuilder,
-    ReadPreference, SentBack,
+    ConsumeFrom, ConsumeResult, MessageModel, MessageSelector, PullConsumer, PullResult, PushConsumer,
+    PushConsumerBuilder, ReadPreference, SentBack,
 };
 pub use message::{Delayed, Message, ReceivedMessage, SendResult};
 pub use producer::Producer;

@@ -20,6 +20,9 @@ pub const LEADER_KEY: &str = "x-raftmq-leader";
 pub enum ErrorCode {
     /// A field of the request is malformed; the message names the field.
     InvalidArgument,
+    /// A subscription's tag or SQL expression does not parse; the message gives line, column
+    /// and reason.
+    IllegalFilterExpression,
     /// No live broker group holds the topic.
     TopicNotFound,
     /// The topic exists but the target group does not allow writes (or reads).
@@ -50,8 +53,9 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::InvalidArgument,
+        ErrorCode::IllegalFilterExpression,
         ErrorCode::TopicNotFound,
         ErrorCode::NoPermission,
         ErrorCode::QueueNotFound,
@@ -71,6 +75,7 @@ impl ErrorCode {
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::InvalidArgument => "INVALID_ARGUMENT",
+            ErrorCode::IllegalFilterExpression => "ILLEGAL_FILTER_EXPRESSION",
             ErrorCode::TopicNotFound => "TOPIC_NOT_FOUND",
             ErrorCode::NoPermission => "NO_PERMISSION",
             ErrorCode::QueueNotFound => "QUEUE_NOT_FOUND",
@@ -95,7 +100,10 @@ impl ErrorCode {
     /// The gRPC status code that best matches, for clients that only look at that.
     pub fn grpc_code(self) -> Code {
         match self {
-            ErrorCode::InvalidArgument | ErrorCode::MessageTooLarge | ErrorCode::StaleHandle => Code::InvalidArgument,
+            ErrorCode::InvalidArgument
+            | ErrorCode::IllegalFilterExpression
+            | ErrorCode::MessageTooLarge
+            | ErrorCode::StaleHandle => Code::InvalidArgument,
             ErrorCode::TopicNotFound | ErrorCode::QueueNotFound | ErrorCode::MessageNotFound => Code::NotFound,
             ErrorCode::NoPermission => Code::PermissionDenied,
             ErrorCode::NotMaster | ErrorCode::AlreadyDelivered => Code::FailedPrecondition,

@@ -531,10 +531,7 @@ impl<'a> Message<'a> {
         if name == TAGS {
             return (!self.tags.is_empty()).then_some(self.tags);
         }
-        self.properties
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.properties.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 }
 

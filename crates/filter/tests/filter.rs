@@ -69,7 +69,10 @@ fn a_property_that_is_not_a_number_skips_the_message() {
     let m = [("a", "abc"), ("n", "3")];
     assert!(!sql("a > 1", "", &m));
     assert!(!sql("a = 1", "", &m));
-    assert!(!sql("NOT (a > 1)", "", &m), "a failed comparison is not turned into a match by NOT");
+    assert!(
+        !sql("NOT (a > 1)", "", &m),
+        "a failed comparison is not turned into a match by NOT"
+    );
     assert!(!sql("a > 1 OR n = 3", "", &m), "the whole message is skipped");
     assert!(sql("n = 3", "", &m));
 }

@@ -124,6 +124,28 @@ pub trait Backend: Send + Sync + 'static {
     }
 }
 
+/// The filter of a receive or a subscription: a tag expression (also when none is given) or,
+/// with type SQL, RocketMQ's SQL92 subset. `ILLEGAL_FILTER_EXPRESSION` with line, column and
+/// reason when it does not parse.
+pub fn filter_of(f: Option<&v2::FilterExpression>) -> Result<raftmq_filter::Filter, status::Fail> {
+    use raftmq_filter::{Filter, Kind};
+    let Some(f) = f else {
+        return Ok(Filter::all());
+    };
+    let kind = if f.r#type == v2::FilterType::Sql as i32 {
+        Kind::Sql
+    } else {
+        Kind::Tag
+    };
+    Filter::parse(kind, &f.expression).map_err(|e| {
+        let kind = if kind == Kind::Sql { "SQL" } else { "tag" };
+        status::Fail::new(
+            v2::Code::IllegalFilterExpression,
+            format!("ILLEGAL_FILTER_EXPRESSION: {kind} expression {:?}: {e}", f.expression),
+        )
+    })
+}
+
 /// RocketMQ's namespaced name: `ns%name`, or the name alone without a namespace.
 pub fn full_name(namespace: &str, name: &str) -> String {
     if namespace.is_empty() {

@@ -35,6 +35,7 @@ impl Fail {
     pub fn from_raftmq(code: ErrorCode, message: &str) -> Fail {
         let rocketmq = match code {
             ErrorCode::InvalidArgument => Code::BadRequest,
+            ErrorCode::IllegalFilterExpression => Code::IllegalFilterExpression,
             ErrorCode::TopicNotFound => Code::TopicNotFound,
             ErrorCode::QueueNotFound => Code::NotFound,
             ErrorCode::MessageNotFound => Code::MessageNotFound,

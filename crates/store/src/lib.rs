@@ -33,7 +33,7 @@ use openraft::RaftLogId;
 use rocksdb::IteratorMode;
 
 pub use log_store::{FlushMode, Leading, LogStore, SyncStall};
-pub use reader::{ReadError, ReadResult, StoreReader, StoredMessage};
+pub use reader::{ReadError, ReadResult, StoreReader, StoredMessage, Wanted};
 pub use retention::{Retention, RetentionReport};
 pub use state_machine::StateMachine;
 pub use types::*;

@@ -49,6 +49,14 @@ impl StoredMessage {
     }
 }
 
+/// Which messages a read returns: `tags` judges each message by its tag, from the index alone;
+/// `message`, when set, judges those that pass by their tag and properties (it costs a read of
+/// the message's log entry, which the next messages of the entry share).
+pub struct Wanted<'a> {
+    pub tags: &'a dyn Fn(&str) -> bool,
+    pub message: Option<&'a dyn Fn(&str, &[(String, String)]) -> bool>,
+}
+
 /// What a read found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReadResult {
@@ -271,6 +279,23 @@ impl StoreReader {
         max_bytes: u64,
         filter: &dyn Fn(&str) -> bool,
     ) -> Result<ReadResult, ReadError> {
+        let wanted = Wanted {
+            tags: filter,
+            message: None,
+        };
+        self.read_wanted(topic, queue_id, offset, max_messages, max_bytes, &wanted)
+    }
+
+    /// [`read`](Self::read) with a filter that may also look at each message's properties.
+    pub fn read_wanted(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+        max_messages: usize,
+        max_bytes: u64,
+        wanted: &Wanted<'_>,
+    ) -> Result<ReadResult, ReadError> {
         let bounds = self.queue_state(topic, queue_id);
         let mut result = ReadResult {
             messages: Vec::new(),
@@ -307,7 +332,7 @@ impl StoreReader {
                     result.min_offset = now.min_offset;
                     result.next_offset = now.min_offset;
                     return if result.messages.is_empty() {
-                        self.read(topic, queue_id, now.min_offset, max_messages, max_bytes, filter)
+                        self.read_wanted(topic, queue_id, now.min_offset, max_messages, max_bytes, wanted)
                     } else {
                         Ok(result)
                     };
@@ -321,15 +346,20 @@ impl StoreReader {
             let cq: CqEntry = codec::decode(&value, || {
                 format!("consume queue {topic}/{queue_id} offset {}", result.next_offset)
             })?;
-            if !filter(&cq.tags) {
+            if !(wanted.tags)(&cq.tags) {
                 result.next_offset += 1;
                 continue;
             }
-            if !result.messages.is_empty() && bytes + cq.body_len as u64 > max_bytes {
+            // With a filter on properties, a message is judged before its size counts.
+            if wanted.message.is_none() && !result.messages.is_empty() && bytes + cq.body_len as u64 > max_bytes {
                 break;
             }
-            let message = match self.message_at(topic, queue_id, result.next_offset, &cq, &mut cached) {
-                Ok(m) => m,
+            let message = match self.message_at(topic, queue_id, result.next_offset, &cq, &mut cached, wanted.message) {
+                Ok(Some(m)) => m,
+                Ok(None) => {
+                    result.next_offset += 1;
+                    continue;
+                }
                 // The body went to retention after we read its index entry: the queue moved on.
                 Err(e) if self.queue_state(topic, queue_id).min_offset > result.next_offset => {
                     tracing::debug!("read raced with retention: {e}");
@@ -337,13 +367,16 @@ impl StoreReader {
                     result.min_offset = min;
                     result.next_offset = min;
                     return if result.messages.is_empty() {
-                        self.read(topic, queue_id, min, max_messages, max_bytes, filter)
+                        self.read_wanted(topic, queue_id, min, max_messages, max_bytes, wanted)
                     } else {
                         Ok(result)
                     };
                 }
                 Err(e) => return Err(e),
             };
+            if wanted.message.is_some() && !result.messages.is_empty() && bytes + cq.body_len as u64 > max_bytes {
+                break;
+            }
             bytes += message.body.len() as u64;
             result.messages.push(message);
             result.next_offset += 1;
@@ -465,7 +498,8 @@ impl StoreReader {
         offset: u64,
         cq: &CqEntry,
         cached: &mut Option<Arc<Entry>>,
-    ) -> Result<StoredMessage, ReadError> {
+        wanted: Option<&dyn Fn(&str, &[(String, String)]) -> bool>,
+    ) -> Result<Option<StoredMessage>, ReadError> {
         if cached.as_ref().is_none_or(|e| e.log_id.index != cq.log_index) {
             *cached = self.entry(topic, queue_id, offset, cq.log_index)?;
         }
@@ -492,10 +526,13 @@ impl StoreReader {
                     .into());
                 }
                 let m = &messages[(cq.position - first) as usize];
+                if wanted.is_some_and(|wanted| !wanted(&m.tags, &m.properties)) {
+                    return Ok(None);
+                }
                 if crc32fast::hash(&m.body) != m.body_crc {
                     return Err(broken(format!("body checksum mismatch at {topic}/{queue_id} offset {offset}")).into());
                 }
-                return Ok(StoredMessage {
+                return Ok(Some(StoredMessage {
                     msg_id: message_id(self.id_prefix, cq.log_index, cq.position),
                     topic: topic.to_owned(),
                     queue_id,
@@ -508,7 +545,7 @@ impl StoreReader {
                     store_timestamp_ms: request.store_timestamp_ms,
                     log_index: cq.log_index,
                     body_crc: m.body_crc,
-                });
+                }));
             }
             first += count;
         }

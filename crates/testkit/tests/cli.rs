@@ -312,3 +312,75 @@ async fn group_settings_and_dead_letters_from_the_command_line() {
     assert!(dir.path().join("bc").join("Jobs.offsets").exists());
     group.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_filters_and_key_queries_from_the_command_line() {
+    let group = Group::start(3, |_| {}).await;
+    group.wait_for_master(Duration::from_secs(10)).await;
+    let ns = group.namesrv_addr();
+    wait_until("topic create succeeds", Duration::from_secs(10), || async {
+        let (ok, out, _) = run_cli(&ns, &["topic", "create", "Prices", "--queues", "1"]).await;
+        ok.then_some(out)
+    })
+    .await;
+    for i in 0..6 {
+        let price = format!("price={i}");
+        let key = format!("order-{}", i % 2);
+        let body = format!("p{i}");
+        let args = [
+            "send",
+            "Prices",
+            &body,
+            "--property",
+            &price,
+            "--keys",
+            &key,
+            "--tags",
+            "quote",
+        ];
+        let (ok, _, err) = run_cli(&ns, &args).await;
+        assert!(ok, "{err}");
+    }
+
+    // Plain pulls and a group consumer both filter on the broker.
+    let (ok, out, err) = run_cli(
+        &ns,
+        &[
+            "consume",
+            "Prices",
+            "--sql",
+            "price > 3 AND TAGS = 'quote'",
+            "--idle-secs",
+            "2",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let bodies: Vec<&str> = out.lines().filter_map(|l| l.split("body=").nth(1)).collect();
+    assert_eq!(bodies, ["p4", "p5"], "{out}");
+    let args = [
+        "consume",
+        "Prices",
+        "--group",
+        "cheap",
+        "--sql",
+        "price BETWEEN 0 AND 1",
+        "--idle-secs",
+        "3",
+    ];
+    let (ok, out, err) = run_cli(&ns, &args).await;
+    assert!(ok, "{err}");
+    let bodies: Vec<&str> = out.lines().filter_map(|l| l.split("body=").nth(1)).collect();
+    assert_eq!(bodies, ["p0", "p1"], "{out}");
+
+    // A bad expression: a stable code, the place and the reason; nothing is read.
+    let (ok, out, err) = run_cli(&ns, &["consume", "Prices", "--sql", "price > 'x'"]).await;
+    assert!(!ok && out.is_empty(), "{out}");
+    assert!(
+        err.contains("ILLEGAL_FILTER_EXPRESSION") && err.contains("line 1, column 9"),
+        "{err}"
+    );
+    let (ok, _, err) = run_cli(&ns, &["consume", "Prices", "--sql", "price >", "--group", "g"]).await;
+    assert!(!ok && err.contains("ILLEGAL_FILTER_EXPRESSION"), "{err}");
+    group.shutdown().await;
+}

@@ -18,10 +18,10 @@ use raftmq_store::pop::MAX_INFLIGHT_PER_QUEUE;
 use raftmq_store::types::{perm, Command, CommandResult, Pop, PopLease};
 use raftmq_store::StoredMessage;
 
-use super::pull::TagFilter;
 use crate::error::storage;
 use crate::state::BrokerState;
 use raftmq_common::{Error, ErrorCode};
+use raftmq_filter::Filter;
 
 /// Properties a dead-lettered copy carries about its origin.
 pub const PROP_DLQ_ORIGIN_TOPIC: &str = "DLQ_ORIGIN_TOPIC";
@@ -71,7 +71,7 @@ pub struct Receive<'a> {
     pub group: &'a str,
     pub topic: &'a str,
     pub queue: Option<u32>,
-    pub filter: &'a TagFilter,
+    pub filter: &'a Filter,
     pub max: usize,
     pub invisible: Duration,
     pub wait: Duration,
@@ -175,7 +175,7 @@ async fn pop_queue(state: &BrokerState, r: &Receive<'_>, queue_id: u32, max: usi
             forget.push(lease);
             continue;
         };
-        if !r.filter.matches(&m.tags) {
+        if !r.filter.matches(&m.tags, &m.properties) {
             // The group's subscription changed since: this message is not for it any more.
             forget.push(lease);
             continue;
@@ -192,17 +192,13 @@ async fn pop_queue(state: &BrokerState, r: &Receive<'_>, queue_id: u32, max: usi
     let room = max.saturating_sub(redeliver.len());
     let (mut new, mut new_to) = (Vec::new(), view.cursor);
     if room > 0 && view.inflight < MAX_INFLIGHT_PER_QUEUE {
-        let read = state
-            .reader
-            .read(
-                topic,
-                queue_id,
-                view.cursor,
-                room.min(MAX_INFLIGHT_PER_QUEUE - view.inflight),
-                RECEIVE_BYTES,
-                &|tags| r.filter.matches(tags),
-            )
-            .map_err(storage)?;
+        let read = super::pull::read_matching(
+            state,
+            (topic, queue_id, view.cursor),
+            room.min(MAX_INFLIGHT_PER_QUEUE - view.inflight),
+            RECEIVE_BYTES,
+            r.filter,
+        )?;
         new_to = read.next_offset.max(view.cursor);
         for m in read.messages {
             new.push(m.queue_offset);

@@ -1,10 +1,10 @@
 //! Reads by offset, served by any node from applied (so committed) entries only: a pull that may
 //! wait for new messages, one message by its offset, a queue's bounds, the offset of a time.
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use raftmq_store::StoredMessage;
+use raftmq_filter::Filter;
+use raftmq_store::{StoredMessage, Wanted};
 
 use crate::error::storage;
 use crate::state::BrokerState;
@@ -17,35 +17,49 @@ pub const MAX_PULL_MESSAGES: u32 = 1024;
 /// Most bytes one pull returns when the caller does not say.
 const DEFAULT_PULL_BYTES: u64 = 4 << 20;
 
-/// A tag expression: `*` (or empty) or `a || b`.
-pub struct TagFilter(Option<BTreeSet<String>>);
-
-impl TagFilter {
-    pub fn parse(expression: &str) -> Result<TagFilter, Error> {
-        let e = expression.trim();
-        if e.is_empty() || e == "*" {
-            return Ok(TagFilter(None));
-        }
-        let tags: BTreeSet<String> = e.split("||").map(|t| t.trim().to_owned()).collect();
-        if tags.iter().any(|t| t.is_empty()) {
-            return Err(
-                ErrorCode::InvalidArgument.err(format!("field `tag_expression`: {expression:?} has an empty tag"))
-            );
-        }
-        Ok(TagFilter(Some(tags)))
+/// The filter of a subscription: a tag expression, or a SQL92 condition when `sql` is set.
+/// `ILLEGAL_FILTER_EXPRESSION` with line, column and reason when it does not parse.
+pub fn filter(tag_expression: &str, sql: &str) -> Result<Filter, Error> {
+    let bad = |kind: &str, e: raftmq_filter::FilterError| {
+        ErrorCode::IllegalFilterExpression.err(format!("{kind} expression: {e}"))
+    };
+    if sql.is_empty() {
+        return Filter::tags(tag_expression).map_err(|e| bad("tag", e));
     }
-
-    pub fn matches(&self, tags: &str) -> bool {
-        self.0.as_ref().is_none_or(|set| set.contains(tags))
+    if !Filter::tags(tag_expression).is_ok_and(|f| f.is_all()) {
+        return Err(ErrorCode::InvalidArgument
+            .err("a subscription has a tag expression or a SQL expression, not both (SQL can test TAGS)"));
     }
+    Filter::sql(sql).map_err(|e| bad("SQL", e))
 }
 
-/// One pull: from `offset` of a queue, messages whose tags match, waiting up to `wait` for one.
+/// Reads from `offset` what `filter` wants: by tag from the index, then by properties for a SQL
+/// filter.
+pub fn read_matching(
+    state: &BrokerState,
+    (topic, queue_id, offset): (&str, u32, u64),
+    max_messages: usize,
+    max_bytes: u64,
+    filter: &Filter,
+) -> Result<raftmq_store::ReadResult, Error> {
+    let tags = |tags: &str| filter.matches_tags(tags);
+    let message = |tags: &str, properties: &[(String, String)]| filter.matches(tags, properties);
+    let wanted = Wanted {
+        tags: &tags,
+        message: if filter.is_sql() { Some(&message) } else { None },
+    };
+    state
+        .reader
+        .read_wanted(topic, queue_id, offset, max_messages, max_bytes, &wanted)
+        .map_err(storage)
+}
+
+/// One pull: from `offset` of a queue, messages the filter wants, waiting up to `wait` for one.
 pub struct PullQuery {
     pub topic: String,
     pub queue_id: u32,
     pub offset: u64,
-    pub tag_expression: String,
+    pub filter: Filter,
     /// Clamped to 1..=[`MAX_PULL_MESSAGES`].
     pub max_messages: u32,
     /// 0 means 4 MiB.
@@ -76,7 +90,6 @@ pub struct Pulled {
 /// wait is over, or the node stops.
 pub async fn pull(state: &BrokerState, query: PullQuery) -> Result<Pulled, Error> {
     super::topics::for_read(state, &query.topic, query.queue_id)?;
-    let filter = TagFilter::parse(&query.tag_expression)?;
     let max_messages = query.max_messages.clamp(1, MAX_PULL_MESSAGES) as usize;
     let max_bytes = if query.max_bytes == 0 {
         DEFAULT_PULL_BYTES
@@ -88,17 +101,8 @@ pub async fn pull(state: &BrokerState, query: PullQuery) -> Result<Pulled, Error
     let mut stop = state.stop.clone();
     loop {
         applied.borrow_and_update();
-        let read = state
-            .reader
-            .read(
-                &query.topic,
-                query.queue_id,
-                query.offset,
-                max_messages,
-                max_bytes,
-                &|tags| filter.matches(tags),
-            )
-            .map_err(storage)?;
+        let at = (query.topic.as_str(), query.queue_id, query.offset);
+        let read = read_matching(state, at, max_messages, max_bytes, &query.filter)?;
         let status = if query.offset < read.min_offset {
             PullStatus::OffsetMoved
         } else if query.offset > read.max_offset {

@@ -24,6 +24,71 @@ pub use rebalance::allocate_averagely;
 
 use crate::route::GroupRoute;
 
+/// Which messages of a topic a subscription wants (RocketMQ's `MessageSelector`): a tag
+/// expression, or a SQL92 condition over the message's properties that the broker evaluates,
+/// so that filtered-out messages never travel. A `&str` is a tag expression.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessageSelector {
+    /// `*` (or empty) for every message, or `a || b`.
+    Tags(String),
+    /// RocketMQ's SQL92 subset: comparisons, `AND`, `OR`, `NOT`, `BETWEEN`, `IN`,
+    /// `IS [NOT] NULL` over properties; `TAGS` is the tag.
+    Sql(String),
+}
+
+impl MessageSelector {
+    pub fn by_tag(expression: impl Into<String>) -> Self {
+        MessageSelector::Tags(expression.into())
+    }
+
+    pub fn by_sql(expression: impl Into<String>) -> Self {
+        MessageSelector::Sql(expression.into())
+    }
+
+    /// Every message.
+    pub fn all() -> Self {
+        MessageSelector::Tags("*".into())
+    }
+
+    /// Parses the expression here, as the broker will: `ILLEGAL_FILTER_EXPRESSION` with line,
+    /// column and reason when it does not parse.
+    pub fn check(&self) -> Result<(), crate::Error> {
+        let (kind, expression, name) = match self {
+            MessageSelector::Tags(e) => (raftmq_filter::Kind::Tag, e, "tag"),
+            MessageSelector::Sql(e) => (raftmq_filter::Kind::Sql, e, "SQL"),
+        };
+        raftmq_filter::Filter::parse(kind, expression)
+            .map(|_| ())
+            .map_err(|e| crate::ErrorCode::IllegalFilterExpression.err(format!("{name} expression: {e}")))
+    }
+
+    /// The request's (tag expression, SQL expression).
+    pub(crate) fn wire(&self) -> (String, String) {
+        match self {
+            MessageSelector::Tags(e) => (e.clone(), String::new()),
+            MessageSelector::Sql(e) => (String::new(), e.clone()),
+        }
+    }
+}
+
+impl From<&str> for MessageSelector {
+    fn from(tags: &str) -> Self {
+        MessageSelector::by_tag(tags)
+    }
+}
+
+impl From<&String> for MessageSelector {
+    fn from(tags: &String) -> Self {
+        MessageSelector::by_tag(tags.as_str())
+    }
+}
+
+impl From<&MessageSelector> for MessageSelector {
+    fn from(s: &MessageSelector) -> Self {
+        s.clone()
+    }
+}
+
 /// Which node of a group reads are sent to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ReadPreference {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use raftmq_common::{Error, ErrorCode};
 use raftmq_proto as pb;
 
-use super::{nodes_for, ReadPreference};
+use super::{nodes_for, MessageSelector, ReadPreference};
 use crate::error::{classify, Retry};
 use crate::message::ReceivedMessage;
 use crate::route::MessageQueue;
@@ -84,25 +84,28 @@ impl PullConsumer {
         Err(last)
     }
 
-    /// Pulls up to `max` messages of a queue from `offset`, waiting up to `wait` for one.
+    /// Pulls up to `max` messages of a queue from `offset` that `selector` wants (a `&str` is a
+    /// tag expression), waiting up to `wait` for one.
     pub async fn pull(
         &self,
         topic: &str,
         queue: &MessageQueue,
         offset: u64,
         max: u32,
-        tag_expression: &str,
+        selector: impl Into<MessageSelector>,
         wait: Duration,
     ) -> Result<PullResult, Error> {
         let timeout = wait + self.client.config().request_timeout;
+        let (tag_expression, sql_expression) = selector.into().wire();
         let req = pb::PullRequest {
             topic: topic.to_owned(),
             queue_id: queue.queue_id,
             offset,
             max_messages: max,
             max_bytes: 0,
-            tag_expression: tag_expression.to_owned(),
+            tag_expression,
             wait_ms: wait.as_millis() as u64,
+            sql_expression,
         };
         let client = self.client.clone();
         let reply = self

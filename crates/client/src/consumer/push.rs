@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 
 use super::local_offsets::LocalOffsets;
 use super::rebalance::{all_nodes, assignment, heartbeat};
-use super::{ConsumeFrom, ConsumeResult, MessageModel, PullConsumer, ReadPreference};
+use super::{ConsumeFrom, ConsumeResult, MessageModel, MessageSelector, PullConsumer, ReadPreference};
 use crate::message::ReceivedMessage;
 use crate::route::MessageQueue;
 use crate::Client;
@@ -32,7 +32,7 @@ pub struct PushConsumerBuilder {
     client: Client,
     consumer_group: String,
     topic: String,
-    tag_expression: String,
+    selector: MessageSelector,
     model: MessageModel,
     read_preference: ReadPreference,
     consume_from: ConsumeFrom,
@@ -56,7 +56,7 @@ impl PushConsumerBuilder {
             client,
             consumer_group: consumer_group.into(),
             topic: topic.into(),
-            tag_expression: "*".into(),
+            selector: MessageSelector::all(),
             model: MessageModel::Clustering,
             read_preference: ReadPreference::Master,
             consume_from: ConsumeFrom::Last,
@@ -89,7 +89,19 @@ impl PushConsumerBuilder {
 
     /// `*` or `a || b`.
     pub fn tag_expression(mut self, e: impl Into<String>) -> Self {
-        self.tag_expression = e.into();
+        self.selector = MessageSelector::by_tag(e);
+        self
+    }
+
+    /// A SQL92 condition over message properties, evaluated by the broker (see
+    /// [`MessageSelector::Sql`]). [`start`](Self::start) refuses one that does not parse.
+    pub fn sql(mut self, e: impl Into<String>) -> Self {
+        self.selector = MessageSelector::by_sql(e);
+        self
+    }
+
+    pub fn selector(mut self, s: MessageSelector) -> Self {
+        self.selector = s;
         self
     }
     pub fn model(mut self, m: MessageModel) -> Self {
@@ -131,6 +143,7 @@ impl PushConsumerBuilder {
     ) -> Result<PushConsumer, Error> {
         raftmq_common::validate::name("consumer group", &self.consumer_group)
             .map_err(|e| ErrorCode::InvalidArgument.err(e.to_string()))?;
+        self.selector.check()?;
         // Fails early on an unknown topic.
         self.client.route(&self.topic).await?;
         let (stop, stopped) = Shutdown::new();
@@ -143,14 +156,14 @@ impl PushConsumerBuilder {
                 LocalOffsets::new(&dir, &self.consumer_group, member, topic)
             })
         };
-        let subscription = |topic: String, tag_expression: String, consume_from, retry_topic| {
+        let subscription = |topic: String, selector: MessageSelector, consume_from, retry_topic| {
             let topic_name = topic.clone();
             Arc::new(Shared {
                 reader: PullConsumer::new(self.client.clone(), self.read_preference),
                 client: self.client.clone(),
                 consumer_group: self.consumer_group.clone(),
                 topic,
-                tag_expression,
+                selector,
                 model: self.model,
                 consume_from,
                 batch_size: self.batch_size,
@@ -163,17 +176,12 @@ impl PushConsumerBuilder {
                 local_offsets: local(&topic_name),
             })
         };
-        let shared = subscription(
-            self.topic.clone(),
-            self.tag_expression.clone(),
-            self.consume_from,
-            false,
-        );
+        let shared = subscription(self.topic.clone(), self.selector.clone(), self.consume_from, false);
         let mut subscriptions = vec![shared.clone()];
         if !in_place {
             // Everything retried is the group's to consume, from the first retry on.
             let retry = super::retry_topic(&self.consumer_group);
-            subscriptions.push(subscription(retry, "*".into(), ConsumeFrom::First, true));
+            subscriptions.push(subscription(retry, MessageSelector::all(), ConsumeFrom::First, true));
         }
         let tasks = subscriptions
             .into_iter()
@@ -202,7 +210,7 @@ pub(super) struct Shared {
     pub(super) reader: PullConsumer,
     pub(super) consumer_group: String,
     pub(super) topic: String,
-    pub(super) tag_expression: String,
+    pub(super) selector: MessageSelector,
     pub(super) model: MessageModel,
     pub(super) consume_from: ConsumeFrom,
     pub(super) batch_size: u32,
@@ -460,7 +468,7 @@ async fn consume_queue(shared: Arc<Shared>, queue: MessageQueue, mut stop: Stopp
         });
     loop {
         let pulled = tokio::select! {
-            r = shared.reader.pull(&shared.topic, &queue, offset, shared.batch_size, &shared.tag_expression, Duration::from_secs(2)) => r,
+            r = shared.reader.pull(&shared.topic, &queue, offset, shared.batch_size, &shared.selector, Duration::from_secs(2)) => r,
             _ = stop.wait() => return,
         };
         match pulled {

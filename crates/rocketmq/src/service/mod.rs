@@ -405,8 +405,18 @@ impl<B: Backend> Service for MessagingService<B> {
                         ),
                         _ => settings::default_consumer_retry_policy(),
                     };
+                    // A subscription whose filter does not parse is told so at once (its
+                    // receives fail the same way); the settings are answered all the same.
+                    let status = match &s.pub_sub {
+                        Some(v2::settings::PubSub::Subscription(sub)) => sub
+                            .subscriptions
+                            .iter()
+                            .find_map(|e| crate::filter_of(e.expression.as_ref()).err())
+                            .map_or_else(ok, |fail| fail.status()),
+                        _ => ok(),
+                    };
                     let reply = v2::TelemetryCommand {
-                        status: Some(ok()),
+                        status: Some(status),
                         command: Some(v2::telemetry_command::Command::Settings(settings::effective(&s, retry))),
                     };
                     if tx.send(Ok(reply)).await.is_err() {
