@@ -7,7 +7,7 @@
 use rocksdb::WriteBatch;
 
 use crate::codec;
-use crate::db::{Db, CF_CQ, CF_OFFSETS, CF_QUEUES, CF_TOPICS};
+use crate::db::{Db, CF_CQ, CF_KEYS, CF_OFFSETS, CF_QUEUES, CF_TOPICS};
 use crate::keys;
 use crate::pop;
 use crate::state::{QueueState, SmState};
@@ -185,6 +185,7 @@ fn delete_topic(db: &Db, state: &mut SmState, batch: &mut WriteBatch, name: &str
     let end = keys::prefix_end(&prefix);
     batch.delete_range_cf(db.cf(CF_CQ), &prefix, &end);
     batch.delete_range_cf(db.cf(CF_QUEUES), &prefix, &end);
+    batch.delete_range_cf(db.cf(CF_KEYS), &prefix, &end);
     state.queues.retain(|(t, _), _| t != name);
     let offsets = db.cf(CF_OFFSETS);
     crate::pop::delete_topic(db, state, batch, name);

@@ -28,8 +28,10 @@ pub const CF_POP: &str = "pop";
 pub const CF_TIMERS: &str = "timers";
 /// Consumer group settings, by group name.
 pub const CF_GROUPS: &str = "groups";
-pub const ALL_CFS: [&str; 9] = [
-    CF_LOG, CF_META, CF_TOPICS, CF_QUEUES, CF_CQ, CF_OFFSETS, CF_POP, CF_TIMERS, CF_GROUPS,
+/// The message key index (see `key_index`).
+pub const CF_KEYS: &str = "keys";
+pub const ALL_CFS: [&str; 10] = [
+    CF_LOG, CF_META, CF_TOPICS, CF_QUEUES, CF_CQ, CF_OFFSETS, CF_POP, CF_TIMERS, CF_GROUPS, CF_KEYS,
 ];
 
 pub const META_VOTE: &[u8] = b"vote";
@@ -167,6 +169,10 @@ impl Db {
                 // flushes. LZ4 applies only when a memtable is flushed to a table file, in the
                 // background, not on the write path.
                 cf.set_write_buffer_size(LOG_WRITE_BUFFER_BYTES);
+                cf.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            }
+            if *name == CF_KEYS {
+                // Keys share long prefixes (topic, key) and values repeat the queue.
                 cf.set_compression_type(rocksdb::DBCompressionType::Lz4);
             }
             ColumnFamilyDescriptor::new(*name, cf)

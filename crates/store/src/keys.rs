@@ -93,6 +93,36 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0xff; prefix.len() + 1]
 }
 
+/// Prefix of every key-index entry of one message key in a topic: topic, key.
+pub fn message_key_prefix(topic: &str, key: &str) -> Vec<u8> {
+    let mut k = topic_prefix(topic);
+    k.extend_from_slice(key.as_bytes());
+    k.push(0);
+    k
+}
+
+/// Key-index entry: topic, message key, then the message's log index and position, so that one
+/// key's entries go in log (and so store time) order.
+pub fn message_key(topic: &str, key: &str, log_index: u64, position: u32) -> Vec<u8> {
+    let mut k = message_key_prefix(topic, key);
+    k.extend_from_slice(&log_index.to_be_bytes());
+    k.extend_from_slice(&position.to_be_bytes());
+    k
+}
+
+/// The (log index, position) of a [`message_key`] entry under `prefix`; `None` for an entry of
+/// another key that merely starts like it (a key with a NUL in it).
+pub fn parse_message_key(prefix: &[u8], key: &[u8]) -> Option<(u64, u32)> {
+    let rest = key.strip_prefix(prefix)?;
+    if rest.len() != 12 {
+        return None;
+    }
+    Some((
+        u64::from_be_bytes(rest[..8].try_into().ok()?),
+        u32::from_be_bytes(rest[8..].try_into().ok()?),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,5 +152,10 @@ mod tests {
         assert!(pop_inflight("g", "T", 2, 0) > pop_cursor("g", "T", 2));
         assert_eq!(prefix_end(b"ab"), b"ac".to_vec());
         assert!(prefix_end(&topic_prefix("T")) > cq("T", u32::MAX, u64::MAX));
+        assert!(message_key("T", "k", 9, 1) < message_key("T", "k", 10, 0));
+        let prefix = message_key_prefix("T", "k");
+        assert_eq!(parse_message_key(&prefix, &message_key("T", "k", 7, 3)), Some((7, 3)));
+        assert_eq!(parse_message_key(&prefix, &message_key("T", "k\0x", 7, 3)), None);
+        assert!(prefix_end(&topic_prefix("T")) > message_key("T", "\u{10FFFF}", u64::MAX, u32::MAX));
     }
 }

@@ -15,6 +15,7 @@ pub mod codec;
 pub mod db;
 pub mod disk;
 pub mod groups;
+pub mod key_index;
 pub mod keys;
 pub mod log_store;
 pub mod pop;
@@ -33,7 +34,7 @@ use openraft::RaftLogId;
 use rocksdb::IteratorMode;
 
 pub use log_store::{FlushMode, Leading, LogStore, SyncStall};
-pub use reader::{ReadError, ReadResult, StoreReader, StoredMessage, Wanted};
+pub use reader::{KeyQuery, ReadError, ReadResult, StoreReader, StoredMessage, Wanted};
 pub use retention::{Retention, RetentionReport};
 pub use state_machine::StateMachine;
 pub use types::*;

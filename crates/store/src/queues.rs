@@ -5,6 +5,7 @@ use rocksdb::WriteBatch;
 
 use crate::codec;
 use crate::db::{Db, CF_CQ};
+use crate::key_index;
 use crate::keys;
 use crate::state::{CqEntry, SmState};
 use crate::types::{perm, CommandResult, MessageIn, Rejection};
@@ -21,7 +22,7 @@ pub struct At {
 }
 
 /// Appends messages to a queue that exists and takes writes: the consume-queue entries and the
-/// queue's new bound.
+/// queue's new bound, and the key index.
 pub(crate) fn append(
     db: &Db,
     state: &mut SmState,
@@ -42,6 +43,16 @@ pub(crate) fn append(
             tags: message.tags.clone(),
         };
         batch.put_cf(cq, keys::cq(topic, queue_id, queue.next_offset), codec::encode(&entry));
+        if !message.keys.is_empty() {
+            let hit = key_index::Hit {
+                log_index: at.log_index,
+                position: entry.position,
+                queue_id,
+                queue_offset: queue.next_offset,
+                store_timestamp_ms: at.store_timestamp_ms,
+            };
+            key_index::put(db, batch, topic, &message.keys, &hit);
+        }
         queue.next_offset += 1;
     }
     state.unwritten_queues.insert((topic.to_owned(), queue_id));

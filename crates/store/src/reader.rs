@@ -11,7 +11,7 @@ use rocksdb::{Direction, IteratorMode};
 use tokio::sync::watch;
 
 use crate::codec::{self, CorruptRecord};
-use crate::db::{Db, CF_CQ, CF_LOG};
+use crate::db::{Db, CF_CQ, CF_KEYS, CF_LOG};
 use crate::keys;
 use crate::log_store::decode_entry;
 use crate::state::{CqEntry, QueueState};
@@ -55,6 +55,14 @@ impl StoredMessage {
 pub struct Wanted<'a> {
     pub tags: &'a dyn Fn(&str) -> bool,
     pub message: Option<&'a dyn Fn(&str, &[(String, String)]) -> bool>,
+}
+
+/// What a key query found ([`StoreReader::query_key`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyQuery {
+    /// Newest first.
+    pub messages: Vec<StoredMessage>,
+    pub truncated: bool,
 }
 
 /// What a read found.
@@ -444,6 +452,69 @@ impl StoreReader {
             }
         }
         Ok(None)
+    }
+
+    /// The messages of `topic` with `key` among their keys stored in `[begin_ms, end_ms]`,
+    /// newest first, at most `max`, from the key index (applied entries only). `truncated` when
+    /// more may match: `max` was reached, or the scan of the key's entries hit its bound.
+    pub fn query_key(
+        &self,
+        topic: &str,
+        key: &str,
+        begin_ms: i64,
+        end_ms: i64,
+        max: usize,
+    ) -> Result<KeyQuery, ReadError> {
+        // Store times follow the log, but a new master's clock may be a little behind the old
+        // one's: scan this far past `begin_ms` before concluding nothing older matches.
+        const CLOCK_SLACK_MS: i64 = 10 * 60 * 1000;
+        const MAX_SCAN: usize = 100_000;
+        let prefix = keys::message_key_prefix(topic, key);
+        let end = keys::prefix_end(&prefix);
+        let iter = self
+            .db
+            .db
+            .iterator_cf(self.db.cf(CF_KEYS), IteratorMode::From(&end, Direction::Reverse));
+        let mut out = KeyQuery::default();
+        for (scanned, item) in iter.enumerate() {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            if out.messages.len() >= max || scanned >= MAX_SCAN {
+                out.truncated = true;
+                break;
+            }
+            let Some((log_index, position)) = keys::parse_message_key(&prefix, &k) else {
+                continue;
+            };
+            let hit = crate::key_index::Hit::decode(log_index, position, &v).ok_or_else(|| CorruptRecord {
+                what: format!("key index {topic}/{key:?} entry {log_index}.{position}"),
+                reason: format!("value of {} bytes", v.len()),
+            })?;
+            if hit.store_timestamp_ms < begin_ms.saturating_sub(CLOCK_SLACK_MS) {
+                break;
+            }
+            if hit.store_timestamp_ms < begin_ms || hit.store_timestamp_ms > end_ms {
+                continue;
+            }
+            // Retention may have cut the queue since the entry was read: then it is gone.
+            let Some(m) = self.get(topic, hit.queue_id, hit.queue_offset)? else {
+                continue;
+            };
+            if m.log_index != log_index || m.msg_id != message_id(self.id_prefix, log_index, position) {
+                return Err(CorruptRecord {
+                    what: format!("key index {topic}/{key:?} entry {log_index}.{position}"),
+                    reason: format!(
+                        "points at {topic}/{} offset {}, which holds message {}",
+                        hit.queue_id, hit.queue_offset, m.msg_id
+                    ),
+                }
+                .into());
+            }
+            out.messages.push(m);
+        }
+        Ok(out)
     }
 
     /// The first offset of a queue stored at or after `timestamp_ms` (the queue's end if none).

@@ -4,7 +4,8 @@
 //! offsets may differ between replicas for a while, the messages that remain never do. Two limits
 //! hold whatever the age or disk: nothing past what Raft has purged (a slave may still need it)
 //! and nothing not yet applied is deleted. The consume-queue index is cut first, then the log, so
-//! a reader never follows the index to a deleted body without seeing the queue move on.
+//! a reader never follows the index to a deleted body without seeing the queue move on. The key
+//! index entries of the deleted messages go in the same write as their log entries.
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use rocksdb::{IteratorMode, WriteBatch};
 
 use crate::codec;
 use crate::db::{Db, CF_CQ, CF_LOG, CF_QUEUES};
+use crate::key_index;
 use crate::keys;
 use crate::log_store::{decode_entry, LogStore};
 use crate::state::CqEntry;
@@ -36,6 +38,8 @@ pub enum RetentionError {
 
 /// Most entries one pass deletes, so a pass stays short.
 const MAX_PER_PASS: u64 = 100_000;
+/// Most key-index entries one pass deletes (about 64 MiB of batch), for the same reason.
+const MAX_KEY_DELETES_PER_PASS: usize = 1_000_000;
 
 /// Runs retention over one store.
 #[derive(Clone)]
@@ -60,6 +64,9 @@ impl Retention {
         // Find where the kept part starts.
         let mut end = None;
         let mut first = None;
+        // The key-index entries of the messages of the entries deleted.
+        let mut keys_batch = WriteBatch::default();
+        let mut key_deletes = 0usize;
         for (scanned, item) in (0u64..).zip(self.db.db.iterator_cf(self.db.cf(CF_LOG), IteratorMode::Start)) {
             let (key, value) = item?;
             let index = keys::log_index(&key).unwrap_or(u64::MAX);
@@ -77,6 +84,22 @@ impl Retention {
                 end = Some(index);
                 break;
             }
+            if key_deletes >= MAX_KEY_DELETES_PER_PASS {
+                end = Some(index);
+                break;
+            }
+            if let EntryPayload::Normal(request) = &entry.payload {
+                let mut position = 0u32;
+                for (topic, _, messages) in request.commands.iter().filter_map(|c| c.stored_messages()) {
+                    for m in messages.iter() {
+                        if !m.keys.is_empty() {
+                            key_deletes +=
+                                key_index::delete(&self.db, &mut keys_batch, topic, &m.keys, index, position);
+                        }
+                        position += 1;
+                    }
+                }
+            }
             end = Some(index + 1);
         }
         let (Some(first), Some(end)) = (first, end) else {
@@ -89,7 +112,7 @@ impl Retention {
             });
         }
         self.cut_index_below(end)?;
-        let mut batch = WriteBatch::default();
+        let mut batch = keys_batch;
         batch.delete_range_cf(self.db.cf(CF_LOG), keys::log(first), keys::log(end));
         self.db.write(batch, false)?;
         // Give the space back now rather than at some later compaction.
