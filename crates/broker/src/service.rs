@@ -148,6 +148,16 @@ impl Broker for BrokerService {
         Ok(Response::new(to_proto(message)))
     }
 
+    async fn query_by_key(&self, request: Request<pb::QueryByKeyRequest>) -> Reply<pb::QueryByKeyReply> {
+        let req = request.into_inner();
+        let range = (req.begin_ms, req.end_ms);
+        let found = ops::pull::by_key(&self.state, &req.topic, &req.key, range, req.max_messages)?;
+        Ok(Response::new(pb::QueryByKeyReply {
+            messages: found.messages.into_iter().map(to_proto).collect(),
+            truncated: found.truncated,
+        }))
+    }
+
     async fn commit_offsets(&self, request: Request<pb::CommitOffsetsRequest>) -> Reply<pb::CommitOffsetsReply> {
         let req = request.into_inner();
         let offsets = req

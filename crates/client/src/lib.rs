@@ -14,6 +14,7 @@ pub mod admin;
 pub mod consumer;
 pub mod dead_letters;
 pub mod error;
+pub mod key_query;
 pub mod message;
 pub mod producer;
 pub mod route;
@@ -32,6 +33,7 @@ pub use consumer::{
     ConsumeFrom, ConsumeResult, MessageModel, MessageSelector, PullConsumer, PullResult, PushConsumer,
     PushConsumerBuilder, ReadPreference, SentBack,
 };
+pub use key_query::KeyQueryResult;
 pub use message::{Delayed, Message, ReceivedMessage, SendResult};
 pub use producer::Producer;
 pub use raftmq_common::{Error, ErrorCode};

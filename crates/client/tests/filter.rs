@@ -29,7 +29,7 @@ fn wanted(i: u32) -> bool {
     let Ok(n) = n_of(i).parse::<u32>() else {
         return false;
     };
-    let kind_a = i % 2 == 0;
+    let kind_a = i.is_multiple_of(2);
     let late = i >= 180;
     ((100..=160).contains(&n) && kind_a) || (late && (n == 190 || n == 191))
 }
@@ -52,7 +52,7 @@ async fn setup(group: &Group) -> Client {
         let m = Message::new("T", format!("m{i}"))
             .with_tags(if i >= 180 { "late" } else { "early" })
             .with_property("n", n_of(i))
-            .with_property("kind", if i % 2 == 0 { "a" } else { "b" });
+            .with_property("kind", if i.is_multiple_of(2) { "a" } else { "b" });
         producer.send(m).await.expect("send");
     }
     client

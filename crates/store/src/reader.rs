@@ -54,8 +54,11 @@ impl StoredMessage {
 /// the message's log entry, which the next messages of the entry share).
 pub struct Wanted<'a> {
     pub tags: &'a dyn Fn(&str) -> bool,
-    pub message: Option<&'a dyn Fn(&str, &[(String, String)]) -> bool>,
+    pub message: Option<&'a PropertyFilter<'a>>,
 }
+
+/// Judges a message by its tag and properties.
+pub type PropertyFilter<'a> = dyn Fn(&str, &[(String, String)]) -> bool + 'a;
 
 /// What a key query found ([`StoreReader::query_key`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -569,7 +572,7 @@ impl StoreReader {
         offset: u64,
         cq: &CqEntry,
         cached: &mut Option<Arc<Entry>>,
-        wanted: Option<&dyn Fn(&str, &[(String, String)]) -> bool>,
+        wanted: Option<&PropertyFilter<'_>>,
     ) -> Result<Option<StoredMessage>, ReadError> {
         if cached.as_ref().is_none_or(|e| e.log_id.index != cq.log_index) {
             *cached = self.entry(topic, queue_id, offset, cq.log_index)?;

@@ -382,5 +382,51 @@ async fn sql_filters_and_key_queries_from_the_command_line() {
     );
     let (ok, _, err) = run_cli(&ns, &["consume", "Prices", "--sql", "price >", "--group", "g"]).await;
     assert!(!ok && err.contains("ILLEGAL_FILTER_EXPRESSION"), "{err}");
+
+    // Messages by key, newest first; a limit says more match; bad queries get their code.
+    let (ok, out, err) = run_cli(&ns, &["message", "query", "--topic", "Prices", "--key", "order-1"]).await;
+    assert!(ok, "{err}");
+    let bodies: Vec<&str> = out.lines().filter_map(|l| l.split("body=").nth(1)).collect();
+    assert_eq!(bodies, ["p5", "p3", "p1"], "{out}");
+    let args = [
+        "message", "query", "--topic", "Prices", "--key", "order-0", "--max", "2",
+    ];
+    let (ok, out, err) = run_cli(&ns, &args).await;
+    assert!(
+        ok && out.lines().count() == 2 && err.contains("more messages match"),
+        "{out}{err}"
+    );
+    let args = [
+        "--json",
+        "message",
+        "query",
+        "--topic",
+        "Prices",
+        "--key",
+        "order-0",
+        "--begin",
+        "2000-01-01T00:00:00Z",
+    ];
+    let (ok, out, err) = run_cli(&ns, &args).await;
+    assert!(ok, "{err}");
+    let found: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(found["messages"].as_array().unwrap().len(), 3, "{out}");
+    assert_eq!(found["truncated"], false);
+    let args = [
+        "message",
+        "query",
+        "--topic",
+        "Prices",
+        "--key",
+        "order-0",
+        "--end",
+        "2000-01-01T00:00:00Z",
+    ];
+    let (ok, out, _) = run_cli(&ns, &args).await;
+    assert!(ok && out.is_empty(), "nothing stored before 2000: {out}");
+    let (ok, _, err) = run_cli(&ns, &["message", "query", "--topic", "Nope", "--key", "k"]).await;
+    assert!(!ok && err.contains("TOPIC_NOT_FOUND"), "{err}");
+    let (ok, _, err) = run_cli(&ns, &["message", "query", "--topic", "Prices", "--key", "a b"]).await;
+    assert!(!ok && err.contains("INVALID_ARGUMENT"), "{err}");
     group.shutdown().await;
 }

@@ -167,6 +167,51 @@ pub fn message_by_id(state: &BrokerState, msg_id: &str) -> Result<StoredMessage,
         .ok_or_else(|| ErrorCode::MessageNotFound.err(format!("no message {msg_id} is stored in a queue here")))
 }
 
+/// Most messages one key query returns.
+pub const MAX_KEY_QUERY: usize = 1000;
+
+/// The messages of `topic` with `key`, newest first, stored in `[begin_ms, end_ms]` (0: open),
+/// on any node (applied entries only); with `truncated` when more may match.
+pub fn by_key(
+    state: &BrokerState,
+    topic: &str,
+    key: &str,
+    (begin_ms, end_ms): (i64, i64),
+    max: u32,
+) -> Result<raftmq_store::KeyQuery, Error> {
+    if state.reader.topic(topic).is_none() {
+        return Err(ErrorCode::TopicNotFound.err(format!(
+            "topic {topic:?} does not exist in broker group {}",
+            state.config.group
+        )));
+    }
+    if key.is_empty() || key.contains(' ') {
+        return Err(ErrorCode::InvalidArgument.err(format!("field `key`: {key:?} is not one key")));
+    }
+    if key.len() > raftmq_store::key_index::MAX_KEY_LEN {
+        return Err(ErrorCode::InvalidArgument.err(format!(
+            "field `key`: {} bytes; keys longer than {} bytes are not indexed",
+            key.len(),
+            raftmq_store::key_index::MAX_KEY_LEN
+        )));
+    }
+    let end_ms = if end_ms == 0 { i64::MAX } else { end_ms };
+    if begin_ms > end_ms {
+        return Err(ErrorCode::InvalidArgument.err(format!(
+            "the time range is empty: begin {begin_ms} is after end {end_ms}"
+        )));
+    }
+    let max = if max == 0 {
+        32
+    } else {
+        (max as usize).min(MAX_KEY_QUERY)
+    };
+    state
+        .reader
+        .query_key(topic, key, begin_ms, end_ms, max)
+        .map_err(storage)
+}
+
 /// A queue's first offset and the offset its next message will get.
 pub fn bounds(state: &BrokerState, topic: &str, queue_id: u32) -> Result<(u64, u64), Error> {
     super::topics::for_read(state, topic, queue_id)?;

@@ -1,4 +1,5 @@
-//! `raftmq message`: one message by its queue and offset or by its id; recalling a delayed one.
+//! `raftmq message`: one message by its queue and offset or by its id, messages by key, a
+//! message's trace, queue offsets by time; recalling a delayed one.
 
 use clap::Subcommand;
 use raftmq_client::{Admin, MessageQueue, PullConsumer, ReadPreference};
@@ -38,6 +39,24 @@ pub(crate) enum MessageCommand {
         topic: String,
         #[arg(long)]
         at: Option<String>,
+    },
+    /// The messages of a topic with a key (`send --keys`), newest first, from every broker
+    /// group's key index.
+    Query {
+        #[arg(long)]
+        topic: String,
+        /// One key, matched whole.
+        #[arg(long)]
+        key: String,
+        /// Stored at or after this time: RFC 3339 or ms since the epoch.
+        #[arg(long)]
+        begin: Option<String>,
+        /// Stored at or before this time: RFC 3339 or ms since the epoch.
+        #[arg(long)]
+        end: Option<String>,
+        /// Most messages listed (up to 1000).
+        #[arg(long, default_value_t = 32)]
+        max: u32,
     },
     /// Cancels a delayed message that is not due yet, by the recall handle its send printed.
     Recall {
@@ -136,6 +155,31 @@ pub(crate) async fn run(admin: &Admin, command: MessageCommand, as_json: bool) -
                     "{}",
                     table::render(&["GROUP", "QUEUE", "MIN", "MAX", "OFFSET_AT"], &rows)
                 );
+            }
+        }
+        MessageCommand::Query {
+            topic,
+            key,
+            begin,
+            end,
+            max,
+        } => {
+            let time = |flag: &str, s: Option<String>| {
+                s.map(|s| crate::when::parse_time_ms(&s).map_err(|e| anyhow::anyhow!("--{flag} {s:?}: {e}")))
+                    .transpose()
+            };
+            let (begin, end) = (time("begin", begin)?, time("end", end)?);
+            let found = admin.query_by_key(&topic, &key, begin, end, max).await?;
+            if as_json {
+                let messages: Vec<_> = found.messages.iter().map(crate::messaging::message_json).collect();
+                println!("{}", json!({"messages": messages, "truncated": found.truncated}));
+            } else {
+                for m in &found.messages {
+                    print_message(m, false);
+                }
+                if found.truncated {
+                    eprintln!("more messages match: raise --max (up to 1000) or narrow --begin/--end");
+                }
             }
         }
         MessageCommand::Recall { topic, handle } => {
