@@ -14,8 +14,8 @@ use anyhow::bail;
 use clap::{Args, Subcommand};
 use futures::stream::{FuturesUnordered, StreamExt};
 use raftmq_client::{
-    Client, ConsumeFrom, ConsumeResult, Error, Message, MessageQueue, Producer, PullConsumer, PushConsumer,
-    ReadPreference, ReceivedMessage,
+    Client, ConsumeFrom, ConsumeResult, Error, Message, MessageQueue, MessageSelector, Producer, PullConsumer,
+    PushConsumer, ReadPreference, ReceivedMessage,
 };
 use serde_json::json;
 
@@ -60,6 +60,13 @@ pub struct ProduceArgs {
     /// Ordered sends with one sharding key per producer.
     #[arg(long)]
     keyed: bool,
+    /// Every message gets a key of its own (`send --keys`), which the brokers index.
+    #[arg(long)]
+    keys: bool,
+    /// Every message gets the property `n`, its number modulo 100: `bench consume --sql 'n < 1'`
+    /// then matches 1 % of them.
+    #[arg(long)]
+    n_property: bool,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -80,6 +87,10 @@ pub struct ConsumeArgs {
     /// Stop after this many seconds (or when every queue is read to its end).
     #[arg(long, default_value_t = 30)]
     duration: u64,
+    /// A SQL92 filter the brokers apply (without --group): the figures then count the messages
+    /// delivered, and `scanned` the queue positions passed.
+    #[arg(long, conflicts_with = "group")]
+    sql: Option<String>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -229,6 +240,7 @@ pub async fn run(client: Client, command: BenchCommand, as_json: bool) -> anyhow
                 slave: args.slave,
                 group: None,
                 duration: args.produce.duration + 5,
+                sql: None,
             };
             // Start reading at the current end, so only this run's messages count.
             let c = tokio::spawn(consume(client.clone(), consumer_args, as_json, Some(stop.clone())));
@@ -259,24 +271,30 @@ async fn produce(client: Client, args: ProduceArgs, as_json: bool) -> anyhow::Re
         // client a fifth of its CPU, taken from the brokers it shares the machine with.
         tasks.push(tokio::spawn(async move {
             let key = format!("bench-key-{p}");
+            let seq = AtomicU64::new(0);
+            let message = || {
+                let n = seq.fetch_add(1, Ordering::Relaxed);
+                let mut m = Message::new(&args.topic, body(args.size));
+                if args.keys {
+                    m = m.with_keys(format!("bench-{p}-{n}"));
+                }
+                if args.n_property {
+                    m = m.with_property("n", (n % 100).to_string());
+                }
+                m
+            };
             let send_one = |started: Instant| {
                 let (producer, args, key) = (&producer, &args, &key);
+                let batch: Vec<Message> = (0..args.batch).map(|_| message()).collect();
                 async move {
                     let result = if args.batch > 1 {
-                        let batch = (0..args.batch)
-                            .map(|_| Message::new(&args.topic, body(args.size)))
-                            .collect();
                         producer.send_batch(batch).await.map(|r| r.len() as u64)
                     } else if args.keyed {
-                        producer
-                            .send_ordered(Message::new(&args.topic, body(args.size)), key)
-                            .await
-                            .map(|_| 1)
+                        let m = batch.into_iter().next().expect("one message");
+                        producer.send_ordered(m, key).await.map(|_| 1)
                     } else {
-                        producer
-                            .send(Message::new(&args.topic, body(args.size)))
-                            .await
-                            .map(|_| 1)
+                        let m = batch.into_iter().next().expect("one message");
+                        producer.send(m).await.map(|_| 1)
                     };
                     (started, result)
                 }
@@ -312,7 +330,7 @@ async fn produce(client: Client, args: ProduceArgs, as_json: bool) -> anyhow::Re
     }
     let elapsed = progress.start.elapsed();
     line.abort();
-    let extra = json!({"size": args.size, "producers": args.producers, "window": args.window, "batch": args.batch, "keyed": args.keyed});
+    let extra = json!({"size": args.size, "producers": args.producers, "window": args.window, "batch": args.batch, "keyed": args.keyed, "keys": args.keys, "n_property": args.n_property});
     report("produce", &progress, elapsed, args.size, extra, as_json);
     Ok(())
 }
@@ -337,14 +355,23 @@ async fn consume(
     let line = progress.spawn_line("consume");
     let deadline = Instant::now() + Duration::from_secs(args.duration);
     let bytes = Arc::new(AtomicU64::new(0));
+    // Queue positions passed, delivered or filtered out.
+    let scanned = Arc::new(AtomicU64::new(0));
+    let selector = match &args.sql {
+        Some(sql) => MessageSelector::by_sql(sql),
+        None => MessageSelector::all(),
+    };
+    selector.check()?;
     let mut tasks = Vec::new();
     for q in queues {
-        let (reader, progress, args, live, bytes) = (
+        let (reader, progress, args, live, bytes, scanned, selector) = (
             reader.clone(),
             progress.clone(),
             args.clone(),
             live.clone(),
             bytes.clone(),
+            scanned.clone(),
+            selector.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let q: MessageQueue = q;
@@ -365,7 +392,7 @@ async fn consume(
                 } else {
                     Duration::ZERO
                 };
-                match reader.pull(&args.topic, &q, offset, args.batch, "*", wait).await {
+                match reader.pull(&args.topic, &q, offset, args.batch, &selector, wait).await {
                     Ok(r) => {
                         let now = now_us();
                         for m in &r.messages {
@@ -382,7 +409,9 @@ async fn consume(
                             bytes.fetch_add(m.body.len() as u64, Ordering::Relaxed);
                         }
                         progress.done.fetch_add(r.messages.len() as u64, Ordering::Relaxed);
-                        if r.messages.is_empty() && live.is_none() {
+                        scanned.fetch_add(r.next_offset.saturating_sub(offset), Ordering::Relaxed);
+                        // A filter may pass over positions without returning a message.
+                        if r.next_offset <= offset && live.is_none() {
                             break;
                         }
                         offset = r.next_offset;
@@ -404,7 +433,15 @@ async fn consume(
     let done = progress.done.load(Ordering::Relaxed).max(1);
     let size = (bytes.load(Ordering::Relaxed) / done) as usize;
     let kind = if live.is_some() { "e2e" } else { "consume" };
-    let extra = json!({"batch": args.batch, "from": if args.slave { "slave" } else { "master" }});
+    let scanned = scanned.load(Ordering::Relaxed);
+    let scanned_per_s = (scanned as f64 / elapsed.as_secs_f64().max(1e-9)).round();
+    let extra = json!({"batch": args.batch, "from": if args.slave { "slave" } else { "master" }, "sql": args.sql, "scanned": scanned, "scanned_per_s": scanned_per_s});
+    if args.sql.is_some() && !as_json {
+        println!(
+            "filter {:?}: {scanned} queue positions passed = {scanned_per_s} /s",
+            args.sql.as_deref().unwrap_or("")
+        );
+    }
     report(kind, &progress, elapsed, size, extra, as_json);
     Ok(())
 }
