@@ -5,28 +5,17 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use raftmq_client::{
-    Admin, Client, ClientConfig, ConsumeFrom, ConsumeResult, ErrorCode, Message, Producer, PushConsumer,
-    ReceivedMessage,
-};
+use raftmq_client::{ConsumeFrom, ConsumeResult, ErrorCode, Message, Producer, PushConsumer, ReceivedMessage};
 use raftmq_common::time::now_ms;
-use raftmq_proto as pb;
 use raftmq_testkit::{wait_until, Group, ELECTION};
+
+mod common;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delayed_sends_arrive_at_their_time_and_a_recalled_one_never() {
     let group = Group::start(3, |_| {}).await;
     group.wait_for_master(ELECTION).await;
-    let client = Client::new(ClientConfig::new([group.namesrv_addr()])).expect("client");
-    let admin = Admin::new(client.clone());
-    wait_until("topic T created and routed", Duration::from_secs(10), || async {
-        admin
-            .upsert_topic("T", 2, 2, pb::Permission::ReadWrite, &[])
-            .await
-            .ok()?;
-        client.refresh_route("T").await.ok()
-    })
-    .await;
+    let (client, _) = common::client_with_topic(&group.namesrv_addr(), "T", 2, 1).await;
 
     let seen: Arc<Mutex<Vec<(i64, ReceivedMessage)>>> = Arc::default();
     let consumer = {

@@ -8,11 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use raftmq_client::{
-    Admin, Client, ClientConfig, ConsumeFrom, ConsumeResult, ErrorCode, Message, MessageSelector, Producer,
-    PullConsumer, PushConsumer, ReadPreference,
+    Admin, Client, ConsumeFrom, ConsumeResult, ErrorCode, Message, MessageSelector, Producer, PullConsumer,
+    PushConsumer, ReadPreference,
 };
-use raftmq_proto as pb;
 use raftmq_testkit::{wait_until, Group, ELECTION};
+
+mod common;
 
 const CONDITION: &str = "(n BETWEEN 100 AND 160 AND kind = 'a') OR (TAGS = 'late' AND n IN (190, 191))";
 
@@ -37,16 +38,7 @@ fn wanted(i: u32) -> bool {
 /// 200 messages on `T` (2 queues) with properties `n` and `kind`, tagged `late` from 180 on.
 async fn setup(group: &Group) -> Client {
     group.wait_for_master(ELECTION).await;
-    let client = Client::new(ClientConfig::new([group.namesrv_addr()])).expect("client");
-    let admin = Admin::new(client.clone());
-    wait_until("topic T created and routed", Duration::from_secs(10), || async {
-        admin
-            .upsert_topic("T", 2, 2, pb::Permission::ReadWrite, &[])
-            .await
-            .ok()?;
-        client.refresh_route("T").await.ok()
-    })
-    .await;
+    let (client, _) = common::client_with_topic(&group.namesrv_addr(), "T", 2, 1).await;
     let producer = Producer::new(client.clone());
     for i in 0..200u32 {
         let m = Message::new("T", format!("m{i}"))

@@ -2,11 +2,11 @@
 //! newest first; a group whose master is down answers from a slave; bad queries get their code.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
-use raftmq_client::{Admin, Client, ClientConfig, ErrorCode, Message, Producer};
-use raftmq_proto as pb;
-use raftmq_testkit::{wait_until, Group, ELECTION};
+use raftmq_client::{ErrorCode, Message, Producer};
+use raftmq_testkit::{Group, ELECTION};
+
+mod common;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_are_found_by_key_in_every_group_newest_first_and_with_a_master_down() {
@@ -15,16 +15,7 @@ async fn messages_are_found_by_key_in_every_group_newest_first_and_with_a_master
     let b = Group::start_named(3, "broker-b", &ns, |_| {}).await;
     a.wait_for_master(ELECTION).await;
     b.wait_for_master(ELECTION).await;
-    let client = Client::new(ClientConfig::new([ns.clone()])).expect("client");
-    let admin = Admin::new(client.clone());
-    wait_until("T routed in both groups", Duration::from_secs(10), || async {
-        admin
-            .upsert_topic("T", 2, 2, pb::Permission::ReadWrite, &[])
-            .await
-            .ok()?;
-        (client.refresh_route("T").await.ok()?.groups.len() == 2).then_some(())
-    })
-    .await;
+    let (client, admin) = common::client_with_topic(&ns, "T", 2, 2).await;
 
     // 40 messages, spread over both groups; message i has keys `order-{i % 3}` and `all`.
     let producer = Producer::new(client.clone());

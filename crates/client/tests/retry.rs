@@ -7,10 +7,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use raftmq_client::{Admin, Client, ClientConfig, ConsumeFrom, ConsumeResult, Message, Producer, PushConsumer};
+use raftmq_client::{Admin, Client, ConsumeFrom, ConsumeResult, Message, Producer, PushConsumer};
 use raftmq_common::time::now_ms;
 use raftmq_proto as pb;
 use raftmq_testkit::{wait_until, Group, ELECTION};
+
+mod common;
 
 /// What the handler saw of one delivery: when, the body, the reconsume count, topic and id.
 #[derive(Debug, Clone)]
@@ -25,17 +27,7 @@ struct Seen {
 /// A client of the group and its topic `T` with one queue (so order is visible).
 async fn client_with_topic(group: &Group) -> (Client, Admin) {
     group.wait_for_master(ELECTION).await;
-    let client = Client::new(ClientConfig::new([group.namesrv_addr()])).expect("client");
-    let admin = Admin::new(client.clone());
-    wait_until("topic T created and routed", Duration::from_secs(10), || async {
-        admin
-            .upsert_topic("T", 1, 1, pb::Permission::ReadWrite, &[])
-            .await
-            .ok()?;
-        client.refresh_route("T").await.ok()
-    })
-    .await;
-    (client, admin)
+    common::client_with_topic(&group.namesrv_addr(), "T", 1, 1).await
 }
 
 /// A consumer of `T` in group `G`, one message per batch, failing what `fail` says.
