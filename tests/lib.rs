@@ -186,7 +186,7 @@ impl ScriptCluster {
         for (i, addr) in namesrv.iter().enumerate() {
             std::fs::write(
                 config.join(format!("namesrv-{}.toml", i + 1)),
-                format!("listen = \"{addr}\"\n"),
+                format!("listen = \"{addr}\"\nmetrics-addr = \"127.0.0.1:{}\"\n", free_port()),
             )
             .expect("write");
         }
@@ -208,7 +208,8 @@ impl ScriptCluster {
                 })
                 .collect();
             for node in 1..=3 {
-                let text = format!("{broker_extra}\ngroup = \"{group}\"\nnode-id = {node}\nnamesrv = [{list}]\nnamesrv-heartbeat-ms = 500\n\n{members}");
+                let metrics = free_port();
+                let text = format!("{broker_extra}\ngroup = \"{group}\"\nnode-id = {node}\nnamesrv = [{list}]\nnamesrv-heartbeat-ms = 500\nmetrics-addr = \"127.0.0.1:{metrics}\"\n\n{members}");
                 std::fs::write(config.join(format!("{group}-{node}.toml")), text).expect("write");
             }
         }

@@ -71,12 +71,14 @@ net_up() {
     done
 }
 
-# The ports a node's config listens on: a NameServer's `listen`, a broker's own member entry.
+# The ports a node's config listens on: a NameServer's `listen`, a broker's own member entry,
+# and either's `metrics-addr`.
 net_own_ports() {
     awk '
         /^\[\[members\]\]/ { inmem = 1; cur = ""; next }
         /^node-id *=/ { gsub(/[^0-9]/, "", $0); if (inmem) cur = $0; else own = $0; next }
         /^listen *=/ && !inmem { print }
+        /^metrics-addr *=/ && !inmem { print }
         /-addr *=/ && inmem && cur == own { print }
     ' "$1" | sed -n 's/.*"[^"]*:\([0-9][0-9]*\)".*/\1/p'
 }

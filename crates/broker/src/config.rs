@@ -84,6 +84,9 @@ pub struct BrokerConfig {
     /// retries, so 17.
     pub max_delivery_attempts: u32,
     pub log_level: String,
+    /// Where the Prometheus endpoint (`/metrics`) listens: `host:port`, `auto` (the client
+    /// port plus 20000, on the client address's host) or `off`.
+    pub metrics_addr: String,
     /// Accept the test-only InjectFault RPC (link cuts for the chaos suite). Never in production.
     pub fault_injection: bool,
 }
@@ -118,6 +121,7 @@ impl Default for BrokerConfig {
             retention_check_ms: 10_000,
             consumer_expiry_ms: 10_000,
             log_level: "info".into(),
+            metrics_addr: "auto".into(),
             fault_injection: false,
         }
     }
@@ -230,7 +234,18 @@ impl BrokerConfig {
             );
         }
         raftmq_common::runtime::check_log_level(&self.log_level).map_err(|e| ConfigError::invalid("log-level", e))?;
+        self.metrics_bind_addr()?;
         Ok(())
+    }
+
+    /// The address the metrics endpoint binds, `None` when it is off.
+    pub fn metrics_bind_addr(&self) -> Result<Option<String>, ConfigError> {
+        let client = self
+            .members
+            .iter()
+            .find(|m| m.node_id == self.node_id)
+            .map_or("", |m| m.client_addr.as_str());
+        raftmq_metrics::resolve(&self.metrics_addr, client).map_err(|e| ConfigError::invalid("metrics-addr", e))
     }
 
     pub fn me(&self) -> &Member {

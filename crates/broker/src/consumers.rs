@@ -42,6 +42,22 @@ impl Consumers {
         }
     }
 
+    /// How many live members each group has (raftmq's own consumers; RocketMQ 5 clients do not
+    /// heartbeat here).
+    pub fn counts(&self, now: Instant) -> Vec<(String, usize)> {
+        let groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        groups
+            .iter()
+            .map(|(g, members)| {
+                let live = members
+                    .values()
+                    .filter(|(_, seen)| now.saturating_duration_since(*seen) <= self.expiry)
+                    .count();
+                (g.clone(), live)
+            })
+            .collect()
+    }
+
     /// The live members of a group, sorted.
     pub fn members(&self, group: &str, now: Instant) -> Vec<String> {
         let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());

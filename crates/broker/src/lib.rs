@@ -11,6 +11,7 @@ pub mod convert;
 pub mod election;
 pub mod error;
 pub mod heartbeat;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod ops;

@@ -22,6 +22,9 @@ struct Args {
     /// Overrides `log-level` (RUST_LOG overrides both).
     #[arg(long)]
     log_level: Option<String>,
+    /// Overrides `metrics-addr`: host:port, auto or off.
+    #[arg(long)]
+    metrics_addr: Option<String>,
 }
 
 #[tokio::main]
@@ -39,6 +42,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(v) = args.log_level {
         config.log_level = v;
+    }
+    if let Some(v) = args.metrics_addr {
+        config.metrics_addr = v;
     }
     config.validate()?;
     raftmq_common::runtime::init_tracing(&config.log_level);

@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 use crate::config::{self, BrokerConfig};
 use crate::consumers::Consumers;
 use crate::election::{self, LeaderContact};
+use crate::metrics::{BrokerMetrics, CountErrors};
 use crate::network::{Faults, Network};
 use crate::proposer::{Limits, Proposer};
 use crate::raft_service::RaftService;
@@ -40,6 +41,8 @@ pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct Listeners {
     pub client: TcpListener,
     pub raft: Option<TcpListener>,
+    /// The metrics endpoint's, unless `metrics-addr = "off"`.
+    pub metrics: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -58,7 +61,15 @@ impl Listeners {
                     .with_context(|| format!("cannot listen on raft-addr {}", me.raft_addr))?,
             )
         };
-        Ok(Listeners { client, raft })
+        let metrics = match config.metrics_bind_addr()? {
+            Some(addr) => Some(
+                TcpListener::bind(&addr)
+                    .await
+                    .with_context(|| format!("cannot listen on metrics-addr {addr}"))?,
+            ),
+            None => None,
+        };
+        Ok(Listeners { client, raft, metrics })
     }
 }
 
@@ -76,6 +87,7 @@ pub struct Broker {
     timing: election::Timing,
     tasks: Vec<JoinHandle<()>>,
     servers: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl Broker {
@@ -162,8 +174,11 @@ impl Broker {
             max_inflight: config.max_inflight_entries,
             timeout: Duration::from_millis(config.raft_rpc_timeout_ms * 5).max(Duration::from_secs(5)),
         };
-        let (proposer, proposer_task) = Proposer::start(raft.clone(), limits, stopped.clone());
+        let metrics = Arc::new(BrokerMetrics::new(db.clone()));
+        let (proposer, proposer_task) =
+            Proposer::start(raft.clone(), limits, metrics.entry_messages.clone(), stopped.clone());
         let state = Arc::new(BrokerState {
+            metrics: metrics.clone(),
             consumers: Consumers::new(Duration::from_millis(config.consumer_expiry_ms)),
             disk: DiskGuard::new(config.data_dir.clone(), config.disk_full_percent),
             faults,
@@ -178,11 +193,15 @@ impl Broker {
             next_queue: Default::default(),
             pop_busy: Default::default(),
         });
+        metrics.attach(&state);
 
         let max_message = state.config.max_batch_bytes + (1 << 20);
-        let broker_service = BrokerServer::new(BrokerService::new(state.clone()))
-            .max_decoding_message_size(max_message)
-            .max_encoding_message_size(max_message.max(16 << 20));
+        let broker_service = CountErrors::new(
+            BrokerServer::new(BrokerService::new(state.clone()))
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message.max(16 << 20)),
+            metrics.clone(),
+        );
         let rocketmq = raftmq_rocketmq::MessagingService::new(
             Arc::new(crate::rocketmq::RocketMqBroker::new(state.clone())),
             stopped.clone(),
@@ -252,6 +271,7 @@ impl Broker {
         }
         let retention_task = tokio::spawn(crate::retention::run(
             retention,
+            metrics.retention_deleted.clone(),
             raft.clone(),
             (state.config.snapshot_every_entries / 2).max(1),
             state.config.data_dir.clone(),
@@ -281,6 +301,24 @@ impl Broker {
             stopped.clone(),
         ));
         let delivery_task = tokio::spawn(crate::ops::delay::run(state.clone(), stopped.clone()));
+        let raft_watch_task = tokio::spawn(crate::metrics::watch_raft(
+            metrics.clone(),
+            raft.metrics(),
+            stopped.clone(),
+        ));
+        let metrics_endpoint = match listeners.metrics {
+            Some(listener) => {
+                let render = {
+                    let metrics = metrics.clone();
+                    Arc::new(move || metrics.render()) as raftmq_metrics::Render
+                };
+                let mut stopped = stopped.clone();
+                let endpoint = raftmq_metrics::serve(listener, render, async move { stopped.wait().await })?;
+                tracing::info!(addr = %endpoint.addr, "metrics at /metrics");
+                Some(endpoint)
+            }
+            None => None,
+        };
         let heartbeat_task = tokio::spawn(crate::heartbeat::run(state.clone(), stopped));
         tracing::info!(group = %state.config.group, node = state.config.node_id, %client_addr, "broker node started");
         Ok(Broker {
@@ -292,17 +330,28 @@ impl Broker {
             network,
             contact,
             timing,
-            tasks: vec![
-                proposer_task,
-                heartbeat_task,
-                delivery_task,
-                retention_task,
-                role_task,
-                election_task,
-                first_start_task,
-            ],
+            metrics_addr: metrics_endpoint.as_ref().map(|e| e.addr),
+            tasks: metrics_endpoint
+                .map(|e| e.task)
+                .into_iter()
+                .chain([
+                    raft_watch_task,
+                    proposer_task,
+                    heartbeat_task,
+                    delivery_task,
+                    retention_task,
+                    role_task,
+                    election_task,
+                    first_start_task,
+                ])
+                .collect(),
             servers,
         })
+    }
+
+    /// Where the metrics endpoint listens, unless it is off.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     pub fn client_addr(&self) -> SocketAddr {

@@ -49,10 +49,12 @@ pub struct Limits {
 }
 
 impl Proposer {
-    /// Starts the batching task; it ends when `stop` turns true or every sender is gone.
+    /// Starts the batching task; it ends when `stop` turns true or every sender is gone. Each
+    /// entry's weight (messages, or commands) goes to `entry_sizes`.
     pub fn start(
         raft: Raft<TypeConfig>,
         limits: Limits,
+        entry_sizes: raftmq_metrics::prometheus_client::metrics::histogram::Histogram,
         mut stop: Stopping,
     ) -> (Proposer, tokio::task::JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<Proposal>(limits.max_messages * limits.max_inflight * 4);
@@ -93,6 +95,7 @@ impl Proposer {
                         Err(_) => break,
                     }
                 }
+                entry_sizes.observe(weight as f64);
                 propose(&raft, batch, &mut last_ts, permit, limits.timeout).await;
             }
             if let Some(p) = carry {

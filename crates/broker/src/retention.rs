@@ -88,6 +88,7 @@ impl DiskGuard {
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     retention: Retention,
+    deleted: raftmq_metrics::prometheus_client::metrics::counter::Counter,
     raft: Raft<TypeConfig>,
     snapshot_after: u64,
     dir: PathBuf,
@@ -115,6 +116,7 @@ pub async fn run(
             Ok(Ok(report)) if report.deleted_entries > 0 => {
                 tracing::info!(deleted = report.deleted_entries, first = ?report.first_index, pressure, "retention pass");
                 deleted_since_snapshot += report.deleted_entries;
+                deleted.inc_by(report.deleted_entries);
                 if pressure || deleted_since_snapshot >= snapshot_after {
                     deleted_since_snapshot = 0;
                     if let Err(e) = raft.trigger().snapshot().await {

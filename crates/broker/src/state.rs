@@ -18,6 +18,7 @@ use raftmq_common::{Error, ErrorCode};
 /// State every handler needs.
 pub struct BrokerState {
     pub config: BrokerConfig,
+    pub metrics: Arc<crate::metrics::BrokerMetrics>,
     pub raft: Raft<TypeConfig>,
     pub reader: StoreReader,
     pub proposer: Proposer,

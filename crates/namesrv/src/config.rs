@@ -18,6 +18,9 @@ pub struct NamesrvConfig {
     pub scan_interval_ms: u64,
     /// Log filter, e.g. `info` or `raftmq_namesrv=debug`. `RUST_LOG` overrides it.
     pub log_level: String,
+    /// Where the Prometheus endpoint (`/metrics`) listens: `host:port`, `auto` (the listen port
+    /// plus 20000, on the listen address's host) or `off`.
+    pub metrics_addr: String,
 }
 
 impl Default for NamesrvConfig {
@@ -27,6 +30,7 @@ impl Default for NamesrvConfig {
             broker_expiry_ms: 5_000,
             scan_interval_ms: 1_000,
             log_level: "info".into(),
+            metrics_addr: "auto".into(),
         }
     }
 }
@@ -51,7 +55,13 @@ impl NamesrvConfig {
             ));
         }
         raftmq_common::runtime::check_log_level(&self.log_level).map_err(|e| ConfigError::invalid("log-level", e))?;
+        self.metrics_bind_addr()?;
         Ok(())
+    }
+
+    /// The address the metrics endpoint binds, `None` when it is off.
+    pub fn metrics_bind_addr(&self) -> Result<Option<String>, ConfigError> {
+        raftmq_metrics::resolve(&self.metrics_addr, &self.listen).map_err(|e| ConfigError::invalid("metrics-addr", e))
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {

@@ -4,6 +4,7 @@
 //! broker node heartbeats every NameServer, so each one converges on the same routes by itself.
 
 pub mod config;
+pub mod metrics;
 pub mod route;
 pub mod server;
 pub mod service;

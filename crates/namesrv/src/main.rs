@@ -25,6 +25,9 @@ struct Args {
     /// Log filter (RUST_LOG overrides it).
     #[arg(long)]
     log_level: Option<String>,
+    /// Overrides `metrics-addr`: host:port, auto or off.
+    #[arg(long)]
+    metrics_addr: Option<String>,
 }
 
 #[tokio::main]
@@ -48,6 +51,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(v) = args.log_level {
         config.log_level = v;
+    }
+    if let Some(v) = args.metrics_addr {
+        config.metrics_addr = v;
     }
     config.validate()?;
     raftmq_common::runtime::init_tracing(&config.log_level);

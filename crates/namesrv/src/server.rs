@@ -21,6 +21,7 @@ pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3)
 /// A running NameServer.
 pub struct NameServer {
     addr: SocketAddr,
+    metrics: Option<raftmq_metrics::Endpoint>,
     stop: Shutdown,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     scanner: JoinHandle<()>,
@@ -52,6 +53,20 @@ impl NameServer {
             })
         };
 
+        let metrics = match config.metrics_bind_addr()? {
+            Some(at) => {
+                let listener = TcpListener::bind(&at)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen on metrics-addr {at}: {e}"))?;
+                let registry = crate::metrics::registry(&shared.counters, Arc::downgrade(&shared));
+                let render: raftmq_metrics::Render = Arc::new(move || raftmq_metrics::encode(&registry));
+                let mut stopped = stopped.clone();
+                let endpoint = raftmq_metrics::serve(listener, render, async move { stopped.wait().await })?;
+                tracing::info!(addr = %endpoint.addr, "metrics at /metrics");
+                Some(endpoint)
+            }
+            None => None,
+        };
         let rocketmq = raftmq_rocketmq::MessagingService::new(
             Arc::new(crate::service::RocketMqRoutes(shared.clone())),
             stopped.clone(),
@@ -68,6 +83,7 @@ impl NameServer {
         tracing::info!(%addr, "NameServer listening");
         Ok(NameServer {
             addr,
+            metrics,
             stop,
             server,
             scanner,
@@ -79,11 +95,22 @@ impl NameServer {
         self.addr
     }
 
+    /// Where it serves metrics, unless that is off.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|e| e.addr)
+    }
+
     /// Stops accepting requests, ends watch streams and the scanner, and waits for all of them.
     /// Connections that do not close within [`DRAIN_TIMEOUT`] are dropped.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.stop.stop();
         self.scanner.await?;
+        if let Some(metrics) = self.metrics.take() {
+            let mut task = metrics.task;
+            if tokio::time::timeout(DRAIN_TIMEOUT, &mut task).await.is_err() {
+                task.abort();
+            }
+        }
         match tokio::time::timeout(DRAIN_TIMEOUT, &mut self.server).await {
             Ok(ended) => ended??,
             Err(_) => {

@@ -38,6 +38,7 @@ pub struct Shared {
     changes: broadcast::Sender<Arc<BTreeSet<String>>>,
     expiry: Duration,
     shutdown: Stopping,
+    pub counters: crate::metrics::Counters,
 }
 
 impl Shared {
@@ -48,7 +49,18 @@ impl Shared {
             changes,
             expiry,
             shutdown,
+            counters: Default::default(),
         })
+    }
+
+    /// Every broker group and node, as `GetClusterInfo` answers.
+    pub fn cluster_info(&self, now: Instant) -> raftmq_proto::ClusterInfo {
+        self.table().cluster_info(now)
+    }
+
+    /// How many topics some live group holds.
+    pub fn topic_count(&self) -> usize {
+        self.table().topics().len()
     }
 
     fn table(&self) -> MutexGuard<'_, RouteTable> {
@@ -67,12 +79,20 @@ impl Shared {
 
     /// The route of a topic, `None` when no live group holds it.
     pub fn route(&self, topic: &str) -> Option<raftmq_proto::TopicRoute> {
+        self.counters.route_queries.inc();
         self.table().route(topic)
     }
 
     /// Drops silent nodes; called by the scanner.
     pub fn expire(&self, now: Instant) {
-        let changed = self.table().expire(now, self.expiry);
+        let (changed, expired) = {
+            let mut table = self.table();
+            let nodes = |t: &RouteTable| t.cluster_info(now).groups.iter().map(|g| g.nodes.len()).sum::<usize>();
+            let before = nodes(&table);
+            let changed = table.expire(now, self.expiry);
+            (changed, before.saturating_sub(nodes(&table)))
+        };
+        self.counters.expired_nodes.inc_by(expired as u64);
         if !changed.is_empty() {
             tracing::info!(topics = changed.len(), "expired silent broker nodes");
         }
@@ -135,6 +155,7 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<RouteEvent, Status>> + Send>
 impl NameServer for NameServerService {
     async fn heartbeat(&self, request: Request<BrokerHeartbeat>) -> Result<Response<HeartbeatReply>, Status> {
         let hb = request.into_inner();
+        self.shared.counters.heartbeats.inc();
         check_heartbeat(&hb)?;
         let changed = self.shared.table().heartbeat(&hb, Instant::now());
         self.shared.publish(changed);
@@ -155,7 +176,7 @@ impl NameServer for NameServerService {
     async fn get_route(&self, request: Request<GetRouteRequest>) -> Result<Response<TopicRoute>, Status> {
         let topic = request.into_inner().topic;
         validate::name("topic", &topic)?;
-        match self.shared.table().route(&topic) {
+        match self.shared.route(&topic) {
             Some(route) => Ok(Response::new(route)),
             None => Err(ErrorCode::TopicNotFound.status(format!("no live broker group holds topic {topic:?}"))),
         }
@@ -191,6 +212,7 @@ impl NameServer for NameServerService {
         let mut shutdown = shared.shutdown.clone();
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         tokio::spawn(async move {
+            let _open = Watching::new(&shared.counters.watchers);
             let mut pending = snapshot(&shared, watched.as_deref());
             loop {
                 for event in pending.drain(..) {
@@ -221,6 +243,22 @@ impl NameServer for NameServerService {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Counts an open watch stream while it lives.
+struct Watching(Arc<std::sync::atomic::AtomicI64>);
+
+impl Watching {
+    fn new(count: &Arc<std::sync::atomic::AtomicI64>) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Watching(count.clone())
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

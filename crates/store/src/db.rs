@@ -12,7 +12,7 @@
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
@@ -62,9 +62,50 @@ pub const RECYCLED_WALS: usize = 2;
 /// Kept when [`Db::enable_synced_wal_mark`] was called (fault injection).
 pub use raftmq_common::SYNCED_WAL_MARK;
 
+/// Upper bounds of the [`SyncTimes`] buckets, microseconds.
+pub const SYNC_BUCKETS_US: [u64; 14] = [
+    50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000, 1_000_000,
+];
+
+/// A histogram of WAL sync times, lock-free: a count per bucket of [`SYNC_BUCKETS_US`] (and one
+/// above the last), their count and sum.
+#[derive(Debug, Default)]
+pub struct SyncTimes {
+    buckets: [AtomicU64; SYNC_BUCKETS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl SyncTimes {
+    fn record(&self, d: std::time::Duration) {
+        let us = d.as_micros().min(u64::MAX as u128) as u64;
+        let i = SYNC_BUCKETS_US
+            .iter()
+            .position(|b| us <= *b)
+            .unwrap_or(SYNC_BUCKETS_US.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// (the count of each bucket by its upper bound in seconds, the last `+Inf`; the count; the
+    /// sum in seconds).
+    pub fn buckets(&self) -> (Vec<(f64, u64)>, u64, f64) {
+        let mut out = Vec::with_capacity(SYNC_BUCKETS_US.len() + 1);
+        let mut total = 0u64;
+        for (i, bucket) in self.buckets.iter().enumerate() {
+            let n = bucket.load(Ordering::Relaxed);
+            total += n;
+            let bound = SYNC_BUCKETS_US.get(i).map_or(f64::INFINITY, |us| *us as f64 / 1e6);
+            out.push((bound, n));
+        }
+        (out, total, self.sum_us.load(Ordering::Relaxed) as f64 / 1e6)
+    }
+}
+
 /// The opened database, shared by the log store, the state machine and readers.
 pub struct Db {
     pub db: DB,
+    /// How long the WAL syncs (a leader's, and a follower's synced appends) took.
+    pub sync_times: SyncTimes,
     mark_enabled: AtomicBool,
     /// The highest (WAL file number, length) known synced.
     mark: Mutex<Option<(u64, u64)>>,
@@ -180,6 +221,7 @@ impl Db {
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         Ok(Arc::new(Db {
             db,
+            sync_times: SyncTimes::default(),
             mark_enabled: AtomicBool::new(false),
             mark: Mutex::new(None),
         }))
@@ -197,10 +239,13 @@ impl Db {
     /// landed in between, which only means the fault never cuts that one; measuring before the
     /// write would leave this write's own synced record outside the mark, to be cut.
     fn synced<T>(&self, sync: impl FnOnce() -> Result<T, rocksdb::Error>) -> Result<T, rocksdb::Error> {
+        let started = std::time::Instant::now();
+        let result = sync();
+        self.sync_times.record(started.elapsed());
         if !self.mark_enabled.load(Ordering::SeqCst) {
-            return sync();
+            return result;
         }
-        let result = sync()?;
+        let result = result?;
         if let Some((number, path)) = newest_wal(self.db.path()) {
             let mut mark = self.mark.lock().unwrap_or_else(|p| p.into_inner());
             let from = match *mark {

@@ -215,6 +215,28 @@ impl StoreReader {
             .collect()
     }
 
+    /// Every committed offset: (group, topic, queue, offset).
+    pub fn all_consume_offsets(&self) -> Vec<(String, String, u32, u64)> {
+        self.shared
+            .read()
+            .offsets
+            .iter()
+            .map(|((g, t, q), o)| (g.clone(), t.clone(), *q, *o))
+            .collect()
+    }
+
+    /// POP deliveries not yet acknowledged, per (group, topic).
+    pub fn pop_inflight(&self) -> Vec<(String, String, usize)> {
+        let mut out: Vec<(String, String, usize)> = Vec::new();
+        for ((g, t, _), pq) in self.shared.read().pops.iter() {
+            match out.last_mut() {
+                Some((lg, lt, n)) if lg == g && lt == t => *n += pq.inflight.len(),
+                _ => out.push((g.clone(), t.clone(), pq.inflight.len())),
+            }
+        }
+        out
+    }
+
     /// Every group's committed offsets in a topic: (group, queue, offset).
     pub fn topic_consumers(&self, topic: &str) -> Vec<(String, u32, u64)> {
         self.shared

@@ -63,6 +63,13 @@ fn effective_uid() -> Option<u32> {
 }
 
 /// Polls `check` until it returns `Some`, failing with `what` after `deadline`.
+/// A listener on any free port, for a test node's metrics endpoint.
+async fn metrics_listener() -> tokio::net::TcpListener {
+    tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a metrics port")
+}
+
 pub async fn wait_until<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
 where
     F: FnMut() -> Fut,
@@ -172,6 +179,8 @@ impl Group {
                     data_dir: dir.path().join(format!("node-{id}")),
                     namesrv: vec![namesrv.to_owned()],
                     namesrv_heartbeat_ms: 200,
+                    // Any free port: `Group::metrics_addr` says which.
+                    metrics_addr: "127.0.0.1:0".into(),
                     ..Default::default()
                 };
                 tune(&mut c);
@@ -187,6 +196,7 @@ impl Group {
                 Listeners {
                     client: listener,
                     raft: None,
+                    metrics: Some(metrics_listener().await),
                 },
                 faults.clone(),
             )
@@ -225,6 +235,11 @@ impl Group {
 
     pub fn addr(&self, id: u64) -> String {
         self.configs[id as usize - 1].me().client_addr.clone()
+    }
+
+    /// Where a running node serves its metrics.
+    pub fn metrics_addr(&self, id: u64) -> std::net::SocketAddr {
+        self.node(id).metrics_addr().expect("test nodes serve metrics")
     }
 
     pub fn node(&self, id: u64) -> &Broker {
@@ -383,6 +398,7 @@ impl Group {
                 Listeners {
                     client: listener,
                     raft: None,
+                    metrics: Some(metrics_listener().await),
                 },
                 self.faults.clone(),
             )
@@ -521,4 +537,36 @@ pub async fn run_cli(namesrv: &str, args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// `GET /metrics` from a node's metrics endpoint: the body, after checking the answer is 200 in
+/// the OpenMetrics text format.
+pub async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect to metrics");
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send the scrape");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.expect("read the scrape");
+    let answer = String::from_utf8(answer).expect("UTF-8 metrics");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text"),
+        "{head}"
+    );
+    // Chunked or not, the metrics end with OpenMetrics' `# EOF`.
+    assert!(body.contains("# EOF"), "{body}");
+    body.to_owned()
+}
+
+/// The value of the sample `name{labels}` (labels written as the exposition writes them, in
+/// order), `None` when the scrape has no such sample.
+pub fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|line| {
+        let rest = line.strip_prefix(series)?;
+        let value = rest.strip_prefix(' ')?;
+        value.split_whitespace().next()?.parse().ok()
+    })
 }

@@ -124,6 +124,8 @@ pub async fn receive(state: &BrokerState, r: Receive<'_>) -> Result<Vec<Delivery
             }
         }
         if !out.is_empty() || Instant::now() >= deadline {
+            let bytes = out.iter().map(|d| d.message.body.len()).sum();
+            state.metrics.pulled(r.topic, out.len(), bytes);
             return Ok(out);
         }
         // Wait for new messages, for an invisible one to come back, or for the deadline.

@@ -89,6 +89,17 @@ pub struct Pulled {
 /// Reads what matches from `offset` on; with nothing there, waits until an entry is applied, the
 /// wait is over, or the node stops.
 pub async fn pull(state: &BrokerState, query: PullQuery) -> Result<Pulled, Error> {
+    let started = Instant::now();
+    let topic = query.topic.clone();
+    let pulled = wait_and_read(state, query).await?;
+    let bytes = pulled.messages.iter().map(|m| m.body.len()).sum();
+    state.metrics.pulled(&topic, pulled.messages.len(), bytes);
+    state.metrics.pull_seconds.observe(started.elapsed().as_secs_f64());
+    Ok(pulled)
+}
+
+/// [`pull`] without its metrics.
+async fn wait_and_read(state: &BrokerState, query: PullQuery) -> Result<Pulled, Error> {
     super::topics::for_read(state, &query.topic, query.queue_id)?;
     let max_messages = query.max_messages.clamp(1, MAX_PULL_MESSAGES) as usize;
     let max_bytes = if query.max_bytes == 0 {

@@ -52,6 +52,19 @@ pub struct Sent {
 /// ahead. A batch is all immediate or all delayed; delayed messages are scheduled one by one
 /// ([`super::delay`]).
 pub async fn send(state: &BrokerState, batch: Batch) -> Result<Sent, Error> {
+    let started = std::time::Instant::now();
+    let topic = batch.topic.clone();
+    let (count, bytes) = (
+        batch.messages.len(),
+        batch.messages.iter().map(|m| m.body.len()).sum::<usize>(),
+    );
+    let sent = store(state, batch).await?;
+    state.metrics.sent(&topic, count, bytes, started);
+    Ok(sent)
+}
+
+/// [`send`] without its metrics.
+async fn store(state: &BrokerState, batch: Batch) -> Result<Sent, Error> {
     validate::name("topic", &batch.topic)?;
     if batch.messages.is_empty() {
         return Err(ErrorCode::InvalidArgument.err("field `messages`: the batch is empty"));
