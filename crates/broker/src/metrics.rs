@@ -6,6 +6,7 @@
 //! delayed messages) is read from the node at each scrape. Labels: topic, consumer group, queue,
 //! node id, error code; never a message or a client id.
 
+use std::borrow::Cow;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Instant;
 
@@ -51,9 +52,14 @@ impl std::fmt::Debug for BrokerMetrics {
 
 impl BrokerMetrics {
     /// Metrics whose state part reads the node once [`attach`](Self::attach) names it, and the
-    /// store's WAL sync times from `db`.
-    pub fn new(db: Arc<raftmq_store::db::Db>) -> BrokerMetrics {
-        let mut registry = Registry::with_prefix("raftmq_broker");
+    /// store's WAL sync times from `db`. Every series carries the node's `broker_group` and
+    /// `node` (its id).
+    pub fn new(group: &str, node_id: u64, db: Arc<raftmq_store::db::Db>) -> BrokerMetrics {
+        let labels = [
+            (Cow::Borrowed("broker_group"), Cow::Owned(group.to_owned())),
+            (Cow::Borrowed("node"), Cow::Owned(node_id.to_string())),
+        ];
+        let mut registry = Registry::with_prefix_and_labels("raftmq_broker", labels.into_iter());
         let node: Arc<OnceLock<Weak<BrokerState>>> = Arc::default();
         let m = BrokerMetrics {
             sent_messages: Family::default(),
@@ -245,17 +251,8 @@ impl Collector for NodeState {
             return Ok(());
         };
         let s = &*state;
-        let info = [
-            ("cluster", s.config.cluster.clone()),
-            ("group", s.config.group.clone()),
-            ("node", s.config.node_id.to_string()),
-        ];
-        gauges(
-            &mut encoder,
-            "info",
-            "This node: cluster, broker group, node id",
-            &[(info, 1.0)],
-        )?;
+        let info = [("cluster", s.config.cluster.clone())];
+        gauges(&mut encoder, "info", "This node's cluster", &[(info, 1.0)])?;
         let m = s.raft.metrics().borrow().clone();
         let role = match m.state {
             ServerState::Leader if s.is_master() => "master",

@@ -174,7 +174,7 @@ impl Broker {
             max_inflight: config.max_inflight_entries,
             timeout: Duration::from_millis(config.raft_rpc_timeout_ms * 5).max(Duration::from_secs(5)),
         };
-        let metrics = Arc::new(BrokerMetrics::new(db.clone()));
+        let metrics = Arc::new(BrokerMetrics::new(&config.group, config.node_id, db.clone()));
         let (proposer, proposer_task) =
             Proposer::start(raft.clone(), limits, metrics.entry_messages.clone(), stopped.clone());
         let state = Arc::new(BrokerState {

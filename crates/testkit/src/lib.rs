@@ -561,12 +561,27 @@ pub async fn scrape(addr: std::net::SocketAddr) -> String {
     body.to_owned()
 }
 
-/// The value of the sample `name{labels}` (labels written as the exposition writes them, in
-/// order), `None` when the scrape has no such sample.
+/// The value of the first sample of `series` (`name` or `name{a="x",b="y"}`) in a scrape: a
+/// sample of that name whose labels include the ones given, in any order; `None` when there is
+/// none.
 pub fn sample(scrape: &str, series: &str) -> Option<f64> {
-    scrape.lines().find_map(|line| {
-        let rest = line.strip_prefix(series)?;
-        let value = rest.strip_prefix(' ')?;
-        value.split_whitespace().next()?.parse().ok()
+    let (name, wanted) = split_series(series);
+    scrape.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let (head, value) = line.rsplit_once(' ')?;
+        let (n, labels) = split_series(head);
+        (n == name && wanted.iter().all(|w| labels.contains(w)))
+            .then(|| value.parse().ok())
+            .flatten()
     })
+}
+
+/// `name{a="x",b="y"}` as its name and its `a="x"` pairs.
+fn split_series(series: &str) -> (&str, Vec<&str>) {
+    match series.split_once('{') {
+        Some((name, rest)) => {
+            let labels = rest.trim_end_matches('}');
+            (name, labels.split(',').filter(|p| !p.is_empty()).collect())
+        }
+        None => (series, Vec::new()),
+    }
 }

@@ -66,6 +66,8 @@ async fn brokers_and_the_nameserver_serve_metrics_that_move() {
         Some(1.0),
         "{before}"
     );
+    let me = format!(r#"raftmq_broker_info{{broker_group="broker-a",node="{master}",cluster="DefaultCluster"}}"#);
+    assert_eq!(sample(&before, &me), Some(1.0), "every series names its node: {before}");
     assert!(sample(&before, r#"raftmq_broker_sent_messages_total{topic="T"}"#).is_none());
     let slave = group.ids().into_iter().find(|id| *id != master).unwrap();
     let on_slave = scrape(group.metrics_addr(slave)).await;
@@ -169,7 +171,16 @@ async fn brokers_and_the_nameserver_serve_metrics_that_move() {
     }
     // Bounded labels: nothing per message or per client.
     let allowed: BTreeSet<String> = [
-        "topic", "queue", "group", "code", "role", "slave", "cluster", "node", "le",
+        "topic",
+        "queue",
+        "group",
+        "broker_group",
+        "code",
+        "role",
+        "slave",
+        "cluster",
+        "node",
+        "le",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -208,5 +219,30 @@ async fn brokers_and_the_nameserver_serve_metrics_that_move() {
     let ns = scrape(ns_addr).await;
     assert_eq!(sample(&ns, "raftmq_namesrv_route_queries_total"), Some(queries + 1.0));
     assert!(label_names(&ns).is_subset(&allowed));
+
+    // The Grafana dashboard asks only for families the nodes serve.
+    let dashboard = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/grafana/raftmq.json"))
+        .expect("docs/grafana/raftmq.json");
+    let served = format!("{after}{ns}");
+    let mut asked = BTreeSet::new();
+    for (i, _) in dashboard.match_indices("raftmq_") {
+        let name: String = dashboard[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let family = ["_total", "_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(&name)
+            .to_owned();
+        asked.insert(family);
+    }
+    assert!(asked.len() > 10, "{asked:?}");
+    for family in &asked {
+        assert!(
+            served.contains(&format!("# TYPE {family} ")),
+            "the dashboard asks for {family}, which no node serves"
+        );
+    }
     group.shutdown().await;
 }

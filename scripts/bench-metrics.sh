@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# What serving metrics costs the send path: pipelined 1 KiB sends on the small sample cluster
+# (release binaries), alternating a cluster whose nodes serve /metrics, scraped every second
+# (all three brokers and the NameServer, as Prometheus would), with one started with
+# metrics-addr = "off"; each run on a fresh cluster, RUNS pairs, one line a run.
+#
+#   scripts/bench-metrics.sh [--runs N] [--duration SECONDS]
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+RUNS=3
+DURATION=10
+while [ $# -gt 0 ]; do
+    case $1 in
+        --runs) RUNS=$2; shift 2 ;;
+        --duration) DURATION=$2; shift 2 ;;
+        *) echo "usage: $0 [--runs N] [--duration SECONDS]" >&2; exit 2 ;;
+    esac
+done
+export RAFTMQ_HOME=${RAFTMQ_BENCH_HOME:-$ROOT/.bench}
+CLUSTER="$ROOT/scripts/cluster.sh"
+BIN=${RAFTMQ_BIN_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/release}
+NS=127.0.0.1:9876
+R() { "$BIN/raftmq" --namesrv "$NS" "$@"; }
+
+work=$(mktemp -d)
+trap '"$CLUSTER" down --purge >/dev/null 2>&1 || true; kill "${scraper:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
+cp -r "$ROOT/cluster-config/small" "$work/on"
+cp -r "$ROOT/cluster-config/small" "$work/off"
+sed -i 's/^metrics-addr = .*/metrics-addr = "off"/' "$work/off"/*.toml
+ports=$(sed -n 's/^metrics-addr = "127\.0\.0\.1:\([0-9]*\)".*/\1/p' "$work/on"/*.toml)
+
+# One GET /metrics per port, a second apart, until killed; counts the bytes it read.
+scrape_loop() {
+    while true; do
+        for port in $ports; do
+            if exec 3<>"/dev/tcp/127.0.0.1/$port"; then
+                printf 'GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n' >&3
+                cat <&3 >> "$work/scraped"
+                exec 3<&-
+            fi
+        done
+        sleep 1
+    done
+}
+
+run() { # on|off
+    "$CLUSTER" down --purge >/dev/null 2>&1 || true
+    "$CLUSTER" up "$work/$1" >/dev/null
+    R topic create BenchTopic --queues 8 >/dev/null
+    sleep 1
+    : > "$work/scraped"
+    scraper=
+    if [ "$1" = on ]; then
+        scrape_loop & scraper=$!
+    fi
+    local out
+    out=$(R bench produce --duration "$DURATION" | tr '\n' ' ')
+    if [ -n "$scraper" ]; then
+        kill "$scraper" 2>/dev/null || true
+        wait "$scraper" 2>/dev/null || true
+        out+="(scraped $(grep -c '^HTTP/1.1 200' "$work/scraped") times, $(wc -c < "$work/scraped") bytes)"
+    fi
+    echo "$out"
+}
+
+for i in $(seq "$RUNS"); do
+    echo "metrics on, scraped every second, run $i: $(run on)"
+    echo "metrics off, run $i:                     $(run off)"
+done
