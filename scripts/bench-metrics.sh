@@ -4,16 +4,19 @@
 # (all three brokers and the NameServer, as Prometheus would), with one started with
 # metrics-addr = "off"; each run on a fresh cluster, RUNS pairs, one line a run.
 #
-#   scripts/bench-metrics.sh [--runs N] [--duration SECONDS]
+#   scripts/bench-metrics.sh [--runs N] [--duration SECONDS] [--off-first]
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RUNS=3
 DURATION=10
+FIRST=on
+SECOND=off
 while [ $# -gt 0 ]; do
     case $1 in
         --runs) RUNS=$2; shift 2 ;;
         --duration) DURATION=$2; shift 2 ;;
-        *) echo "usage: $0 [--runs N] [--duration SECONDS]" >&2; exit 2 ;;
+        --off-first) FIRST=off; SECOND=on; shift ;;
+        *) echo "usage: $0 [--runs N] [--duration SECONDS] [--off-first]" >&2; exit 2 ;;
     esac
 done
 export RAFTMQ_HOME=${RAFTMQ_BENCH_HOME:-$ROOT/.bench}
@@ -63,7 +66,8 @@ run() { # on|off
     echo "$out"
 }
 
+label() { if [ "$1" = on ]; then echo "metrics on, scraped every second"; else echo "metrics off"; fi; }
 for i in $(seq "$RUNS"); do
-    echo "metrics on, scraped every second, run $i: $(run on)"
-    echo "metrics off, run $i:                     $(run off)"
+    echo "$(label $FIRST), run $i: $(run $FIRST)"
+    echo "$(label $SECOND), run $i: $(run $SECOND)"
 done
