@@ -437,3 +437,79 @@ fn the_bench_counts_what_it_sends_and_reads() {
     assert!(!ok, "a bench of a missing topic succeeded:\n{out}");
     assert!(err.contains("NoSuchTopic"), "the error names the topic: {err}");
 }
+
+/// `log-format = "json"`: every line an object with the node's group, id and term; a node
+/// writes nothing per message under load, and a slave lost is logged once by the master, not at
+/// every retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_group_node_and_term_and_stay_quiet() {
+    let cluster = ScriptCluster::up_with(1, &["broker-a"], "log-format = \"json\"");
+    let (ok, out, err) = cluster.cli(&["topic", "create", "T", "--queues", "4"]);
+    assert!(ok, "{out}{err}");
+    let logs = cluster.home.path().join("run/logs");
+    let lines = |node: u64| -> Vec<String> {
+        std::fs::read_to_string(logs.join(format!("broker-a-{node}.log")))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    let before: Vec<usize> = (1..=3).map(|n| lines(n).len()).collect();
+    let (ok, out, err) = cluster.cli(&["bench", "produce", "--topic", "T", "--duration", "5"]);
+    assert!(ok, "{out}{err}");
+    for node in 1..=3u64 {
+        let all = lines(node);
+        let during = all.len() - before[node as usize - 1];
+        assert!(
+            during <= 10,
+            "node {node} wrote {during} lines in 5 s of sends:\n{}",
+            all.join("\n")
+        );
+        for line in all.iter().filter(|l| l.starts_with('{')) {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            assert_eq!(v["group"], "broker-a", "{line}");
+            assert_eq!(v["node"], node, "{line}");
+            for key in ["ts", "level", "target", "message", "term"] {
+                assert!(!v[key].is_null(), "{key} missing: {line}");
+            }
+        }
+        let other = all.iter().filter(|l| !l.starts_with('{')).collect::<Vec<_>>();
+        assert!(
+            other.iter().all(|l| l.starts_with("raftmq-broker listening on")),
+            "not JSON: {other:?}"
+        );
+    }
+    let leader_line = (1..=3)
+        .flat_map(lines)
+        .find(|l| l.contains("\"role changed\"") && l.contains("\"role\":\"Leader\""));
+    assert!(leader_line.is_some(), "the master logged its role change");
+
+    // A slave killed: the master says so once.
+    let c = client(&cluster.namesrv);
+    let master = group_info(&Admin::new(c), "broker-a")
+        .await
+        .expect("group")
+        .master_node_id;
+    let slave = (1..=3).find(|n| *n != master).unwrap();
+    cluster.must(&["kill", &format!("broker-a-{slave}")]);
+    let lost = format!("cannot reach node {slave}");
+    wait_until("the master logs the lost slave", Duration::from_secs(10), || async {
+        lines(master).iter().any(|l| l.contains(&lost)).then_some(())
+    })
+    .await;
+    let at = lines(master).len();
+    // Two seconds of retries to the dead slave (openraft retries every 100 ms).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let all = lines(master);
+    assert_eq!(
+        all.iter().filter(|l| l.contains(&lost)).count(),
+        1,
+        "{}",
+        all.join("\n")
+    );
+    assert!(
+        all.len() - at <= 3,
+        "the master kept logging:\n{}",
+        all[at..].join("\n")
+    );
+}

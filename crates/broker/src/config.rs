@@ -84,6 +84,8 @@ pub struct BrokerConfig {
     /// retries, so 17.
     pub max_delivery_attempts: u32,
     pub log_level: String,
+    /// `text`, or `json`: one object a line with the node's group, id and term.
+    pub log_format: raftmq_common::logging::LogFormat,
     /// Where the Prometheus endpoint (`/metrics`) listens: `host:port`, `auto` (the client
     /// port plus 20000, on the client address's host) or `off`.
     pub metrics_addr: String,
@@ -121,6 +123,7 @@ impl Default for BrokerConfig {
             retention_check_ms: 10_000,
             consumer_expiry_ms: 10_000,
             log_level: "info".into(),
+            log_format: Default::default(),
             metrics_addr: "auto".into(),
             fault_injection: false,
         }

@@ -25,6 +25,9 @@ struct Args {
     /// Overrides `metrics-addr`: host:port, auto or off.
     #[arg(long)]
     metrics_addr: Option<String>,
+    /// Overrides `log-format`: text or json.
+    #[arg(long)]
+    log_format: Option<raftmq_common::logging::LogFormat>,
 }
 
 #[tokio::main]
@@ -46,8 +49,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(v) = args.metrics_addr {
         config.metrics_addr = v;
     }
+    if let Some(v) = args.log_format {
+        config.log_format = v;
+    }
     config.validate()?;
-    raftmq_common::runtime::init_tracing(&config.log_level);
+    let context = raftmq_common::logging::LogContext {
+        fields: vec![("group", config.group.clone().into()), ("node", config.node_id.into())],
+        term: true,
+    };
+    raftmq_common::logging::init(&config.log_level, config.log_format, context);
 
     let mut broker = Broker::start(config).await?;
     // Scripts read this line to know the node is serving.

@@ -173,33 +173,45 @@ impl BrokerMetrics {
 }
 
 /// Counts elections, leader changes and snapshots from Raft's metrics until `stop`.
+/// Logs each once, at info (openraft's own logs are kept at warn), and keeps the term JSON log
+/// lines carry.
 pub async fn watch_raft(
     metrics: Arc<BrokerMetrics>,
+    me: u64,
     mut raft: tokio::sync::watch::Receiver<openraft::RaftMetrics<raftmq_store::NodeId, raftmq_store::BrokerNode>>,
     mut stop: raftmq_common::shutdown::Stopping,
 ) {
-    let (mut term, mut leader, mut snapshot) = {
+    let (mut term, mut leader, mut snapshot, mut role) = {
         let m = raft.borrow_and_update();
-        (m.current_term, m.current_leader, m.snapshot)
+        (m.current_term, m.current_leader, m.snapshot, m.state)
     };
+    raftmq_common::logging::set_term(term);
     loop {
         tokio::select! {
             changed = raft.changed() => if changed.is_err() { return },
             _ = stop.wait() => return,
         }
-        let m = raft.borrow_and_update();
+        let m = raft.borrow_and_update().clone();
         if m.current_term > term {
             metrics.elections.inc_by(m.current_term - term);
+            raftmq_common::logging::set_term(m.current_term);
+            tracing::info!(node = me, term = m.current_term, from = term, "new term");
             term = m.current_term;
         }
+        if m.state != role {
+            tracing::info!(node = me, term = m.current_term, role = ?m.state, was = ?role, "role changed");
+            role = m.state;
+        }
         if m.current_leader != leader {
-            if m.current_leader.is_some() {
+            if let Some(new) = m.current_leader {
                 metrics.leader_changes.inc();
+                tracing::info!(node = me, term = m.current_term, master = new, "master changed");
             }
             leader = m.current_leader;
         }
         if m.snapshot != snapshot {
             metrics.snapshots.inc();
+            tracing::info!(node = me, index = ?m.snapshot.map(|l| l.index), "snapshot taken or installed");
             snapshot = m.snapshot;
         }
     }

@@ -129,6 +129,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             addr: node.raft_addr.clone(),
             client: None,
             append: None,
+            reachable: None,
         }
     }
 }
@@ -142,6 +143,9 @@ pub struct Connection {
     client: Option<RaftTransportClient<Channel>>,
     /// The AppendEntries connection (see `append_link`), once open.
     append: Option<tokio::net::TcpStream>,
+    /// Whether the last append reached the peer (`None` before the first): a change is logged
+    /// once, where openraft would log every retry.
+    reachable: Option<bool>,
 }
 
 #[derive(Clone, Copy)]
@@ -159,6 +163,60 @@ fn lost_answer<E: std::error::Error>() -> RpcErr<E> {
 }
 
 impl Connection {
+    /// One AppendEntries exchange over the append link.
+    async fn append_once(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcErr<RaftError<NodeId>>> {
+        self.check_cut().map_err(RPCError::Unreachable)?;
+        self.check_silent().map_err(RPCError::Unreachable)?;
+        let size = rpc
+            .entries
+            .iter()
+            .map(raftmq_store::log_store::entry_size_hint)
+            .sum::<usize>()
+            + 256;
+        let frame = encode_framed(&rpc, size).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let timeout = self.deadline(&option);
+        let stream = self.append.take();
+        let hello = append_link::Hello {
+            group: self.net.group.clone(),
+            from: self.net.me,
+            target: self.target,
+        };
+        let (addr, connect_timeout) = (self.addr.clone(), self.net.timeout);
+        let exchange = async move {
+            let mut stream = match stream {
+                Some(stream) => stream,
+                // Not reachable (refused, or not this node): openraft backs off before retrying.
+                None => append_link::connect(&addr, &hello, connect_timeout)
+                    .await
+                    .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?,
+            };
+            let net = |e: std::io::Error| RPCError::Network(NetworkError::new(&e));
+            append_link::write_frame(&mut stream, frame).await.map_err(net)?;
+            let body = append_link::read_frame(&mut stream).await.map_err(net)?;
+            Ok::<_, RpcErr<RaftError<NodeId>>>((stream, body))
+        };
+        // On any failure the connection is dropped: a late answer must not be read as the
+        // answer to the next request.
+        let (stream, body) = match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => result?,
+            Err(_) => {
+                let why = std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no answer within {timeout:?}"));
+                return Err(RPCError::Network(NetworkError::new(&why)));
+            }
+        };
+        if self.answer_lost() {
+            // Delivered and handled there; the answer is lost, as the deadline would tell.
+            tokio::time::sleep(timeout).await;
+            return Err(lost_answer());
+        }
+        self.append = Some(stream);
+        self.answer(&body)
+    }
+
     /// Sends one snapshot chunk, retrying a few times on a timeout or a network error (the same
     /// chunk again: the receiver takes a chunk at an offset it already has).
     async fn send_chunk(
@@ -377,52 +435,31 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr<RaftError<NodeId>>> {
-        self.check_cut().map_err(RPCError::Unreachable)?;
-        self.check_silent().map_err(RPCError::Unreachable)?;
-        let size = rpc
-            .entries
-            .iter()
-            .map(raftmq_store::log_store::entry_size_hint)
-            .sum::<usize>()
-            + 256;
-        let frame = encode_framed(&rpc, size).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let timeout = self.deadline(&option);
-        let stream = self.append.take();
-        let hello = append_link::Hello {
-            group: self.net.group.clone(),
-            from: self.net.me,
-            target: self.target,
-        };
-        let (addr, connect_timeout) = (self.addr.clone(), self.net.timeout);
-        let exchange = async move {
-            let mut stream = match stream {
-                Some(stream) => stream,
-                // Not reachable (refused, or not this node): openraft backs off before retrying.
-                None => append_link::connect(&addr, &hello, connect_timeout)
-                    .await
-                    .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?,
-            };
-            let net = |e: std::io::Error| RPCError::Network(NetworkError::new(&e));
-            append_link::write_frame(&mut stream, frame).await.map_err(net)?;
-            let body = append_link::read_frame(&mut stream).await.map_err(net)?;
-            Ok::<_, RpcErr<RaftError<NodeId>>>((stream, body))
-        };
-        // On any failure the connection is dropped: a late answer must not be read as the
-        // answer to the next request.
-        let (stream, body) = match tokio::time::timeout(timeout, exchange).await {
-            Ok(result) => result?,
-            Err(_) => {
-                let why = std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no answer within {timeout:?}"));
-                return Err(RPCError::Network(NetworkError::new(&why)));
+        let result = self.append_once(rpc, option).await;
+        let reached = !matches!(result, Err(RPCError::Unreachable(_) | RPCError::Network(_)));
+        if self.reachable != Some(reached) {
+            match &result {
+                Err(e) if !reached => {
+                    tracing::warn!(
+                        node = self.net.me,
+                        peer = self.target,
+                        "cannot reach node {}: {e}",
+                        self.target
+                    )
+                }
+                _ if self.reachable.is_some() => {
+                    tracing::info!(
+                        node = self.net.me,
+                        peer = self.target,
+                        "node {} reachable again",
+                        self.target
+                    )
+                }
+                _ => {}
             }
-        };
-        if self.answer_lost() {
-            // Delivered and handled there; the answer is lost, as the deadline would tell.
-            tokio::time::sleep(timeout).await;
-            return Err(lost_answer());
+            self.reachable = Some(reached);
         }
-        self.append = Some(stream);
-        self.answer(&body)
+        result
     }
 
     async fn install_snapshot(

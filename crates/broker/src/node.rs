@@ -303,6 +303,7 @@ impl Broker {
         let delivery_task = tokio::spawn(crate::ops::delay::run(state.clone(), stopped.clone()));
         let raft_watch_task = tokio::spawn(crate::metrics::watch_raft(
             metrics.clone(),
+            state.config.node_id,
             raft.metrics(),
             stopped.clone(),
         ));

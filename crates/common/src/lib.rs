@@ -6,6 +6,7 @@
 
 pub mod code;
 pub mod config;
+pub mod logging;
 pub mod runtime;
 pub mod shutdown;
 pub mod time;

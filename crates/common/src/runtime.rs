@@ -2,15 +2,10 @@
 
 use tracing_subscriber::EnvFilter;
 
-/// Sets up `tracing` to stderr. `RUST_LOG`, when set, overrides the configured level.
+/// Sets up text logging to stderr (see [`crate::logging`]). `RUST_LOG`, when set, overrides the
+/// configured level.
 pub fn init_tracing(level: &str) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    crate::logging::init(level, crate::logging::LogFormat::Text, Default::default());
 }
 
 /// Resolves on the first SIGTERM or SIGINT (Ctrl-C).

@@ -18,6 +18,8 @@ pub struct NamesrvConfig {
     pub scan_interval_ms: u64,
     /// Log filter, e.g. `info` or `raftmq_namesrv=debug`. `RUST_LOG` overrides it.
     pub log_level: String,
+    /// `text`, or `json`: one object a line with the NameServer's listen address.
+    pub log_format: raftmq_common::logging::LogFormat,
     /// Where the Prometheus endpoint (`/metrics`) listens: `host:port`, `auto` (the listen port
     /// plus 20000, on the listen address's host) or `off`.
     pub metrics_addr: String,
@@ -30,6 +32,7 @@ impl Default for NamesrvConfig {
             broker_expiry_ms: 5_000,
             scan_interval_ms: 1_000,
             log_level: "info".into(),
+            log_format: Default::default(),
             metrics_addr: "auto".into(),
         }
     }

@@ -28,6 +28,9 @@ struct Args {
     /// Overrides `metrics-addr`: host:port, auto or off.
     #[arg(long)]
     metrics_addr: Option<String>,
+    /// Overrides `log-format`: text or json.
+    #[arg(long)]
+    log_format: Option<raftmq_common::logging::LogFormat>,
 }
 
 #[tokio::main]
@@ -55,8 +58,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(v) = args.metrics_addr {
         config.metrics_addr = v;
     }
+    if let Some(v) = args.log_format {
+        config.log_format = v;
+    }
     config.validate()?;
-    raftmq_common::runtime::init_tracing(&config.log_level);
+    let context = raftmq_common::logging::LogContext {
+        fields: vec![("namesrv", config.listen.clone().into())],
+        term: false,
+    };
+    raftmq_common::logging::init(&config.log_level, config.log_format, context);
 
     let mut server = NameServer::start(&config).await?;
     // Scripts read this line to learn the port when listening on :0.
