@@ -129,7 +129,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             addr: node.raft_addr.clone(),
             client: None,
             append: None,
-            reachable: None,
+            failing: None,
         }
     }
 }
@@ -143,10 +143,15 @@ pub struct Connection {
     client: Option<RaftTransportClient<Channel>>,
     /// The AppendEntries connection (see `append_link`), once open.
     append: Option<tokio::net::TcpStream>,
-    /// Whether the last append reached the peer (`None` before the first): a change is logged
-    /// once, where openraft would log every retry.
-    reachable: Option<bool>,
+    /// Since when appends to the peer have failed, and whether that was logged: a peer is
+    /// logged unreachable once its appends have failed for [`UNREACHABLE_AFTER`] (one timeout
+    /// under load is not an outage), and reachable again at the next success after that, where
+    /// openraft would log every retry.
+    failing: Option<(std::time::Instant, bool)>,
 }
+
+/// How long appends to a peer must fail before the peer is logged unreachable.
+const UNREACHABLE_AFTER: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Copy)]
 enum Method {
@@ -436,28 +441,30 @@ impl RaftNetwork<TypeConfig> for Connection {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr<RaftError<NodeId>>> {
         let result = self.append_once(rpc, option).await;
-        let reached = !matches!(result, Err(RPCError::Unreachable(_) | RPCError::Network(_)));
-        if self.reachable != Some(reached) {
-            match &result {
-                Err(e) if !reached => {
-                    tracing::warn!(
-                        node = self.net.me,
-                        peer = self.target,
-                        "cannot reach node {}: {e}",
-                        self.target
-                    )
-                }
-                _ if self.reachable.is_some() => {
-                    tracing::info!(
-                        node = self.net.me,
-                        peer = self.target,
-                        "node {} reachable again",
-                        self.target
-                    )
-                }
-                _ => {}
+        let (me, peer) = (self.net.me, self.target);
+        match (&result, self.failing) {
+            (Err(RPCError::Unreachable(_) | RPCError::Network(_)), None) => {
+                self.failing = Some((std::time::Instant::now(), false));
             }
-            self.reachable = Some(reached);
+            (Err(e @ (RPCError::Unreachable(_) | RPCError::Network(_))), Some((since, false)))
+                if since.elapsed() >= UNREACHABLE_AFTER =>
+            {
+                tracing::warn!(
+                    node = me,
+                    peer,
+                    "cannot reach node {peer} for {:?}: {e}",
+                    since.elapsed()
+                );
+                self.failing = Some((since, true));
+            }
+            (Err(RPCError::Unreachable(_) | RPCError::Network(_)), Some(_)) => {}
+            (_, Some((_, logged))) => {
+                if logged {
+                    tracing::info!(node = me, peer, "node {peer} reachable again");
+                }
+                self.failing = None;
+            }
+            (_, None) => {}
         }
         result
     }

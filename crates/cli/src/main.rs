@@ -5,6 +5,7 @@
 mod admin;
 mod bench;
 mod chaos;
+mod dashboard;
 mod drill;
 mod messaging;
 mod ops;
@@ -72,6 +73,8 @@ enum Command {
     /// Benchmarks: produce, consume, end to end.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// A read-only web dashboard of the cluster (everything embedded; it polls once a second).
+    Dashboard(dashboard::DashboardArgs),
 }
 
 /// Like other command-line tools, end quietly when the reader of our output goes away
@@ -116,5 +119,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Drill(args) => drill::run(&cli.namesrv, args, as_json).await,
         Command::Chaos(args) => chaos::run(&cli.namesrv, args, as_json).await,
         Command::Bench(command) => bench::run(client.clone(), command, as_json).await,
+        Command::Dashboard(args) => dashboard::run(&cli.namesrv, Duration::from_millis(cli.timeout_ms), args).await,
     }
 }

@@ -16,6 +16,7 @@ pub mod dead_letters;
 pub mod error;
 pub mod key_query;
 pub mod message;
+pub mod overview;
 pub mod producer;
 pub mod route;
 
@@ -35,6 +36,7 @@ pub use consumer::{
 };
 pub use key_query::KeyQueryResult;
 pub use message::{Delayed, Message, ReceivedMessage, SendResult};
+pub use overview::{ConsumerOffset, QueueBounds};
 pub use producer::Producer;
 pub use raftmq_common::{Error, ErrorCode};
 pub use route::{GroupRoute, MessageQueue, TopicRoute};

@@ -542,14 +542,7 @@ pub async fn run_cli(namesrv: &str, args: &[&str]) -> (bool, String, String) {
 /// `GET /metrics` from a node's metrics endpoint: the body, after checking the answer is 200 in
 /// the OpenMetrics text format.
 pub async fn scrape(addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect to metrics");
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("send the scrape");
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await.expect("read the scrape");
-    let answer = String::from_utf8(answer).expect("UTF-8 metrics");
-    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    let (head, body) = http_get(addr, "/metrics").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(
         head.to_ascii_lowercase()
@@ -558,7 +551,21 @@ pub async fn scrape(addr: std::net::SocketAddr) -> String {
     );
     // Chunked or not, the metrics end with OpenMetrics' `# EOF`.
     assert!(body.contains("# EOF"), "{body}");
-    body.to_owned()
+    body
+}
+
+/// A plain HTTP/1.1 `GET` (the connection closed after it): the answer's head (status line and
+/// headers) and body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send the request");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.expect("read the answer");
+    let answer = String::from_utf8(answer).expect("a UTF-8 answer");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    (head.to_owned(), body.to_owned())
 }
 
 /// The value of the first sample of `series` (`name` or `name{a="x",b="y"}`) in a scrape: a

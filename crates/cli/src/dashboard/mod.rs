@@ -1,0 +1,265 @@
+//! `raftmq dashboard`: a read-only web dashboard of a cluster, one page served by this command
+//! with everything embedded (no CDN, no external network): the cluster (groups, nodes, roles,
+//! terms, applied indexes, lag, heartbeat age), topics (queues per group, messages stored, send
+//! rate with a small chart), consumer groups (lag per queue, dead letters) and a message lookup
+//! (by id, by key, or by topic/group/queue/offset). The page polls the JSON API below once a
+//! second, so a change shows within about a second.
+//!
+//! API: `GET /api/cluster`, `GET /api/topics`, `GET /api/groups`, `GET /api/message?id=ID`,
+//! `?topic=T&key=K`, or `?topic=T&group=G&queue=Q&offset=O`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::RawQuery;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use clap::Args;
+use raftmq_client::{Admin, Client, ClientConfig, Error, MessageQueue, ReadPreference};
+use serde_json::{json, Value};
+
+use crate::messaging::message_json;
+
+const PAGE: &str = include_str!("index.html");
+
+#[derive(Debug, Args)]
+pub(crate) struct DashboardArgs {
+    /// Where to serve the dashboard (port 0: any free port; the address is printed).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+}
+
+pub(crate) async fn run(namesrv: &[String], timeout: Duration, args: DashboardArgs) -> anyhow::Result<()> {
+    let mut config = ClientConfig::new(namesrv.to_vec());
+    config.request_timeout = timeout;
+    config.send_timeout = timeout;
+    let admin = Admin::new(Client::new(config)?);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+    let app = router(admin);
+    // Scripts and tests read this line for the address.
+    println!("raftmq dashboard at http://{}/", listener.local_addr()?);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(raftmq_common::runtime::shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+fn router(admin: Admin) -> Router {
+    let api = |f: fn(Admin, Option<String>) -> futures::future::BoxFuture<'static, Result<Value, Error>>| {
+        let admin = admin.clone();
+        get(move |RawQuery(query): RawQuery| {
+            let admin = admin.clone();
+            async move { answer(f(admin, query).await) }
+        })
+    };
+    Router::new()
+        .route(
+            "/",
+            get(|| async { ([(CONTENT_TYPE, "text/html; charset=utf-8")], PAGE) }),
+        )
+        .route("/api/cluster", api(|a, _| Box::pin(cluster(a))))
+        .route("/api/topics", api(|a, _| Box::pin(topics(a))))
+        .route("/api/groups", api(|a, _| Box::pin(groups(a))))
+        .route("/api/message", api(|a, q| Box::pin(message(a, q))))
+}
+
+/// A JSON answer, or the error's stable code and message with a status that fits it.
+fn answer(result: Result<Value, Error>) -> Response {
+    let (status, body) = match result {
+        Ok(v) => (StatusCode::OK, v),
+        Err(e) => {
+            let status = match e.code {
+                raftmq_client::ErrorCode::InvalidArgument => StatusCode::BAD_REQUEST,
+                raftmq_client::ErrorCode::TopicNotFound | raftmq_client::ErrorCode::MessageNotFound => {
+                    StatusCode::NOT_FOUND
+                }
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            (status, json!({"code": e.code.as_str(), "message": e.message}))
+        }
+    };
+    (status, [(CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+fn role_name(role: i32) -> &'static str {
+    match raftmq_proto::Role::try_from(role) {
+        Ok(raftmq_proto::Role::Master) => "master",
+        Ok(raftmq_proto::Role::Slave) => "slave",
+        _ => "unknown",
+    }
+}
+
+async fn cluster(admin: Admin) -> Result<Value, Error> {
+    let info = admin.cluster().await?;
+    let groups: Vec<Value> = info
+        .groups
+        .iter()
+        .map(|g| {
+            let master_applied = g
+                .nodes
+                .iter()
+                .find(|n| n.node_id == g.master_node_id)
+                .map_or(0, |n| n.applied_index);
+            let nodes: Vec<Value> = g
+                .nodes
+                .iter()
+                .map(|n| {
+                    json!({
+                        "node_id": n.node_id, "addr": n.addr, "role": role_name(n.role), "term": n.term,
+                        "applied_index": n.applied_index,
+                        "lag": master_applied.saturating_sub(n.applied_index),
+                        "heartbeat_age_ms": n.last_heartbeat_ms_ago,
+                    })
+                })
+                .collect();
+            json!({
+                "cluster": g.cluster, "group": g.group, "master_addr": g.master_addr,
+                "master_node_id": g.master_node_id, "term": g.term, "nodes": nodes,
+            })
+        })
+        .collect();
+    Ok(json!({ "groups": groups }))
+}
+
+/// Every topic: per queue its group, id and offsets, and the total stored.
+async fn topics(admin: Admin) -> Result<Value, Error> {
+    let mut out = Vec::new();
+    for topic in admin.topics().await? {
+        let queues = admin.queue_bounds(&topic).await?;
+        let stored: u64 = queues.iter().map(|q| q.max_offset - q.min_offset).sum();
+        let written: u64 = queues.iter().map(|q| q.max_offset).sum();
+        let mut groups: BTreeMap<&str, u32> = BTreeMap::new();
+        for q in &queues {
+            *groups.entry(q.queue.group.as_str()).or_default() += 1;
+        }
+        let queues: Vec<Value> = queues
+            .iter()
+            .map(|q| json!({"group": q.queue.group, "queue_id": q.queue.queue_id, "min_offset": q.min_offset, "max_offset": q.max_offset}))
+            .collect();
+        out.push(
+            json!({"topic": topic, "stored": stored, "written": written, "queues_per_group": groups, "queues": queues}),
+        );
+    }
+    Ok(json!({ "topics": out }))
+}
+
+/// Every consumer group with a committed offset: per topic and queue its offset and lag, and
+/// its dead letters.
+async fn groups(admin: Admin) -> Result<Value, Error> {
+    let topics = admin.topics().await?;
+    let mut by_group: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    let mut dead: BTreeMap<String, u64> = BTreeMap::new();
+    for topic in &topics {
+        let bounds = admin.queue_bounds(topic).await?;
+        if let Some(group) = topic.strip_prefix("%DLQ%") {
+            let n = bounds.iter().map(|q| q.max_offset - q.min_offset).sum();
+            dead.insert(group.to_owned(), n);
+        }
+        let ends: BTreeMap<&MessageQueue, u64> = bounds.iter().map(|q| (&q.queue, q.max_offset)).collect();
+        for c in admin.topic_consumers(topic).await? {
+            let end = ends.get(&c.queue).copied().unwrap_or(c.offset);
+            by_group.entry(c.consumer_group.clone()).or_default().push(json!({
+                "topic": topic, "group": c.queue.group, "queue_id": c.queue.queue_id,
+                "offset": c.offset, "lag": end.saturating_sub(c.offset),
+            }));
+        }
+    }
+    let groups: Vec<Value> = by_group
+        .into_iter()
+        .map(|(name, queues)| {
+            let lag: u64 = queues.iter().filter_map(|q| q["lag"].as_u64()).sum();
+            json!({"consumer_group": name, "lag": lag, "dead_letters": dead.get(&name).copied().unwrap_or(0), "queues": queues})
+        })
+        .collect();
+    Ok(json!({ "groups": groups }))
+}
+
+/// `key=value` pairs of a query string, percent-decoded.
+fn query_pairs(query: &str) -> BTreeMap<String, String> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (decode(k), decode(v)))
+        .collect()
+}
+
+fn decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn message(admin: Admin, query: Option<String>) -> Result<Value, Error> {
+    let q = query_pairs(query.as_deref().unwrap_or(""));
+    let bad = |why: &str| raftmq_client::ErrorCode::InvalidArgument.err(why.to_owned());
+    if let Some(id) = q.get("id").filter(|v| !v.is_empty()) {
+        let m = admin.message_by_id(id).await?;
+        return Ok(json!({"messages": [message_json(&m)]}));
+    }
+    let topic = q
+        .get("topic")
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| bad("say id, or topic with key, or topic with group, queue and offset"))?;
+    if let Some(key) = q.get("key").filter(|v| !v.is_empty()) {
+        let found = admin.query_by_key(topic, key, None, None, 32).await?;
+        let messages: Vec<Value> = found.messages.iter().map(message_json).collect();
+        return Ok(json!({"messages": messages, "truncated": found.truncated}));
+    }
+    let number = |name: &str| -> Result<u64, Error> {
+        q.get(name)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| bad(&format!("{name} must be a number")))
+    };
+    let group = q
+        .get("group")
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| bad("group is missing"))?;
+    let queue = MessageQueue {
+        group: group.clone(),
+        queue_id: number("queue")? as u32,
+    };
+    let m = admin
+        .get_message(topic, &queue, number("offset")?, ReadPreference::Master)
+        .await?;
+    Ok(json!({"messages": [message_json(&m)]}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_decode() {
+        let q = query_pairs("topic=Orders&key=order%2D1+x&empty=&flag");
+        assert_eq!(q["topic"], "Orders");
+        assert_eq!(q["key"], "order-1 x");
+        assert_eq!(q["empty"], "");
+        assert_eq!(q["flag"], "");
+        assert_eq!(decode("100%"), "100%");
+        assert_eq!(decode("%zz"), "%zz");
+    }
+}
