@@ -121,6 +121,16 @@ fn a_machine_without_ip_needs_iproute2() {
 }
 
 #[test]
+fn a_machine_without_chromium_needs_it_and_its_driver() {
+    let m = FakeMachine::new();
+    assert_eq!(m.decide("deps_need_browser"), "chromium chromium-driver");
+    m.command("chromium", "exit 0");
+    assert_eq!(m.decide("deps_need_browser"), "chromium-driver");
+    m.command("chromedriver", "exit 0");
+    assert_eq!(m.decide("deps_need_browser"), "");
+}
+
+#[test]
 fn python3_without_pip_needs_python3_pip() {
     let m = FakeMachine::new();
     m.command(
@@ -143,11 +153,23 @@ fn the_whole_decision_lists_every_missing_package_once() {
         .command("make", "exit 0")
         .command("node", "exit 0");
     m.command("python3", "exit 1");
-    assert_eq!(m.decide("deps_needed"), "libclang-dev python3-pip npm iproute2");
+    assert_eq!(
+        m.decide("deps_needed"),
+        "libclang-dev python3-pip npm iproute2 chromium chromium-driver"
+    );
     let full = FakeMachine::new();
     full.file("usr/lib/x86_64-linux-gnu/libclang-14.so.1")
         .file(CLANG_HEADERS);
-    for c in ["g++", "make", "python3", "node", "npm", "ip"] {
+    for c in [
+        "g++",
+        "make",
+        "python3",
+        "node",
+        "npm",
+        "ip",
+        "chromium",
+        "chromedriver",
+    ] {
         full.command(c, "exit 0");
     }
     assert_eq!(full.decide("deps_needed"), "");

@@ -93,9 +93,17 @@ deps_need_netns() {
     deps_find_cmd ip >/dev/null && echo "" || echo "iproute2"
 }
 
+# The dashboard's browser test drives Debian's Chromium through ChromeDriver.
+deps_need_browser() {
+    local need=()
+    deps_find_cmd chromium >/dev/null || need+=(chromium)
+    deps_find_cmd chromedriver >/dev/null || need+=(chromium-driver)
+    echo "${need[*]}"
+}
+
 # Every Debian package missing, one line.
 deps_needed() {
     local all
-    all="$(deps_need_libclang) $(deps_need_cxx) $(deps_need_python) $(deps_need_node) $(deps_need_netns)"
+    all="$(deps_need_libclang) $(deps_need_cxx) $(deps_need_python) $(deps_need_node) $(deps_need_netns) $(deps_need_browser)"
     echo $all
 }

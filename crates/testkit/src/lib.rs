@@ -557,15 +557,70 @@ pub async fn scrape(addr: std::net::SocketAddr) -> String {
 /// A plain HTTP/1.1 `GET` (the connection closed after it): the answer's head (status line and
 /// headers) and body.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    http_request(addr, "GET", path, None).await
+}
+
+/// A plain HTTP/1.1 request, with a JSON body when given: the answer's head and body (a chunked
+/// body is put back together).
+pub async fn http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    json: Option<&str>,
+) -> (String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let body = json.unwrap_or("");
+    let content = if json.is_some() {
+        format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len())
+    } else {
+        String::new()
+    };
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{content}Connection: close\r\n\r\n{body}");
     stream.write_all(request.as_bytes()).await.expect("send the request");
+    // Read up to the end of the body: some servers (ChromeDriver) say `Connection: close` and
+    // then wait for the client to close.
     let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await.expect("read the answer");
-    let answer = String::from_utf8(answer).expect("a UTF-8 answer");
-    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
-    (head.to_owned(), body.to_owned())
+    let mut buf = [0u8; 16 << 10];
+    let (head, body) = loop {
+        let n = stream.read(&mut buf).await.expect("read the answer");
+        answer.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let lower = head.to_ascii_lowercase();
+            let length = lower
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            let complete = match length {
+                Some(len) => body.len() >= len,
+                None if lower.contains("transfer-encoding: chunked") => {
+                    body.contains("\r\n0\r\n") || body.starts_with("0\r\n")
+                }
+                None => n == 0,
+            };
+            if complete || n == 0 {
+                break (head.to_owned(), body.to_owned());
+            }
+        }
+        assert!(n > 0, "the connection closed before the answer's head");
+    };
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let mut out = String::new();
+        let mut rest = body.as_str();
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            out.push_str(&after[..n]);
+            rest = &after[n + 2..];
+        }
+        out
+    } else {
+        body
+    };
+    (head, body)
 }
 
 /// The value of the first sample of `series` (`name` or `name{a="x",b="y"}`) in a scrape: a

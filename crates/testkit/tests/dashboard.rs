@@ -1,11 +1,13 @@
 //! `raftmq dashboard`: the page and its JSON API against a running group, a message looked up
-//! three ways, and a killed master replaced on the cluster view within two seconds.
+//! three ways, and a killed master replaced on the cluster view within two seconds; and the page
+//! itself in headless Chromium (driven through ChromeDriver): each tab rendered, screenshots
+//! saved, and a master killed while the page is open shown replaced within two seconds.
 
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use raftmq_testkit::{binary, http_get, run_cli, wait_until, Group, ELECTION};
+use raftmq_testkit::{binary, http_get, http_request, run_cli, wait_until, Group, ELECTION};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// Starts the dashboard against `namesrv` on a free port; returns the process and its address.
@@ -130,5 +132,219 @@ async fn the_dashboard_shows_the_cluster_topics_groups_and_messages_live() {
         took <= Duration::from_secs(2),
         "the new master {new} showed after {took:?}"
     );
+    group.shutdown().await;
+}
+
+/// A headless Chromium session through ChromeDriver's WebDriver HTTP API.
+struct Browser {
+    driver: tokio::process::Child,
+    addr: SocketAddr,
+    session: String,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        for (program, package) in [("chromium", "chromium"), ("chromedriver", "chromium-driver")] {
+            assert!(
+                std::process::Command::new("sh")
+                    .args(["-c", &format!("command -v {program}")])
+                    .output()
+                    .map(|o| o.status.success())
+                    .unwrap_or(false),
+                "{program} is missing; scripts/install-deps.sh installs Debian's {package}"
+            );
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = tokio::process::Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start chromedriver");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        wait_until("chromedriver answers", Duration::from_secs(20), || async {
+            tokio::net::TcpStream::connect(addr).await.ok().map(|_| ())
+        })
+        .await;
+        let profile = tempfile::tempdir().unwrap();
+        // The flags this machine kind needs: root, no GPU, no network beyond loopback.
+        let args = serde_json::json!([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1200,800",
+            format!("--user-data-dir={}", profile.path().display()),
+        ]);
+        let capabilities = serde_json::json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": args},
+        }}});
+        let (_, body) = http_request(addr, "POST", "/session", Some(&capabilities.to_string())).await;
+        let answer: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        let session = answer["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {answer}"))
+            .to_owned();
+        Browser {
+            driver,
+            addr,
+            session,
+            _profile: profile,
+        }
+    }
+
+    async fn call(&self, method: &str, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let path = format!("/session/{}{path}", self.session);
+        let body = body.to_string();
+        let json = (method == "POST").then_some(body.as_str());
+        let (_, answer) = http_request(self.addr, method, &path, json).await;
+        let v: serde_json::Value = serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer}"));
+        assert!(v["value"]["error"].is_null(), "{method} {path}: {v}");
+        v["value"].clone()
+    }
+
+    async fn open(&self, url: &str) {
+        self.call("POST", "/url", serde_json::json!({ "url": url })).await;
+    }
+
+    /// The text of the first element matching `selector` (empty when there is none).
+    async fn text(&self, selector: &str) -> String {
+        let script = "const e = document.querySelector(arguments[0]); return e ? e.textContent : '';";
+        let v = self
+            .call(
+                "POST",
+                "/execute/sync",
+                serde_json::json!({"script": script, "args": [selector]}),
+            )
+            .await;
+        v.as_str().unwrap_or("").to_owned()
+    }
+
+    /// Saves a PNG screenshot of the page.
+    async fn screenshot(&self, path: &std::path::Path) {
+        let v = self.call("GET", "/screenshot", serde_json::Value::Null).await;
+        let png = decode_base64(v.as_str().expect("base64"));
+        assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+        std::fs::write(path, png).expect("write the screenshot");
+    }
+
+    async fn close(mut self) {
+        self.call("DELETE", "", serde_json::Value::Null).await;
+        let _ = self.driver.kill().await;
+    }
+}
+
+fn decode_base64(text: &str) -> Vec<u8> {
+    let value = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0);
+    for v in text.bytes().filter_map(value) {
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_in_a_real_browser_shows_every_tab_and_a_new_master_within_two_seconds() {
+    let mut group = Group::start(3, |_| {}).await;
+    let master = group.wait_for_master(ELECTION).await;
+    let ns = group.namesrv_addr();
+    wait_until("topic created", Duration::from_secs(10), || async {
+        run_cli(&ns, &["topic", "create", "Orders", "--queues", "2"])
+            .await
+            .0
+            .then_some(())
+    })
+    .await;
+    let (ok, _, err) = run_cli(
+        &ns,
+        &["send", "Orders", "an order", "--keys", "order-9", "--count", "5"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let (ok, _, err) = run_cli(&ns, &["consume", "Orders", "--group", "billing", "--count", "2"]).await;
+    assert!(ok, "{err}");
+    let (_dashboard, addr) = start(&ns).await;
+    let browser = Browser::start().await;
+    let shots = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+
+    browser.open(&format!("http://{addr}/#cluster")).await;
+    let expected = format!("master: node {master}");
+    let master_line = wait_until("the cluster tab names the master", Duration::from_secs(10), || async {
+        let t = browser.text("[data-master=\"broker-a\"]").await;
+        t.contains(&expected).then_some(t)
+    })
+    .await;
+    assert!(master_line.contains(&group.addr(master)), "{master_line}");
+    let table = browser.text("#cluster-body table").await;
+    assert_eq!(table.matches("127.0.0.1:").count(), 3, "three nodes listed: {table}");
+    browser.screenshot(&shots.join("cluster.png")).await;
+
+    browser.open(&format!("http://{addr}/#topics")).await;
+    let topics = wait_until("the topics tab lists Orders", Duration::from_secs(10), || async {
+        let t = browser.text("#topics-body").await;
+        t.contains("Orders").then_some(t)
+    })
+    .await;
+    assert!(topics.contains("broker-a: 2"), "{topics}");
+    browser.screenshot(&shots.join("topics.png")).await;
+
+    browser.open(&format!("http://{addr}/#groups")).await;
+    wait_until("the groups tab lists billing", Duration::from_secs(10), || async {
+        browser.text("#groups-body").await.contains("billing").then_some(())
+    })
+    .await;
+    browser.screenshot(&shots.join("groups.png")).await;
+
+    // The page stays open on the cluster tab while the master dies.
+    browser.open(&format!("http://{addr}/#cluster")).await;
+    wait_until("the cluster tab is back", Duration::from_secs(10), || async {
+        browser
+            .text("[data-master=\"broker-a\"]")
+            .await
+            .contains(&expected)
+            .then_some(())
+    })
+    .await;
+    group.kill(master).await;
+    let killed = Instant::now();
+    let now_shown = wait_until("the page shows a new master", Duration::from_secs(10), || async {
+        let t = browser.text("[data-master=\"broker-a\"]").await;
+        (t.contains("master: node") && !t.contains(&expected)).then_some(t)
+    })
+    .await;
+    let took = killed.elapsed();
+    browser.screenshot(&shots.join("after-failover.png")).await;
+    assert!(
+        took <= Duration::from_secs(2),
+        "the page showed {now_shown:?} {took:?} after the kill"
+    );
+    browser.close().await;
     group.shutdown().await;
 }
