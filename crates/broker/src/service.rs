@@ -356,6 +356,7 @@ impl Broker for BrokerService {
                 max_offset: q.next_offset,
             })
             .collect();
+        let disk = raftmq_store::disk::usage(&s.config.data_dir).ok();
         Ok(Response::new(pb::NodeStatus {
             cluster: s.config.cluster.clone(),
             group: s.config.group.clone(),
@@ -369,6 +370,9 @@ impl Broker for BrokerService {
             applied_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
             queues,
             pending_delayed: s.reader.pending_timers(),
+            disk_total_bytes: disk.as_ref().map_or(0, |d| d.total_bytes),
+            disk_available_bytes: disk.as_ref().map_or(0, |d| d.available_bytes),
+            disk_used_percent: disk.as_ref().map_or(0.0, |d| d.used_percent()),
         }))
     }
 }

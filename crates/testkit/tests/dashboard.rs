@@ -75,6 +75,8 @@ async fn the_dashboard_shows_the_cluster_topics_groups_and_messages_live() {
     assert_eq!(g["group"], "broker-a", "{cluster}");
     assert_eq!(g["master_node_id"], master, "{cluster}");
     assert_eq!(g["nodes"].as_array().unwrap().len(), 3, "{cluster}");
+    let disk = g["nodes"][0]["disk_used_percent"].as_f64().unwrap_or(-1.0);
+    assert!((0.0..=100.0).contains(&disk), "each node's disk: {cluster}");
 
     let (_, topics) = json(addr, "/api/topics").await;
     let orders = topics["topics"]
@@ -97,6 +99,13 @@ async fn the_dashboard_shows_the_cluster_topics_groups_and_messages_live() {
     })
     .await;
     assert!(groups.to_string().contains("\"topic\":\"Orders\""), "{groups}");
+    let billing = groups["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["consumer_group"] == "billing")
+        .unwrap();
+    assert!(billing["members"].is_array(), "{billing}");
 
     // A message by id, by key, by queue and offset; bad lookups answer their code.
     let (_, by_id) = json(addr, &format!("/api/message?id={id}")).await;

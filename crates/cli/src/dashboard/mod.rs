@@ -1,7 +1,8 @@
 //! `raftmq dashboard`: a read-only web dashboard of a cluster, one page served by this command
 //! with everything embedded (no CDN, no external network): the cluster (groups, nodes, roles,
-//! terms, applied indexes, lag, heartbeat age), topics (queues per group, messages stored, send
-//! rate with a small chart), consumer groups (lag per queue, dead letters) and a message lookup
+//! terms, applied indexes, lag, heartbeat age, disk), topics (queues per group, messages stored,
+//! send rate with a small chart), consumer groups (members, lag per queue, dead letters) and a
+//! message lookup
 //! (by id, by key, or by topic/group/queue/offset). The page polls the JSON API below once a
 //! second, so a change shows within about a second.
 //!
@@ -97,6 +98,19 @@ fn role_name(role: i32) -> &'static str {
 
 async fn cluster(admin: Admin) -> Result<Value, Error> {
     let info = admin.cluster().await?;
+    // Each node's own status, for its disk (a node that does not answer within 300 ms has none).
+    let client = admin.client();
+    let addrs: Vec<String> = info
+        .groups
+        .iter()
+        .flat_map(|g| g.nodes.iter().map(|n| n.addr.clone()))
+        .collect();
+    let statuses = futures::future::join_all(addrs.iter().map(|a| crate::ops::node_status(&client, a))).await;
+    let disks: BTreeMap<&str, (f64, u64)> = addrs
+        .iter()
+        .zip(statuses)
+        .filter_map(|(a, s)| s.map(|s| (a.as_str(), (s.disk_used_percent, s.disk_available_bytes))))
+        .collect();
     let groups: Vec<Value> = info
         .groups
         .iter()
@@ -115,6 +129,8 @@ async fn cluster(admin: Admin) -> Result<Value, Error> {
                         "applied_index": n.applied_index,
                         "lag": master_applied.saturating_sub(n.applied_index),
                         "heartbeat_age_ms": n.last_heartbeat_ms_ago,
+                        "disk_used_percent": disks.get(n.addr.as_str()).map(|d| (d.0 * 10.0).round() / 10.0),
+                        "disk_available_bytes": disks.get(n.addr.as_str()).map(|d| d.1),
                     })
                 })
                 .collect();
@@ -149,8 +165,27 @@ async fn topics(admin: Admin) -> Result<Value, Error> {
     Ok(json!({ "topics": out }))
 }
 
-/// Every consumer group with a committed offset: per topic and queue its offset and lag, and
-/// its dead letters.
+/// The live members of a consumer group, as the first broker group master that knows any.
+async fn members(admin: &Admin, masters: &[String], group: &str) -> Vec<String> {
+    let client = admin.client();
+    for addr in masters {
+        let Ok(mut b) = client.broker(addr) else { continue };
+        let mut req = tonic::Request::new(raftmq_proto::GetConsumersRequest {
+            consumer_group: group.to_owned(),
+        });
+        req.set_timeout(Duration::from_millis(500));
+        if let Ok(r) = b.get_consumers(req).await {
+            let ids = r.into_inner().client_ids;
+            if !ids.is_empty() {
+                return ids;
+            }
+        }
+    }
+    Vec::new()
+}
+
+/// Every consumer group with a committed offset: its live members, per topic and queue its
+/// offset and lag, and its dead letters.
 async fn groups(admin: Admin) -> Result<Value, Error> {
     let topics = admin.topics().await?;
     let mut by_group: BTreeMap<String, Vec<Value>> = BTreeMap::new();
@@ -170,13 +205,23 @@ async fn groups(admin: Admin) -> Result<Value, Error> {
             }));
         }
     }
-    let groups: Vec<Value> = by_group
+    let masters: Vec<String> = admin
+        .cluster()
+        .await?
+        .groups
         .into_iter()
-        .map(|(name, queues)| {
-            let lag: u64 = queues.iter().filter_map(|q| q["lag"].as_u64()).sum();
-            json!({"consumer_group": name, "lag": lag, "dead_letters": dead.get(&name).copied().unwrap_or(0), "queues": queues})
-        })
+        .map(|g| g.master_addr)
+        .filter(|a| !a.is_empty())
         .collect();
+    let mut groups = Vec::new();
+    for (name, queues) in by_group {
+        let lag: u64 = queues.iter().filter_map(|q| q["lag"].as_u64()).sum();
+        let members = members(&admin, &masters, &name).await;
+        groups.push(json!({
+            "consumer_group": name, "members": members, "lag": lag,
+            "dead_letters": dead.get(&name).copied().unwrap_or(0), "queues": queues,
+        }));
+    }
     Ok(json!({ "groups": groups }))
 }
 
