@@ -12,8 +12,13 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// Starts the dashboard against `namesrv` on a free port; returns the process and its address.
 async fn start(namesrv: &str) -> (tokio::process::Child, SocketAddr) {
+    start_with(namesrv, &[]).await
+}
+
+async fn start_with(namesrv: &str, extra: &[&str]) -> (tokio::process::Child, SocketAddr) {
     let mut child = tokio::process::Command::new(binary("raftmq"))
         .args(["--namesrv", namesrv, "dashboard", "--listen", "127.0.0.1:0"])
+        .args(extra)
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -126,6 +131,54 @@ async fn the_dashboard_shows_the_cluster_topics_groups_and_messages_live() {
     let (head, bad) = json(addr, "/api/message").await;
     assert!(head.starts_with("HTTP/1.1 400"), "{head}");
     assert_eq!(bad["code"], "INVALID_ARGUMENT");
+
+    // Changes: refused by a read-only dashboard, made by one started with --admin.
+    let post = |addr: SocketAddr, path: &'static str| async move {
+        let (head, body) = http_request(addr, "POST", path, None).await;
+        (
+            head,
+            serde_json::from_str::<serde_json::Value>(&body).unwrap_or_else(|e| panic!("{e}: {body}")),
+        )
+    };
+    let (_, config) = json(addr, "/api/config").await;
+    assert_eq!(config["admin"], false);
+    let (head, refused) = post(addr, "/api/topics?topic=Made&queues=3").await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    assert_eq!(refused["code"], "NO_PERMISSION");
+    let (_admin, admin_addr) = start_with(&ns, &["--admin"]).await;
+    let (_, config) = json(admin_addr, "/api/config").await;
+    assert_eq!(config["admin"], true);
+    let (head, made) = post(admin_addr, "/api/topics?topic=Made&queues=3").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head} {made}");
+    assert_eq!(made["groups"][0], "broker-a", "{made}");
+    wait_until("the new topic is listed", Duration::from_secs(10), || async {
+        let (_, t) = json(admin_addr, "/api/topics").await;
+        t["topics"]
+            .as_array()?
+            .iter()
+            .any(|x| x["topic"] == "Made" && x["queues_per_group"]["broker-a"] == 3)
+            .then_some(())
+    })
+    .await;
+    let (head, reset) = post(admin_addr, "/api/offsets?group=billing&topic=Orders&to=earliest").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head} {reset}");
+    let (_, groups) = json(admin_addr, "/api/groups").await;
+    let billing = groups["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["consumer_group"] == "billing")
+        .unwrap();
+    assert_eq!(
+        billing["lag"], 1,
+        "billing reads the order again after a reset: {billing}"
+    );
+    let (head, resent) = post(admin_addr, "/api/dead-letters?group=billing").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head} {resent}");
+    assert_eq!(resent["resent"], 0);
+    let (head, missing) = post(admin_addr, "/api/offsets?group=billing").await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    assert_eq!(missing["code"], "INVALID_ARGUMENT");
 
     // The master dies: the cluster view names the new one within two seconds.
     group.kill(master).await;

@@ -7,7 +7,9 @@
 //! second, so a change shows within about a second.
 //!
 //! API: `GET /api/cluster`, `GET /api/topics`, `GET /api/groups`, `GET /api/message?id=ID`,
-//! `?topic=T&key=K`, or `?topic=T&group=G&queue=Q&offset=O`.
+//! `?topic=T&key=K`, or `?topic=T&group=G&queue=Q&offset=O`. With `--admin` only, changes:
+//! `POST /api/topics?topic=T&queues=N`, `POST /api/offsets?group=G&topic=T&to=earliest|latest|MS`,
+//! `POST /api/dead-letters?group=G` (otherwise 403, `NO_PERMISSION`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,6 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use clap::Args;
+use raftmq_client::admin::ResetTo;
 use raftmq_client::{Admin, Client, ClientConfig, Error, MessageQueue, ReadPreference};
 use serde_json::{json, Value};
 
@@ -32,6 +35,11 @@ pub(crate) struct DashboardArgs {
     /// Where to serve the dashboard (port 0: any free port; the address is printed).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Allow changes from the page: create topics, reset a consumer group's offsets, resend its
+    /// dead letters. Without it the dashboard only reads (there is no authentication yet: give
+    /// this to an address only operators reach).
+    #[arg(long)]
+    admin: bool,
 }
 
 pub(crate) async fn run(namesrv: &[String], timeout: Duration, args: DashboardArgs) -> anyhow::Result<()> {
@@ -42,7 +50,7 @@ pub(crate) async fn run(namesrv: &[String], timeout: Duration, args: DashboardAr
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
-    let app = router(admin);
+    let app = router(admin, args.admin);
     // Scripts and tests read this line for the address.
     println!("raftmq dashboard at http://{}/", listener.local_addr()?);
     axum::serve(listener, app)
@@ -51,12 +59,29 @@ pub(crate) async fn run(namesrv: &[String], timeout: Duration, args: DashboardAr
     Ok(())
 }
 
-fn router(admin: Admin) -> Router {
-    let api = |f: fn(Admin, Option<String>) -> futures::future::BoxFuture<'static, Result<Value, Error>>| {
+type Handler = fn(Admin, Option<String>) -> futures::future::BoxFuture<'static, Result<Value, Error>>;
+
+fn router(admin: Admin, changes: bool) -> Router {
+    let api = |f: Handler| {
         let admin = admin.clone();
         get(move |RawQuery(query): RawQuery| {
             let admin = admin.clone();
             async move { answer(f(admin, query).await) }
+        })
+    };
+    // A change: refused unless the dashboard was started with --admin.
+    let change = |f: Handler| {
+        let admin = admin.clone();
+        axum::routing::post(move |RawQuery(query): RawQuery| {
+            let admin = admin.clone();
+            async move {
+                if !changes {
+                    let refused = raftmq_client::ErrorCode::NoPermission
+                        .err("the dashboard is read-only; start it with --admin to make changes");
+                    return answer(Err(refused));
+                }
+                answer(f(admin, query).await)
+            }
         })
     };
     Router::new()
@@ -64,10 +89,71 @@ fn router(admin: Admin) -> Router {
             "/",
             get(|| async { ([(CONTENT_TYPE, "text/html; charset=utf-8")], PAGE) }),
         )
+        .route(
+            "/api/config",
+            get(move || async move { answer(Ok(json!({ "admin": changes }))) }),
+        )
         .route("/api/cluster", api(|a, _| Box::pin(cluster(a))))
-        .route("/api/topics", api(|a, _| Box::pin(topics(a))))
+        .route(
+            "/api/topics",
+            api(|a, _| Box::pin(topics(a))).merge(change(|a, q| Box::pin(create_topic(a, q)))),
+        )
         .route("/api/groups", api(|a, _| Box::pin(groups(a))))
         .route("/api/message", api(|a, q| Box::pin(message(a, q))))
+        .route("/api/offsets", change(|a, q| Box::pin(reset_offsets(a, q))))
+        .route("/api/dead-letters", change(|a, q| Box::pin(resend_dead_letters(a, q))))
+}
+
+/// `POST /api/topics?topic=T&queues=N`: creates (or updates) a topic in every broker group.
+async fn create_topic(admin: Admin, query: Option<String>) -> Result<Value, Error> {
+    let q = query_pairs(query.as_deref().unwrap_or(""));
+    let topic = required(&q, "topic")?;
+    let queues: u32 = match q.get("queues").filter(|v| !v.is_empty()) {
+        Some(v) => v.parse().map_err(|_| invalid("queues must be a number"))?,
+        None => 4,
+    };
+    let groups = admin
+        .upsert_topic(topic, queues, queues, raftmq_proto::Permission::ReadWrite, &[])
+        .await?;
+    Ok(json!({"topic": topic, "queues": queues, "groups": groups}))
+}
+
+/// `POST /api/offsets?group=G&topic=T&to=earliest|latest|MS`: moves a consumer group's offsets.
+async fn reset_offsets(admin: Admin, query: Option<String>) -> Result<Value, Error> {
+    let q = query_pairs(query.as_deref().unwrap_or(""));
+    let (group, topic) = (required(&q, "group")?, required(&q, "topic")?);
+    let to = match required(&q, "to")?.as_str() {
+        "earliest" => ResetTo::Earliest,
+        "latest" => ResetTo::Latest,
+        ms => ResetTo::Timestamp(
+            ms.parse()
+                .map_err(|_| invalid("to must be earliest, latest or a time in ms since the epoch"))?,
+        ),
+    };
+    let moved = admin.reset_offsets(group, topic, to).await?;
+    let queues: Vec<Value> = moved
+        .iter()
+        .map(|(q, o)| json!({"group": q.group, "queue_id": q.queue_id, "offset": o}))
+        .collect();
+    Ok(json!({"consumer_group": group, "topic": topic, "queues": queues}))
+}
+
+/// `POST /api/dead-letters?group=G`: sends a consumer group's dead letters back to their topics.
+async fn resend_dead_letters(admin: Admin, query: Option<String>) -> Result<Value, Error> {
+    let q = query_pairs(query.as_deref().unwrap_or(""));
+    let group = required(&q, "group")?;
+    let resent = admin.resend_dead_letters(group).await?;
+    Ok(json!({"consumer_group": group, "resent": resent}))
+}
+
+fn invalid(why: &str) -> Error {
+    raftmq_client::ErrorCode::InvalidArgument.err(why.to_owned())
+}
+
+fn required<'a>(q: &'a BTreeMap<String, String>, name: &str) -> Result<&'a String, Error> {
+    q.get(name)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| invalid(&format!("{name} is missing")))
 }
 
 /// A JSON answer, or the error's stable code and message with a status that fits it.
@@ -77,6 +163,7 @@ fn answer(result: Result<Value, Error>) -> Response {
         Err(e) => {
             let status = match e.code {
                 raftmq_client::ErrorCode::InvalidArgument => StatusCode::BAD_REQUEST,
+                raftmq_client::ErrorCode::NoPermission => StatusCode::FORBIDDEN,
                 raftmq_client::ErrorCode::TopicNotFound | raftmq_client::ErrorCode::MessageNotFound => {
                     StatusCode::NOT_FOUND
                 }
