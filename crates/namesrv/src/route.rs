@@ -215,6 +215,11 @@ impl RouteTable {
     }
 
     /// Every topic some live group holds, sorted.
+    /// How many broker nodes are registered.
+    pub fn node_count(&self) -> usize {
+        self.groups.values().map(|g| g.nodes.len()).sum()
+    }
+
     pub fn topics(&self) -> Vec<String> {
         let set: BTreeSet<&String> = self.groups.values().flat_map(|g| g.topics.keys()).collect();
         set.into_iter().cloned().collect()

@@ -87,10 +87,9 @@ impl Shared {
     pub fn expire(&self, now: Instant) {
         let (changed, expired) = {
             let mut table = self.table();
-            let nodes = |t: &RouteTable| t.cluster_info(now).groups.iter().map(|g| g.nodes.len()).sum::<usize>();
-            let before = nodes(&table);
+            let before = table.node_count();
             let changed = table.expire(now, self.expiry);
-            (changed, before.saturating_sub(nodes(&table)))
+            (changed, before.saturating_sub(table.node_count()))
         };
         self.counters.expired_nodes.inc_by(expired as u64);
         if !changed.is_empty() {

@@ -539,6 +539,17 @@ pub async fn run_cli(namesrv: &str, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// `raftmq topic create TOPIC --queues N`, retried until the NameServers know a group to create
+/// it in; returns what it printed.
+pub async fn cli_create_topic(namesrv: &str, topic: &str, queues: u32) -> String {
+    let queues = queues.to_string();
+    wait_until(&format!("topic {topic} created"), Duration::from_secs(10), || async {
+        let (ok, out, _) = run_cli(namesrv, &["topic", "create", topic, "--queues", &queues]).await;
+        ok.then_some(out)
+    })
+    .await
+}
+
 /// `GET /metrics` from a node's metrics endpoint: the body, after checking the answer is 200 in
 /// the OpenMetrics text format.
 pub async fn scrape(addr: std::net::SocketAddr) -> String {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use raftmq_testkit::{run_cli, wait_until, Group};
+use raftmq_testkit::{cli_create_topic, run_cli, wait_until, Group};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_commands_print_what_they_should() {
@@ -318,11 +318,7 @@ async fn sql_filters_and_key_queries_from_the_command_line() {
     let group = Group::start(3, |_| {}).await;
     group.wait_for_master(Duration::from_secs(10)).await;
     let ns = group.namesrv_addr();
-    wait_until("topic create succeeds", Duration::from_secs(10), || async {
-        let (ok, out, _) = run_cli(&ns, &["topic", "create", "Prices", "--queues", "1"]).await;
-        ok.then_some(out)
-    })
-    .await;
+    cli_create_topic(&ns, "Prices", 1).await;
     for i in 0..6 {
         let price = format!("price={i}");
         let key = format!("order-{}", i % 2);

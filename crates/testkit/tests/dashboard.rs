@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use raftmq_testkit::{binary, http_get, http_request, run_cli, wait_until, Group, ELECTION};
+use raftmq_testkit::{binary, cli_create_topic, http_get, http_request, run_cli, wait_until, Group, ELECTION};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// Starts the dashboard against `namesrv` on a free port; returns the process and its address.
@@ -47,24 +47,28 @@ async fn json(addr: SocketAddr, path: &str) -> (String, serde_json::Value) {
     (head, value)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dashboard_shows_the_cluster_topics_groups_and_messages_live() {
-    let mut group = Group::start(3, |_| {}).await;
+/// A group of three with topic `Orders` (2 queues), `count` messages `body` with key `key` sent,
+/// and `consumed` of them taken by consumer group `billing`: the group, its master, the
+/// NameServer, and what the send printed.
+async fn orders(body: &str, key: &str, count: u32, consumed: u32) -> (Group, u64, String, String) {
+    let group = Group::start(3, |_| {}).await;
     let master = group.wait_for_master(ELECTION).await;
     let ns = group.namesrv_addr();
-    wait_until("topic created", Duration::from_secs(10), || async {
-        run_cli(&ns, &["topic", "create", "Orders", "--queues", "2"])
-            .await
-            .0
-            .then_some(())
-    })
-    .await;
-    let (ok, out, err) = run_cli(&ns, &["send", "Orders", "first order", "--keys", "order-7"]).await;
+    cli_create_topic(&ns, "Orders", 2).await;
+    let count = count.to_string();
+    let (ok, sent, err) = run_cli(&ns, &["send", "Orders", body, "--keys", key, "--count", &count]).await;
     assert!(ok, "{err}");
+    let consumed = consumed.to_string();
+    let (ok, _, err) = run_cli(&ns, &["consume", "Orders", "--group", "billing", "--count", &consumed]).await;
+    assert!(ok, "{err}");
+    (group, master, ns, sent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_the_cluster_topics_groups_and_messages_live() {
+    let (mut group, master, ns, out) = orders("first order", "order-7", 1, 1).await;
     // "sent ID to GROUP/QUEUE offset N"
     let id = out.split_whitespace().nth(1).expect("an id").to_owned();
-    let (ok, _, err) = run_cli(&ns, &["consume", "Orders", "--group", "billing", "--count", "1"]).await;
-    assert!(ok, "{err}");
 
     let (_dashboard, addr) = start(&ns).await;
     let (head, page) = http_get(addr, "/").await;
@@ -333,24 +337,7 @@ fn decode_base64(text: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_in_a_real_browser_shows_every_tab_and_a_new_master_within_two_seconds() {
-    let mut group = Group::start(3, |_| {}).await;
-    let master = group.wait_for_master(ELECTION).await;
-    let ns = group.namesrv_addr();
-    wait_until("topic created", Duration::from_secs(10), || async {
-        run_cli(&ns, &["topic", "create", "Orders", "--queues", "2"])
-            .await
-            .0
-            .then_some(())
-    })
-    .await;
-    let (ok, _, err) = run_cli(
-        &ns,
-        &["send", "Orders", "an order", "--keys", "order-9", "--count", "5"],
-    )
-    .await;
-    assert!(ok, "{err}");
-    let (ok, _, err) = run_cli(&ns, &["consume", "Orders", "--group", "billing", "--count", "2"]).await;
-    assert!(ok, "{err}");
+    let (mut group, master, ns, _) = orders("an order", "order-9", 5, 2).await;
     let (_dashboard, addr) = start(&ns).await;
     let browser = Browser::start().await;
     let shots = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
