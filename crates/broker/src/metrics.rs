@@ -42,6 +42,9 @@ pub struct BrokerMetrics {
     pub leader_changes: Counter,
     pub snapshots: Counter,
     pub retention_deleted: Counter,
+    /// gRPC connections on the client port (both protocols; peers' votes too when Raft shares
+    /// the port).
+    pub connections: raftmq_metrics::Connections,
 }
 
 impl std::fmt::Debug for BrokerMetrics {
@@ -74,6 +77,7 @@ impl BrokerMetrics {
             leader_changes: Counter::default(),
             snapshots: Counter::default(),
             retention_deleted: Counter::default(),
+            connections: raftmq_metrics::Connections::default(),
             registry: Registry::default(),
             node: node.clone(),
         };
@@ -136,6 +140,11 @@ impl BrokerMetrics {
             "retention_deleted_entries",
             "Commit-log entries deleted by retention",
             m.retention_deleted.clone(),
+        );
+        m.connections.register(
+            &mut registry,
+            "client_connections",
+            "gRPC connections to the client port (raftmq and RocketMQ 5 clients, and peers' votes when Raft shares the port)",
         );
         registry.register_collector(Box::new(NodeState { node, db }));
         BrokerMetrics { registry, ..m }

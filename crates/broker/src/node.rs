@@ -231,19 +231,27 @@ impl Broker {
         let client_addr = listeners.client.local_addr()?;
         // Raft's port (the client port when they are the same) also takes AppendEntries
         // connections (see `append_link`).
-        let serve = |router: tonic::transport::server::Router, listener: TcpListener, raft_port: bool| {
-            let mut stopped = stopped.clone();
-            let incoming: std::pin::Pin<
-                Box<dyn futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send>,
-            > = if raft_port {
-                Box::pin(append_server.clone().split(listener))
-            } else {
-                Box::pin(raftmq_common::runtime::incoming(listener))
+        // Connections are counted on the client port; a separate Raft port's are not.
+        let serve =
+            |router: tonic::transport::server::Router, listener: TcpListener, raft_port: bool, client_port: bool| {
+                let mut stopped = stopped.clone();
+                let incoming: std::pin::Pin<
+                    Box<dyn futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send>,
+                > = if raft_port {
+                    Box::pin(append_server.clone().split(listener))
+                } else {
+                    Box::pin(raftmq_common::runtime::incoming(listener))
+                };
+                let counted = if client_port {
+                    metrics.connections.clone()
+                } else {
+                    raftmq_metrics::Connections::default()
+                };
+                let incoming = counted.track(incoming);
+                tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+                    stopped.wait().await;
+                }))
             };
-            tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
-                stopped.wait().await;
-            }))
-        };
         let mut servers = Vec::new();
         match listeners.raft {
             None => servers.push(serve(
@@ -253,6 +261,7 @@ impl Broker {
                     .add_service(raft_service()),
                 listeners.client,
                 true,
+                true,
             )),
             Some(raft_listener) => {
                 servers.push(serve(
@@ -261,11 +270,13 @@ impl Broker {
                         .add_service(rocketmq),
                     listeners.client,
                     false,
+                    true,
                 ));
                 servers.push(serve(
                     tonic::transport::Server::builder().add_service(raft_service()),
                     raft_listener,
                     true,
+                    false,
                 ));
             }
         }

@@ -100,3 +100,107 @@ pub fn serve(
 pub fn latency_buckets() -> impl Iterator<Item = f64> {
     prometheus_client::metrics::histogram::exponential_buckets(0.000_05, 2.0, 19)
 }
+
+/// Connections a gRPC port has accepted and holds open.
+#[derive(Clone, Debug, Default)]
+pub struct Connections {
+    pub open: prometheus_client::metrics::gauge::Gauge,
+    pub accepted: prometheus_client::metrics::counter::Counter,
+}
+
+impl Connections {
+    /// Registers both as `<name>` (open now) and `<name>_accepted` (ever).
+    pub fn register(&self, registry: &mut Registry, name: &str, what: &str) {
+        registry.register(name, format!("{what} open now"), self.open.clone());
+        registry.register(
+            format!("{name}_accepted"),
+            format!("{what} accepted since the node started"),
+            self.accepted.clone(),
+        );
+    }
+
+    /// `incoming` with each connection counted while it stays open.
+    pub fn track<S>(self, incoming: S) -> impl futures::Stream<Item = std::io::Result<Tracked>>
+    where
+        S: futures::Stream<Item = std::io::Result<tokio::net::TcpStream>>,
+    {
+        use futures::StreamExt;
+        incoming.map(move |accepted| {
+            accepted.map(|stream| {
+                self.accepted.inc();
+                self.open.inc();
+                Tracked {
+                    stream,
+                    open: self.open.clone(),
+                }
+            })
+        })
+    }
+}
+
+/// A connection counted in [`Connections::open`] until it is dropped.
+#[derive(Debug)]
+pub struct Tracked {
+    stream: tokio::net::TcpStream,
+    open: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+impl tonic::transport::server::Connected for Tracked {
+    type ConnectInfo = <tokio::net::TcpStream as tonic::transport::server::Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl tokio::io::AsyncRead for Tracked {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}

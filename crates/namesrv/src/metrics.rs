@@ -24,6 +24,8 @@ pub struct Counters {
     pub expired_nodes: Counter,
     /// Route watch streams open now.
     pub watchers: Arc<AtomicI64>,
+    /// gRPC connections: brokers' heartbeats and clients of both protocols.
+    pub connections: raftmq_metrics::Connections,
 }
 
 /// Builds the registry of a NameServer whose shared state is `shared`.
@@ -39,6 +41,11 @@ pub fn registry(counters: &Counters, shared: Weak<Shared>) -> Registry {
         "expired_nodes",
         "Broker nodes dropped from the routes for silence",
         counters.expired_nodes.clone(),
+    );
+    counters.connections.register(
+        &mut registry,
+        "connections",
+        "gRPC connections (brokers, raftmq and RocketMQ 5 clients)",
     );
     registry.register_collector(Box::new(Table {
         shared,

@@ -72,11 +72,16 @@ impl NameServer {
             stopped.clone(),
         );
         let mut stopped_server = stopped;
+        let incoming = shared
+            .counters
+            .connections
+            .clone()
+            .track(raftmq_common::runtime::incoming(listener));
         let server = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(NameServerServer::new(NameServerService::new(shared)))
                 .add_service(rocketmq.server())
-                .serve_with_incoming_shutdown(raftmq_common::runtime::incoming(listener), async move {
+                .serve_with_incoming_shutdown(incoming, async move {
                     stopped_server.wait().await;
                 }),
         );

@@ -219,6 +219,40 @@ async fn brokers_and_the_nameserver_serve_metrics_that_move() {
     let ns = scrape(ns_addr).await;
     assert_eq!(sample(&ns, "raftmq_namesrv_route_queries_total"), Some(queries + 1.0));
     assert!(label_names(&ns).is_subset(&allowed));
+    assert!(sample(&ns, "raftmq_namesrv_connections").unwrap() >= 1.0, "{ns}");
+    assert!(sample(&ns, "raftmq_namesrv_connections_accepted_total").unwrap() >= 1.0);
+
+    // Connections: one more client is counted while it is open, and no longer once it closes.
+    let open = |text: &str| sample(text, "raftmq_broker_client_connections").expect("client_connections");
+    let before = open(&after);
+    assert!(before >= 1.0, "this test's own connection: {after}");
+    let accepted = sample(&after, "raftmq_broker_client_connections_accepted_total").unwrap();
+    let mut another = pb::broker_client::BrokerClient::connect(format!("http://{}", group.addr(master)))
+        .await
+        .unwrap();
+    another
+        .pull(pb::PullRequest {
+            topic: "T".into(),
+            max_messages: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let metrics_at = group.metrics_addr(master);
+    wait_until("the new connection counted", Duration::from_secs(5), || async move {
+        let now = scrape(metrics_at).await;
+        (open(&now) == before + 1.0
+            && sample(&now, "raftmq_broker_client_connections_accepted_total").unwrap() > accepted)
+            .then_some(())
+    })
+    .await;
+    drop(another);
+    wait_until(
+        "the closed connection no longer counted",
+        Duration::from_secs(5),
+        || async move { (open(&scrape(metrics_at).await) == before).then_some(()) },
+    )
+    .await;
 
     // The Grafana dashboard asks only for families the nodes serve.
     let dashboard = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/grafana/raftmq.json"))
