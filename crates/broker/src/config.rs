@@ -83,6 +83,15 @@ pub struct BrokerConfig {
     /// `max-reconsume-times` of their own (`raftmq group update`). RocketMQ's default: 16
     /// retries, so 17.
     pub max_delivery_attempts: u32,
+    /// A transaction neither committed nor rolled back this long after its half message is
+    /// stored is checked with its producers, milliseconds (RocketMQ's 6 s; a message's
+    /// `CHECK_IMMUNITY_TIME_IN_SECONDS` overrides it).
+    pub transaction_check_after_ms: u64,
+    /// Then again this often, milliseconds (RocketMQ's 60 s).
+    pub transaction_check_interval_ms: u64,
+    /// Checks asked before a transaction is given up and its half message moved to
+    /// `TRANS_CHECK_MAX_TIME_TOPIC` (RocketMQ's 15).
+    pub transaction_max_checks: u32,
     pub log_level: String,
     /// `text`, or `json`: one object a line with the node's group, id and term.
     pub log_format: raftmq_common::logging::LogFormat,
@@ -118,6 +127,9 @@ impl Default for BrokerConfig {
             snapshot_log_keep: 1_000,
             retention_hours: 72,
             max_delivery_attempts: 17,
+            transaction_check_after_ms: 6_000,
+            transaction_check_interval_ms: 60_000,
+            transaction_max_checks: 15,
             disk_clean_percent: 75,
             disk_full_percent: 90,
             retention_check_ms: 10_000,
@@ -198,6 +210,9 @@ impl BrokerConfig {
             ("retention-hours", self.retention_hours),
             ("retention-check-ms", self.retention_check_ms),
             ("max-delivery-attempts", self.max_delivery_attempts as u64),
+            ("transaction-check-after-ms", self.transaction_check_after_ms),
+            ("transaction-check-interval-ms", self.transaction_check_interval_ms),
+            ("transaction-max-checks", self.transaction_max_checks as u64),
         ];
         for (key, value) in positive {
             if value == 0 {

@@ -192,6 +192,7 @@ impl Broker {
             announced_topics: watch::channel(0).0,
             next_queue: Default::default(),
             pop_busy: Default::default(),
+            txn_producers: Default::default(),
         });
         metrics.attach(&state);
 
@@ -312,6 +313,7 @@ impl Broker {
             stopped.clone(),
         ));
         let delivery_task = tokio::spawn(crate::ops::delay::run(state.clone(), stopped.clone()));
+        let txn_check_task = tokio::spawn(crate::ops::txn::run(state.clone(), stopped.clone()));
         let raft_watch_task = tokio::spawn(crate::metrics::watch_raft(
             metrics.clone(),
             state.config.node_id,
@@ -351,6 +353,7 @@ impl Broker {
                     proposer_task,
                     heartbeat_task,
                     delivery_task,
+                    txn_check_task,
                     retention_task,
                     role_task,
                     election_task,

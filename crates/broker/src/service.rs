@@ -35,6 +35,42 @@ impl BrokerService {
 
 type Reply<T> = Result<Response<T>, Status>;
 
+/// A message as the store keeps it, its body's checksum computed here.
+fn message_in(m: pb::Message) -> MessageIn {
+    let mut properties: Vec<(String, String)> = m.properties.into_iter().collect();
+    properties.sort();
+    MessageIn {
+        body_crc: body_crc(&m.body),
+        tags: m.tags,
+        keys: m.keys,
+        properties,
+        body: m.body,
+        born_timestamp_ms: m.born_timestamp_ms,
+    }
+}
+
+/// A half message as a check shows it to its producer.
+fn check_to_proto(check: ops::txn::Check) -> pb::TransactionCheck {
+    let m = check.message;
+    pb::TransactionCheck {
+        transaction_id: check.transaction_id,
+        message: Some(pb::StoredMessage {
+            msg_id: check.msg_id,
+            topic: check.topic,
+            queue_id: check.queue_id,
+            tags: m.tags,
+            keys: m.keys,
+            properties: m.properties.into_iter().collect(),
+            body: m.body,
+            born_timestamp_ms: m.born_timestamp_ms,
+            body_crc: m.body_crc,
+            ..Default::default()
+        }),
+        producer_group: check.producer_group,
+        checks: check.checks,
+    }
+}
+
 #[tonic::async_trait]
 impl Broker for BrokerService {
     async fn send(&self, request: Request<pb::SendRequest>) -> Reply<pb::SendReply> {
@@ -49,16 +85,7 @@ impl Broker for BrokerService {
                     ))
                     .into());
             }
-            let mut properties: Vec<(String, String)> = m.properties.into_iter().collect();
-            properties.sort();
-            messages.push(MessageIn {
-                body_crc: body_crc(&m.body),
-                tags: m.tags,
-                keys: m.keys,
-                properties,
-                body: m.body,
-                born_timestamp_ms: m.born_timestamp_ms,
-            });
+            messages.push(message_in(m));
         }
         let batch = ops::send::Batch {
             topic: req.topic,
@@ -97,6 +124,109 @@ impl Broker for BrokerService {
         let req = request.into_inner();
         ops::delay::recall(&self.state, &req.recall_handle).await?;
         Ok(Response::new(pb::RecallReply {}))
+    }
+
+    async fn send_half(&self, request: Request<pb::SendHalfRequest>) -> Reply<pb::SendHalfReply> {
+        let req = request.into_inner();
+        let m = req
+            .message
+            .ok_or_else(|| ErrorCode::InvalidArgument.err("field `message`: missing"))?;
+        if !m.topic.is_empty() && m.topic != req.topic {
+            return Err(ErrorCode::InvalidArgument
+                .err(format!("field `message.topic`: {:?} differs from {:?}", m.topic, req.topic))
+                .into());
+        }
+        let batch = ops::send::Batch {
+            topic: req.topic,
+            queue: ops::send::Queue::Given(req.queue_id),
+            messages: vec![message_in(m)],
+        };
+        let prepared = ops::txn::prepare(&self.state, batch, &req.producer_group).await?;
+        Ok(Response::new(pb::SendHalfReply {
+            msg_id: prepared.msg_id,
+            queue_id: prepared.queue_id,
+            transaction_id: prepared.transaction_id,
+        }))
+    }
+
+    async fn end_transaction(
+        &self,
+        request: Request<pb::EndTransactionRequest>,
+    ) -> Reply<pb::EndTransactionReply> {
+        let req = request.into_inner();
+        let resolution = match pb::TransactionResolution::try_from(req.resolution) {
+            Ok(pb::TransactionResolution::Commit) => ops::txn::Resolution::Commit,
+            Ok(pb::TransactionResolution::Rollback) => ops::txn::Resolution::Rollback,
+            _ => {
+                return Err(ErrorCode::InvalidArgument
+                    .err(format!("field `resolution`: {} is not COMMIT or ROLLBACK", req.resolution))
+                    .into())
+            }
+        };
+        let msg_id = ops::txn::end(&self.state, &req.transaction_id, resolution).await?;
+        Ok(Response::new(pb::EndTransactionReply {
+            msg_id: msg_id.unwrap_or_default(),
+        }))
+    }
+
+    type TransactionChecksStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::TransactionCheck, Status>> + Send>>;
+
+    async fn transaction_checks(
+        &self,
+        request: Request<pb::TransactionChecksRequest>,
+    ) -> Reply<Self::TransactionChecksStream> {
+        let req = request.into_inner();
+        if req.producer_group.is_empty() && req.topics.is_empty() {
+            return Err(ErrorCode::InvalidArgument
+                .err("a producer answering checks names its producer group or its topics")
+                .into());
+        }
+        if !req.producer_group.is_empty() {
+            validate::name("producer group", &req.producer_group)?;
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let registration =
+            self.state
+                .txn_producers
+                .register(&req.client_id, &req.producer_group, req.topics, tx);
+        let stop = self.state.stop.clone();
+        // The registration lives as long as the stream: dropped when the producer goes away.
+        let stream = futures::stream::unfold((rx, registration), move |(mut rx, registration)| {
+            let mut stop = stop.clone();
+            async move {
+                tokio::select! {
+                    check = rx.recv() => check.map(|c| (Ok(check_to_proto(c)), (rx, registration))),
+                    _ = stop.wait() => None,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn list_transactions(
+        &self,
+        request: Request<pb::ListTransactionsRequest>,
+    ) -> Reply<pb::ListTransactionsReply> {
+        let req = request.into_inner();
+        let limit = if req.limit == 0 { 100 } else { req.limit.min(10_000) } as usize;
+        let transactions = ops::txn::pending(&self.state, limit)?
+            .into_iter()
+            .map(|(transaction_id, h)| pb::PendingTransaction {
+                transaction_id,
+                topic: h.topic,
+                queue_id: h.queue_id,
+                producer_group: h.producer_group,
+                prepared_ms: h.prepared_ms,
+                checks: h.checks,
+                next_check_ms: h.next_check_ms,
+                keys: h.message.keys,
+            })
+            .collect();
+        Ok(Response::new(pb::ListTransactionsReply {
+            transactions,
+            pending: self.state.reader.pending_txns(),
+        }))
     }
 
     async fn pull(&self, request: Request<pb::PullRequest>) -> Reply<pb::PullReply> {

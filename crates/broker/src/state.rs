@@ -36,6 +36,8 @@ pub struct BrokerState {
     pub next_queue: std::sync::atomic::AtomicU32,
     /// The queues a POP receive on this node is proposing for.
     pub pop_busy: crate::ops::pop::Busy,
+    /// Producers connected here that answer transaction checks.
+    pub txn_producers: Arc<crate::ops::txn::Producers>,
 }
 
 impl BrokerState {
@@ -86,6 +88,7 @@ impl BrokerState {
                 Rejection::InvalidArgument => ErrorCode::InvalidArgument,
                 Rejection::StaleLease => ErrorCode::StaleHandle,
                 Rejection::AlreadyDelivered => ErrorCode::AlreadyDelivered,
+                Rejection::AlreadyEnded => ErrorCode::TransactionEnded,
                 Rejection::MessageNotFound => ErrorCode::MessageNotFound,
             }
             .err(message)),

@@ -19,6 +19,7 @@ pub mod message;
 pub mod overview;
 pub mod producer;
 pub mod route;
+pub mod transaction;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -40,6 +41,7 @@ pub use overview::{ConsumerOffset, QueueBounds};
 pub use producer::Producer;
 pub use raftmq_common::{Error, ErrorCode};
 pub use route::{GroupRoute, MessageQueue, TopicRoute};
+pub use transaction::{Transaction, TransactionProducer, TransactionState};
 
 /// Client settings.
 #[derive(Debug, Clone)]

@@ -36,6 +36,9 @@ pub enum ErrorCode {
     StaleHandle,
     /// A recall of a delayed message that was delivered already: it cannot be taken back.
     AlreadyDelivered,
+    /// A transaction ended the other way already (committing a rolled-back one, or rolling
+    /// back a committed one); ending it the same way again succeeds.
+    TransactionEnded,
     /// This node is not the master; retry at the leader address if one is given.
     NotMaster,
     /// A message body (or batch) exceeds the configured maximum size.
@@ -53,7 +56,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::InvalidArgument,
         ErrorCode::IllegalFilterExpression,
         ErrorCode::TopicNotFound,
@@ -62,6 +65,7 @@ impl ErrorCode {
         ErrorCode::MessageNotFound,
         ErrorCode::StaleHandle,
         ErrorCode::AlreadyDelivered,
+        ErrorCode::TransactionEnded,
         ErrorCode::NotMaster,
         ErrorCode::MessageTooLarge,
         ErrorCode::DiskFull,
@@ -82,6 +86,7 @@ impl ErrorCode {
             ErrorCode::MessageNotFound => "MESSAGE_NOT_FOUND",
             ErrorCode::StaleHandle => "STALE_HANDLE",
             ErrorCode::AlreadyDelivered => "ALREADY_DELIVERED",
+            ErrorCode::TransactionEnded => "TRANSACTION_ENDED",
             ErrorCode::NotMaster => "NOT_MASTER",
             ErrorCode::MessageTooLarge => "MESSAGE_TOO_LARGE",
             ErrorCode::DiskFull => "DISK_FULL",
@@ -106,7 +111,9 @@ impl ErrorCode {
             | ErrorCode::StaleHandle => Code::InvalidArgument,
             ErrorCode::TopicNotFound | ErrorCode::QueueNotFound | ErrorCode::MessageNotFound => Code::NotFound,
             ErrorCode::NoPermission => Code::PermissionDenied,
-            ErrorCode::NotMaster | ErrorCode::AlreadyDelivered => Code::FailedPrecondition,
+            ErrorCode::NotMaster | ErrorCode::AlreadyDelivered | ErrorCode::TransactionEnded => {
+                Code::FailedPrecondition
+            }
             ErrorCode::DiskFull => Code::ResourceExhausted,
             ErrorCode::Timeout => Code::DeadlineExceeded,
             ErrorCode::Unavailable => Code::Unavailable,

@@ -41,6 +41,7 @@ impl Fail {
             ErrorCode::MessageNotFound => Code::MessageNotFound,
             ErrorCode::StaleHandle => Code::InvalidReceiptHandle,
             ErrorCode::AlreadyDelivered => Code::BadRequest,
+            ErrorCode::TransactionEnded => Code::BadRequest,
             ErrorCode::NoPermission => Code::Forbidden,
             ErrorCode::MessageTooLarge => Code::MessageBodyTooLarge,
             // Outcome unknown: the write may have been stored.

@@ -119,6 +119,49 @@ pub fn apply_request(
             }
             Command::Recall { timer } => timers::recall(db, state, batch, &at(position), timer),
             Command::UpdateGroup(config) => crate::groups::update(db, state, batch, config),
+            Command::Prepare {
+                topic,
+                queue_id,
+                producer_group,
+                check_after_ms,
+                message,
+            } => {
+                let result = crate::txns::prepare(
+                    db,
+                    state,
+                    batch,
+                    &at(position),
+                    (topic, *queue_id),
+                    producer_group,
+                    *check_after_ms,
+                    message,
+                );
+                position += 1;
+                result
+            }
+            Command::EndTxn {
+                txn,
+                outcome,
+                topic,
+                queue_id,
+                message,
+            } => {
+                let result = crate::txns::end(
+                    db,
+                    state,
+                    batch,
+                    &at(position),
+                    txn,
+                    *outcome,
+                    (topic, *queue_id),
+                    message.as_ref(),
+                );
+                position += u32::from(message.is_some());
+                result
+            }
+            Command::TxnChecked { txn, next_after_ms } => {
+                crate::txns::checked(db, state, batch, &at(position), txn, *next_after_ms)
+            }
             Command::SendBack {
                 group,
                 topic,
@@ -144,6 +187,7 @@ pub fn write_changes(db: &Db, state: &mut SmState, batch: &mut WriteBatch) {
         }
     }
     timers::write_count(db, state, batch);
+    crate::txns::write_count(db, state, batch);
 }
 
 fn reject(why: Rejection, message: String) -> CommandResult {

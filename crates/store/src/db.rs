@@ -30,8 +30,10 @@ pub const CF_TIMERS: &str = "timers";
 pub const CF_GROUPS: &str = "groups";
 /// The message key index (see `key_index`).
 pub const CF_KEYS: &str = "keys";
-pub const ALL_CFS: [&str; 10] = [
-    CF_LOG, CF_META, CF_TOPICS, CF_QUEUES, CF_CQ, CF_OFFSETS, CF_POP, CF_TIMERS, CF_GROUPS, CF_KEYS,
+/// Pending transactions and their check schedule (see `txns`).
+pub const CF_TXNS: &str = "txns";
+pub const ALL_CFS: [&str; 11] = [
+    CF_LOG, CF_META, CF_TOPICS, CF_QUEUES, CF_CQ, CF_OFFSETS, CF_POP, CF_TIMERS, CF_GROUPS, CF_KEYS, CF_TXNS,
 ];
 
 pub const META_VOTE: &[u8] = b"vote";

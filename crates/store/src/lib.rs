@@ -26,6 +26,7 @@ pub mod snapshot;
 pub mod state;
 pub mod state_machine;
 pub mod timers;
+pub mod txns;
 pub mod types;
 
 use std::path::{Path, PathBuf};

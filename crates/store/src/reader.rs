@@ -287,6 +287,36 @@ impl StoreReader {
         self.shared.read().timers_pending
     }
 
+    /// Up to `limit` pending transactions whose next check is due at or before `now_ms`,
+    /// earliest first.
+    pub fn due_txn_checks(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(crate::txns::Txn, crate::txns::Half)>, ReadError> {
+        Ok(crate::txns::due_checks(&self.db, now_ms, limit)?)
+    }
+
+    /// A pending transaction, as applied here.
+    pub fn pending_txn(&self, txn: &crate::txns::Txn) -> Result<Option<crate::txns::Half>, ReadError> {
+        Ok(crate::txns::pending(&self.db, txn)?)
+    }
+
+    /// How a transaction ended, if it did and its record is not past retention.
+    pub fn txn_outcome(&self, txn: &crate::txns::Txn) -> Result<Option<crate::txns::Outcome>, ReadError> {
+        Ok(crate::txns::ended(&self.db, txn)?)
+    }
+
+    /// Up to `limit` pending transactions, oldest first.
+    pub fn list_txns(&self, limit: usize) -> Result<Vec<(crate::txns::Txn, crate::txns::Half)>, ReadError> {
+        Ok(crate::txns::list(&self.db, limit)?)
+    }
+
+    /// How many transactions are pending.
+    pub fn pending_txns(&self) -> u64 {
+        self.shared.read().txns_pending
+    }
+
     pub fn applied_index(&self) -> u64 {
         *self.shared.subscribe().borrow()
     }

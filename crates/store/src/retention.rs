@@ -114,6 +114,10 @@ impl Retention {
         self.cut_index_below(end)?;
         let mut batch = keys_batch;
         batch.delete_range_cf(self.db.cf(CF_LOG), keys::log(first), keys::log(end));
+        // Outcomes of transactions prepared in the deleted entries. Each node forgets them on
+        // its own schedule; apply only answers from them (a repeated end is done or refused,
+        // and writes nothing either way), so replicas stay identical.
+        crate::txns::forget_ended_before(&self.db, &mut batch, end);
         self.db.write(batch, false)?;
         // Give the space back now rather than at some later compaction.
         self.db

@@ -27,7 +27,7 @@ use rocksdb::{IteratorMode, Options, DB};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, CorruptRecord};
-use crate::db::{CF_CQ, CF_GROUPS, CF_KEYS, CF_LOG, CF_OFFSETS, CF_POP, CF_QUEUES, CF_TIMERS, CF_TOPICS};
+use crate::db::{CF_CQ, CF_GROUPS, CF_KEYS, CF_LOG, CF_OFFSETS, CF_POP, CF_QUEUES, CF_TIMERS, CF_TXNS, CF_TOPICS};
 use crate::keys;
 use crate::types::SnapshotMeta;
 
@@ -40,8 +40,8 @@ const MAX_RECORD: usize = 256 << 20;
 
 /// The column families a snapshot copies, in order.
 /// New families go at the end, so that an older snapshot still names the same ones.
-pub const SNAPSHOT_CFS: [&str; 9] = [
-    CF_TOPICS, CF_QUEUES, CF_OFFSETS, CF_CQ, CF_LOG, CF_POP, CF_TIMERS, CF_GROUPS, CF_KEYS,
+pub const SNAPSHOT_CFS: [&str; 10] = [
+    CF_TOPICS, CF_QUEUES, CF_OFFSETS, CF_CQ, CF_LOG, CF_POP, CF_TIMERS, CF_GROUPS, CF_KEYS, CF_TXNS,
 ];
 
 #[derive(Debug, Serialize, Deserialize)]

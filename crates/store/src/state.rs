@@ -83,6 +83,11 @@ pub struct SmState {
     /// command.
     pub unwritten_queues: std::collections::HashSet<(String, u32)>,
     pub unwritten_timer_count: bool,
+    /// Transactions changed by entries applied into a batch not yet written.
+    pub unwritten_txns: crate::txns::Unwritten,
+    /// How many transactions are pending, and whether the batch changed the count.
+    pub txns_pending: u64,
+    pub unwritten_txn_count: bool,
     /// Committed data that apply found damaged: the state machine refuses to go on.
     pub corrupt: Option<CorruptRecord>,
     /// Consumer groups with settings of their own.
@@ -146,6 +151,7 @@ impl SmState {
             }
         }
         state.timers_pending = crate::timers::load_count(db)?;
+        state.txns_pending = crate::txns::load_count(db)?;
         for item in db.db.iterator_cf(db.cf(CF_GROUPS), IteratorMode::Start) {
             let (key, value) = item?;
             let group: crate::groups::GroupConfig =

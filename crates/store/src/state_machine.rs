@@ -345,6 +345,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         batch.put_cf(db.cf(CF_META), META_APPLIED, codec::encode(&state.applied));
         db.write(batch, false).map_err(sm_write_err)?;
         state.unwritten_timers.clear();
+        state.unwritten_txns.clear();
         let applied = state.applied.map(|l| l.index).unwrap_or(0);
         drop(state);
         self.shared.applied_tx.send_replace(applied);

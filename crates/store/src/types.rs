@@ -179,6 +179,29 @@ pub enum Command {
         due_ms: Option<i64>,
         message: MessageIn,
     },
+    /// Stores a half message of a transaction: pending, in no queue, until its producer
+    /// commits; its first check is due `check_after_ms` after this entry. See
+    /// [`crate::txns`].
+    Prepare {
+        topic: String,
+        queue_id: u32,
+        producer_group: String,
+        check_after_ms: i64,
+        message: MessageIn,
+    },
+    /// Ends a pending transaction. A commit carries a copy of the half message and appends it
+    /// to its queue; an abandon appends it to queue 0 of [`crate::txns::CHECK_MAX_TOPIC`]; a
+    /// rollback carries nothing.
+    EndTxn {
+        txn: crate::txns::Txn,
+        outcome: crate::txns::Outcome,
+        topic: String,
+        queue_id: u32,
+        message: Option<MessageIn>,
+    },
+    /// Records that the master asked the producers about a pending transaction: one more
+    /// check, the next `next_after_ms` after this entry.
+    TxnChecked { txn: crate::txns::Txn, next_after_ms: i64 },
 }
 
 impl Command {
@@ -203,6 +226,18 @@ impl Command {
                 topic,
                 queue_id,
                 message,
+                ..
+            } => Some((topic, *queue_id, std::slice::from_ref(message))),
+            Command::Prepare {
+                topic,
+                queue_id,
+                message,
+                ..
+            } => Some((topic, *queue_id, std::slice::from_ref(message))),
+            Command::EndTxn {
+                topic,
+                queue_id,
+                message: Some(message),
                 ..
             } => Some((topic, *queue_id, std::slice::from_ref(message))),
             _ => None,
@@ -415,6 +450,8 @@ pub enum Rejection {
     AlreadyDelivered,
     /// A recall handle that names no pending message.
     MessageNotFound,
+    /// A transaction ended the other way already.
+    AlreadyEnded,
 }
 
 /// The outcome of one command.
@@ -436,6 +473,10 @@ pub enum CommandResult {
     Acked(Vec<bool>),
     /// A message stored with a pending timer, at `position` among the entry's messages.
     Scheduled {
+        position: u32,
+    },
+    /// A half message stored pending, at `position` among the entry's messages.
+    Prepared {
         position: u32,
     },
 }

@@ -12,3 +12,4 @@ pub mod pull;
 pub mod retry;
 pub mod send;
 pub mod topics;
+pub mod txn;

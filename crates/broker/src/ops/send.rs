@@ -65,6 +65,48 @@ pub async fn send(state: &BrokerState, batch: Batch) -> Result<Sent, Error> {
 
 /// [`send`] without its metrics.
 async fn store(state: &BrokerState, batch: Batch) -> Result<Sent, Error> {
+    let (queue_id, bytes) = admit(state, &batch).await?;
+    let now = now_ms();
+    let dues = batch
+        .messages
+        .iter()
+        .map(|m| delay::due_ms(m, now))
+        .collect::<Result<Vec<_>, _>>()?;
+    match dues.iter().filter(|d| d.is_some()).count() {
+        0 => {}
+        n if n == dues.len() => return schedule(state, batch.topic, queue_id, batch.messages, dues).await,
+        _ => {
+            return Err(ErrorCode::InvalidArgument
+                .err("a batch is all immediate or all delayed messages; send the delayed ones on their own"))
+        }
+    }
+    let command = Command::Send {
+        topic: batch.topic,
+        queue_id,
+        messages: batch.messages,
+    };
+    let (log_index, result) = state.commit(command, bytes).await?;
+    let CommandResult::Sent {
+        first_offset,
+        count,
+        first_position,
+    } = result
+    else {
+        return Err(ErrorCode::Internal.err(format!("a send applied as {result:?}")));
+    };
+    Ok(Sent {
+        queue_id,
+        first_offset,
+        msg_ids: (0..count)
+            .map(|i| message_id(state.reader.id_prefix(), log_index, first_position + i))
+            .collect(),
+        scheduled: Vec::new(),
+    })
+}
+
+/// The rules every stored message passes before it is proposed (see [`send`]): returns the
+/// queue the batch goes to and the bytes its entry takes.
+pub(crate) async fn admit(state: &BrokerState, batch: &Batch) -> Result<(u32, usize), Error> {
     validate::name("topic", &batch.topic)?;
     if batch.messages.is_empty() {
         return Err(ErrorCode::InvalidArgument.err("field `messages`: the batch is empty"));
@@ -116,42 +158,7 @@ async fn store(state: &BrokerState, batch: Batch) -> Result<Sent, Error> {
         // A topic has 1 to MAX_QUEUES write queues (`raftmq_store::apply::check_topic`).
         Queue::Next => state.next_queue.fetch_add(1, Ordering::Relaxed) % topic.write_queues.max(1),
     };
-    let now = now_ms();
-    let dues = batch
-        .messages
-        .iter()
-        .map(|m| delay::due_ms(m, now))
-        .collect::<Result<Vec<_>, _>>()?;
-    match dues.iter().filter(|d| d.is_some()).count() {
-        0 => {}
-        n if n == dues.len() => return schedule(state, batch.topic, queue_id, batch.messages, dues).await,
-        _ => {
-            return Err(ErrorCode::InvalidArgument
-                .err("a batch is all immediate or all delayed messages; send the delayed ones on their own"))
-        }
-    }
-    let command = Command::Send {
-        topic: batch.topic,
-        queue_id,
-        messages: batch.messages,
-    };
-    let (log_index, result) = state.commit(command, bytes).await?;
-    let CommandResult::Sent {
-        first_offset,
-        count,
-        first_position,
-    } = result
-    else {
-        return Err(ErrorCode::Internal.err(format!("a send applied as {result:?}")));
-    };
-    Ok(Sent {
-        queue_id,
-        first_offset,
-        msg_ids: (0..count)
-            .map(|i| message_id(state.reader.id_prefix(), log_index, first_position + i))
-            .collect(),
-        scheduled: Vec::new(),
-    })
+    Ok((queue_id, bytes))
 }
 
 /// Stores each delayed message with its timer, all proposed at once.
