@@ -32,7 +32,10 @@ pub const PROP_MESSAGE_ID: &str = "UNIQ_KEY";
 pub const PROP_BORN_HOST: &str = "__BORNHOST";
 /// Properties raftmq sets itself: a user property may not use these names (a delay is asked for
 /// with the DELAY type and a delivery timestamp).
-const RESERVED: [&str; 8] = [
+const RESERVED: [&str; 11] = [
+    ops::txn::PROP_TRANSACTION,
+    ops::txn::PROP_PRODUCER_GROUP,
+    ops::txn::PROP_CHECK_IMMUNITY,
     PROP_MESSAGE_ID,
     PROP_BORN_HOST,
     PROP_DLQ_ORIGIN_TOPIC,
@@ -48,6 +51,7 @@ const MASTER_WAIT: Duration = Duration::from_secs(3);
 const ROUTE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The backend of a broker node.
+#[derive(Clone)]
 pub struct RocketMqBroker {
     state: Arc<BrokerState>,
     namesrv: Vec<NameServerClient<Channel>>,
@@ -145,21 +149,83 @@ impl RocketMqBroker {
     }
 
     /// Converts a protocol message into what the store keeps.
-    fn message_in(&self, m: v2::Message) -> Result<MessageIn, Fail> {
-        let sys = m.system_properties.unwrap_or_default();
-        let delayed = match v2::MessageType::try_from(sys.message_type).unwrap_or(v2::MessageType::Unspecified) {
-            v2::MessageType::Normal | v2::MessageType::Unspecified => false,
-            v2::MessageType::Delay => true,
-            other => {
-                return Err(Fail::new(
-                    Code::Unsupported,
-                    format!(
-                        "{} messages are not served by raftmq; send NORMAL or DELAY ones",
-                        other.as_str_name()
-                    ),
-                ))
-            }
+    /// A message as the store keeps it, and whether it is a transaction's half message.
+    /// A half message as a transaction check shows it to a RocketMQ 5 producer: as it was sent,
+    /// with the producer's message id, and nothing of a delivery.
+    fn half_message(&self, namespace: &str, topic: String, message: MessageIn) -> v2::Message {
+        let name = topic
+            .strip_prefix(&format!("{namespace}%"))
+            .filter(|_| !namespace.is_empty())
+            .unwrap_or(&topic)
+            .to_owned();
+        let stored = StoredMessage {
+            msg_id: String::new(),
+            topic,
+            queue_id: 0,
+            queue_offset: 0,
+            tags: message.tags,
+            keys: message.keys,
+            properties: message.properties,
+            body: message.body,
+            born_timestamp_ms: message.born_timestamp_ms,
+            store_timestamp_ms: message.born_timestamp_ms,
+            log_index: 0,
+            body_crc: message.body_crc,
         };
+        let mut m = self.delivery(namespace, &name, stored, String::new(), 0, Duration::ZERO);
+        if let Some(sys) = m.system_properties.as_mut() {
+            sys.receipt_handle = None;
+            sys.invisible_duration = None;
+            sys.delivery_attempt = None;
+            sys.queue_offset = None;
+        }
+        m
+    }
+
+    /// Stores each message as a transaction's half message (RocketMQ 5 producers have no
+    /// producer group: a check goes to a producer publishing the topic).
+    async fn send_halves(
+        &self,
+        topic: String,
+        ids: Vec<String>,
+        messages: Vec<MessageIn>,
+    ) -> Result<Vec<v2::SendResultEntry>, Fail> {
+        let mut entries = Vec::with_capacity(messages.len());
+        for (message_id, message) in ids.into_iter().zip(messages) {
+            let batch = ops::send::Batch {
+                topic: topic.clone(),
+                queue: ops::send::Queue::Next,
+                messages: vec![message],
+            };
+            let prepared = ops::txn::prepare(&self.state, batch, "").await.map_err(fail)?;
+            entries.push(v2::SendResultEntry {
+                status: Some(raftmq_rocketmq::status::ok()),
+                message_id,
+                transaction_id: prepared.transaction_id,
+                offset: 0,
+                recall_handle: String::new(),
+            });
+        }
+        Ok(entries)
+    }
+
+    fn message_in(&self, m: v2::Message) -> Result<(MessageIn, bool), Fail> {
+        let sys = m.system_properties.unwrap_or_default();
+        let (delayed, transactional) =
+            match v2::MessageType::try_from(sys.message_type).unwrap_or(v2::MessageType::Unspecified) {
+                v2::MessageType::Normal | v2::MessageType::Unspecified => (false, false),
+                v2::MessageType::Delay => (true, false),
+                v2::MessageType::Transaction => (false, true),
+                other => {
+                    return Err(Fail::new(
+                        Code::Unsupported,
+                        format!(
+                            "{} messages are not served by raftmq; send NORMAL, DELAY or TRANSACTION ones",
+                            other.as_str_name()
+                        ),
+                    ))
+                }
+            };
         // RocketMQ's type rules: a DELAY message has a delivery time and no message group; a
         // NORMAL one has neither.
         if delayed != sys.delivery_timestamp.is_some() {
@@ -169,7 +235,7 @@ impl RocketMqBroker {
             ));
         }
         if sys.message_group.is_some() {
-            let code = if delayed {
+            let code = if delayed || transactional {
                 Code::MessagePropertyConflictWithType
             } else {
                 Code::Unsupported
@@ -237,6 +303,10 @@ impl RocketMqBroker {
         if !sys.born_host.is_empty() {
             properties.push((PROP_BORN_HOST.to_owned(), sys.born_host));
         }
+        if let Some(d) = sys.orphaned_transaction_recovery_duration.filter(|_| transactional) {
+            let seconds = raftmq_rocketmq::duration(&d).as_secs();
+            properties.push((ops::txn::PROP_CHECK_IMMUNITY.to_owned(), seconds.to_string()));
+        }
         properties.sort();
         let message = MessageIn {
             body_crc: body_crc(&body),
@@ -256,7 +326,7 @@ impl RocketMqBroker {
                 format!("tags, keys and properties exceed {MAX_PROPERTIES_SIZE} bytes"),
             ));
         }
-        Ok(message)
+        Ok((message, transactional))
     }
 
     /// A stored message as a delivery to a client.
@@ -272,12 +342,15 @@ impl RocketMqBroker {
         let mut message_id = m.msg_id.clone();
         let mut born_host = String::new();
         let mut due_ms = None;
+        let mut transactional = false;
         let mut user = std::collections::HashMap::new();
         for (k, v) in m.properties {
             match k.as_str() {
                 PROP_MESSAGE_ID => message_id = v,
                 PROP_BORN_HOST => born_host = v,
                 delay::PROP_DELIVER_MS => due_ms = v.parse::<i64>().ok(),
+                ops::txn::PROP_TRANSACTION => transactional = v == "true",
+                ops::txn::PROP_PRODUCER_GROUP | ops::txn::PROP_CHECK_IMMUNITY => {}
                 _ => {
                     user.insert(k, v);
                 }
@@ -302,6 +375,8 @@ impl RocketMqBroker {
                 body_encoding: v2::Encoding::Identity as i32,
                 message_type: if due_ms.is_some() {
                     v2::MessageType::Delay
+                } else if transactional {
+                    v2::MessageType::Transaction
                 } else {
                     v2::MessageType::Normal
                 } as i32,
@@ -434,6 +509,7 @@ impl Backend for RocketMqBroker {
         // The producer's message ids are the ones a RocketMQ 5 client knows its messages by.
         let mut ids = Vec::with_capacity(messages.len());
         let mut stored = Vec::with_capacity(messages.len());
+        let mut transactional = 0;
         for m in messages {
             ids.push(
                 m.system_properties
@@ -441,7 +517,18 @@ impl Backend for RocketMqBroker {
                     .map(|p| p.message_id.clone())
                     .unwrap_or_default(),
             );
-            stored.push(self.message_in(m)?);
+            let (message, half) = self.message_in(m)?;
+            stored.push(message);
+            transactional += usize::from(half);
+        }
+        if transactional > 0 {
+            if transactional != stored.len() {
+                return Err(Fail::new(
+                    Code::MessagePropertyConflictWithType,
+                    "a request is all TRANSACTION messages or none",
+                ));
+            }
+            return self.send_halves(topic, ids, stored).await;
         }
         let batch = ops::send::Batch {
             topic,
@@ -553,6 +640,57 @@ impl Backend for RocketMqBroker {
 
     async fn recall(&self, _namespace: &str, req: &v2::RecallMessageRequest) -> Result<String, Fail> {
         ops::delay::recall(&self.state, &req.recall_handle).await.map_err(fail)
+    }
+
+    async fn end_transaction(&self, _namespace: &str, req: &v2::EndTransactionRequest) -> Result<(), Fail> {
+        let resolution = match v2::TransactionResolution::try_from(req.resolution) {
+            Ok(v2::TransactionResolution::Commit) => ops::txn::Resolution::Commit,
+            Ok(v2::TransactionResolution::Rollback) => ops::txn::Resolution::Rollback,
+            _ => {
+                return Err(Fail::new(
+                    Code::BadRequest,
+                    format!("field `resolution`: {} is not COMMIT or ROLLBACK", req.resolution),
+                ))
+            }
+        };
+        if let Err(e) = ops::txn::parse_transaction_id(&self.state, &req.transaction_id) {
+            return Err(Fail::new(Code::InvalidTransactionId, e.message));
+        }
+        ops::txn::end(&self.state, &req.transaction_id, resolution)
+            .await
+            .map(|_| ())
+            .map_err(fail)
+    }
+
+    fn register_producer(
+        &self,
+        namespace: &str,
+        topics: Vec<String>,
+        commands: tokio::sync::mpsc::Sender<Result<v2::TelemetryCommand, tonic::Status>>,
+    ) -> Option<Box<dyn Send + Sync>> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<ops::txn::Check>(256);
+        let registration = self.state.txn_producers.register("rocketmq5", "", topics, tx);
+        let this = self.clone();
+        let namespace = namespace.to_owned();
+        // Checks become RecoverOrphanedTransactionCommands on the producer's telemetry stream;
+        // this ends when the registration is dropped (the stream ended) or the stream closes.
+        tokio::spawn(async move {
+            while let Some(check) = rx.recv().await {
+                let command = v2::TelemetryCommand {
+                    status: None,
+                    command: Some(v2::telemetry_command::Command::RecoverOrphanedTransactionCommand(
+                        v2::RecoverOrphanedTransactionCommand {
+                            message: Some(this.half_message(&namespace, check.topic, check.message)),
+                            transaction_id: check.transaction_id,
+                        },
+                    )),
+                };
+                if commands.send(Ok(command)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Some(Box::new(registration))
     }
 
     async fn change_invisible(

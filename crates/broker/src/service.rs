@@ -133,7 +133,10 @@ impl Broker for BrokerService {
             .ok_or_else(|| ErrorCode::InvalidArgument.err("field `message`: missing"))?;
         if !m.topic.is_empty() && m.topic != req.topic {
             return Err(ErrorCode::InvalidArgument
-                .err(format!("field `message.topic`: {:?} differs from {:?}", m.topic, req.topic))
+                .err(format!(
+                    "field `message.topic`: {:?} differs from {:?}",
+                    m.topic, req.topic
+                ))
                 .into());
         }
         let batch = ops::send::Batch {
@@ -149,17 +152,17 @@ impl Broker for BrokerService {
         }))
     }
 
-    async fn end_transaction(
-        &self,
-        request: Request<pb::EndTransactionRequest>,
-    ) -> Reply<pb::EndTransactionReply> {
+    async fn end_transaction(&self, request: Request<pb::EndTransactionRequest>) -> Reply<pb::EndTransactionReply> {
         let req = request.into_inner();
         let resolution = match pb::TransactionResolution::try_from(req.resolution) {
             Ok(pb::TransactionResolution::Commit) => ops::txn::Resolution::Commit,
             Ok(pb::TransactionResolution::Rollback) => ops::txn::Resolution::Rollback,
             _ => {
                 return Err(ErrorCode::InvalidArgument
-                    .err(format!("field `resolution`: {} is not COMMIT or ROLLBACK", req.resolution))
+                    .err(format!(
+                        "field `resolution`: {} is not COMMIT or ROLLBACK",
+                        req.resolution
+                    ))
                     .into())
             }
         };
@@ -186,10 +189,10 @@ impl Broker for BrokerService {
             validate::name("producer group", &req.producer_group)?;
         }
         let (tx, rx) = tokio::sync::mpsc::channel(256);
-        let registration =
-            self.state
-                .txn_producers
-                .register(&req.client_id, &req.producer_group, req.topics, tx);
+        let registration = self
+            .state
+            .txn_producers
+            .register(&req.client_id, &req.producer_group, req.topics, tx);
         let stop = self.state.stop.clone();
         // The registration lives as long as the stream: dropped when the producer goes away.
         let stream = futures::stream::unfold((rx, registration), move |(mut rx, registration)| {

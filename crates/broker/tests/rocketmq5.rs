@@ -282,13 +282,13 @@ async fn bad_input_gets_rocketmq_codes_and_nothing_is_stored() {
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].body, b"give up");
 
-    // Not served: a clear status, not a gRPC error.
+    // An end of transaction without a topic: a clear status, not a gRPC error.
     let tx = c
         .end_transaction(v2::EndTransactionRequest::default())
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(code(&tx.status), Code::Unsupported);
+    assert_eq!(code(&tx.status), Code::IllegalTopic);
 
     // A NameServer answers routes but not sends.
     let mut ns = v2_client(&group.namesrv_addr()).await;
@@ -620,4 +620,161 @@ async fn delay_messages_follow_rocketmqs_type_rules_and_can_be_recalled_from_any
         sys.delivery_timestamp.as_ref().map(raftmq_rocketmq::timestamp_to_ms),
         Some(due)
     );
+}
+
+fn transaction_message(topic: &str, id: &str, body: &[u8]) -> v2::Message {
+    let mut m = message(topic, id, body);
+    m.system_properties.as_mut().unwrap().message_type = v2::MessageType::Transaction as i32;
+    m
+}
+
+fn end_request(transaction_id: &str, resolution: v2::TransactionResolution) -> v2::EndTransactionRequest {
+    v2::EndTransactionRequest {
+        topic: resource("T"),
+        message_id: String::new(),
+        transaction_id: transaction_id.into(),
+        resolution: resolution as i32,
+        source: v2::TransactionSource::SourceClient as i32,
+        trace_context: String::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_commit_roll_back_and_are_checked_over_telemetry() {
+    let group = Group::start(3, |c| {
+        c.transaction_check_after_ms = 2_000;
+        c.transaction_check_interval_ms = 500;
+    })
+    .await;
+    let master = group.wait_for_master(Duration::from_secs(10)).await;
+    let slave = group.ids().into_iter().find(|id| *id != master).expect("a slave");
+    group.create_topic(master, "T", 2).await;
+    // Writes and ends through a slave, forwarded; the producer's telemetry at the master.
+    let mut c = v2_client(&group.addr(slave)).await;
+    let mut at_master = v2_client(&group.addr(master)).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut telemetry = at_master
+        .telemetry(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tx.send(v2::TelemetryCommand {
+        status: None,
+        command: Some(v2::telemetry_command::Command::Settings(v2::Settings {
+            pub_sub: Some(v2::settings::PubSub::Publishing(v2::Publishing {
+                topics: vec![resource("T").unwrap()],
+                ..Default::default()
+            })),
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let settings = telemetry.message().await.unwrap().expect("settings back");
+    assert_eq!(code(&settings.status), Code::Ok);
+
+    let mut ids = Vec::new();
+    for (id, body) in [
+        ("id-commit", "commit me"),
+        ("id-rollback", "roll me back"),
+        ("id-orphan", "orphan"),
+    ] {
+        let r = send(&mut c, transaction_message("T", id, body.as_bytes())).await;
+        assert_eq!(code(&r.status), Code::Ok, "{r:?}");
+        assert_eq!(r.entries[0].message_id, id);
+        assert!(r.entries[0].transaction_id.starts_with("broker-a@"), "{r:?}");
+        ids.push(r.entries[0].transaction_id.clone());
+    }
+    // Half messages are not received.
+    let (status, none, _) = receive(&mut c, receive_request("G", "T", Duration::from_secs(30))).await;
+    assert_eq!((status, none.len()), (Code::MessageNotFound, 0));
+
+    let ended = c
+        .end_transaction(end_request(&ids[0], v2::TransactionResolution::Commit))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&ended.status), Code::Ok, "{ended:?}");
+    let ended = c
+        .end_transaction(end_request(&ids[1], v2::TransactionResolution::Rollback))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&ended.status), Code::Ok);
+    for (bad, expected) in [
+        ("garbage", Code::InvalidTransactionId),
+        ("broker-a@zz", Code::InvalidTransactionId),
+    ] {
+        let r = c
+            .end_transaction(end_request(bad, v2::TransactionResolution::Commit))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(code(&r.status), expected, "{bad}");
+    }
+    let contradicting = c
+        .end_transaction(end_request(&ids[1], v2::TransactionResolution::Commit))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(
+        code(&contradicting.status),
+        Code::Ok,
+        "a rolled-back transaction is not committed"
+    );
+
+    // The orphan is checked over the producer's telemetry stream; the answer commits it.
+    let check = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let command = telemetry.message().await.unwrap().expect("the stream stays open");
+            // A check of one ended meanwhile may come first; the orphan's comes in any case.
+            if let Some(v2::telemetry_command::Command::RecoverOrphanedTransactionCommand(c)) = command.command {
+                if c.transaction_id == ids[2] {
+                    return c;
+                }
+            }
+        }
+    })
+    .await
+    .expect("a check within 10 s");
+    assert_eq!(check.transaction_id, ids[2]);
+    let m = check.message.expect("the half message");
+    assert_eq!(m.body, b"orphan");
+    let sys = m.system_properties.unwrap();
+    assert_eq!(sys.message_id, "id-orphan");
+    assert_eq!(sys.message_type, v2::MessageType::Transaction as i32);
+    assert!(sys.receipt_handle.is_none());
+    let mut answer = end_request(&check.transaction_id, v2::TransactionResolution::Commit);
+    answer.source = v2::TransactionSource::SourceServerCheck as i32;
+    let r = at_master.end_transaction(answer).await.unwrap().into_inner();
+    assert_eq!(code(&r.status), Code::Ok);
+
+    // Received once each, whichever queues they went to (a receive long-polls up to 1 s).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut all = Vec::new();
+    while all.len() < 2 && std::time::Instant::now() < deadline {
+        for queue in 0..2 {
+            let mut req = receive_request("G", "T", Duration::from_secs(30));
+            req.message_queue.as_mut().unwrap().id = queue;
+            let (_, got, _) = receive(&mut c, req).await;
+            all.extend(got);
+        }
+    }
+    let mut bodies: Vec<Vec<u8>> = all.iter().map(|m| m.body.clone()).collect();
+    bodies.sort();
+    assert_eq!(bodies, [b"commit me".to_vec(), b"orphan".to_vec()]);
+    for m in &all {
+        assert_eq!(
+            m.system_properties.as_ref().unwrap().message_type,
+            v2::MessageType::Transaction as i32
+        );
+    }
+    // A transactional message with a message group breaks RocketMQ's type rules.
+    let mut fifo = transaction_message("T", "id-x", b"x");
+    fifo.system_properties.as_mut().unwrap().message_group = Some("g".into());
+    assert_eq!(
+        code(&send(&mut c, fifo).await.status),
+        Code::MessagePropertyConflictWithType
+    );
+    group.shutdown().await;
 }

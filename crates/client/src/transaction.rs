@@ -259,13 +259,29 @@ impl Transaction {
     /// Makes the message visible: appended to its queue once, however often this is retried.
     /// Returns the stored message's id (`None` when an earlier commit stored it).
     pub async fn commit(self) -> Result<Option<String>, Error> {
-        let id = end(&self.client.0, &self.topic, &self.group, &self.transaction_id, true, false).await?;
+        let id = end(
+            &self.client.0,
+            &self.topic,
+            &self.group,
+            &self.transaction_id,
+            true,
+            false,
+        )
+        .await?;
         Ok(Some(id).filter(|i| !i.is_empty()))
     }
 
     /// Discards the half message.
     pub async fn rollback(self) -> Result<(), Error> {
-        end(&self.client.0, &self.topic, &self.group, &self.transaction_id, false, false).await?;
+        end(
+            &self.client.0,
+            &self.topic,
+            &self.group,
+            &self.transaction_id,
+            false,
+            false,
+        )
+        .await?;
         Ok(())
     }
 }
@@ -369,7 +385,12 @@ async fn watch_checks(shared: Arc<Shared>, mut stop: Stopping) {
             };
             for g in &route.groups {
                 streams.entry(g.group.clone()).or_insert_with(|| {
-                    tokio::spawn(check_stream(shared.clone(), topic.clone(), g.group.clone(), stop.clone()))
+                    tokio::spawn(check_stream(
+                        shared.clone(),
+                        topic.clone(),
+                        g.group.clone(),
+                        stop.clone(),
+                    ))
                 });
             }
         }

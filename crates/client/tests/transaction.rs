@@ -63,18 +63,28 @@ async fn a_half_message_is_visible_only_once_committed_and_ends_are_idempotent()
             .expect("producer")
     };
 
-    let commit = producer.send(Message::new("T", "commit-me").with_keys("k1")).await.expect("half 1");
+    let commit = producer
+        .send(Message::new("T", "commit-me").with_keys("k1"))
+        .await
+        .expect("half 1");
     let rollback = producer.send(Message::new("T", "roll-me-back")).await.expect("half 2");
     let open = producer.send(Message::new("T", "left-open")).await.expect("half 3");
     assert!(commit.transaction_id.starts_with("broker-a@"), "{commit:?}");
     for id in group.ids() {
         group.wait_caught_up(id, Duration::from_secs(5)).await;
-        assert!(stored(&group, id, "T", 2).await.is_empty(), "no half message is visible on node {id}");
+        assert!(
+            stored(&group, id, "T", 2).await.is_empty(),
+            "no half message is visible on node {id}"
+        );
     }
 
     let stored_id = commit.clone().commit().await.expect("commit");
     assert!(stored_id.is_some(), "the first commit stores the message");
-    assert_eq!(commit.clone().commit().await.expect("commit again"), None, "a repeated commit stores nothing");
+    assert_eq!(
+        commit.clone().commit().await.expect("commit again"),
+        None,
+        "a repeated commit stores nothing"
+    );
     rollback.clone().rollback().await.expect("rollback");
     rollback.clone().rollback().await.expect("a repeated rollback is done");
     let err = rollback.clone().commit().await.unwrap_err();
@@ -197,7 +207,10 @@ async fn open_transactions_are_checked_and_ended_as_the_checker_says_up_to_the_l
     })
     .await;
     assert_eq!(bodies(&given_up), ["maybe"]);
-    assert_eq!(given_up[0].2.get("TRANSACTION_CHECK_TIMES").map(String::as_str), Some("3"));
+    assert_eq!(
+        given_up[0].2.get("TRANSACTION_CHECK_TIMES").map(String::as_str),
+        Some("3")
+    );
     let asked = asked.lock().unwrap().clone();
     assert_eq!(asked.get("maybe"), Some(&3), "{asked:?}");
     assert_eq!(asked.get("yes"), Some(&1), "{asked:?}");
@@ -211,7 +224,11 @@ async fn open_transactions_are_checked_and_ended_as_the_checker_says_up_to_the_l
         .unwrap()
         .into_inner();
     assert_eq!(listed.pending, 1, "only the immune one is left: {listed:?}");
-    assert_eq!(bodies(&stored(&group, master, "T", 2).await), ["yes"], "no is never visible");
+    assert_eq!(
+        bodies(&stored(&group, master, "T", 2).await),
+        ["yes"],
+        "no is never visible"
+    );
     drop(answering);
     group.shutdown().await;
 }
@@ -237,7 +254,10 @@ async fn a_new_master_goes_on_checking_and_a_commit_repeated_after_a_failover_is
             .start()
             .expect("producer")
     };
-    let committed = producer.send(Message::new("T", "committed-before")).await.expect("half");
+    let committed = producer
+        .send(Message::new("T", "committed-before"))
+        .await
+        .expect("half");
     committed.clone().commit().await.expect("commit");
     let _open = producer.send(Message::new("T", "checked-after")).await.expect("half");
 
@@ -248,10 +268,14 @@ async fn a_new_master_goes_on_checking_and_a_commit_repeated_after_a_failover_is
     // The commit, repeated at the new master (a client retrying an unknown outcome), is done
     // and stores nothing more.
     assert_eq!(committed.clone().commit().await.expect("commit again"), None);
-    wait_until("the new master checks the open transaction", Duration::from_secs(15), || async {
-        let b = bodies(&stored(&group, second, "T", 2).await);
-        (b == ["checked-after", "committed-before"]).then_some(())
-    })
+    wait_until(
+        "the new master checks the open transaction",
+        Duration::from_secs(15),
+        || async {
+            let b = bodies(&stored(&group, second, "T", 2).await);
+            (b == ["checked-after", "committed-before"]).then_some(())
+        },
+    )
     .await;
     assert_eq!(asked_on.lock().unwrap().as_slice(), ["checked-after"]);
     // Still exactly one of each after the nodes caught up, on every live node.

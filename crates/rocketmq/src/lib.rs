@@ -90,6 +90,25 @@ pub trait Backend: Send + Sync + 'static {
             .split_once('@')
             .map(|(g, _)| g)
             .ok_or_else(|| Fail::new(v2::Code::BadRequest, format!("{handle:?} is not a recall handle")))?;
+        self.group_target(topic, group).await
+    }
+
+    /// Where an end of transaction runs: the master of the group its transaction id names
+    /// (`group@transaction`), as for a recall.
+    async fn transaction_target(&self, topic: &str, transaction_id: &str) -> Result<Target, Fail> {
+        let group = transaction_id.split_once('@').map(|(g, _)| g).ok_or_else(|| {
+            Fail::new(
+                v2::Code::InvalidTransactionId,
+                format!("{transaction_id:?} is not a transaction id"),
+            )
+        })?;
+        self.group_target(topic, group).await
+    }
+
+    /// The master of broker group `group` of `topic`: where writes go from here on a node of
+    /// that group; elsewhere, that group's master (or a node that forwards to it) as the route
+    /// names it.
+    async fn group_target(&self, topic: &str, group: &str) -> Result<Target, Fail> {
         if self.own_group() == Some(group) {
             return self.target().await;
         }
@@ -112,6 +131,23 @@ pub trait Backend: Send + Sync + 'static {
     /// Cancels a delayed message by its recall handle; returns the message's id.
     async fn recall(&self, _ns: &str, _req: &v2::RecallMessageRequest) -> Result<String, Fail> {
         Err(Fail::illegal_access_point())
+    }
+
+    /// Ends a transaction (commit or rollback) by its transaction id.
+    async fn end_transaction(&self, _ns: &str, _req: &v2::EndTransactionRequest) -> Result<(), Fail> {
+        Err(Fail::illegal_access_point())
+    }
+
+    /// Registers a producer's telemetry stream to answer transaction checks of `topics` (full
+    /// names) while the returned registration lives; `None` where nothing is checked (a
+    /// NameServer).
+    fn register_producer(
+        &self,
+        _ns: &str,
+        _topics: Vec<String>,
+        _commands: tokio::sync::mpsc::Sender<Result<v2::TelemetryCommand, tonic::Status>>,
+    ) -> Option<Box<dyn Send + Sync>> {
+        None
     }
 
     /// Moves a delivered message to its group's dead-letter topic.

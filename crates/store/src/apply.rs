@@ -131,8 +131,7 @@ pub fn apply_request(
                     state,
                     batch,
                     &at(position),
-                    (topic, *queue_id),
-                    producer_group,
+                    (topic, *queue_id, producer_group),
                     *check_after_ms,
                     message,
                 );
@@ -153,8 +152,7 @@ pub fn apply_request(
                     &at(position),
                     txn,
                     *outcome,
-                    (topic, *queue_id),
-                    message.as_ref(),
+                    message.as_ref().map(|m| (topic.as_str(), *queue_id, m)),
                 );
                 position += u32::from(message.is_some());
                 result

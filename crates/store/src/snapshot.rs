@@ -27,7 +27,7 @@ use rocksdb::{IteratorMode, Options, DB};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, CorruptRecord};
-use crate::db::{CF_CQ, CF_GROUPS, CF_KEYS, CF_LOG, CF_OFFSETS, CF_POP, CF_QUEUES, CF_TIMERS, CF_TXNS, CF_TOPICS};
+use crate::db::{CF_CQ, CF_GROUPS, CF_KEYS, CF_LOG, CF_OFFSETS, CF_POP, CF_QUEUES, CF_TIMERS, CF_TOPICS, CF_TXNS};
 use crate::keys;
 use crate::types::SnapshotMeta;
 

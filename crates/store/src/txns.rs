@@ -173,7 +173,9 @@ fn ended_in(db: &Db, state: &SmState, txn: &Txn) -> Result<Option<Outcome>, Stri
     if let Some(o) = state.unwritten_txns.ended.get(txn) {
         return Ok(Some(*o));
     }
-    read(db, &txn.key(ENDED), || format!("outcome of transaction {}", txn.handle()))
+    read(db, &txn.key(ENDED), || {
+        format!("outcome of transaction {}", txn.handle())
+    })
 }
 
 fn put_pending(db: &Db, state: &mut SmState, batch: &mut WriteBatch, txn: Txn, half: Half) {
@@ -202,16 +204,14 @@ pub fn load_count(db: &Db) -> Result<u64, crate::state::LoadError> {
     }
 }
 
-/// Stores a half message (which the entry itself holds) as pending; its first check is due
-/// `check_after_ms` after this entry.
-#[allow(clippy::too_many_arguments)]
+/// Stores a half message (which the entry itself holds) for `(topic, queue, producer group)`
+/// as pending; its first check is due `check_after_ms` after this entry.
 pub(crate) fn prepare(
     db: &Db,
     state: &mut SmState,
     batch: &mut WriteBatch,
     at: &At,
-    (topic, queue_id): (&str, u32),
-    producer_group: &str,
+    (topic, queue_id, producer_group): (&str, u32, &str),
     check_after_ms: i64,
     message: &MessageIn,
 ) -> CommandResult {
@@ -244,9 +244,9 @@ pub(crate) fn prepare(
     }
 }
 
-/// Ends a pending transaction: see the module's description. `target` and `message` are where
-/// and what a commit appends (the half's own queue) or an abandon (queue 0 of
-/// [`CHECK_MAX_TOPIC`]); a rollback carries none.
+/// Ends a pending transaction: see the module's description. `append` is where and what a
+/// commit appends (the half's own queue) or an abandon (queue 0 of [`CHECK_MAX_TOPIC`]); a
+/// rollback carries none.
 pub(crate) fn end(
     db: &Db,
     state: &mut SmState,
@@ -254,8 +254,7 @@ pub(crate) fn end(
     at: &At,
     txn: &Txn,
     outcome: Outcome,
-    (topic, queue_id): (&str, u32),
-    message: Option<&MessageIn>,
+    append_to: Option<(&str, u32, &MessageIn)>,
 ) -> CommandResult {
     let half = match pending_in(db, state, txn) {
         Ok(Some(half)) => half,
@@ -268,7 +267,10 @@ pub(crate) fn end(
                 ),
                 Ok(None) => CommandResult::Rejected(
                     Rejection::MessageNotFound,
-                    format!("no transaction {} is pending (never prepared, or its record is past retention)", txn.handle()),
+                    format!(
+                        "no transaction {} is pending (never prepared, or its record is past retention)",
+                        txn.handle()
+                    ),
                 ),
                 Err(e) => unreadable(state, txn, e),
             }
@@ -280,14 +282,14 @@ pub(crate) fn end(
         Outcome::Abandon => Some((CHECK_MAX_TOPIC, 0)),
         Outcome::Rollback => None,
     };
-    if expected != message.map(|_| (topic, queue_id)) {
+    let given = append_to.map(|(topic, queue_id, _)| (topic, queue_id));
+    if expected != given {
         return CommandResult::Rejected(
             Rejection::InvalidArgument,
             format!(
-                "transaction {} {} to {expected:?}, not {:?}",
+                "transaction {} {} to {expected:?}, not {given:?}",
                 txn.handle(),
                 outcome.as_str(),
-                message.map(|_| (topic, queue_id))
             ),
         );
     }
@@ -297,7 +299,7 @@ pub(crate) fn end(
     state.unwritten_txns.pending.insert(*txn, None);
     state.unwritten_txns.ended.insert(*txn, outcome);
     count(state, -1);
-    let Some(message) = message else {
+    let Some((topic, queue_id, message)) = append_to else {
         return CommandResult::Done;
     };
     if outcome == Outcome::Abandon {
@@ -367,13 +369,19 @@ pub fn due_checks(db: &Db, now_ms: i64, limit: usize) -> Result<Vec<(Txn, Half)>
         if key.first() != Some(&SCHEDULE) {
             break;
         }
-        let (due, txn) = Txn::parse_schedule_key(&key).ok_or_else(|| corrupt(format!("a key of {} bytes", key.len())))?;
+        let (due, txn) =
+            Txn::parse_schedule_key(&key).ok_or_else(|| corrupt(format!("a key of {} bytes", key.len())))?;
         if due > now_ms || out.len() >= limit {
             break;
         }
         match pending(db, &txn)? {
             Some(half) => out.push((txn, half)),
-            None => return Err(corrupt(format!("a check scheduled for {} which is not pending", txn.handle()))),
+            None => {
+                return Err(corrupt(format!(
+                    "a check scheduled for {} which is not pending",
+                    txn.handle()
+                )))
+            }
         }
     }
     Ok(out)
@@ -386,7 +394,10 @@ pub fn pending(db: &Db, txn: &Txn) -> Result<Option<Half>, CorruptRecord> {
 
 /// How a transaction ended, if it did (and its record is not past retention).
 pub fn ended(db: &Db, txn: &Txn) -> Result<Option<Outcome>, CorruptRecord> {
-    read(db, &txn.key(ENDED), || format!("outcome of transaction {}", txn.handle())).map_err(corrupt)
+    read(db, &txn.key(ENDED), || {
+        format!("outcome of transaction {}", txn.handle())
+    })
+    .map_err(corrupt)
 }
 
 /// Up to `limit` pending transactions, oldest first.
@@ -399,8 +410,16 @@ pub fn list(db: &Db, limit: usize) -> Result<Vec<(Txn, Half)>, CorruptRecord> {
             break;
         }
         let txn = Txn {
-            log_index: u64::from_be_bytes(key.get(1..9).and_then(|b| b.try_into().ok()).ok_or_else(|| corrupt("key"))?),
-            position: u32::from_be_bytes(key.get(9..13).and_then(|b| b.try_into().ok()).ok_or_else(|| corrupt("key"))?),
+            log_index: u64::from_be_bytes(
+                key.get(1..9)
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| corrupt("key"))?,
+            ),
+            position: u32::from_be_bytes(
+                key.get(9..13)
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| corrupt("key"))?,
+            ),
         };
         out.push((txn, codec::decode(&value, || format!("transaction {}", txn.handle()))?));
     }
@@ -419,7 +438,16 @@ mod tests {
         };
         assert_eq!(t.handle(), "1234-7");
         assert_eq!(Txn::parse_handle(&t.handle()), Some(t));
-        for bad in ["", "1", "1-", "-1", "1-2-3", "x-1", "11111111111111111-1", "1-111111111"] {
+        for bad in [
+            "",
+            "1",
+            "1-",
+            "-1",
+            "1-2-3",
+            "x-1",
+            "11111111111111111-1",
+            "1-111111111",
+        ] {
             assert_eq!(Txn::parse_handle(bad), None, "{bad:?}");
         }
     }

@@ -430,7 +430,11 @@ mod tests {
         assert!(rx_a.try_recv().is_ok());
         assert_eq!(producers.ask(check("", "T")), Some("t".into()));
         assert!(rx_t.try_recv().is_ok());
-        assert_eq!(producers.ask(check("Other", "T")), Some("t".into()), "a topic's publisher");
+        assert_eq!(
+            producers.ask(check("Other", "T")),
+            Some("t".into()),
+            "a topic's publisher"
+        );
         assert_eq!(producers.ask(check("Other", "U")), None);
         drop(t);
         assert_eq!(producers.ask(check("", "T")), None, "a dropped registration is gone");

@@ -365,10 +365,29 @@ impl<B: Backend> Service for MessagingService<B> {
         }))
     }
 
-    async fn end_transaction(&self, _request: Request<v2::EndTransactionRequest>) -> Reply<v2::EndTransactionResponse> {
-        Ok(Response::new(v2::EndTransactionResponse {
-            status: Some(unsupported("transactional messages")),
-        }))
+    async fn end_transaction(&self, request: Request<v2::EndTransactionRequest>) -> Reply<v2::EndTransactionResponse> {
+        let (md, _, req) = request.into_parts();
+        let answer = |r: Result<(), Fail>| {
+            Ok(Response::new(v2::EndTransactionResponse {
+                status: Some(match r {
+                    Ok(()) => ok(),
+                    Err(f) => f.status(),
+                }),
+            }))
+        };
+        let namespace = namespace_of(&md, req.topic.as_ref());
+        let topic = match check_topic(&namespace, req.topic.as_ref()) {
+            Ok(topic) => topic,
+            Err(f) => return answer(Err(f)),
+        };
+        let target = self.backend.transaction_target(&topic, &req.transaction_id).await;
+        match self.route_to(&md, target) {
+            Err(f) => answer(Err(f)),
+            Ok(Some(master)) => forward!(self, md, master, req, end_transaction)
+                .map(strip)
+                .or_else(|f| answer(Err(f))),
+            Ok(None) => answer(self.backend.end_transaction(&namespace, &req).await),
+        }
     }
 
     type TelemetryStream = BoxStream<v2::TelemetryCommand>;
@@ -379,6 +398,8 @@ impl<B: Backend> Service for MessagingService<B> {
         let mut stop = self.stop.clone();
         let backend = self.backend.clone();
         tokio::spawn(async move {
+            // A producer's registration for transaction checks, while its stream lives.
+            let mut _producer: Option<Box<dyn Send + Sync>> = None;
             loop {
                 let command = tokio::select! {
                     c = inbound.next() => c,
@@ -395,6 +416,19 @@ impl<B: Backend> Service for MessagingService<B> {
                 // Settings get the effective settings; everything else (thread stack traces,
                 // verification results) needs no answer.
                 if let Some(v2::telemetry_command::Command::Settings(s)) = command.command {
+                    if let Some(v2::settings::PubSub::Publishing(publishing)) = &s.pub_sub {
+                        let topics = publishing
+                            .topics
+                            .iter()
+                            .map(|t| full_name(&t.resource_namespace, &t.name))
+                            .collect();
+                        let namespace = publishing
+                            .topics
+                            .first()
+                            .map(|t| t.resource_namespace.clone())
+                            .unwrap_or_default();
+                        _producer = backend.register_producer(&namespace, topics, tx.clone());
+                    }
                     // A subscription that names no group gets the node's defaults.
                     let retry = match &s.pub_sub {
                         Some(v2::settings::PubSub::Subscription(sub)) => backend.consumer_retry_policy(
