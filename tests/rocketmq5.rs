@@ -3,7 +3,8 @@
 //!
 //! - Python (PyPI `rocketmq-python-client` 5.1.2, installed by `scripts/install-deps.sh`):
 //!   sends, tag filters, a 4 MiB body, POP receives with invisibility, acknowledgements and
-//!   stale receipt handles, a push consumer with redelivery, the dead-letter topic, a master
+//!   stale receipt handles, a push consumer with redelivery, the dead-letter topic, transactions
+//!   (commit, rollback, checks answered by its TransactionChecker), a master
 //!   killed while the producer sends, and deliveries in flight across a master kill
 //!   (`tests/rocketmq5/official_client.py`);
 //! - Rust (crates.io `rocketmq` 5.0.0): producer and simple consumer
@@ -111,6 +112,23 @@ fn a_delay_message_arrives_at_its_time_and_a_recalled_one_never() {
     create_topic(&cluster, "V5Delay");
     let result = run_client(&["delay", &cluster.namesrv[0], "V5Delay"], Duration::from_secs(120));
     assert!(result.contains("late_ms"), "{result}");
+}
+
+#[test]
+fn transactions_commit_roll_back_and_open_ones_are_checked_with_the_producer() {
+    require_client();
+    let cluster = ScriptCluster::up_with(
+        1,
+        &["broker-a"],
+        "transaction-check-after-ms = 1000\ntransaction-check-interval-ms = 1000",
+    );
+    create_topic(&cluster, "V5Tx");
+    let result = run_client(&["transaction", &cluster.namesrv[0], "V5Tx"], Duration::from_secs(120));
+    assert!(result.contains("\"received\": 2"), "{result}");
+    // Nothing is left pending.
+    let (ok, out, err) = cluster.cli(&["--json", "transaction", "list"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("\"pending\":0"), "{out}");
 }
 
 #[test]

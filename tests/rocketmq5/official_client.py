@@ -9,6 +9,7 @@ unmodified, against a raftmq cluster. Run by tests/rocketmq5.rs; usable by hand:
     python3 tests/rocketmq5/official_client.py pop-failover 127.0.0.1:9876 TopicE
     python3 tests/rocketmq5/official_client.py delay 127.0.0.1:9876 TopicF
     python3 tests/rocketmq5/official_client.py sql 127.0.0.1:9876 TopicG
+    python3 tests/rocketmq5/official_client.py transaction 127.0.0.1:9876 TopicH
 
 The two failover modes print a line (SENDING, RECEIVED) when it is time to kill the master, and
 go on when they read KILLED on stdin.
@@ -23,8 +24,8 @@ import threading
 import time
 
 from rocketmq import (ClientConfiguration, ConsumeResult, Credentials, FilterExpression, Message, Producer,
-                      PushConsumer, SimpleConsumer)
-from rocketmq.grpc_protocol import Code, FilterType
+                      PushConsumer, SimpleConsumer, TransactionChecker)
+from rocketmq.grpc_protocol import Code, FilterType, TransactionResolution
 from rocketmq.v5.consumer import MessageListener
 from rocketmq.v5.exception import BadRequestException, ClientException
 
@@ -415,6 +416,54 @@ def sql(endpoint, topic):
     return {"sent": len(sent), "matched": len(want)}
 
 
+class BodyChecker(TransactionChecker):
+    """Answers checks by the body: orphan-commit commits, orphan-rollback rolls back."""
+
+    def __init__(self):
+        self.asked = []
+
+    def check(self, message):
+        self.asked.append(message.body)
+        if message.body == b"orphan-commit":
+            return TransactionResolution.COMMIT
+        return TransactionResolution.ROLLBACK
+
+
+def transaction(endpoint, topic):
+    """A committed transaction is delivered once, a rolled-back one never; two left open are
+    checked with the producer's TransactionChecker and end as it says. Run against brokers whose
+    transaction-check-after-ms is short."""
+    checker = BodyChecker()
+    producer = Producer(config(endpoint), (topic,), checker)
+    producer.startup()
+    ids = {}
+    for body, end in [(b"committed", "commit"), (b"rolled-back", "rollback"), (b"orphan-commit", None),
+                      (b"orphan-rollback", None)]:
+        t = producer.begin_transaction()
+        receipt = producer.send(message(topic, body), t)
+        check(bool(receipt.transaction_id), f"a transactional send returns a transaction id: {receipt}")
+        ids[body] = receipt.message_id
+        if end == "commit":
+            t.commit()
+        elif end == "rollback":
+            t.rollback()
+    consumer = SimpleConsumer(config(endpoint), "g-tx", {topic: FilterExpression("*")}, await_duration=2)
+    consumer.startup()
+    want = {b"committed", b"orphan-commit"}
+    got = receive_until(consumer, lambda r: {m.body for m in r} >= want, 40)
+    # Nothing else comes: the rolled-back ones never.
+    got += receive_until(consumer, lambda r: False, 4)
+    consumer.shutdown()
+    producer.shutdown()
+    bodies = sorted(m.body for m in got)
+    check(bodies == sorted(want), f"received {bodies}, expected {sorted(want)}")
+    for m in got:
+        check(m.message_id == ids[m.body], f"{m.body} keeps its message id")
+    check(sorted(set(checker.asked)) == [b"orphan-commit", b"orphan-rollback"],
+          f"the checker was asked about the two open transactions only: {checker.asked}")
+    return {"received": len(got), "checks": len(checker.asked)}
+
+
 def main():
     mode, endpoint, topic = sys.argv[1], sys.argv[2], sys.argv[3]
     if mode == "basics":
@@ -427,6 +476,8 @@ def main():
         result = delay(endpoint, topic)
     elif mode == "sql":
         result = sql(endpoint, topic)
+    elif mode == "transaction":
+        result = transaction(endpoint, topic)
     elif mode == "pop-failover":
         result = pop_failover(endpoint, topic)
     elif mode == "failover":

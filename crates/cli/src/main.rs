@@ -65,6 +65,9 @@ enum Command {
     /// Read single messages.
     #[command(subcommand)]
     Message(MessageCommand),
+    /// Transactions left open: list them, commit or roll one back by hand.
+    #[command(subcommand)]
+    Transaction(admin::transaction::TransactionCommand),
     /// Failover drill: fail a group's master while a producer sends; print the timings.
     Drill(drill::DrillArgs),
     /// Fault-injection suite: random faults under load, then a check that nothing acknowledged
@@ -114,6 +117,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster(command) => admin::cluster::run(&admin, command, as_json).await,
         Command::Group(command) => admin::group::run(&admin, command, as_json).await,
         Command::Message(command) => admin::message::run(&admin, command, as_json).await,
+        Command::Transaction(command) => admin::transaction::run(&admin, command, as_json).await,
         Command::Send(args) => messaging::send(&client, args, as_json).await,
         Command::Consume(args) => messaging::consume(&client, args, as_json).await,
         Command::Drill(args) => drill::run(&cli.namesrv, args, as_json).await,

@@ -474,3 +474,68 @@ async fn answer(shared: Arc<Shared>, group: String, check: pb::TransactionCheck)
         tracing::warn!(transaction = %check.transaction_id, "answering a transaction check failed: {e}");
     }
 }
+
+/// Pending transactions of one broker group, as an operator lists them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingTransactions {
+    pub group: String,
+    /// Pending in the group, which may be more than listed.
+    pub pending: u64,
+    pub transactions: Vec<pb::PendingTransaction>,
+}
+
+impl crate::Admin {
+    /// The pending transactions of every live broker group (or the named ones), oldest first,
+    /// at most `limit` a group, read at each group's master.
+    pub async fn pending_transactions(&self, groups: &[String], limit: u32) -> Result<Vec<PendingTransactions>, Error> {
+        let mut out = Vec::new();
+        for (group, master) in self.masters(groups).await? {
+            let client = self.client.clone();
+            let reply = self
+                .on_master(&master, |mut b| {
+                    let r = client.request(pb::ListTransactionsRequest { limit }, client.config().request_timeout);
+                    async move { b.list_transactions(r).await }
+                })
+                .await?;
+            out.push(PendingTransactions {
+                group,
+                pending: reply.pending,
+                transactions: reply.transactions,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Ends a transaction by hand (an operator resolving one its producers cannot): commits or
+    /// rolls it back at the master of the group its id names. Returns the stored message's id
+    /// on a commit that stored it.
+    pub async fn end_transaction(&self, transaction_id: &str, commit: bool) -> Result<Option<String>, Error> {
+        let group = transaction_id
+            .split_once('@')
+            .map(|(g, _)| g.to_owned())
+            .ok_or_else(|| ErrorCode::InvalidArgument.err(format!("{transaction_id:?} is not a transaction id")))?;
+        let (_, master) = self
+            .masters(std::slice::from_ref(&group))
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| ErrorCode::Unavailable.err(format!("group {group} has no master")))?;
+        let request = pb::EndTransactionRequest {
+            transaction_id: transaction_id.to_owned(),
+            resolution: if commit {
+                pb::TransactionResolution::Commit
+            } else {
+                pb::TransactionResolution::Rollback
+            } as i32,
+            from_check: false,
+        };
+        let client = self.client.clone();
+        let reply = self
+            .on_master(&master, |mut b| {
+                let r = client.request(request.clone(), client.config().request_timeout);
+                async move { b.end_transaction(r).await }
+            })
+            .await?;
+        Ok(Some(reply.msg_id).filter(|i| !i.is_empty()))
+    }
+}

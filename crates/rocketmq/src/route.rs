@@ -88,9 +88,13 @@ fn permission(bits: i32) -> v2::Permission {
     }
 }
 
-/// What raftmq accepts: normal and delayed messages (FIFO and transactions are not served).
+/// What raftmq accepts: normal, delayed and transactional messages (FIFO is not served yet).
 pub fn accepted_types() -> Vec<i32> {
-    vec![v2::MessageType::Normal as i32, v2::MessageType::Delay as i32]
+    vec![
+        v2::MessageType::Normal as i32,
+        v2::MessageType::Delay as i32,
+        v2::MessageType::Transaction as i32,
+    ]
 }
 
 /// The message queues of a route; `topic` is echoed back as the client named it.
@@ -193,7 +197,11 @@ mod tests {
         );
         assert_eq!(
             queues[0].accept_message_types,
-            vec![v2::MessageType::Normal as i32, v2::MessageType::Delay as i32]
+            vec![
+                v2::MessageType::Normal as i32,
+                v2::MessageType::Delay as i32,
+                v2::MessageType::Transaction as i32
+            ]
         );
         let a = assignments(&route(), &topic);
         assert_eq!(a.len(), 3, "every readable queue");

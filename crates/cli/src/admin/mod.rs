@@ -7,6 +7,7 @@ pub(crate) mod dlq;
 pub(crate) mod group;
 pub(crate) mod message;
 pub(crate) mod topic;
+pub(crate) mod transaction;
 
 use raftmq_proto as pb;
 
