@@ -357,6 +357,18 @@ impl Collector for NodeState {
             "Delayed messages stored and not yet due",
             s.reader.pending_timers() as f64,
         )?;
+        gauge(
+            &mut encoder,
+            "transactions_pending",
+            "Transactions whose half message is stored and neither committed nor rolled back",
+            s.reader.pending_txns() as f64,
+        )?;
+        gauge(
+            &mut encoder,
+            "transaction_producers",
+            "Producers connected here that answer transaction checks",
+            s.txn_producers.count() as f64,
+        )?;
 
         // Queues: their bounds, and what consumer groups have left in them.
         let queues = s.reader.queues();

@@ -56,6 +56,8 @@ async fn brokers_and_the_nameserver_serve_metrics_that_move() {
         "raftmq_broker_wal_sync_seconds_count",
         "raftmq_broker_disk_available_bytes",
         "raftmq_broker_delayed_pending",
+        "raftmq_broker_transactions_pending",
+        "raftmq_broker_transaction_producers",
         "raftmq_broker_elections_total",
         "raftmq_broker_leader_changes_total",
     ] {
