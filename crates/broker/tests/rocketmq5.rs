@@ -342,7 +342,11 @@ async fn namespaces_routes_and_the_settings_handshake() {
         assert_eq!(q.permission, v2::Permission::ReadWrite as i32);
         assert_eq!(
             q.accept_message_types,
-            vec![v2::MessageType::Normal as i32, v2::MessageType::Delay as i32]
+            vec![
+                v2::MessageType::Normal as i32,
+                v2::MessageType::Delay as i32,
+                v2::MessageType::Transaction as i32
+            ]
         );
         let broker = q.broker.as_ref().unwrap();
         assert_eq!((broker.name.as_str(), broker.id), ("broker-a", 0));

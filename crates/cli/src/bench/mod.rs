@@ -67,6 +67,10 @@ pub struct ProduceArgs {
     /// then matches 1 % of them.
     #[arg(long)]
     n_property: bool,
+    /// Each message is a transaction: a half message, then its commit. Latency is the whole
+    /// transaction; the commit's own latency is reported beside it.
+    #[arg(long, conflicts_with_all = ["keyed", "batch"])]
+    transactional: bool,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -263,9 +267,21 @@ async fn produce(client: Client, args: ProduceArgs, as_json: bool) -> anyhow::Re
     let deadline = Instant::now() + Duration::from_secs(args.duration);
     let limit = args.count.unwrap_or(u64::MAX);
     let issued = Arc::new(AtomicU64::new(0));
+    let commits: Arc<Mutex<Samples>> = Arc::default();
     let mut tasks = Vec::new();
     for p in 0..args.producers {
         let producer = Producer::new(client.clone());
+        let transactions = if args.transactional {
+            Some(
+                raftmq_client::TransactionProducer::builder(client.clone(), "bench-transactions")
+                    .topics([args.topic.clone()])
+                    .checker(|_| async { raftmq_client::TransactionState::Commit })
+                    .start()?,
+            )
+        } else {
+            None
+        };
+        let commits = commits.clone();
         let (args, progress, issued) = (args.clone(), progress.clone(), issued.clone());
         // One task per producer keeps its window full: spawning a task per send cost the bench
         // client a fifth of its CPU, taken from the brokers it shares the machine with.
@@ -284,10 +300,28 @@ async fn produce(client: Client, args: ProduceArgs, as_json: bool) -> anyhow::Re
                 m
             };
             let send_one = |started: Instant| {
-                let (producer, args, key) = (&producer, &args, &key);
+                let (producer, args, key, transactions, commits) =
+                    (&producer, &args, &key, &transactions, &commits);
                 let batch: Vec<Message> = (0..args.batch).map(|_| message()).collect();
                 async move {
-                    let result = if args.batch > 1 {
+                    let result = if let Some(t) = transactions {
+                        let m = batch.into_iter().next().expect("one message");
+                        match t.send(m).await {
+                            Ok(txn) => {
+                                let committing = Instant::now();
+                                let done = txn.commit().await.map(|_| 1);
+                                if done.is_ok() {
+                                    commits
+                                        .lock()
+                                        .unwrap()
+                                        .0
+                                        .push(committing.elapsed().as_micros() as u64);
+                                }
+                                done
+                            }
+                            Err(e) => Err(e),
+                        }
+                    } else if args.batch > 1 {
                         producer.send_batch(batch).await.map(|r| r.len() as u64)
                     } else if args.keyed {
                         let m = batch.into_iter().next().expect("one message");
@@ -330,8 +364,20 @@ async fn produce(client: Client, args: ProduceArgs, as_json: bool) -> anyhow::Re
     }
     let elapsed = progress.start.elapsed();
     line.abort();
-    let extra = json!({"size": args.size, "producers": args.producers, "window": args.window, "batch": args.batch, "keyed": args.keyed, "keys": args.keys, "n_property": args.n_property});
-    report("produce", &progress, elapsed, args.size, extra, as_json);
+    let mut extra = json!({"size": args.size, "producers": args.producers, "window": args.window, "batch": args.batch, "keyed": args.keyed, "keys": args.keys, "n_property": args.n_property, "transactional": args.transactional});
+    if args.transactional {
+        let commit = commits.lock().unwrap().percentiles();
+        if !as_json {
+            println!(
+                "commit latency ms: p50 {:.3}  p99 {:.3}  max {:.3}",
+                commit["p50_ms"].as_f64().unwrap_or(0.0),
+                commit["p99_ms"].as_f64().unwrap_or(0.0),
+                commit["max_ms"].as_f64().unwrap_or(0.0)
+            );
+        }
+        extra["commit_latency"] = commit;
+    }
+    report(if args.transactional { "produce (transactions)" } else { "produce" }, &progress, elapsed, args.size, extra, as_json);
     Ok(())
 }
 

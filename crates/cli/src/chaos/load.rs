@@ -1,15 +1,20 @@
 //! The load a chaos run keeps on the group while faults hit it: producers sending unique,
 //! self-describing bodies (`p{producer}-{seq}`, every attempt a new seq; every tenth one a
-//! delayed message `d{producer}-{seq}`, due 0.5 to 2 s after its send) and recording what each
-//! send's outcome was, a consumer group reading all along, and a watcher of the committed
-//! consume offsets. It records; [`super::verdict`] judges.
+//! delayed message `d{producer}-{seq}`, due 0.5 to 2 s after its send; every tenth another a
+//! transaction, in turn committed `tc...`, rolled back `tr...`, or left open `ts...` for the
+//! checker, which commits `tc` and `ts` and rolls back `tr`) and recording what each send's
+//! outcome was, a consumer group reading all along, and a watcher of the committed consume
+//! offsets. It records; [`super::verdict`] judges.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use raftmq_client::{Client, ConsumeFrom, ConsumeResult, Message, MessageQueue, Producer, PushConsumer};
+use raftmq_client::{
+    Client, ConsumeFrom, ConsumeResult, Message, MessageQueue, Producer, PushConsumer, TransactionProducer,
+    TransactionState,
+};
 use raftmq_common::ErrorCode;
 use raftmq_proto as pb;
 
@@ -32,12 +37,22 @@ pub enum Outcome {
     Failed(String),
     /// Timed out or cut off mid-call, with the error.
     Unknown(String),
+    /// A transaction whose half message was stored and that ends committed: by its producer,
+    /// or (when the commit was not answered, or it was left open) by the checker.
+    TxCommitted,
+    /// A transaction whose half message was stored and that ends rolled back.
+    TxRolledBack,
 }
+
+/// The producer group of the run's transactions.
+const TX_GROUP: &str = "chaos-transactions";
 
 /// What the load saw, once it stopped.
 pub struct Record {
     /// Every send by body.
     pub outcomes: BTreeMap<String, Outcome>,
+    /// The checker of open transactions, kept answering until the verdict is read.
+    pub checker: TransactionProducer,
     /// Every message the consumer group got.
     pub consumed: Vec<Received>,
     /// Committed consume offsets that moved backwards.
@@ -54,6 +69,7 @@ pub struct Load {
     consumer: PushConsumer,
     offsets_back: Arc<Mutex<Vec<String>>>,
     watcher: tokio::task::JoinHandle<()>,
+    checker: TransactionProducer,
 }
 
 impl Load {
@@ -66,10 +82,22 @@ impl Load {
         let stop = Arc::new(AtomicBool::new(false));
         let outcomes: Arc<Mutex<BTreeMap<String, Outcome>>> = Arc::default();
         let last_ack = Arc::new(Mutex::new(Instant::now()));
+        // Answers checks by the body: what was meant to commit commits.
+        let checker = TransactionProducer::builder(client.clone(), TX_GROUP)
+            .topics([topic.to_owned()])
+            .checker(|m| async move {
+                if m.body.starts_with(b"tr") {
+                    TransactionState::Rollback
+                } else {
+                    TransactionState::Commit
+                }
+            })
+            .start()?;
         let producers = (0..producers)
             .map(|p| {
                 let send = Sender {
                     producer: Producer::new(client.clone()),
+                    transactions: checker.clone(),
                     topic: topic.to_owned(),
                     outcomes: outcomes.clone(),
                     last_ack: last_ack.clone(),
@@ -112,6 +140,7 @@ impl Load {
             consumer,
             offsets_back,
             watcher,
+            checker,
         })
     }
 
@@ -165,6 +194,7 @@ impl Load {
         let offsets_back = std::mem::take(&mut *self.offsets_back.lock().unwrap());
         Ok(Record {
             outcomes,
+            checker: self.checker,
             consumed,
             offsets_back,
         })
@@ -174,6 +204,7 @@ impl Load {
 /// One producer of the run.
 struct Sender {
     producer: Producer,
+    transactions: TransactionProducer,
     topic: String,
     outcomes: Arc<Mutex<BTreeMap<String, Outcome>>>,
     last_ack: Arc<Mutex<Instant>>,
@@ -183,6 +214,14 @@ impl Sender {
     async fn run(self, p: usize, stop: Arc<AtomicBool>) {
         let mut seq = 0u64;
         while !stop.load(Ordering::SeqCst) {
+            if seq % 10 == 4 {
+                let kind = ["tc", "tr", "ts"][(seq / 10 % 3) as usize];
+                let body = format!("{kind}{p}-{seq}");
+                seq += 1;
+                let outcome = self.transaction(kind, &body).await;
+                self.outcomes.lock().unwrap().insert(body, outcome);
+                continue;
+            }
             let delayed = seq % 10 == 9;
             let body = format!("{}{p}-{seq}", if delayed { 'd' } else { 'p' });
             let mut message = Message::new(&self.topic, body.clone());
@@ -213,6 +252,39 @@ impl Sender {
                 }
             };
             self.outcomes.lock().unwrap().insert(body, outcome);
+        }
+    }
+}
+
+impl Sender {
+    /// One transaction: the half message, then its end as `kind` says. Whatever the end's
+    /// answer, the outcome is what the transaction comes to: an end not answered is ended by the
+    /// checker the same way.
+    async fn transaction(&self, kind: &str, body: &str) -> Outcome {
+        let started = Instant::now();
+        let txn = match self.transactions.send(Message::new(&self.topic, body.to_owned())).await {
+            Ok(txn) => txn,
+            Err(e) if e.code == ErrorCode::Timeout => return Outcome::Unknown(e.to_string()),
+            Err(e) => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                return Outcome::Failed(e.to_string());
+            }
+        };
+        {
+            let mut last = self.last_ack.lock().unwrap();
+            *last = (*last).max(started);
+        }
+        let ended = match kind {
+            "tc" => txn.commit().await.map(|_| ()),
+            "tr" => txn.rollback().await,
+            _ => Ok(()),
+        };
+        // An end not answered is ended by the checker, the same way.
+        let _ = ended;
+        if kind == "tr" {
+            Outcome::TxRolledBack
+        } else {
+            Outcome::TxCommitted
         }
     }
 }

@@ -190,6 +190,22 @@ pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::
     let record = load
         .stop(wait_healthy(&client, &nodes, Duration::from_secs(30)))
         .await?;
+    // Transactions left open (or whose end was not answered) are ended by the checker, which
+    // the record keeps alive: wait until none is pending before reading what was stored.
+    eprintln!("chaos: waiting for the open transactions to be checked");
+    let _answering = record.checker.clone();
+    let admin = raftmq_client::Admin::new(client.clone());
+    cluster::stage("checking the open transactions", Duration::from_secs(90), async {
+        loop {
+            if let Ok(groups) = admin.pending_transactions(&[], 1).await {
+                if groups.iter().all(|g| g.pending == 0) {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await?;
     eprintln!("chaos: reading every replica");
     let replicas = verdict::read_replicas(&client, &nodes, &args.topic).await?;
     verdict::judge(record, &replicas, &recovery, seed, args.rounds, as_json)

@@ -127,6 +127,38 @@ pub fn judge(
             }
         }
     }
+    // A transaction: committed ones once in every replica, rolled-back ones never.
+    let mut transactions = 0;
+    for (body, outcome) in outcomes {
+        let expected = match outcome {
+            Outcome::TxCommitted => 1,
+            Outcome::TxRolledBack => 0,
+            _ => continue,
+        };
+        transactions += 1;
+        for (id, content) in replicas {
+            let copies = content.values().filter(|(b, _)| b.as_slice() == body.as_bytes()).count();
+            if copies != expected {
+                if copies < expected {
+                    lost += 1;
+                }
+                problems.push(format!(
+                    "transaction {body} ({}) is stored {copies} times on node {id}",
+                    if expected == 1 { "committed" } else { "rolled back" }
+                ));
+            }
+        }
+    }
+    // An unknown half message ends as its checker says: never a rolled-back body.
+    for (body, outcome) in outcomes {
+        if matches!(outcome, Outcome::Unknown(_)) && body.starts_with("tr") {
+            for (id, content) in replicas {
+                if content.values().any(|(b, _)| b.as_slice() == body.as_bytes()) {
+                    problems.push(format!("transaction {body} (rolled back by its checker) is stored on node {id}"));
+                }
+            }
+        }
+    }
     // Each body at most once; per producer and queue, offsets follow send order (delayed
     // messages, `d...`, are in the order they fell due instead).
     let mut seen: BTreeMap<Vec<u8>, u32> = BTreeMap::new();
@@ -192,7 +224,7 @@ pub fn judge(
             .collect();
         println!(
             "{}",
-            json!({"seed": seed, "rounds": rounds, "faults": counts, "acknowledged": acked, "delayed": delayed, "lost": lost, "duplicates": duplicates, "unknown": unknown.len(), "unknown_stored": unknown_present, "liveness_failures": 0, "recovery": rec, "problems": problems})
+            json!({"seed": seed, "rounds": rounds, "faults": counts, "acknowledged": acked, "delayed": delayed, "transactions": transactions, "lost": lost, "duplicates": duplicates, "unknown": unknown.len(), "unknown_stored": unknown_present, "liveness_failures": 0, "recovery": rec, "problems": problems})
         );
     } else {
         println!("seed {seed}, {rounds} rounds, liveness failures 0 (a run with one stops there)");
@@ -212,7 +244,7 @@ pub fn judge(
             );
         }
         println!(
-            "acknowledged {acked} ({delayed} delayed), lost {lost}, duplicates {duplicates}, unknown {} ({} stored, {} absent)",
+            "acknowledged {acked} ({delayed} delayed, {transactions} transactions), lost {lost}, duplicates {duplicates}, unknown {} ({} stored, {} absent)",
             unknown.len(),
             unknown_present,
             unknown.len() - unknown_present
