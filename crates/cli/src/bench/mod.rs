@@ -300,8 +300,7 @@ async fn produce(client: Client, args: ProduceArgs, as_json: bool) -> anyhow::Re
                 m
             };
             let send_one = |started: Instant| {
-                let (producer, args, key, transactions, commits) =
-                    (&producer, &args, &key, &transactions, &commits);
+                let (producer, args, key, transactions, commits) = (&producer, &args, &key, &transactions, &commits);
                 let batch: Vec<Message> = (0..args.batch).map(|_| message()).collect();
                 async move {
                     let result = if let Some(t) = transactions {
@@ -311,11 +310,7 @@ async fn produce(client: Client, args: ProduceArgs, as_json: bool) -> anyhow::Re
                                 let committing = Instant::now();
                                 let done = txn.commit().await.map(|_| 1);
                                 if done.is_ok() {
-                                    commits
-                                        .lock()
-                                        .unwrap()
-                                        .0
-                                        .push(committing.elapsed().as_micros() as u64);
+                                    commits.lock().unwrap().0.push(committing.elapsed().as_micros() as u64);
                                 }
                                 done
                             }
@@ -377,7 +372,18 @@ async fn produce(client: Client, args: ProduceArgs, as_json: bool) -> anyhow::Re
         }
         extra["commit_latency"] = commit;
     }
-    report(if args.transactional { "produce (transactions)" } else { "produce" }, &progress, elapsed, args.size, extra, as_json);
+    report(
+        if args.transactional {
+            "produce (transactions)"
+        } else {
+            "produce"
+        },
+        &progress,
+        elapsed,
+        args.size,
+        extra,
+        as_json,
+    );
     Ok(())
 }
 

@@ -137,7 +137,10 @@ pub fn judge(
         };
         transactions += 1;
         for (id, content) in replicas {
-            let copies = content.values().filter(|(b, _)| b.as_slice() == body.as_bytes()).count();
+            let copies = content
+                .values()
+                .filter(|(b, _)| b.as_slice() == body.as_bytes())
+                .count();
             if copies != expected {
                 if copies < expected {
                     lost += 1;
@@ -154,7 +157,9 @@ pub fn judge(
         if matches!(outcome, Outcome::Unknown(_)) && body.starts_with("tr") {
             for (id, content) in replicas {
                 if content.values().any(|(b, _)| b.as_slice() == body.as_bytes()) {
-                    problems.push(format!("transaction {body} (rolled back by its checker) is stored on node {id}"));
+                    problems.push(format!(
+                        "transaction {body} (rolled back by its checker) is stored on node {id}"
+                    ));
                 }
             }
         }
