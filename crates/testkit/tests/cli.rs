@@ -426,3 +426,59 @@ async fn sql_filters_and_key_queries_from_the_command_line() {
     assert!(!ok && err.contains("INVALID_ARGUMENT"), "{err}");
     group.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_transactions_are_listed_and_ended_from_the_command_line() {
+    use raftmq_proto as pb;
+    let group = Group::start(3, |c| c.transaction_check_after_ms = 600_000).await;
+    let master = group.wait_for_master(Duration::from_secs(10)).await;
+    let ns = group.namesrv_addr();
+    cli_create_topic(&ns, "Orders", 1).await;
+    let mut broker = group.client(master).await;
+    let mut ids = Vec::new();
+    for body in ["keep", "drop"] {
+        let reply = broker
+            .send_half(pb::SendHalfRequest {
+                topic: "Orders".into(),
+                queue_id: 0,
+                producer_group: "P".into(),
+                message: Some(pb::Message {
+                    body: body.as_bytes().to_vec(),
+                    keys: format!("k-{body}"),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("half message")
+            .into_inner();
+        ids.push(reply.transaction_id);
+    }
+
+    let (ok, out, err) = run_cli(&ns, &["transaction", "list"]).await;
+    assert!(ok, "{err}");
+    for id in &ids {
+        assert!(out.contains(id.as_str()), "{out}");
+    }
+    assert!(out.contains("k-keep") && out.contains(" P ") && out.ends_with("2 pending\n"), "{out}");
+    let (ok, out, _) = run_cli(&ns, &["--json", "transaction", "list"]).await;
+    let listed: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(ok && listed["pending"] == 2, "{out}");
+    assert_eq!(listed["transactions"][0]["transaction_id"], ids[0].as_str());
+
+    let (ok, out, err) = run_cli(&ns, &["transaction", "commit", &ids[0]]).await;
+    assert!(ok && out.contains("stored as"), "{out}{err}");
+    let (ok, out, _) = run_cli(&ns, &["transaction", "commit", &ids[0]]).await;
+    assert!(ok && out.contains("committed before"), "{out}");
+    let (ok, out, err) = run_cli(&ns, &["transaction", "rollback", &ids[1]]).await;
+    assert!(ok && out.contains("rolled back"), "{out}{err}");
+    let (ok, _, err) = run_cli(&ns, &["transaction", "commit", &ids[1]]).await;
+    assert!(!ok && err.contains("TRANSACTION_ENDED"), "{err}");
+    let (ok, _, err) = run_cli(&ns, &["transaction", "commit", "garbage"]).await;
+    assert!(!ok && err.contains("INVALID_ARGUMENT"), "{err}");
+    let (ok, out, _) = run_cli(&ns, &["transaction", "list"]).await;
+    assert!(ok && out.ends_with("0 pending\n"), "{out}");
+    let (ok, out, err) = run_cli(&ns, &["consume", "Orders", "--idle-secs", "1"]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("keep") && !out.contains("drop"), "{out}");
+    group.shutdown().await;
+}
