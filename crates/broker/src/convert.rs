@@ -69,6 +69,8 @@ pub fn group_to_proto(g: &GroupConfig) -> pb::GroupConfig {
         backoff_ms,
         exponential,
         effective_max_reconsume_times: 0,
+        fifo: None,
+        keep_retry_settings: false,
     }
 }
 

@@ -30,9 +30,12 @@ use raftmq_common::{Error, ErrorCode};
 pub const PROP_MESSAGE_ID: &str = "UNIQ_KEY";
 /// Property holding the producer's host.
 pub const PROP_BORN_HOST: &str = "__BORNHOST";
+/// Property holding a FIFO message's message group (RocketMQ's sharding key).
+pub const PROP_MESSAGE_GROUP: &str = "__SHARDINGKEY";
 /// Properties raftmq sets itself: a user property may not use these names (a delay is asked for
 /// with the DELAY type and a delivery timestamp).
-const RESERVED: [&str; 11] = [
+const RESERVED: [&str; 12] = [
+    PROP_MESSAGE_GROUP,
     ops::txn::PROP_TRANSACTION,
     ops::txn::PROP_PRODUCER_GROUP,
     ops::txn::PROP_CHECK_IMMUNITY,
@@ -182,6 +185,40 @@ impl RocketMqBroker {
         m
     }
 
+    /// Stores FIFO messages in request order, each in the queue its message group hashes to (as
+    /// RocketMQ's proxy does), so a group's messages keep their order in one queue.
+    async fn send_fifo(
+        &self,
+        topic: String,
+        ids: Vec<String>,
+        messages: Vec<MessageIn>,
+        groups: Vec<String>,
+    ) -> Result<Vec<v2::SendResultEntry>, Fail> {
+        let queues = ops::topics::for_send(&self.state, &topic)
+            .await
+            .map_err(fail)?
+            .write_queues
+            .max(1);
+        let mut entries = Vec::with_capacity(messages.len());
+        for ((message_id, message), group) in ids.into_iter().zip(messages).zip(groups) {
+            let queue_id = (raftmq_common::stable_hash(&group) % u64::from(queues)) as u32;
+            let batch = ops::send::Batch {
+                topic: topic.clone(),
+                queue: ops::send::Queue::Given(queue_id),
+                messages: vec![message],
+            };
+            let sent = ops::send::send(&self.state, batch).await.map_err(fail)?;
+            entries.push(v2::SendResultEntry {
+                status: Some(raftmq_rocketmq::status::ok()),
+                message_id,
+                transaction_id: String::new(),
+                offset: sent.first_offset as i64,
+                recall_handle: String::new(),
+            });
+        }
+        Ok(entries)
+    }
+
     /// Stores each message as a transaction's half message (RocketMQ 5 producers have no
     /// producer group: a check goes to a producer publishing the topic).
     async fn send_halves(
@@ -209,18 +246,21 @@ impl RocketMqBroker {
         Ok(entries)
     }
 
-    fn message_in(&self, m: v2::Message) -> Result<(MessageIn, bool), Fail> {
+    /// A message as the store keeps it, whether it is a transaction's half message, and its
+    /// message group if it is a FIFO one.
+    fn message_in(&self, m: v2::Message) -> Result<(MessageIn, bool, Option<String>), Fail> {
         let sys = m.system_properties.unwrap_or_default();
-        let (delayed, transactional) =
+        let (delayed, transactional, fifo) =
             match v2::MessageType::try_from(sys.message_type).unwrap_or(v2::MessageType::Unspecified) {
-                v2::MessageType::Normal | v2::MessageType::Unspecified => (false, false),
-                v2::MessageType::Delay => (true, false),
-                v2::MessageType::Transaction => (false, true),
+                v2::MessageType::Normal | v2::MessageType::Unspecified => (false, false, false),
+                v2::MessageType::Delay => (true, false, false),
+                v2::MessageType::Transaction => (false, true, false),
+                v2::MessageType::Fifo => (false, false, true),
                 other => {
                     return Err(Fail::new(
                         Code::Unsupported,
                         format!(
-                            "{} messages are not served by raftmq; send NORMAL, DELAY or TRANSACTION ones",
+                            "{} messages are not served by raftmq; send NORMAL, FIFO, DELAY or TRANSACTION ones",
                             other.as_str_name()
                         ),
                     ))
@@ -234,14 +274,23 @@ impl RocketMqBroker {
                 "a DELAY message needs a delivery timestamp, and only a DELAY message may have one",
             ));
         }
-        if sys.message_group.is_some() {
-            let code = if delayed || transactional {
-                Code::MessagePropertyConflictWithType
-            } else {
-                Code::Unsupported
-            };
-            return Err(Fail::new(code, "message groups (FIFO) are not served by raftmq"));
-        }
+        // A FIFO message has a message group, and only a FIFO message has one.
+        let message_group = match (fifo, sys.message_group.clone()) {
+            (true, Some(g)) if !g.is_empty() && g.len() <= 128 => Some(g),
+            (true, _) => {
+                return Err(Fail::new(
+                    Code::IllegalMessageGroup,
+                    "a FIFO message needs a message group of 1 to 128 bytes",
+                ))
+            }
+            (false, Some(_)) => {
+                return Err(Fail::new(
+                    Code::MessagePropertyConflictWithType,
+                    "only a FIFO message may have a message group",
+                ))
+            }
+            (false, None) => None,
+        };
         let due_ms = sys.delivery_timestamp.as_ref().map(delivery_ms);
         if let Some(due) = due_ms {
             let ahead = due - raftmq_common::time::now_ms();
@@ -303,6 +352,9 @@ impl RocketMqBroker {
         if !sys.born_host.is_empty() {
             properties.push((PROP_BORN_HOST.to_owned(), sys.born_host));
         }
+        if let Some(g) = &message_group {
+            properties.push((PROP_MESSAGE_GROUP.to_owned(), g.clone()));
+        }
         if let Some(d) = sys.orphaned_transaction_recovery_duration.filter(|_| transactional) {
             let seconds = raftmq_rocketmq::duration(&d).as_secs();
             properties.push((ops::txn::PROP_CHECK_IMMUNITY.to_owned(), seconds.to_string()));
@@ -326,7 +378,7 @@ impl RocketMqBroker {
                 format!("tags, keys and properties exceed {MAX_PROPERTIES_SIZE} bytes"),
             ));
         }
-        Ok((message, transactional))
+        Ok((message, transactional, message_group))
     }
 
     /// A stored message as a delivery to a client.
@@ -343,6 +395,7 @@ impl RocketMqBroker {
         let mut born_host = String::new();
         let mut due_ms = None;
         let mut transactional = false;
+        let mut message_group = None;
         let mut user = std::collections::HashMap::new();
         for (k, v) in m.properties {
             match k.as_str() {
@@ -350,6 +403,7 @@ impl RocketMqBroker {
                 PROP_BORN_HOST => born_host = v,
                 delay::PROP_DELIVER_MS => due_ms = v.parse::<i64>().ok(),
                 ops::txn::PROP_TRANSACTION => transactional = v == "true",
+                PROP_MESSAGE_GROUP => message_group = Some(v),
                 ops::txn::PROP_PRODUCER_GROUP | ops::txn::PROP_CHECK_IMMUNITY => {}
                 _ => {
                     user.insert(k, v);
@@ -377,10 +431,13 @@ impl RocketMqBroker {
                     v2::MessageType::Delay
                 } else if transactional {
                     v2::MessageType::Transaction
+                } else if message_group.is_some() {
+                    v2::MessageType::Fifo
                 } else {
                     v2::MessageType::Normal
                 } as i32,
                 delivery_timestamp: due_ms.map(raftmq_rocketmq::timestamp_ms),
+                message_group,
                 born_timestamp: Some(raftmq_rocketmq::timestamp_ms(m.born_timestamp_ms)),
                 born_host,
                 store_timestamp: Some(raftmq_rocketmq::timestamp_ms(m.store_timestamp_ms)),
@@ -424,6 +481,10 @@ fn check_invisible(d: Duration) -> Result<Duration, Fail> {
 
 #[tonic::async_trait]
 impl Backend for RocketMqBroker {
+    fn consumer_is_fifo(&self, group: &str) -> bool {
+        self.state.reader.is_fifo(group)
+    }
+
     fn consumer_retry_policy(&self, group: &str) -> v2::RetryPolicy {
         use raftmq_rocketmq::settings::{consumer_retry_policy, Redelivery};
         use raftmq_store::groups::Backoff;
@@ -510,6 +571,7 @@ impl Backend for RocketMqBroker {
         let mut ids = Vec::with_capacity(messages.len());
         let mut stored = Vec::with_capacity(messages.len());
         let mut transactional = 0;
+        let mut groups = Vec::with_capacity(messages.len());
         for m in messages {
             ids.push(
                 m.system_properties
@@ -517,9 +579,20 @@ impl Backend for RocketMqBroker {
                     .map(|p| p.message_id.clone())
                     .unwrap_or_default(),
             );
-            let (message, half) = self.message_in(m)?;
+            let (message, half, group) = self.message_in(m)?;
             stored.push(message);
             transactional += usize::from(half);
+            groups.push(group);
+        }
+        if groups.iter().any(Option::is_some) {
+            if groups.iter().any(Option::is_none) {
+                return Err(Fail::new(
+                    Code::MessagePropertyConflictWithType,
+                    "a request is all FIFO messages or none",
+                ));
+            }
+            let groups = groups.into_iter().flatten().collect();
+            return self.send_fifo(topic, ids, stored, groups).await;
         }
         if transactional > 0 {
             if transactional != stored.len() {

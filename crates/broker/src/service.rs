@@ -391,12 +391,21 @@ impl Broker for BrokerService {
         let config = ops::retry::group(&self.state, &name)?;
         let mut reply = convert::group_to_proto(&config);
         reply.effective_max_reconsume_times = ops::retry::effective_max(&self.state, &config);
+        reply.fifo = Some(self.state.reader.is_fifo(&name));
         Ok(Response::new(reply))
     }
 
     async fn update_group_config(&self, request: Request<pb::GroupConfig>) -> Reply<pb::UpdateGroupConfigReply> {
-        let config = convert::group_from_proto(request.into_inner())?;
-        ops::retry::update_group(&self.state, config).await?;
+        let req = request.into_inner();
+        let (fifo, keep) = (req.fifo, req.keep_retry_settings);
+        let name = req.consumer_group.clone();
+        let config = convert::group_from_proto(req)?;
+        if !keep {
+            ops::retry::update_group(&self.state, config).await?;
+        }
+        if let Some(fifo) = fifo {
+            ops::retry::set_fifo(&self.state, &name, fifo).await?;
+        }
         Ok(Response::new(pb::UpdateGroupConfigReply {}))
     }
 

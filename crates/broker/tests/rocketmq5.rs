@@ -134,7 +134,7 @@ async fn bad_input_gets_rocketmq_codes_and_nothing_is_stored() {
                 m.system_properties.as_mut().unwrap().message_group = Some("g".into());
                 m
             },
-            Code::Unsupported,
+            Code::MessagePropertyConflictWithType,
         ),
         (
             {
@@ -344,6 +344,7 @@ async fn namespaces_routes_and_the_settings_handshake() {
             q.accept_message_types,
             vec![
                 v2::MessageType::Normal as i32,
+                v2::MessageType::Fifo as i32,
                 v2::MessageType::Delay as i32,
                 v2::MessageType::Transaction as i32
             ]
@@ -780,5 +781,177 @@ async fn transactions_commit_roll_back_and_are_checked_over_telemetry() {
         code(&send(&mut c, fifo).await.status),
         Code::MessagePropertyConflictWithType
     );
+    group.shutdown().await;
+}
+
+fn fifo_message(topic: &str, id: &str, group: &str) -> v2::Message {
+    let mut m = message(topic, id, id.as_bytes());
+    let sys = m.system_properties.as_mut().unwrap();
+    sys.message_type = v2::MessageType::Fifo as i32;
+    sys.message_group = Some(group.into());
+    m
+}
+
+async fn ack_all(c: &mut MessagingServiceClient<Channel>, group: &str, topic: &str, messages: &[v2::Message]) {
+    let entries = messages
+        .iter()
+        .map(|m| {
+            let sys = m.system_properties.as_ref().unwrap();
+            v2::AckMessageEntry {
+                message_id: sys.message_id.clone(),
+                receipt_handle: sys.receipt_handle.clone().unwrap(),
+                lite_topic: None,
+            }
+        })
+        .collect();
+    let r = c
+        .ack_message(v2::AckMessageRequest {
+            group: resource(group),
+            topic: resource(topic),
+            entries,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r.status), Code::Ok, "{r:?}");
+}
+
+fn ids(messages: &[v2::Message]) -> Vec<String> {
+    messages
+        .iter()
+        .map(|m| m.system_properties.as_ref().unwrap().message_id.clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_group_gets_a_queue_one_batch_at_a_time_in_order() {
+    let group = Group::start(3, |_| {}).await;
+    let master = group.wait_for_master(Duration::from_secs(10)).await;
+    let slave = group.ids().into_iter().find(|id| *id != master).expect("a slave");
+    group.create_topic(master, "F", 1).await;
+    group.create_topic(master, "F2", 4).await;
+    // Mark GF FIFO, leaving its retry settings alone.
+    group
+        .client(master)
+        .await
+        .update_group_config(raftmq_proto::GroupConfig {
+            consumer_group: "GF".into(),
+            fifo: Some(true),
+            keep_retry_settings: true,
+            ..Default::default()
+        })
+        .await
+        .expect("mark GF FIFO");
+    let mut c = v2_client(&group.addr(slave)).await;
+
+    // The settings say so.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut telemetry = c
+        .telemetry(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tx.send(v2::TelemetryCommand {
+        status: None,
+        command: Some(v2::telemetry_command::Command::Settings(v2::Settings {
+            pub_sub: Some(v2::settings::PubSub::Subscription(v2::Subscription {
+                group: resource("GF"),
+                ..Default::default()
+            })),
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let reply = telemetry.message().await.unwrap().expect("settings");
+    let Some(v2::telemetry_command::Command::Settings(s)) = reply.command else {
+        panic!("settings back")
+    };
+    let Some(v2::settings::PubSub::Subscription(sub)) = s.pub_sub else {
+        panic!("a subscription")
+    };
+    assert_eq!(sub.fifo, Some(true));
+
+    // Two message groups, interleaved, through a slave (forwarded).
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        for g in ["A", "B"] {
+            let id = format!("{g}{i}");
+            let r = send(&mut c, fifo_message("F", &id, g)).await;
+            assert_eq!(code(&r.status), Code::Ok, "{r:?}");
+            sent.push(id);
+        }
+    }
+    // The type rules: a FIFO message needs a group, and only a FIFO message has one.
+    let mut no_group = fifo_message("F", "x1", "A");
+    no_group.system_properties.as_mut().unwrap().message_group = None;
+    assert_eq!(code(&send(&mut c, no_group).await.status), Code::IllegalMessageGroup);
+    let mut normal = message("F", "x2", b"x");
+    normal.system_properties.as_mut().unwrap().message_group = Some("A".into());
+    assert_eq!(
+        code(&send(&mut c, normal).await.status),
+        Code::MessagePropertyConflictWithType
+    );
+
+    // Invisible for 30 s, long-polling 1 s; `short` batches come back after 1 s.
+    let batch = |n: i32| {
+        let mut r = receive_request("GF", "F", Duration::from_secs(30));
+        r.batch_size = n;
+        r
+    };
+    let short = |n: i32| {
+        let mut r = receive_request("GF", "F", Duration::from_secs(1));
+        r.batch_size = n;
+        r
+    };
+    let (status, first, _) = receive(&mut c, batch(3)).await;
+    assert_eq!(status, Code::Ok);
+    assert_eq!(ids(&first), sent[..3]);
+    let sys = first[0].system_properties.as_ref().unwrap();
+    assert_eq!(sys.message_type, v2::MessageType::Fifo as i32);
+    assert_eq!(sys.message_group.as_deref(), Some("A"));
+    // Nothing more while that batch is out, even once part of it is acknowledged.
+    let (status, none, _) = receive(&mut c, batch(3)).await;
+    assert_eq!((status, none.len()), (Code::MessageNotFound, 0));
+    ack_all(&mut c, "GF", "F", &first[..2]).await;
+    let (status, none, _) = receive(&mut c, batch(3)).await;
+    assert_eq!((status, none.len()), (Code::MessageNotFound, 0));
+    ack_all(&mut c, "GF", "F", &first[2..]).await;
+
+    // The next batch; not acknowledged, it comes back whole and in order after its invisibility.
+    let (_, second, _) = receive(&mut c, short(3)).await;
+    assert_eq!(ids(&second), sent[3..6]);
+    let (_, again, _) = wait_until("the batch comes back", Duration::from_secs(10), || {
+        let mut c = c.clone();
+        async move {
+            let got = receive(&mut c, batch(3)).await;
+            (!got.1.is_empty()).then_some(got)
+        }
+    })
+    .await;
+    assert_eq!(ids(&again), sent[3..6], "redelivered in order");
+    assert_eq!(again[0].system_properties.as_ref().unwrap().delivery_attempt, Some(2));
+    ack_all(&mut c, "GF", "F", &again).await;
+    let (_, rest, _) = receive(&mut c, batch(32)).await;
+    assert_eq!(ids(&rest), sent[6..]);
+    ack_all(&mut c, "GF", "F", &rest).await;
+
+    // A group that is not FIFO gets everything at once.
+    let (_, all, _) = receive(&mut c, receive_request("G", "F", Duration::from_secs(30))).await;
+    assert_eq!(all.len(), 10);
+
+    // A message group keeps to one queue of a topic with several.
+    for i in 0..4 {
+        let r = send(&mut c, fifo_message("F2", &format!("k{i}"), "K")).await;
+        assert_eq!(code(&r.status), Code::Ok);
+    }
+    let mut queues = std::collections::BTreeSet::new();
+    for q in 0..4 {
+        let mut r = receive_request("G2", "F2", Duration::from_secs(30));
+        r.message_queue.as_mut().unwrap().id = q;
+        let (_, got, _) = receive(&mut c, r).await;
+        queues.extend(got.iter().map(|m| m.system_properties.as_ref().unwrap().queue_id));
+    }
+    assert_eq!(queues.len(), 1, "one queue for one message group: {queues:?}");
     group.shutdown().await;
 }

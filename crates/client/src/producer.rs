@@ -117,8 +117,7 @@ impl Future for SendFuture {
 
 /// FNV-1a: a hash that is the same in every process and version, unlike std's.
 pub fn stable_hash(key: &str) -> u64 {
-    key.bytes()
-        .fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+    raftmq_common::stable_hash(key)
 }
 
 impl Producer {

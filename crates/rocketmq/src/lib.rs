@@ -46,6 +46,11 @@ pub trait Backend: Send + Sync + 'static {
         settings::default_consumer_retry_policy()
     }
 
+    /// Whether a consumer group is FIFO, told to its consumers in their settings.
+    fn consumer_is_fifo(&self, _group: &str) -> bool {
+        false
+    }
+
     /// Where writes and receives go from here; may wait a bounded time for a master to exist.
     async fn target(&self) -> Result<Target, Fail> {
         Err(Fail::illegal_access_point())

@@ -88,10 +88,11 @@ fn permission(bits: i32) -> v2::Permission {
     }
 }
 
-/// What raftmq accepts: normal, delayed and transactional messages (FIFO is not served yet).
+/// What raftmq accepts: normal, FIFO, delayed and transactional messages.
 pub fn accepted_types() -> Vec<i32> {
     vec![
         v2::MessageType::Normal as i32,
+        v2::MessageType::Fifo as i32,
         v2::MessageType::Delay as i32,
         v2::MessageType::Transaction as i32,
     ]
@@ -199,6 +200,7 @@ mod tests {
             queues[0].accept_message_types,
             vec![
                 v2::MessageType::Normal as i32,
+                v2::MessageType::Fifo as i32,
                 v2::MessageType::Delay as i32,
                 v2::MessageType::Transaction as i32
             ]

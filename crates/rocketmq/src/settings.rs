@@ -70,7 +70,7 @@ pub fn default_consumer_retry_policy() -> v2::RetryPolicy {
 
 /// The settings the server answers to the client's `settings`; consumers are told their
 /// group's retry policy (`consumer_retry`: how many deliveries at most, after which delays).
-pub fn effective(client: &v2::Settings, consumer_retry: v2::RetryPolicy) -> v2::Settings {
+pub fn effective(client: &v2::Settings, consumer_retry: v2::RetryPolicy, fifo: bool) -> v2::Settings {
     let mut s = v2::Settings {
         client_type: client.client_type,
         access_point: client.access_point.clone(),
@@ -109,8 +109,9 @@ pub fn effective(client: &v2::Settings, consumer_retry: v2::RetryPolicy) -> v2::
             s.pub_sub = Some(v2::settings::PubSub::Subscription(v2::Subscription {
                 group: sub.group.clone(),
                 subscriptions: sub.subscriptions.clone(),
-                // FIFO delivery is not served: messages of a group are delivered as normal ones.
-                fifo: Some(false),
+                // A FIFO group (`raftmq group update GROUP --fifo true`) gets a queue's next
+                // message only once the earlier ones were acknowledged.
+                fifo: Some(fifo),
                 receive_batch_size: Some(RECEIVE_BATCH_SIZE),
                 long_polling_timeout: Some(proto_duration(long_polling)),
                 lite_subscription_quota: None,
@@ -135,6 +136,7 @@ mod tests {
                 ..Default::default()
             },
             default_consumer_retry_policy(),
+            false,
         );
         let Some(v2::settings::PubSub::Publishing(p)) = producer.pub_sub else {
             panic!()
@@ -151,6 +153,7 @@ mod tests {
                 ..Default::default()
             },
             default_consumer_retry_policy(),
+            false,
         );
         let Some(v2::settings::PubSub::Subscription(sub)) = consumer.pub_sub else {
             panic!()

@@ -157,6 +157,7 @@ pub fn apply_request(
                 position += u32::from(message.is_some());
                 result
             }
+            Command::SetGroupFifo { group, fifo } => crate::groups::set_fifo(db, state, batch, group, *fifo),
             Command::TxnChecked { txn, next_after_ms } => {
                 crate::txns::checked(db, state, batch, &at(position), txn, *next_after_ms)
             }

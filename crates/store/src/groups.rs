@@ -168,6 +168,32 @@ pub(crate) fn update(db: &Db, state: &mut SmState, batch: &mut WriteBatch, confi
     CommandResult::Done
 }
 
+/// Where a group's FIFO mark is kept: in the groups' column family, under a key no group name
+/// can be (names never hold a NUL), so the settings' own records keep their format.
+pub(crate) fn fifo_key(group: &str) -> Vec<u8> {
+    let mut k = FIFO_PREFIX.to_vec();
+    k.extend_from_slice(group.as_bytes());
+    k
+}
+
+/// The prefix of [`fifo_key`]s.
+pub(crate) const FIFO_PREFIX: &[u8] = b"\0fifo\0";
+
+/// Marks a group FIFO (or not).
+pub(crate) fn set_fifo(db: &Db, state: &mut SmState, batch: &mut WriteBatch, group: &str, fifo: bool) -> CommandResult {
+    if let Err(e) = raftmq_common::validate::name("consumer group", group) {
+        return CommandResult::Rejected(Rejection::InvalidArgument, e.to_string());
+    }
+    if fifo {
+        batch.put_cf(db.cf(CF_GROUPS), fifo_key(group), codec::encode(&true));
+        state.fifo_groups.insert(group.to_owned());
+    } else {
+        batch.delete_cf(db.cf(CF_GROUPS), fifo_key(group));
+        state.fifo_groups.remove(group);
+    }
+    CommandResult::Done
+}
+
 /// Creates a group's system topic on first use, as RocketMQ does: one queue, readable and
 /// writable, so it can be consumed and inspected like any topic.
 pub(crate) fn ensure_system_topic(db: &Db, state: &mut SmState, batch: &mut WriteBatch, name: &str) {

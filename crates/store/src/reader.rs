@@ -180,6 +180,11 @@ impl StoreReader {
     }
 
     /// Every group with settings of its own.
+    /// Whether a consumer group is FIFO.
+    pub fn is_fifo(&self, group: &str) -> bool {
+        self.shared.read().fifo_groups.contains(group)
+    }
+
     pub fn groups(&self) -> Vec<crate::groups::GroupConfig> {
         self.shared.read().groups.values().cloned().collect()
     }

@@ -92,6 +92,8 @@ pub struct SmState {
     pub corrupt: Option<CorruptRecord>,
     /// Consumer groups with settings of their own.
     pub groups: BTreeMap<String, crate::groups::GroupConfig>,
+    /// Consumer groups marked FIFO.
+    pub fifo_groups: std::collections::BTreeSet<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +156,10 @@ impl SmState {
         state.txns_pending = crate::txns::load_count(db)?;
         for item in db.db.iterator_cf(db.cf(CF_GROUPS), IteratorMode::Start) {
             let (key, value) = item?;
+            if let Some(name) = key.strip_prefix(crate::groups::FIFO_PREFIX) {
+                state.fifo_groups.insert(String::from_utf8_lossy(name).into_owned());
+                continue;
+            }
             let group: crate::groups::GroupConfig =
                 codec::decode(&value, || format!("group {}", String::from_utf8_lossy(&key)))?;
             state.groups.insert(group.name.clone(), group);

@@ -202,6 +202,9 @@ pub enum Command {
     /// Records that the master asked the producers about a pending transaction: one more
     /// check, the next `next_after_ms` after this entry.
     TxnChecked { txn: crate::txns::Txn, next_after_ms: i64 },
+    /// Marks a consumer group FIFO or not: a FIFO group gets a queue's next message only once
+    /// every earlier delivery of that queue was acknowledged (or dead-lettered).
+    SetGroupFifo { group: String, fifo: bool },
 }
 
 impl Command {

@@ -459,7 +459,10 @@ async fn open_transactions_are_listed_and_ended_from_the_command_line() {
     for id in &ids {
         assert!(out.contains(id.as_str()), "{out}");
     }
-    assert!(out.contains("k-keep") && out.contains(" P ") && out.ends_with("2 pending\n"), "{out}");
+    assert!(
+        out.contains("k-keep") && out.contains(" P ") && out.ends_with("2 pending\n"),
+        "{out}"
+    );
     let (ok, out, _) = run_cli(&ns, &["--json", "transaction", "list"]).await;
     let listed: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert!(ok && listed["pending"] == 2, "{out}");

@@ -164,10 +164,20 @@ async fn pop_queue(state: &BrokerState, r: &Receive<'_>, queue_id: u32, max: usi
         tracing::debug!(group, topic, queue_id, "queue busy with another receive");
         return Ok(Popped::default());
     };
-    let view = state.reader.pop_view(group, topic, queue_id, now_ms(), max * 2);
+    // A FIFO group gets a queue's messages one batch at a time: nothing while a delivery of the
+    // queue is out, then the expired ones again (in order) before anything new.
+    let fifo = state.reader.is_fifo(group);
+    let listed = if fifo { usize::MAX } else { max * 2 };
+    let view = state.reader.pop_view(group, topic, queue_id, now_ms(), listed);
     // What was invisible stays so; what this round grants comes back after the receive
     // returns, so the view before it is the one a waiting receive needs.
     let next_visible_at_ms = view.next_visible_at_ms;
+    if fifo && next_visible_at_ms.is_some() {
+        return Ok(Popped {
+            deliveries: vec![],
+            next_visible_at_ms,
+        });
+    }
     let mut redeliver = Vec::new();
     let mut forget = Vec::new();
     let mut messages: BTreeMap<u64, StoredMessage> = BTreeMap::new();
@@ -191,7 +201,11 @@ async fn pop_queue(state: &BrokerState, r: &Receive<'_>, queue_id: u32, max: usi
             messages.insert(lease.offset, m);
         }
     }
-    let room = max.saturating_sub(redeliver.len());
+    let room = if fifo && view.inflight > 0 {
+        0
+    } else {
+        max.saturating_sub(redeliver.len())
+    };
     let (mut new, mut new_to) = (Vec::new(), view.cursor);
     if room > 0 && view.inflight < MAX_INFLIGHT_PER_QUEUE {
         let read = super::pull::read_matching(

@@ -145,3 +145,22 @@ pub async fn update_group(state: &BrokerState, config: GroupConfig) -> Result<()
     state.commit(Command::UpdateGroup(config), 256).await?;
     Ok(())
 }
+
+/// Marks a consumer group FIFO (or not), on the master.
+pub async fn set_fifo(state: &BrokerState, group: &str, fifo: bool) -> Result<(), Error> {
+    raftmq_common::validate::name("consumer group", group)?;
+    if group.starts_with('%') {
+        return Err(ErrorCode::InvalidArgument.err(format!("{group:?} is a system name (starts with %)")));
+    }
+    state.require_master()?;
+    state
+        .commit(
+            Command::SetGroupFifo {
+                group: group.to_owned(),
+                fifo,
+            },
+            64,
+        )
+        .await?;
+    Ok(())
+}

@@ -49,7 +49,7 @@ pub(crate) async fn settings(admin: &Admin, consumer_group: &str, as_json: bool)
     if as_json {
         let items: Vec<_> = configs
             .iter()
-            .map(|(g, c)| json!({"group": g, "max_reconsume_times": c.effective_max_reconsume_times, "own_max_reconsume_times": (c.max_reconsume_times >= 0).then_some(c.max_reconsume_times), "backoff_ms": c.backoff_ms, "exponential": c.exponential.as_ref().map(|e| json!({"initial_ms": e.initial_ms, "max_ms": e.max_ms, "multiplier": e.multiplier}))}))
+            .map(|(g, c)| json!({"group": g, "max_reconsume_times": c.effective_max_reconsume_times, "own_max_reconsume_times": (c.max_reconsume_times >= 0).then_some(c.max_reconsume_times), "backoff_ms": c.backoff_ms, "exponential": c.exponential.as_ref().map(|e| json!({"initial_ms": e.initial_ms, "max_ms": e.max_ms, "multiplier": e.multiplier})), "fifo": c.fifo.unwrap_or(false)}))
             .collect();
         println!("{}", json!(items));
     } else {
@@ -61,10 +61,14 @@ pub(crate) async fn settings(admin: &Admin, consumer_group: &str, as_json: bool)
                     g.clone(),
                     format!("{}{own}", c.effective_max_reconsume_times),
                     backoff(c),
+                    if c.fifo.unwrap_or(false) { "yes" } else { "no" }.to_owned(),
                 ]
             })
             .collect();
-        print!("{}", table::render(&["GROUP", "MAX_RECONSUME_TIMES", "BACKOFF"], &rows));
+        print!(
+            "{}",
+            table::render(&["GROUP", "MAX_RECONSUME_TIMES", "BACKOFF", "FIFO"], &rows)
+        );
     }
     Ok(())
 }

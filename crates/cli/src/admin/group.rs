@@ -22,16 +22,21 @@ pub(crate) enum GroupCommand {
     },
     /// The group's retry settings in every broker group.
     Settings { consumer_group: String },
-    /// Store the group's retry settings in every broker group.
+    /// Store the group's retry settings (and whether it is FIFO) in every broker group. With
+    /// only --fifo, the retry settings stay as they are; otherwise one not given is `default`.
     Update {
         consumer_group: String,
         /// Retries of a failed message before it goes to %DLQ%<group>, or `default`.
-        #[arg(long, default_value = "default")]
-        max_reconsume_times: String,
+        #[arg(long)]
+        max_reconsume_times: Option<String>,
         /// Delays before the 1st, 2nd, ... retry (`10s,1m,10m`; past the end, the last),
         /// `exp:INITIAL,MAX,MULTIPLIER`, or `default` (10s 30s 1m 2m ... 2h).
-        #[arg(long, default_value = "default")]
-        backoff: String,
+        #[arg(long)]
+        backoff: Option<String>,
+        /// FIFO: a queue's next message is delivered to the group (RocketMQ 5 consumers) only
+        /// once the earlier ones were acknowledged.
+        #[arg(long)]
+        fifo: Option<bool>,
     },
     /// The group's dead letters.
     #[command(subcommand)]
@@ -45,8 +50,19 @@ pub(crate) async fn run(admin: &Admin, command: GroupCommand, as_json: bool) -> 
             consumer_group,
             max_reconsume_times,
             backoff,
+            fifo,
         } => {
-            let config = super::dlq::update_request(&consumer_group, &max_reconsume_times, &backoff)?;
+            let keep = max_reconsume_times.is_none() && backoff.is_none();
+            if keep && fifo.is_none() {
+                anyhow::bail!("nothing to update: give --max-reconsume-times, --backoff or --fifo");
+            }
+            let mut config = super::dlq::update_request(
+                &consumer_group,
+                max_reconsume_times.as_deref().unwrap_or("default"),
+                backoff.as_deref().unwrap_or("default"),
+            )?;
+            config.fifo = fifo;
+            config.keep_retry_settings = keep;
             let groups = admin.update_group_config(config).await?;
             if as_json {
                 println!("{}", json!({"updated": groups}));

@@ -430,14 +430,16 @@ impl<B: Backend> Service for MessagingService<B> {
                         _producer = backend.register_producer(&namespace, topics, tx.clone());
                     }
                     // A subscription that names no group gets the node's defaults.
-                    let retry = match &s.pub_sub {
-                        Some(v2::settings::PubSub::Subscription(sub)) => backend.consumer_retry_policy(
-                            &sub.group
+                    let (retry, fifo) = match &s.pub_sub {
+                        Some(v2::settings::PubSub::Subscription(sub)) => {
+                            let group = sub
+                                .group
                                 .as_ref()
                                 .map(|g| full_name(&g.resource_namespace, &g.name))
-                                .unwrap_or_default(),
-                        ),
-                        _ => settings::default_consumer_retry_policy(),
+                                .unwrap_or_default();
+                            (backend.consumer_retry_policy(&group), backend.consumer_is_fifo(&group))
+                        }
+                        _ => (settings::default_consumer_retry_policy(), false),
                     };
                     // A subscription whose filter does not parse is told so at once (its
                     // receives fail the same way); the settings are answered all the same.
@@ -451,7 +453,9 @@ impl<B: Backend> Service for MessagingService<B> {
                     };
                     let reply = v2::TelemetryCommand {
                         status: Some(status),
-                        command: Some(v2::telemetry_command::Command::Settings(settings::effective(&s, retry))),
+                        command: Some(v2::telemetry_command::Command::Settings(settings::effective(
+                            &s, retry, fifo,
+                        ))),
                     };
                     if tx.send(Ok(reply)).await.is_err() {
                         break;
