@@ -4,7 +4,8 @@
 //! - Python (PyPI `rocketmq-python-client` 5.1.2, installed by `scripts/install-deps.sh`):
 //!   sends, tag filters, a 4 MiB body, POP receives with invisibility, acknowledgements and
 //!   stale receipt handles, a push consumer with redelivery, the dead-letter topic, transactions
-//!   (commit, rollback, checks answered by its TransactionChecker), a master
+//!   (commit, rollback, checks answered by its TransactionChecker), FIFO order per message group
+//!   through a master kill, a master
 //!   killed while the producer sends, and deliveries in flight across a master kill
 //!   (`tests/rocketmq5/official_client.py`);
 //! - Rust (crates.io `rocketmq` 5.0.0): producer and simple consumer
@@ -311,6 +312,20 @@ async fn the_python_producer_rides_through_a_master_kill_without_losing_an_ackno
     .await;
     assert!(result.contains("\"lost\": 0"), "{result}");
     eprintln!("failover under the official Python producer: {result}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_group_keeps_each_message_group_in_order_through_a_master_kill() {
+    require_client();
+    let cluster = ScriptCluster::up(1, &["broker-a"]);
+    create_topic(&cluster, "V5Fifo");
+    let (ok, out, err) = cluster.cli(&["group", "update", "g-fifo", "--fifo", "true"]);
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = cluster.cli(&["group", "settings", "g-fifo"]);
+    assert!(ok && out.contains("yes"), "{out}{err}");
+    let result = run_with_master_kill(&cluster, &["fifo-failover", &cluster.namesrv[0], "V5Fifo"], "RECEIVED").await;
+    assert!(result.contains("\"messages\": 90"), "{result}");
+    eprintln!("FIFO across a master kill: {result}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

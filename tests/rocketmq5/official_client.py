@@ -10,8 +10,9 @@ unmodified, against a raftmq cluster. Run by tests/rocketmq5.rs; usable by hand:
     python3 tests/rocketmq5/official_client.py delay 127.0.0.1:9876 TopicF
     python3 tests/rocketmq5/official_client.py sql 127.0.0.1:9876 TopicG
     python3 tests/rocketmq5/official_client.py transaction 127.0.0.1:9876 TopicH
+    python3 tests/rocketmq5/official_client.py fifo-failover 127.0.0.1:9876 TopicI   (group g-fifo marked FIFO)
 
-The two failover modes print a line (SENDING, RECEIVED) when it is time to kill the master, and
+The failover modes print a line (SENDING, RECEIVED) when it is time to kill the master, and
 go on when they read KILLED on stdin.
 
 Each mode checks what a user would check and exits non-zero with the reason on the first
@@ -326,6 +327,64 @@ def pop_failover(endpoint, topic):
             "errors": errors[:5]}
 
 
+def fifo_failover(endpoint, topic):
+    """FIFO through a master kill: three message groups of 30 messages each, received by the FIFO
+    consumer group g-fifo in small batches and acknowledged; the master is killed mid-stream.
+    Per message group, the first deliveries come in send order with nothing skipped; a batch
+    whose acknowledgement was lost may come again whole, never a message ahead of an earlier
+    one left unacknowledged."""
+    producer = Producer(config(endpoint), (topic,))
+    producer.startup()
+    groups = ["ga", "gb", "gc"]
+    for i in range(30):
+        for g in groups:
+            m = message(topic, f"{g}-{i}".encode())
+            m.message_group = g
+            producer.send(m)
+    producer.shutdown()
+    consumer = SimpleConsumer(config(endpoint), "g-fifo", {topic: FilterExpression("*")}, await_duration=2)
+    consumer.startup()
+    delivered = {g: [] for g in groups}
+    errors = []
+    announced = False
+    killed = [None]
+    end = time.time() + 90
+    total = 30 * len(groups)
+    while time.time() < end and sum(len(set(v)) for v in delivered.values()) < total:
+        try:
+            batch = consumer.receive(4, 5)
+        except Exception as e:  # a consumer loop rides over the election: it retries
+            errors.append(f"{type(e).__name__}: {e}")
+            time.sleep(0.2)
+            continue
+        for m in batch:
+            g, i = m.body.decode().split("-")
+            check(m.message_group == g, f"message {m.body} has message group {m.message_group}")
+            delivered[g].append(int(i))
+        for m in batch:
+            try:
+                consumer.ack(m)
+            except Exception as e:  # an ack lost in the failover: the batch comes again
+                errors.append(f"ack: {type(e).__name__}: {e}")
+        if not announced and sum(len(v) for v in delivered.values()) >= 20:
+            print("RECEIVED", flush=True)
+            announced = True
+            killed[0] = wait_for_kill()
+    consumer.shutdown()
+    check(killed[0] is not None, "the test never killed the master")
+    redelivered = 0
+    for g, seq in delivered.items():
+        first = []
+        for i in seq:
+            if i not in first:
+                check(i == len(first), f"group {g}: {i} delivered before {len(first)} ({seq})")
+                first.append(i)
+            else:
+                redelivered += 1
+        check(len(first) == 30, f"group {g}: {len(first)} of 30 delivered")
+    return {"messages": total, "redelivered": redelivered, "errors": errors[:5]}
+
+
 def delay(endpoint, topic):
     """A DELAY message arrives no earlier than its delivery timestamp and within 1 s after it; a
     recalled one never arrives; recalling again is refused."""
@@ -478,6 +537,8 @@ def main():
         result = sql(endpoint, topic)
     elif mode == "transaction":
         result = transaction(endpoint, topic)
+    elif mode == "fifo-failover":
+        result = fifo_failover(endpoint, topic)
     elif mode == "pop-failover":
         result = pop_failover(endpoint, topic)
     elif mode == "failover":
