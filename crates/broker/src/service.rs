@@ -409,6 +409,24 @@ impl Broker for BrokerService {
         Ok(Response::new(pb::UpdateGroupConfigReply {}))
     }
 
+    async fn lock_queues(&self, request: Request<pb::LockQueuesRequest>) -> Reply<pb::LockQueuesReply> {
+        let r = request.into_inner();
+        let locked = ops::offsets::lock_queues(
+            &self.state,
+            (&r.consumer_group, &r.topic, &r.client_id),
+            r.queue_ids,
+            r.lease_ms,
+        )
+        .await?;
+        Ok(Response::new(pb::LockQueuesReply { locked }))
+    }
+
+    async fn unlock_queues(&self, request: Request<pb::UnlockQueuesRequest>) -> Reply<pb::UnlockQueuesReply> {
+        let r = request.into_inner();
+        ops::offsets::unlock_queues(&self.state, (&r.consumer_group, &r.topic, &r.client_id), r.queue_ids).await?;
+        Ok(Response::new(pb::UnlockQueuesReply {}))
+    }
+
     async fn consumer_heartbeat(
         &self,
         request: Request<pb::ConsumerHeartbeatRequest>,

@@ -158,6 +158,27 @@ pub fn apply_request(
                 result
             }
             Command::SetGroupFifo { group, fifo } => crate::groups::set_fifo(db, state, batch, group, *fifo),
+            Command::LockQueues {
+                group,
+                topic,
+                client_id,
+                queues,
+                lease_ms,
+            } => crate::groups::lock_queues(
+                db,
+                state,
+                batch,
+                req.store_timestamp_ms,
+                (group, topic, client_id),
+                queues,
+                *lease_ms,
+            ),
+            Command::UnlockQueues {
+                group,
+                topic,
+                client_id,
+                queues,
+            } => crate::groups::unlock_queues(db, state, batch, (group, topic, client_id), queues),
             Command::TxnChecked { txn, next_after_ms } => {
                 crate::txns::checked(db, state, batch, &at(position), txn, *next_after_ms)
             }

@@ -194,6 +194,99 @@ pub(crate) fn set_fifo(db: &Db, state: &mut SmState, batch: &mut WriteBatch, gro
     CommandResult::Done
 }
 
+/// The prefix of the keys of queue locks (in the groups' column family, as FIFO marks).
+pub(crate) const LOCK_PREFIX: &[u8] = b"\0lock\0";
+
+/// Longest lock lease.
+pub const MAX_LOCK_LEASE_MS: u64 = 10 * 60 * 1000;
+
+fn lock_key(group: &str, topic: &str, queue: u32) -> Vec<u8> {
+    let mut k = LOCK_PREFIX.to_vec();
+    k.extend_from_slice(group.as_bytes());
+    k.push(0);
+    k.extend_from_slice(topic.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&queue.to_be_bytes());
+    k
+}
+
+/// Parses a lock key back to (group, topic, queue).
+pub(crate) fn parse_lock_key(key: &[u8]) -> Option<(String, String, u32)> {
+    let rest = key.strip_prefix(LOCK_PREFIX)?;
+    let (names, queue) = rest.split_at(rest.len().checked_sub(5)?);
+    let (sep, queue) = queue.split_first()?;
+    if *sep != 0 {
+        return None;
+    }
+    let mut parts = names.splitn(2, |b| *b == 0);
+    let group = String::from_utf8(parts.next()?.to_vec()).ok()?;
+    let topic = String::from_utf8(parts.next()?.to_vec()).ok()?;
+    Some((group, topic, u32::from_be_bytes(queue.try_into().ok()?)))
+}
+
+/// A queue lock: who holds it, and until when (an entry time).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueLock {
+    pub client_id: String,
+    pub expires_ms: i64,
+}
+
+/// Grants the member every queue no other member holds a valid lock on at `now_ms` (the
+/// entry's time), until `now_ms + lease_ms`.
+pub(crate) fn lock_queues(
+    db: &Db,
+    state: &mut SmState,
+    batch: &mut WriteBatch,
+    now_ms: i64,
+    (group, topic, client_id): (&str, &str, &str),
+    queues: &[u32],
+    lease_ms: u64,
+) -> CommandResult {
+    if client_id.is_empty() || client_id.len() > 255 || lease_ms == 0 || lease_ms > MAX_LOCK_LEASE_MS {
+        return CommandResult::Rejected(
+            Rejection::InvalidArgument,
+            format!("a lock needs a client id of 1 to 255 bytes and a lease of 1 to {MAX_LOCK_LEASE_MS} ms"),
+        );
+    }
+    let mut granted = Vec::new();
+    for &queue in queues {
+        let key = (group.to_owned(), topic.to_owned(), queue);
+        let free = match state.queue_locks.get(&key) {
+            None => true,
+            Some(l) => l.client_id == client_id || l.expires_ms <= now_ms,
+        };
+        if !free {
+            continue;
+        }
+        let lock = QueueLock {
+            client_id: client_id.to_owned(),
+            expires_ms: now_ms.saturating_add(lease_ms as i64),
+        };
+        batch.put_cf(db.cf(CF_GROUPS), lock_key(group, topic, queue), codec::encode(&lock));
+        state.queue_locks.insert(key, lock);
+        granted.push(queue);
+    }
+    CommandResult::Locked(granted)
+}
+
+/// Releases the member's locks on the queues.
+pub(crate) fn unlock_queues(
+    db: &Db,
+    state: &mut SmState,
+    batch: &mut WriteBatch,
+    (group, topic, client_id): (&str, &str, &str),
+    queues: &[u32],
+) -> CommandResult {
+    for &queue in queues {
+        let key = (group.to_owned(), topic.to_owned(), queue);
+        if state.queue_locks.get(&key).is_some_and(|l| l.client_id == client_id) {
+            batch.delete_cf(db.cf(CF_GROUPS), lock_key(group, topic, queue));
+            state.queue_locks.remove(&key);
+        }
+    }
+    CommandResult::Done
+}
+
 /// Creates a group's system topic on first use, as RocketMQ does: one queue, readable and
 /// writable, so it can be consumed and inspected like any topic.
 pub(crate) fn ensure_system_topic(db: &Db, state: &mut SmState, batch: &mut WriteBatch, name: &str) {
@@ -245,6 +338,13 @@ pub(crate) fn send_back(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lock_keys_round_trip() {
+        let k = lock_key("g", "T%x", 7);
+        assert_eq!(parse_lock_key(&k), Some(("g".into(), "T%x".into(), 7)));
+        assert_eq!(parse_lock_key(b"\0lock\0"), None);
+    }
 
     #[test]
     fn backoff_follows_the_table_then_stays_at_its_end() {

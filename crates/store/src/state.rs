@@ -94,6 +94,8 @@ pub struct SmState {
     pub groups: BTreeMap<String, crate::groups::GroupConfig>,
     /// Consumer groups marked FIFO.
     pub fifo_groups: std::collections::BTreeSet<String>,
+    /// Queue locks of orderly consumers: (group, topic, queue) → holder.
+    pub queue_locks: BTreeMap<OffsetKey, crate::groups::QueueLock>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +160,16 @@ impl SmState {
             let (key, value) = item?;
             if let Some(name) = key.strip_prefix(crate::groups::FIFO_PREFIX) {
                 state.fifo_groups.insert(String::from_utf8_lossy(name).into_owned());
+                continue;
+            }
+            if key.starts_with(crate::groups::LOCK_PREFIX) {
+                let id = crate::groups::parse_lock_key(&key).ok_or_else(|| CorruptRecord {
+                    what: "queue lock".into(),
+                    reason: "bad key".into(),
+                })?;
+                state
+                    .queue_locks
+                    .insert(id, codec::decode(&value, || "queue lock".into())?);
                 continue;
             }
             let group: crate::groups::GroupConfig =

@@ -205,6 +205,23 @@ pub enum Command {
     /// Marks a consumer group FIFO or not: a FIFO group gets a queue's next message only once
     /// every earlier delivery of that queue was acknowledged (or dead-lettered).
     SetGroupFifo { group: String, fifo: bool },
+    /// Locks queues of a topic for one member of a consumer group (an orderly consumer) until
+    /// `lease_ms` after this entry: granted where no other member holds a lock that is still
+    /// valid at this entry's time. A member renews its locks by asking again.
+    LockQueues {
+        group: String,
+        topic: String,
+        client_id: String,
+        queues: Vec<u32>,
+        lease_ms: u64,
+    },
+    /// Releases the member's locks on the queues (those it holds).
+    UnlockQueues {
+        group: String,
+        topic: String,
+        client_id: String,
+        queues: Vec<u32>,
+    },
 }
 
 impl Command {
@@ -482,6 +499,8 @@ pub enum CommandResult {
     Prepared {
         position: u32,
     },
+    /// The queues a [`Command::LockQueues`] granted.
+    Locked(Vec<u32>),
 }
 
 /// The outcome of applying one entry.

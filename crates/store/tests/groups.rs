@@ -107,3 +107,78 @@ async fn a_message_sent_back_waits_on_the_retry_topic_or_lands_in_the_dead_lette
     assert_eq!(dead.messages.len(), 1);
     assert_eq!(dead.messages[0].body, b"failed");
 }
+
+fn lock(client: &str, queues: &[u32], lease_ms: u64) -> Command {
+    Command::LockQueues {
+        group: "G".into(),
+        topic: "T".into(),
+        client_id: client.into(),
+        queues: queues.to_vec(),
+        lease_ms,
+    }
+}
+
+/// Entry `index` stamped `time_ms`.
+fn entry_at(index: u64, time_ms: i64, commands: Vec<Command>) -> raftmq_store::Entry {
+    raftmq_store::Entry {
+        log_id: log_id(index),
+        payload: openraft::EntryPayload::Normal(raftmq_store::types::Request::new(time_ms, commands)),
+    }
+}
+
+/// Queue locks go by entry time only: a held lock is refused to another member until its
+/// lease ends, renewed by its holder, released by it alone, and kept across a reopen.
+#[tokio::test]
+async fn queue_locks_are_granted_by_entry_time_renewed_released_and_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let r = commit(
+        &mut s,
+        vec![
+            entry_at(1, 1001, vec![lock("a", &[0, 1], 5)]),
+            entry_at(2, 1002, vec![lock("b", &[0, 1, 2], 5)]),
+            entry_at(3, 1003, vec![lock("a", &[0], 5)]),
+            entry_at(4, 1007, vec![lock("b", &[0, 1], 5)]),
+            entry_at(
+                5,
+                1009,
+                vec![
+                    Command::UnlockQueues {
+                        group: "G".into(),
+                        topic: "T".into(),
+                        client_id: "a".into(),
+                        queues: vec![0, 2],
+                    },
+                    lock("c", &[0, 2], 5),
+                ],
+            ),
+            entry_at(6, 1010, vec![lock("a", &[0], 0)]),
+        ],
+    )
+    .await;
+    assert_eq!(r[0].results[0], CommandResult::Locked(vec![0, 1]));
+    assert_eq!(r[1].results[0], CommandResult::Locked(vec![2]), "a holds 0 and 1");
+    assert_eq!(r[2].results[0], CommandResult::Locked(vec![0]), "a renews 0 until 1008");
+    assert_eq!(
+        r[3].results[0],
+        CommandResult::Locked(vec![1]),
+        "a's lock on 1 ended at 1006, on 0 not before 1008"
+    );
+    assert_eq!(
+        r[4].results[1],
+        CommandResult::Locked(vec![0, 2]),
+        "a released 0 (not b's 2, which expired at 1007 anyway)"
+    );
+    assert!(matches!(
+        r[5].results[0],
+        CommandResult::Rejected(Rejection::InvalidArgument, _)
+    ));
+    drop(s);
+    let mut s = open(dir.path());
+    let r = commit(&mut s, vec![entry_at(7, 1011, vec![lock("d", &[0, 1], 5)])]).await;
+    assert_eq!(
+        r[0].results[0],
+        CommandResult::Locked(vec![]),
+        "c holds 0, b holds 1, after a reopen"
+    );
+}

@@ -4,7 +4,7 @@
 use raftmq_common::validate;
 use raftmq_store::types::{Command, OffsetUpdate};
 
-use raftmq_common::Error;
+use raftmq_common::{Error, ErrorCode};
 
 use crate::error::storage;
 use crate::state::BrokerState;
@@ -82,4 +82,49 @@ pub async fn reset(state: &BrokerState, group: String, topic: &str, to: ResetTo)
         )
         .await?;
     Ok(offsets)
+}
+
+/// Locks queues of `topic` for one member of a consumer group (an orderly consumer) for
+/// `lease_ms`; returns the queues granted. On the master.
+pub async fn lock_queues(
+    state: &BrokerState,
+    (group, topic, client_id): (&str, &str, &str),
+    queues: Vec<u32>,
+    lease_ms: u64,
+) -> Result<Vec<u32>, Error> {
+    raftmq_common::validate::name("consumer group", group)?;
+    raftmq_common::validate::name("topic", topic)?;
+    if queues.len() > 1024 {
+        return Err(ErrorCode::InvalidArgument.err("field `queue_ids`: at most 1024"));
+    }
+    state.require_master()?;
+    let command = Command::LockQueues {
+        group: group.to_owned(),
+        topic: topic.to_owned(),
+        client_id: client_id.to_owned(),
+        queues,
+        lease_ms,
+    };
+    match state.commit(command, 128).await? {
+        (_, raftmq_store::types::CommandResult::Locked(granted)) => Ok(granted),
+        (_, other) => Err(ErrorCode::Internal.err(format!("a lock applied as {other:?}"))),
+    }
+}
+
+/// Releases a member's locks. On the master.
+pub async fn unlock_queues(
+    state: &BrokerState,
+    (group, topic, client_id): (&str, &str, &str),
+    queues: Vec<u32>,
+) -> Result<(), Error> {
+    raftmq_common::validate::name("consumer group", group)?;
+    state.require_master()?;
+    let command = Command::UnlockQueues {
+        group: group.to_owned(),
+        topic: topic.to_owned(),
+        client_id: client_id.to_owned(),
+        queues,
+    };
+    state.commit(command, 128).await?;
+    Ok(())
 }

@@ -242,6 +242,56 @@ impl PullConsumer {
         Ok(())
     }
 
+    /// Locks queues of `topic` in broker group `group` for this member of `consumer_group` for
+    /// `lease`; returns the queues granted.
+    pub async fn lock_queues(
+        &self,
+        topic: &str,
+        group: &str,
+        (consumer_group, client_id): (&str, &str),
+        queues: &[u32],
+        lease: Duration,
+    ) -> Result<Vec<u32>, Error> {
+        let req = pb::LockQueuesRequest {
+            consumer_group: consumer_group.to_owned(),
+            topic: topic.to_owned(),
+            client_id: client_id.to_owned(),
+            queue_ids: queues.to_vec(),
+            lease_ms: lease.as_millis() as u64,
+        };
+        let client = &self.client;
+        Ok(self
+            .on_master(topic, group, |mut b| {
+                let r = client.request(req.clone(), client.config().request_timeout);
+                async move { b.lock_queues(r).await }
+            })
+            .await?
+            .locked)
+    }
+
+    /// Releases this member's locks on queues of `topic` in broker group `group`.
+    pub async fn unlock_queues(
+        &self,
+        topic: &str,
+        group: &str,
+        (consumer_group, client_id): (&str, &str),
+        queues: &[u32],
+    ) -> Result<(), Error> {
+        let req = pb::UnlockQueuesRequest {
+            consumer_group: consumer_group.to_owned(),
+            topic: topic.to_owned(),
+            client_id: client_id.to_owned(),
+            queue_ids: queues.to_vec(),
+        };
+        let client = &self.client;
+        self.on_master(topic, group, |mut b| {
+            let r = client.request(req.clone(), client.config().request_timeout);
+            async move { b.unlock_queues(r).await }
+        })
+        .await?;
+        Ok(())
+    }
+
     /// Hands a message `consumer_group` failed back to its broker group's master, which stores
     /// it for a retry (or, past the group's retries, as a dead letter). `topic` is where it was
     /// read (the original topic or the group's retry topic).

@@ -27,6 +27,9 @@ use crate::Client;
 /// The handler a group consumer calls with each batch, in queue order.
 pub type Handler = Arc<dyn Fn(&[ReceivedMessage]) -> ConsumeResult + Send + Sync>;
 
+/// RocketMQ's broker-side lock lease for orderly consumers.
+pub const DEFAULT_LOCK_LEASE: Duration = Duration::from_secs(60);
+
 /// Builds a [`PushConsumer`].
 pub struct PushConsumerBuilder {
     client: Client,
@@ -41,6 +44,7 @@ pub struct PushConsumerBuilder {
     commit_interval: Duration,
     client_id: String,
     orderly: bool,
+    lock_lease: Duration,
     offset_dir: Option<std::path::PathBuf>,
     /// The member's id was chosen by the user (and is stable across restarts).
     named: bool,
@@ -65,6 +69,7 @@ impl PushConsumerBuilder {
             commit_interval: Duration::from_secs(1),
             client_id: format!("{}@{}", std::process::id(), nanos),
             orderly: false,
+            lock_lease: DEFAULT_LOCK_LEASE,
             offset_dir: None,
             named: false,
         }
@@ -82,8 +87,19 @@ impl PushConsumerBuilder {
     /// Orderly consumption (RocketMQ's `MessageListenerOrderly`): a failed batch is handled
     /// again in place after a pause, so the queue keeps its order and waits. By default a failed
     /// message is sent back for a later retry and the queue moves on.
+    ///
+    /// In a consumer group (clustering), an orderly member consumes a queue only while it holds
+    /// the queue's lock on the broker (replicated, so a failover keeps it), renewed every third
+    /// of its lease: two members never consume one queue at the same time, also during a
+    /// rebalance. A member that dies leaves its queues locked until the lease ends.
     pub fn orderly(mut self, orderly: bool) -> Self {
         self.orderly = orderly;
+        self
+    }
+
+    /// How long an orderly member's queue locks last without renewal (RocketMQ's 60 s).
+    pub fn queue_lock_lease(mut self, lease: Duration) -> Self {
+        self.lock_lease = lease;
         self
     }
 
@@ -173,6 +189,7 @@ impl PushConsumerBuilder {
                 assigned: Mutex::new(BTreeSet::new()),
                 in_place,
                 retry_topic,
+                locks: (self.orderly && self.model == MessageModel::Clustering).then_some(self.lock_lease),
                 local_offsets: local(&topic_name),
             })
         };
@@ -222,6 +239,8 @@ pub(super) struct Shared {
     in_place: bool,
     /// This subscription reads the group's retry topic.
     retry_topic: bool,
+    /// An orderly group member: queues are consumed only under a broker lock of this lease.
+    locks: Option<Duration>,
     /// A broadcasting consumer's offsets file.
     local_offsets: Option<LocalOffsets>,
 }
@@ -294,6 +313,7 @@ async fn coordinate(shared: Arc<Shared>, rebalance_every: Duration, commit_every
                     }
                     commit(&shared, Some(&q)).await;
                     shared.offsets.lock().unwrap_or_else(|p| p.into_inner()).remove(&q);
+                    unlock(&shared, std::slice::from_ref(&q)).await;
                 }
                 for q in &target {
                     if !workers.contains_key(q) {
@@ -316,11 +336,14 @@ async fn coordinate(shared: Arc<Shared>, rebalance_every: Duration, commit_every
             _ = stop.wait() => break,
         }
     }
-    for (_, (stop_worker, handle)) in workers.drain() {
+    let mut held = Vec::new();
+    for (q, (stop_worker, handle)) in workers.drain() {
         stop_worker.stop();
         let _ = handle.await;
+        held.push(q);
     }
     commit(&shared, None).await;
+    unlock(&shared, &held).await;
     if let Ok(route) = shared.client.route(&shared.topic).await {
         for addr in all_nodes(&route) {
             if let Ok(mut b) = shared.client.broker(&addr) {
@@ -331,6 +354,64 @@ async fn coordinate(shared: Arc<Shared>, rebalance_every: Duration, commit_every
                 let _ = b
                     .unregister_consumer(shared.client.request(req, Duration::from_secs(1)))
                     .await;
+            }
+        }
+    }
+}
+
+/// Releases an orderly member's locks on queues it gave up (after committing their offsets).
+async fn unlock(shared: &Shared, queues: &[MessageQueue]) {
+    if shared.locks.is_none() {
+        return;
+    }
+    for q in queues {
+        let member = (shared.consumer_group.as_str(), shared.client_id.as_str());
+        if let Err(e) = shared
+            .reader
+            .unlock_queues(&shared.topic, &q.group, member, &[q.queue_id])
+            .await
+        {
+            tracing::debug!(queue = %q, "cannot release the queue's lock; it expires: {e}");
+        }
+    }
+}
+
+/// Holds an orderly member's lock on one queue: renewed once a third of the lease has passed,
+/// and trusted only until a sixth of the lease before it ends (the margin covers the renewal's
+/// own delay and the clocks).
+#[derive(Default)]
+struct QueueLockHeld {
+    renew_at: Option<Instant>,
+    valid_until: Option<Instant>,
+}
+
+impl QueueLockHeld {
+    /// Whether the queue may be consumed now, renewing or taking the lock when due.
+    async fn ensure(&mut self, shared: &Shared, queue: &MessageQueue, lease: Duration) -> bool {
+        if self.renew_at.is_some_and(|at| Instant::now() < at) {
+            return true;
+        }
+        // Counted from the ask: the lease began no earlier on the broker.
+        let asked = Instant::now();
+        let member = (shared.consumer_group.as_str(), shared.client_id.as_str());
+        match shared
+            .reader
+            .lock_queues(&shared.topic, &queue.group, member, &[queue.queue_id], lease)
+            .await
+        {
+            Ok(granted) if granted.contains(&queue.queue_id) => {
+                self.renew_at = Some(asked + lease / 3);
+                self.valid_until = Some(asked + lease - lease / 6);
+                true
+            }
+            Ok(_) => {
+                tracing::debug!(%queue, "the queue is locked by another member");
+                *self = QueueLockHeld::default();
+                false
+            }
+            Err(e) => {
+                tracing::debug!(%queue, "cannot renew the queue's lock: {e}");
+                self.valid_until.is_some_and(|until| Instant::now() < until)
             }
         }
     }
@@ -401,6 +482,21 @@ fn save_local(shared: &Shared, local: &LocalOffsets) {
 
 /// Where a queue starts: the committed offset (the broker's, or a broadcasting consumer's
 /// own file), else the configured start.
+/// Where a queue starts again after its lock was lost and taken back: what the group
+/// committed (another member may have consumed meanwhile), not this member's own position.
+async fn start_offset_committed(shared: &Shared, queue: &MessageQueue) -> Result<u64, Error> {
+    shared.offsets.lock().unwrap_or_else(|p| p.into_inner()).remove(queue);
+    let offset = start_offset(shared, queue).await?;
+    shared.offsets.lock().unwrap_or_else(|p| p.into_inner()).insert(
+        queue.clone(),
+        Position {
+            offset,
+            committed: None,
+        },
+    );
+    Ok(offset)
+}
+
 async fn start_offset(shared: &Shared, queue: &MessageQueue) -> Result<u64, Error> {
     if let Some(p) = shared.offsets.lock().unwrap_or_else(|p| p.into_inner()).get(queue) {
         return Ok(p.offset);
@@ -446,6 +542,16 @@ async fn consume_queue(shared: Arc<Shared>, queue: MessageQueue, mut stop: Stopp
             }
         }
     };
+    // An orderly member holds the queue's lock before it reads where to start: the offsets the
+    // previous holder committed before releasing it.
+    let mut lock = QueueLockHeld::default();
+    if let Some(lease) = shared.locks {
+        while !lock.ensure(&shared, &queue, lease).await {
+            if pause(&mut stop, Duration::from_millis(500)).await {
+                return;
+            }
+        }
+    }
     let mut offset = loop {
         match start_offset(&shared, &queue).await {
             Ok(o) => break o,
@@ -467,6 +573,22 @@ async fn consume_queue(shared: Arc<Shared>, queue: MessageQueue, mut stop: Stopp
             committed: None,
         });
     loop {
+        if let Some(lease) = shared.locks {
+            if !lock.ensure(&shared, &queue, lease).await {
+                // Lost (expired while unreachable, taken by another member): wait, then start
+                // again from what was committed.
+                if pause(&mut stop, Duration::from_millis(500)).await {
+                    return;
+                }
+                if lock.ensure(&shared, &queue, lease).await {
+                    match start_offset_committed(&shared, &queue).await {
+                        Ok(o) => offset = o,
+                        Err(_) => continue,
+                    }
+                }
+                continue;
+            }
+        }
         let pulled = tokio::select! {
             r = shared.reader.pull(&shared.topic, &queue, offset, shared.batch_size, &shared.selector, Duration::from_secs(2)) => r,
             _ = stop.wait() => return,
