@@ -25,7 +25,7 @@ cp -r "$ROOT/cluster-config/small" "$config"
 # Snapshots every 500 entries, 5000 kept after one: a node that was down for a round often
 # catches up by snapshot, so transfers and installs meet the faults too.
 for f in "$config"/broker-*.toml; do
-  sed -i "1i fault-injection = true\ndisk-clean-percent = 100\ndisk-full-percent = 100\nsnapshot-every-entries = 500\nsnapshot-log-keep = 5000\ntransaction-check-after-ms = 1000\ntransaction-check-interval-ms = 2000" "$f"
+  sed -i "1i fault-injection = true\ndisk-clean-percent = 100\ndisk-full-percent = 100\nsnapshot-every-entries = 500\nsnapshot-log-keep = 5000\ntransaction-check-after-ms = 1000\ntransaction-check-interval-ms = 2000\ntransaction-max-checks = 100" "$f"
 done
 up=()
 for a in "$@"; do

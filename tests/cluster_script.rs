@@ -252,7 +252,7 @@ async fn a_short_chaos_run_loses_no_acknowledged_message() {
     let cluster = ScriptCluster::up_with(
         1,
         &["broker-a"],
-        "fault-injection = true\ndisk-clean-percent = 100\ndisk-full-percent = 100",
+        "fault-injection = true\ndisk-clean-percent = 100\ndisk-full-percent = 100\ntransaction-check-after-ms = 1000\ntransaction-check-interval-ms = 2000\ntransaction-max-checks = 100",
     );
     chaos(&cluster, &["--rounds", "8"]);
 }
@@ -273,7 +273,7 @@ async fn a_full_disk_and_a_torn_wal_tail_lose_no_acknowledged_message() {
     let cluster = ScriptCluster::up_with(
         1,
         &["broker-a"],
-        "fault-injection = true\ndisk-clean-percent = 100\ndisk-full-percent = 100",
+        "fault-injection = true\ndisk-clean-percent = 100\ndisk-full-percent = 100\ntransaction-check-after-ms = 1000\ntransaction-check-interval-ms = 2000\ntransaction-max-checks = 100",
     );
     for (fault, topic) in [("disk-full", "ChaosDiskFull"), ("torn-tail", "ChaosTornTail")] {
         chaos(&cluster, &["--topic", topic, "--rounds", "2", "--faults", fault]);
@@ -311,7 +311,7 @@ async fn real_partitions_and_a_power_loss_lose_no_acknowledged_message() {
         1,
         &["broker-a"],
         &ScriptOptions {
-            broker_extra: "fault-injection = true\ndisk-clean-percent = 100\ndisk-full-percent = 100",
+            broker_extra: "fault-injection = true\ndisk-clean-percent = 100\ndisk-full-percent = 100\ntransaction-check-after-ms = 1000\ntransaction-check-interval-ms = 2000\ntransaction-max-checks = 100",
             up_flags: &["--netns", "--lazyfs"],
             ..Default::default()
         },

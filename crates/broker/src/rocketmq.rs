@@ -742,7 +742,7 @@ impl Backend for RocketMqBroker {
         commands: tokio::sync::mpsc::Sender<Result<v2::TelemetryCommand, tonic::Status>>,
     ) -> Option<Box<dyn Send + Sync>> {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<ops::txn::Check>(256);
-        let registration = self.state.txn_producers.register("rocketmq5", "", topics, tx);
+        let registration = self.state.txn_producers.register("", "", topics, tx);
         let this = self.clone();
         let namespace = namespace.to_owned();
         // Checks become RecoverOrphanedTransactionCommands on the producer's telemetry stream;

@@ -374,6 +374,9 @@ where
     Err(last)
 }
 
+/// How long a check stream stays open before it is opened again.
+const STREAM_REFRESH: Duration = Duration::from_secs(10);
+
 /// Keeps one check stream open to the master of every broker group holding the producer's
 /// topics, until the producer is dropped.
 async fn watch_checks(shared: Arc<Shared>, mut stop: Stopping) {
@@ -428,9 +431,15 @@ async fn check_stream(shared: Arc<Shared>, topic: String, group: String, mut sto
                     Ok(stream) => {
                         tracing::debug!(%group, %addr, "transaction check stream open");
                         let mut stream = stream.into_inner();
+                        // Opened again at a new master, and now and then anyway: a stream to a
+                        // node cut off by the network can stay open without a word.
+                        let reopen = tokio::time::sleep(STREAM_REFRESH);
+                        tokio::pin!(reopen);
                         loop {
                             let next = tokio::select! {
                                 n = stream.message() => n,
+                                _ = shared.client.master_moved(&topic, &group, &addr) => break,
+                                _ = &mut reopen => break,
                                 _ = stop.wait() => return,
                             };
                             match next {

@@ -257,16 +257,20 @@ impl Producers {
         checks: mpsc::Sender<Check>,
     ) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.registered
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Registered {
-                id,
-                client_id: client_id.to_owned(),
-                group: group.to_owned(),
-                topics: topics.into_iter().collect(),
-                checks,
-            });
+        let mut registered = self.registered.lock().unwrap_or_else(|p| p.into_inner());
+        // A producer that opens its stream again (after a failover, or because the old one went
+        // quiet) replaces its old registration: checks sent there could be lost.
+        if !client_id.is_empty() {
+            registered.retain(|r| !(r.client_id == client_id && r.group == group));
+        }
+        registered.push(Registered {
+            id,
+            client_id: client_id.to_owned(),
+            group: group.to_owned(),
+            topics: topics.into_iter().collect(),
+            checks,
+        });
+        drop(registered);
         tracing::debug!(client_id, group, "transaction checks: producer registered");
         Registration {
             producers: self.clone(),

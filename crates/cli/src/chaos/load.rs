@@ -3,8 +3,9 @@
 //! delayed message `d{producer}-{seq}`, due 0.5 to 2 s after its send; every tenth another a
 //! transaction, in turn committed `tc...`, rolled back `tr...`, or left open `ts...` for the
 //! checker, which commits `tc` and `ts` and rolls back `tr`) and recording what each send's
-//! outcome was, a consumer group reading all along, and a watcher of the committed consume
-//! offsets. It records; [`super::verdict`] judges.
+//! outcome was, a consumer group reading all along, an orderly consumer group (two members under
+//! broker-held queue locks) reading all along, and a watcher of the committed consume offsets. It
+//! records; [`super::verdict`] judges.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +24,8 @@ use crate::ops::node_status;
 
 /// The consumer group the run reads with.
 const GROUP: &str = "chaos-group";
+/// The orderly consumer group the run reads with.
+const ORDERLY_GROUP: &str = "chaos-orderly";
 
 /// A message the consumer group got: queue, offset, body.
 pub type Received = (MessageQueue, u64, Vec<u8>);
@@ -55,6 +58,9 @@ pub struct Record {
     pub checker: TransactionProducer,
     /// Every message the consumer group got.
     pub consumed: Vec<Received>,
+    /// Every message the orderly group got, in the order each member handled them (one list
+    /// per member).
+    pub orderly: Vec<Vec<Received>>,
     /// Committed consume offsets that moved backwards.
     pub offsets_back: Vec<String>,
 }
@@ -67,6 +73,7 @@ pub struct Load {
     producers: Vec<tokio::task::JoinHandle<()>>,
     consumed: Arc<Mutex<Vec<Received>>>,
     consumer: PushConsumer,
+    orderly: Vec<(PushConsumer, Arc<Mutex<Vec<Received>>>)>,
     offsets_back: Arc<Mutex<Vec<String>>>,
     watcher: tokio::task::JoinHandle<()>,
     checker: TransactionProducer,
@@ -123,6 +130,29 @@ impl Load {
                 })
                 .await?
         };
+        let mut orderly = Vec::new();
+        for _ in 0..2 {
+            let got: Arc<Mutex<Vec<Received>>> = Arc::default();
+            let member = {
+                let got = got.clone();
+                PushConsumer::builder(client.clone(), ORDERLY_GROUP, topic)
+                    .orderly(true)
+                    .consume_from(ConsumeFrom::First)
+                    .start(move |batch| {
+                        let mut g = got.lock().unwrap();
+                        for m in batch {
+                            let queue = MessageQueue {
+                                group: m.group.clone(),
+                                queue_id: m.queue_id,
+                            };
+                            g.push((queue, m.queue_offset, m.body.clone()));
+                        }
+                        ConsumeResult::Success
+                    })
+                    .await?
+            };
+            orderly.push((member, got));
+        }
         let offsets_back: Arc<Mutex<Vec<String>>> = Arc::default();
         let watcher = tokio::spawn(watch_offsets(
             client.clone(),
@@ -138,6 +168,7 @@ impl Load {
             producers,
             consumed,
             consumer,
+            orderly,
             offsets_back,
             watcher,
             checker,
@@ -185,6 +216,30 @@ impl Load {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        // The orderly group drains too (its queues may wait for a dead member's lock).
+        let orderly_end = Instant::now() + Duration::from_secs(90);
+        loop {
+            let all_in = {
+                let mut got = std::collections::BTreeSet::new();
+                for (_, list) in &self.orderly {
+                    got.extend(list.lock().unwrap().iter().map(|(_, _, b)| b.clone()));
+                }
+                acked.iter().all(|b| got.contains(*b))
+            };
+            if all_in || Instant::now() >= orderly_end {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut orderly = Vec::new();
+        for (member, list) in self.orderly {
+            stage("stopping an orderly member", Duration::from_secs(30), async {
+                member.shutdown().await;
+                Ok(())
+            })
+            .await?;
+            orderly.push(std::mem::take(&mut *list.lock().unwrap()));
+        }
         stage("stopping the consumer", Duration::from_secs(30), async {
             self.consumer.shutdown().await;
             Ok(())
@@ -195,6 +250,7 @@ impl Load {
         Ok(Record {
             outcomes,
             checker: self.checker,
+            orderly,
             consumed,
             offsets_back,
         })

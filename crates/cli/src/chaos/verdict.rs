@@ -210,6 +210,50 @@ pub fn judge(
         ));
     }
 
+    // The orderly group: within each queue, each member's deliveries never go backwards except
+    // to start again from a committed offset, and across members the first deliveries of a
+    // queue's messages come in offset order with nothing skipped.
+    let mut first: BTreeMap<(String, u32), Vec<u64>> = BTreeMap::new();
+    let mut seen_orderly = BTreeSet::new();
+    for member in &record.orderly {
+        for (q, offset, _) in member {
+            if seen_orderly.insert((q.group.clone(), q.queue_id, *offset)) {
+                first.entry((q.group.clone(), q.queue_id)).or_default().push(*offset);
+            }
+        }
+    }
+    for ((group, queue), offsets) in &first {
+        let mut sorted = offsets.clone();
+        sorted.sort_unstable();
+        if !sorted.windows(2).all(|w| w[1] == w[0] + 1) {
+            problems.push(format!("orderly group skipped offsets in {group}/{queue}"));
+        }
+    }
+    for (i, member) in record.orderly.iter().enumerate() {
+        let mut last: BTreeMap<(String, u32), u64> = BTreeMap::new();
+        for (q, offset, _) in member {
+            let key = (q.group.clone(), q.queue_id);
+            if let Some(prev) = last.insert(key.clone(), *offset) {
+                if *offset <= prev && !is_restart(&record.orderly, &key, *offset) {
+                    problems.push(format!(
+                        "orderly member {i} went back in {}/{} from {prev} to {offset}",
+                        key.0, key.1
+                    ));
+                }
+            }
+        }
+    }
+    let orderly_got: BTreeSet<&[u8]> = record.orderly.iter().flatten().map(|(_, _, b)| b.as_slice()).collect();
+    let orderly_missing = outcomes
+        .iter()
+        .filter(|(b, o)| matches!(o, Outcome::Acked(..) | Outcome::Scheduled(_)) && !orderly_got.contains(b.as_bytes()))
+        .count();
+    if orderly_missing > 0 {
+        problems.push(format!(
+            "{orderly_missing} acknowledged messages never reached the orderly group"
+        ));
+    }
+
     let Recovery {
         counts,
         during,
@@ -290,4 +334,16 @@ fn print_unknown_reasons(outcomes: &BTreeMap<String, Outcome>) {
     for (reason, n) in reasons.iter().take(3) {
         println!("unknown x{n}: {reason}");
     }
+}
+
+/// A member that lost a queue's lock and took it back starts again from the committed offset,
+/// which may be before where it was: going back is allowed then, to messages handled before
+/// (redeliveries), which a member's own list shows twice.
+fn is_restart(members: &[Vec<super::load::Received>], key: &(String, u32), offset: u64) -> bool {
+    members
+        .iter()
+        .flatten()
+        .filter(|(q, o, _)| q.group == key.0 && q.queue_id == key.1 && *o == offset)
+        .count()
+        > 1
 }
