@@ -286,6 +286,19 @@ impl Transaction {
     }
 }
 
+fn end_request(transaction_id: &str, commit: bool, from_check: bool) -> pb::EndTransactionRequest {
+    let resolution = if commit {
+        pb::TransactionResolution::Commit
+    } else {
+        pb::TransactionResolution::Rollback
+    };
+    pb::EndTransactionRequest {
+        transaction_id: transaction_id.to_owned(),
+        resolution: resolution as i32,
+        from_check,
+    }
+}
+
 /// Ends a transaction at its group's master, following `NOT_MASTER` and retrying an unknown
 /// outcome (an end is idempotent) until the send timeout.
 async fn end(
@@ -296,15 +309,7 @@ async fn end(
     commit: bool,
     from_check: bool,
 ) -> Result<String, Error> {
-    let request = pb::EndTransactionRequest {
-        transaction_id: transaction_id.to_owned(),
-        resolution: if commit {
-            pb::TransactionResolution::Commit
-        } else {
-            pb::TransactionResolution::Rollback
-        } as i32,
-        from_check,
-    };
+    let request = end_request(transaction_id, commit, from_check);
     let deadline = Instant::now() + client.config().send_timeout;
     let mut route = client.route(topic).await?;
     loop {
@@ -529,15 +534,7 @@ impl crate::Admin {
             .into_iter()
             .next()
             .ok_or_else(|| ErrorCode::Unavailable.err(format!("group {group} has no master")))?;
-        let request = pb::EndTransactionRequest {
-            transaction_id: transaction_id.to_owned(),
-            resolution: if commit {
-                pb::TransactionResolution::Commit
-            } else {
-                pb::TransactionResolution::Rollback
-            } as i32,
-            from_check: false,
-        };
+        let request = end_request(transaction_id, commit, false);
         let client = self.client.clone();
         let reply = self
             .on_master(&master, |mut b| {

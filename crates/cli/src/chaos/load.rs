@@ -113,44 +113,18 @@ impl Load {
             })
             .collect();
         let consumed: Arc<Mutex<Vec<Received>>> = Arc::default();
-        let consumer = {
-            let consumed = consumed.clone();
-            PushConsumer::builder(client.clone(), GROUP, topic)
-                .consume_from(ConsumeFrom::First)
-                .start(move |batch| {
-                    let mut c = consumed.lock().unwrap();
-                    for m in batch {
-                        let queue = MessageQueue {
-                            group: m.group.clone(),
-                            queue_id: m.queue_id,
-                        };
-                        c.push((queue, m.queue_offset, m.body.clone()));
-                    }
-                    ConsumeResult::Success
-                })
-                .await?
-        };
+        let consumer = PushConsumer::builder(client.clone(), GROUP, topic)
+            .consume_from(ConsumeFrom::First)
+            .start(record_into(consumed.clone()))
+            .await?;
         let mut orderly = Vec::new();
         for _ in 0..2 {
             let got: Arc<Mutex<Vec<Received>>> = Arc::default();
-            let member = {
-                let got = got.clone();
-                PushConsumer::builder(client.clone(), ORDERLY_GROUP, topic)
-                    .orderly(true)
-                    .consume_from(ConsumeFrom::First)
-                    .start(move |batch| {
-                        let mut g = got.lock().unwrap();
-                        for m in batch {
-                            let queue = MessageQueue {
-                                group: m.group.clone(),
-                                queue_id: m.queue_id,
-                            };
-                            g.push((queue, m.queue_offset, m.body.clone()));
-                        }
-                        ConsumeResult::Success
-                    })
-                    .await?
-            };
+            let member = PushConsumer::builder(client.clone(), ORDERLY_GROUP, topic)
+                .orderly(true)
+                .consume_from(ConsumeFrom::First)
+                .start(record_into(got.clone()))
+                .await?;
             orderly.push((member, got));
         }
         let offsets_back: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -254,6 +228,23 @@ impl Load {
             consumed,
             offsets_back,
         })
+    }
+}
+
+/// A consumer's handler that records every message it gets into `list`.
+fn record_into(
+    list: Arc<Mutex<Vec<Received>>>,
+) -> impl Fn(&[raftmq_client::ReceivedMessage]) -> ConsumeResult + Send + Sync + 'static {
+    move |batch| {
+        let mut l = list.lock().unwrap();
+        for m in batch {
+            let queue = MessageQueue {
+                group: m.group.clone(),
+                queue_id: m.queue_id,
+            };
+            l.push((queue, m.queue_offset, m.body.clone()));
+        }
+        ConsumeResult::Success
     }
 }
 
