@@ -185,8 +185,9 @@ impl RocketMqBroker {
         m
     }
 
-    /// Stores FIFO messages in request order, each in the queue its message group hashes to (as
-    /// RocketMQ's proxy does), so a group's messages keep their order in one queue.
+    /// Stores FIFO messages, each in the queue its message group hashes to (as RocketMQ's proxy
+    /// does): one batch a queue, in request order, so a group's messages keep their order in
+    /// one queue.
     async fn send_fifo(
         &self,
         topic: String,
@@ -199,24 +200,37 @@ impl RocketMqBroker {
             .map_err(fail)?
             .write_queues
             .max(1);
-        let mut entries = Vec::with_capacity(messages.len());
-        for ((message_id, message), group) in ids.into_iter().zip(messages).zip(groups) {
-            let queue_id = (raftmq_common::stable_hash(&group) % u64::from(queues)) as u32;
+        // queue -> (positions in the request, messages)
+        let mut by_queue: BTreeMap<u32, (Vec<usize>, Vec<MessageIn>)> = BTreeMap::new();
+        for (i, (message, group)) in messages.into_iter().zip(&groups).enumerate() {
+            let queue_id = (raftmq_common::stable_hash(group) % u64::from(queues)) as u32;
+            let (positions, batch) = by_queue.entry(queue_id).or_default();
+            positions.push(i);
+            batch.push(message);
+        }
+        let mut offsets = vec![0u64; ids.len()];
+        for (queue_id, (positions, batch)) in by_queue {
             let batch = ops::send::Batch {
                 topic: topic.clone(),
                 queue: ops::send::Queue::Given(queue_id),
-                messages: vec![message],
+                messages: batch,
             };
             let sent = ops::send::send(&self.state, batch).await.map_err(fail)?;
-            entries.push(v2::SendResultEntry {
+            for (n, i) in positions.into_iter().enumerate() {
+                offsets[i] = sent.first_offset + n as u64;
+            }
+        }
+        Ok(ids
+            .into_iter()
+            .zip(offsets)
+            .map(|(message_id, offset)| v2::SendResultEntry {
                 status: Some(raftmq_rocketmq::status::ok()),
                 message_id,
                 transaction_id: String::new(),
-                offset: sent.first_offset as i64,
+                offset: offset as i64,
                 recall_handle: String::new(),
-            });
-        }
-        Ok(entries)
+            })
+            .collect())
     }
 
     /// Stores each message as a transaction's half message (RocketMQ 5 producers have no

@@ -104,15 +104,9 @@ pub fn recall_handle(group: &str, timer: &Timer) -> String {
 /// already, `MESSAGE_NOT_FOUND` for a handle that names nothing pending, `INVALID_ARGUMENT` for
 /// a handle that is not one or belongs to another group. Returns the message's id.
 pub async fn recall(state: &BrokerState, handle: &str) -> Result<String, Error> {
-    let bad = || ErrorCode::InvalidArgument.err(format!("field `recall_handle`: {handle:?} is not a recall handle"));
-    let (group, timer) = handle.split_once('@').ok_or_else(bad)?;
-    let timer = Timer::parse_handle(timer).ok_or_else(bad)?;
-    if group != state.config.group {
-        return Err(ErrorCode::InvalidArgument.err(format!(
-            "the recall handle belongs to group {group}; this is {}",
-            state.config.group
-        )));
-    }
+    let timer = Timer::parse_handle(super::own_handle(state, "recall_handle", handle)?).ok_or_else(|| {
+        ErrorCode::InvalidArgument.err(format!("field `recall_handle`: {handle:?} is not a recall handle"))
+    })?;
     state.require_master()?;
     state.commit(Command::Recall { timer }, 64).await?;
     Ok(raftmq_store::reader::message_id(

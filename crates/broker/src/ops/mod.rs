@@ -13,3 +13,23 @@ pub mod retry;
 pub mod send;
 pub mod topics;
 pub mod txn;
+
+/// The part after `group@` of a handle this broker group gave out (a recall handle, a
+/// transaction id): `INVALID_ARGUMENT` naming `field` when it has no group, or another group's.
+pub(crate) fn own_handle<'a>(
+    state: &crate::state::BrokerState,
+    field: &str,
+    handle: &'a str,
+) -> Result<&'a str, raftmq_common::Error> {
+    use raftmq_common::ErrorCode;
+    let (group, rest) = handle
+        .split_once('@')
+        .ok_or_else(|| ErrorCode::InvalidArgument.err(format!("field `{field}`: {handle:?} names no broker group")))?;
+    if group != state.config.group {
+        return Err(ErrorCode::InvalidArgument.err(format!(
+            "field `{field}`: {handle} belongs to broker group {group}; this is {}",
+            state.config.group
+        )));
+    }
+    Ok(rest)
+}

@@ -75,16 +75,10 @@ pub fn transaction_id(group: &str, txn: &Txn) -> String {
 
 /// Parses a [`transaction_id`] of this broker group.
 pub fn parse_transaction_id(state: &BrokerState, id: &str) -> Result<Txn, Error> {
-    let bad = || ErrorCode::InvalidArgument.err(format!("field `transaction_id`: {id:?} is not a transaction id"));
-    let (group, handle) = id.split_once('@').ok_or_else(bad)?;
-    let txn = Txn::parse_handle(handle).ok_or_else(bad)?;
-    if group != state.config.group {
-        return Err(ErrorCode::InvalidArgument.err(format!(
-            "transaction {id} belongs to broker group {group}; this is {}",
-            state.config.group
-        )));
-    }
-    Ok(txn)
+    let handle = super::own_handle(state, "transaction_id", id)?;
+    Txn::parse_handle(handle).ok_or_else(|| {
+        ErrorCode::InvalidArgument.err(format!("field `transaction_id`: {id:?} is not a transaction id"))
+    })
 }
 
 /// Stores a half message on a majority of the group: invisible to consumers until it is
