@@ -842,6 +842,8 @@ async fn a_fifo_group_gets_a_queue_one_batch_at_a_time_in_order() {
         })
         .await
         .expect("mark GF FIFO");
+    // A slave answers settings from what it has applied (a replica read): let it catch up.
+    group.wait_caught_up(master, Duration::from_secs(10)).await;
     let mut c = v2_client(&group.addr(slave)).await;
 
     // The settings say so.
