@@ -34,6 +34,7 @@ async fn serves_routes_and_stops_cleanly_on_sigterm() {
                     permission: Permission::ReadWrite as i32,
                 }],
             }),
+            members: vec![1],
         })
         .await
         .unwrap();

@@ -35,8 +35,14 @@ pub struct BrokerConfig {
     pub cluster: String,
     pub group: String,
     pub node_id: u64,
-    /// Every member of the group, this node included.
+    /// The group's members at its first start, this node included. After the first start the
+    /// membership lives in the Raft log (`raftmq group add-node` and the like change it) and
+    /// this list gives only this node's own addresses.
     pub members: Vec<Member>,
+    /// This node joins a group that runs already: it never sets a membership itself, and waits
+    /// for the group's master to add it (`raftmq group add-node` / `replace-node`). `members`
+    /// then needs to list only this node.
+    pub join: bool,
     pub data_dir: PathBuf,
     /// NameServer addresses (`host:port`); every one gets heartbeats.
     pub namesrv: Vec<String>,
@@ -109,6 +115,7 @@ impl Default for BrokerConfig {
             group: "broker-a".into(),
             node_id: 1,
             members: Vec::new(),
+            join: false,
             data_dir: PathBuf::from("data"),
             namesrv: Vec::new(),
             flush_mode: FlushMode::Sync,

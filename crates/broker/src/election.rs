@@ -450,6 +450,7 @@ pub async fn transfer_leadership(
     network: &Network,
     contact: &LeaderContact,
     timing: Timing,
+    to: Option<NodeId>,
     deadline: Duration,
 ) -> Result<NodeId, String> {
     let me = network.me;
@@ -484,9 +485,17 @@ pub async fn transfer_leadership(
                 .and_then(|r| r.get(&id).cloned().flatten())
                 .map(|l| l.index)
         };
+        if let Some(to) = to {
+            if !others.iter().any(|(id, _)| *id == to) {
+                return Err(format!("node {to} is not a voter of the group"));
+            }
+        }
         if last.is_some() && applied == last {
-            // The voter furthest ahead (all of them are equally good once caught up).
-            if let Some((id, node)) = others.iter().find(|(id, _)| matched(*id) == last) {
+            // The named voter, or any that has all of the log (all are equally good then).
+            if let Some((id, node)) = others
+                .iter()
+                .find(|(id, _)| matched(*id) == last && to.is_none_or(|to| to == *id))
+            {
                 break (*id, node.clone(), m.vote);
             }
         }

@@ -49,8 +49,22 @@ fn build(state: &BrokerState, server: &RaftServerMetrics<NodeId, BrokerNode>) ->
         topics: (role == Role::Master).then(|| TopicTable {
             topics: state.reader.topics().iter().map(topic_to_proto).collect(),
         }),
+        members: if role == Role::Master {
+            server
+                .membership_config
+                .membership()
+                .nodes()
+                .map(|(id, _)| *id)
+                .collect()
+        } else {
+            Vec::new()
+        },
     }
 }
+
+/// What a heartbeat says that is worth sending at once when it changes: role, term, leader,
+/// topic table, membership.
+type Announced = (i32, u64, u64, Option<TopicTable>, Vec<u64>);
 
 fn raise(announced: &mut u64, generation: u64) -> bool {
     let raised = generation > *announced;
@@ -76,8 +90,9 @@ pub async fn run(state: Arc<BrokerState>, mut stop: Stopping) {
     let mut tick = tokio::time::interval(Duration::from_millis(state.config.namesrv_heartbeat_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // What the NameServers last heard; a change is sent at once, not at the next tick.
-    let mut last_sent: Option<(i32, u64, u64, Option<TopicTable>)> = None;
+    let mut last_sent: Option<Announced> = None;
     let mut failing = vec![false; clients.len()];
+    let mut unregistered = false;
     loop {
         let on_timer = tokio::select! {
             _ = tick.tick() => true,
@@ -88,8 +103,23 @@ pub async fn run(state: Arc<BrokerState>, mut stop: Stopping) {
         // The generation is read before the table, so the table sent is at least that new.
         let generation = *topics.borrow_and_update();
         let server = metrics.borrow_and_update().clone();
+        if !announced(&state, &server) {
+            // Removed from the group, or joining and not added yet: clients must not be routed
+            // here. Unregistered once, then silent until the membership lists this node.
+            if !unregistered {
+                tracing::info!(
+                    node = state.config.node_id,
+                    "not in the group's membership: not announced to the NameServers"
+                );
+                unregister(&state, &clients).await;
+                unregistered = true;
+            }
+            last_sent = None;
+            continue;
+        }
+        unregistered = false;
         let hb = build(&state, &server);
-        let signature = Some((hb.role, hb.term, hb.leader_id, hb.topics.clone()));
+        let signature = Some((hb.role, hb.term, hb.leader_id, hb.topics.clone(), hb.members.clone()));
         if !on_timer && signature == last_sent {
             state.announced_topics.send_if_modified(|g| raise(g, generation));
             continue;
@@ -118,6 +148,21 @@ pub async fn run(state: Arc<BrokerState>, mut stop: Stopping) {
         // return (see `ops::topics::announce`).
         state.announced_topics.send_if_modified(|g| raise(g, generation));
     }
+    unregister(&state, &clients).await;
+}
+
+/// Whether this node is announced: a member (voter or learner) of the membership it has
+/// applied, or, before its group's first membership, a node of the first start (not one that
+/// joins a running group).
+fn announced(state: &BrokerState, server: &RaftServerMetrics<NodeId, BrokerNode>) -> bool {
+    let membership = server.membership_config.membership();
+    if membership.get_node(&state.config.node_id).is_some() {
+        return true;
+    }
+    !state.config.join && membership.nodes().next().is_none()
+}
+
+async fn unregister(state: &BrokerState, clients: &[(String, NameServerClient<Channel>)]) {
     let unregister = clients.iter().map(|(_, client)| {
         let mut client = client.clone();
         let req = UnregisterRequest {

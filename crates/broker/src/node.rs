@@ -189,6 +189,9 @@ impl Broker {
             stop: stopped.clone(),
             handing_over: std::sync::atomic::AtomicBool::new(false),
             contact: contact.clone(),
+            network: network.clone(),
+            timing,
+            membership_busy: Default::default(),
             announced_topics: watch::channel(0).0,
             next_queue: Default::default(),
             pop_busy: Default::default(),
@@ -406,6 +409,7 @@ impl Broker {
                 &self.network,
                 &self.contact,
                 self.timing,
+                None,
                 HANDOVER_TIMEOUT,
             )
             .await
@@ -495,6 +499,18 @@ impl Broker {
 /// sets it itself: they all write the same first entry, and a node that has a log already
 /// refuses.
 async fn initialize_group(raft: Raft<TypeConfig>, config: BrokerConfig, timing: election::Timing, mut stop: Stopping) {
+    if config.join {
+        // Its first log entries come from the master that adds it: a membership of its own
+        // would begin a different log under the same first log id.
+        if matches!(raft.is_initialized().await, Ok(false)) {
+            tracing::info!(
+                group = %config.group,
+                node = config.node_id,
+                "waiting to be added to the group (raftmq group add-node / replace-node)"
+            );
+        }
+        return;
+    }
     let lowest = config.members.iter().map(|m| m.node_id).min();
     if lowest != Some(config.node_id) {
         let wait = (timing.stickiness + timing.spread) * 10;

@@ -145,7 +145,22 @@ impl RaftTransport for RaftService {
             stickiness: self.stickiness,
             last_log_id,
         };
-        let answer = election::pre_vote_answer(&local, &ask);
+        let voter = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            let membership = m.membership_config.membership();
+            let mut voters = membership.voter_ids().peekable();
+            voters.peek().is_none() || voters.any(|id| id == envelope.from_node_id)
+        };
+        let answer = if voter {
+            election::pre_vote_answer(&local, &ask)
+        } else {
+            // A node removed from the group that has not heard so.
+            election::PreVoteReply {
+                granted: false,
+                reason: format!("node {} is not a voter of the group", envelope.from_node_id),
+            }
+        };
         if answer.granted {
             self.contact.granted_pre_vote();
         }

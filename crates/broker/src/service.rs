@@ -502,6 +502,44 @@ impl Broker for BrokerService {
         Ok(Response::new(pb::InjectFaultReply {}))
     }
 
+    async fn get_membership(&self, _request: Request<pb::GetMembershipRequest>) -> Reply<pb::Membership> {
+        Ok(Response::new(ops::membership::current(&self.state)))
+    }
+
+    async fn add_node(&self, request: Request<pb::AddNodeRequest>) -> Reply<pb::Membership> {
+        let r = request.into_inner();
+        let new = ops::membership::NewNode::parse(r.node_id, &r.raft_addr, &r.client_addr)?;
+        let done = ops::membership::add(&self.state, new, catch_up(r.catch_up_timeout_ms)).await?;
+        Ok(Response::new(done))
+    }
+
+    async fn remove_node(&self, request: Request<pb::RemoveNodeRequest>) -> Reply<pb::Membership> {
+        let done = ops::membership::remove(&self.state, request.into_inner().node_id).await?;
+        Ok(Response::new(done))
+    }
+
+    async fn replace_node(&self, request: Request<pb::ReplaceNodeRequest>) -> Reply<pb::Membership> {
+        let r = request.into_inner();
+        let new = ops::membership::NewNode::parse(r.node_id, &r.raft_addr, &r.client_addr)?;
+        let done = ops::membership::replace(&self.state, r.old_node_id, new, catch_up(r.catch_up_timeout_ms)).await?;
+        Ok(Response::new(done))
+    }
+
+    async fn transfer_master(&self, request: Request<pb::TransferMasterRequest>) -> Reply<pb::TransferMasterReply> {
+        let to = Some(request.into_inner().to_node_id).filter(|id| *id != 0);
+        let master = ops::membership::transfer(&self.state, to).await?;
+        let master_addr = ops::membership::current(&self.state)
+            .members
+            .into_iter()
+            .find(|m| m.node_id == master)
+            .map(|m| m.client_addr)
+            .unwrap_or_default();
+        Ok(Response::new(pb::TransferMasterReply {
+            master_node_id: master,
+            master_addr,
+        }))
+    }
+
     async fn get_node_status(&self, _request: Request<pb::NodeStatusRequest>) -> Reply<pb::NodeStatus> {
         let s = &self.state;
         let metrics = s.raft.metrics().borrow().clone();
@@ -534,5 +572,14 @@ impl Broker for BrokerService {
             disk_available_bytes: disk.as_ref().map_or(0, |d| d.available_bytes),
             disk_used_percent: disk.as_ref().map_or(0.0, |d| d.used_percent()),
         }))
+    }
+}
+
+/// A request's catch-up deadline; 0 is the default.
+fn catch_up(ms: u64) -> std::time::Duration {
+    if ms == 0 {
+        ops::membership::DEFAULT_CATCH_UP
+    } else {
+        std::time::Duration::from_millis(ms)
     }
 }

@@ -30,6 +30,11 @@ pub struct BrokerState {
     pub handing_over: std::sync::atomic::AtomicBool,
     /// The election state: whether this master hears from a majority.
     pub contact: Arc<crate::election::LeaderContact>,
+    /// This node's Raft links and election timing (a master transfer uses them).
+    pub network: crate::network::Network,
+    pub timing: crate::election::Timing,
+    /// Held by the one membership change or master transfer this master runs at a time.
+    pub membership_busy: tokio::sync::Mutex<()>,
     /// The topic-table generation the last finished heartbeat round carried to the NameServers.
     pub announced_topics: watch::Sender<u64>,
     /// The write queue a send that leaves the choice to the broker goes to next.

@@ -59,7 +59,8 @@ enum Command {
     Send(SendArgs),
     /// Consume messages, as a group member or by plain pulls.
     Consume(ConsumeArgs),
-    /// Consumer groups: progress, offset resets, retry settings, dead letters.
+    /// Consumer groups: progress, offset resets, retry settings, dead letters. Broker groups:
+    /// members, add-node, remove-node, replace-node, transfer-master.
     #[command(subcommand)]
     Group(GroupCommand),
     /// Read single messages.

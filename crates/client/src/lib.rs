@@ -15,6 +15,7 @@ pub mod consumer;
 pub mod dead_letters;
 pub mod error;
 pub mod key_query;
+pub mod membership;
 pub mod message;
 pub mod overview;
 pub mod producer;

@@ -41,6 +41,10 @@ pub enum ErrorCode {
     TransactionEnded,
     /// This node is not the master; retry at the leader address if one is given.
     NotMaster,
+    /// A membership change that would leave the broker group without a master or a live
+    /// majority (removing the master, shrinking below a majority of live voters, adding a node
+    /// that cannot be reached); the message says what to do first. Nothing was changed.
+    UnsafeMembershipChange,
     /// A message body (or batch) exceeds the configured maximum size.
     MessageTooLarge,
     /// The node's disk is over its limit; nothing was stored.
@@ -56,7 +60,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::InvalidArgument,
         ErrorCode::IllegalFilterExpression,
         ErrorCode::TopicNotFound,
@@ -67,6 +71,7 @@ impl ErrorCode {
         ErrorCode::AlreadyDelivered,
         ErrorCode::TransactionEnded,
         ErrorCode::NotMaster,
+        ErrorCode::UnsafeMembershipChange,
         ErrorCode::MessageTooLarge,
         ErrorCode::DiskFull,
         ErrorCode::Timeout,
@@ -88,6 +93,7 @@ impl ErrorCode {
             ErrorCode::AlreadyDelivered => "ALREADY_DELIVERED",
             ErrorCode::TransactionEnded => "TRANSACTION_ENDED",
             ErrorCode::NotMaster => "NOT_MASTER",
+            ErrorCode::UnsafeMembershipChange => "UNSAFE_MEMBERSHIP_CHANGE",
             ErrorCode::MessageTooLarge => "MESSAGE_TOO_LARGE",
             ErrorCode::DiskFull => "DISK_FULL",
             ErrorCode::Timeout => "TIMEOUT",
@@ -111,9 +117,10 @@ impl ErrorCode {
             | ErrorCode::StaleHandle => Code::InvalidArgument,
             ErrorCode::TopicNotFound | ErrorCode::QueueNotFound | ErrorCode::MessageNotFound => Code::NotFound,
             ErrorCode::NoPermission => Code::PermissionDenied,
-            ErrorCode::NotMaster | ErrorCode::AlreadyDelivered | ErrorCode::TransactionEnded => {
-                Code::FailedPrecondition
-            }
+            ErrorCode::NotMaster
+            | ErrorCode::AlreadyDelivered
+            | ErrorCode::TransactionEnded
+            | ErrorCode::UnsafeMembershipChange => Code::FailedPrecondition,
             ErrorCode::DiskFull => Code::ResourceExhausted,
             ErrorCode::Timeout => Code::DeadlineExceeded,
             ErrorCode::Unavailable => Code::Unavailable,

@@ -35,6 +35,9 @@ struct GroupState {
     cluster: String,
     nodes: BTreeMap<u64, NodeState>,
     topics: BTreeMap<String, TopicConfig>,
+    /// The node ids of the group's membership, as its listed master last reported them
+    /// (`None` from brokers that do not report it): other nodes are not routed.
+    members: Option<BTreeSet<u64>>,
 }
 
 /// What a route of one group looks like from outside; a change of it changes topic routes.
@@ -145,10 +148,20 @@ impl RouteTable {
         );
         // Only the listed master's topic table counts: a stale master's copy may miss a topic
         // created after it lost its leadership.
+        let from_master = group.master().map(|m| m.0) == Some(hb.node_id);
         if let Some(table) = &hb.topics {
-            if group.master().map(|m| m.0) == Some(hb.node_id) {
+            if from_master {
                 group.topics = table.topics.iter().map(|t| (t.name.clone(), t.clone())).collect();
             }
+        }
+        // The master's membership decides who is routed: a node removed from the group may go
+        // on heartbeating (it need not learn of its removal).
+        if from_master && !hb.members.is_empty() {
+            let members: BTreeSet<u64> = hb.members.iter().copied().collect();
+            group.nodes.retain(|id, _| members.contains(id));
+            group.members = Some(members);
+        } else if group.members.as_ref().is_some_and(|m| !m.contains(&hb.node_id)) {
+            group.nodes.remove(&hb.node_id);
         }
         let after = group.view();
         changed_topics(before.as_ref(), Some(&after))

@@ -51,6 +51,7 @@ fn heartbeat(node: u64, role: Role, term: u64, leader: u64, topics: &[&str]) -> 
                 })
                 .collect(),
         }),
+        members: Vec::new(),
     }
 }
 

@@ -194,6 +194,28 @@ pub(crate) fn set_fifo(db: &Db, state: &mut SmState, batch: &mut WriteBatch, gro
     CommandResult::Done
 }
 
+/// The prefix of the records of node ids the group's membership has held (in the groups' column
+/// family, as FIFO marks, so that snapshots carry them).
+pub(crate) const NODE_PREFIX: &[u8] = b"\0node\0";
+
+/// Records every node of a membership entry being applied as known: its id is never reused.
+pub(crate) fn remember_nodes(
+    db: &Db,
+    state: &mut SmState,
+    batch: &mut WriteBatch,
+    nodes: impl IntoIterator<Item = (crate::NodeId, crate::BrokerNode)>,
+) {
+    for (id, node) in nodes {
+        if state.known_nodes.get(&id) == Some(&node) {
+            continue;
+        }
+        let mut key = NODE_PREFIX.to_vec();
+        key.extend_from_slice(&id.to_be_bytes());
+        batch.put_cf(db.cf(CF_GROUPS), key, codec::encode(&node));
+        state.known_nodes.insert(id, node);
+    }
+}
+
 /// The prefix of the keys of queue locks (in the groups' column family, as FIFO marks).
 pub(crate) const LOCK_PREFIX: &[u8] = b"\0lock\0";
 

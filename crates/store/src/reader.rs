@@ -3,7 +3,7 @@
 //! Every read goes through the consume-queue index, which holds only applied (committed) entries;
 //! a body is taken from the commit log and checked against its checksum before it is returned.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use openraft::EntryPayload;
@@ -179,12 +179,18 @@ impl StoreReader {
             .unwrap_or_else(|| crate::groups::GroupConfig::new(name))
     }
 
-    /// Every group with settings of its own.
     /// Whether a consumer group is FIFO.
     pub fn is_fifo(&self, group: &str) -> bool {
         self.shared.read().fifo_groups.contains(group)
     }
 
+    /// Every node id the group's membership has held (as applied here), with its last known
+    /// addresses.
+    pub fn known_nodes(&self) -> BTreeMap<crate::NodeId, crate::BrokerNode> {
+        self.shared.read().known_nodes.clone()
+    }
+
+    /// Every group with settings of its own.
     pub fn groups(&self) -> Vec<crate::groups::GroupConfig> {
         self.shared.read().groups.values().cloned().collect()
     }

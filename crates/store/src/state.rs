@@ -96,6 +96,9 @@ pub struct SmState {
     pub fifo_groups: std::collections::BTreeSet<String>,
     /// Queue locks of orderly consumers: (group, topic, queue) → holder.
     pub queue_locks: BTreeMap<OffsetKey, crate::groups::QueueLock>,
+    /// Every node id that has been in the group's membership, with its last known addresses:
+    /// an id once used is never given to another node.
+    pub known_nodes: BTreeMap<crate::NodeId, crate::BrokerNode>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +163,18 @@ impl SmState {
             let (key, value) = item?;
             if let Some(name) = key.strip_prefix(crate::groups::FIFO_PREFIX) {
                 state.fifo_groups.insert(String::from_utf8_lossy(name).into_owned());
+                continue;
+            }
+            if let Some(id) = key.strip_prefix(crate::groups::NODE_PREFIX) {
+                let id = <[u8; 8]>::try_from(id)
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| CorruptRecord {
+                        what: "known node".into(),
+                        reason: "bad key".into(),
+                    })?;
+                state
+                    .known_nodes
+                    .insert(id, codec::decode(&value, || format!("known node {id}"))?);
                 continue;
             }
             if key.starts_with(crate::groups::LOCK_PREFIX) {

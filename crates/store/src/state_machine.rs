@@ -328,6 +328,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     results
                 }
                 EntryPayload::Membership(membership) => {
+                    let nodes = membership.nodes().map(|(id, n)| (*id, n.clone())).collect::<Vec<_>>();
+                    crate::groups::remember_nodes(db, &mut state, &mut batch, nodes);
                     state.membership = StoredMembership::new(Some(entry.log_id), membership);
                     batch.put_cf(db.cf(CF_META), META_MEMBERSHIP, codec::encode(&state.membership));
                     Vec::new()

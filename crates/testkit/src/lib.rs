@@ -263,8 +263,8 @@ impl Group {
             .max_decoding_message_size(64 << 20)
     }
 
-    /// Waits until exactly one running node is master and every other running node follows it;
-    /// returns the master's id.
+    /// Waits until exactly one running node is master and every other running node of its
+    /// membership follows it; returns the master's id.
     pub async fn wait_for_master(&self, deadline: Duration) -> u64 {
         wait_until("one master that every running node follows", deadline, || async {
             let up = self.up();
@@ -274,8 +274,12 @@ impl Group {
                 .filter(|id| self.node(*id).raft().metrics().borrow().state == ServerState::Leader)
                 .collect();
             let [leader] = leaders[..] else { return None };
-            let term = self.node(leader).raft().metrics().borrow().current_term;
-            let agreed = up.iter().all(|id| {
+            let (term, members) = {
+                let m = self.node(leader).raft().metrics().borrow().clone();
+                let members: Vec<u64> = m.membership_config.membership().nodes().map(|(id, _)| *id).collect();
+                (m.current_term, members)
+            };
+            let agreed = up.iter().filter(|id| members.contains(id)).all(|id| {
                 let m = self.node(*id).raft().metrics().borrow().clone();
                 m.current_leader == Some(leader) && m.current_term == term
             });
@@ -292,10 +296,15 @@ impl Group {
         self.node(id).reader().applied_index()
     }
 
-    /// Waits until every running node has applied at least what `id` has applied.
+    /// Waits until every running node of `id`'s membership has applied at least what `id` has
+    /// applied.
     pub async fn wait_caught_up(&self, id: u64, deadline: Duration) {
         let target = self.applied(id);
-        for other in self.up() {
+        let members: Vec<u64> = {
+            let m = self.node(id).raft().metrics().borrow().clone();
+            m.membership_config.membership().nodes().map(|(id, _)| *id).collect()
+        };
+        for other in self.up().into_iter().filter(|n| members.contains(n)) {
             wait_until(&format!("node {other} applies up to {target}"), deadline, || async {
                 (self.applied(other) >= target).then_some(())
             })
@@ -365,6 +374,50 @@ impl Group {
                 let m = self.node(node).raft().metrics().borrow().clone();
                 m.purged.filter(|p| p.index > index).map(|_| ())
             },
+        )
+        .await;
+    }
+
+    /// Starts a new node (id: one past the highest so far) configured like node 1 but with
+    /// `join = true`: it waits to be added by the group's master. Returns its id.
+    pub async fn start_joining_node(&mut self) -> u64 {
+        let id = self.configs.len() as u64 + 1;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let mut config = self.configs[0].clone();
+        config.node_id = id;
+        config.join = true;
+        config.members = vec![Member {
+            node_id: id,
+            raft_addr: addr.clone(),
+            client_addr: addr,
+        }];
+        config.data_dir = self.dir.path().join(format!("node-{id}"));
+        config.validate().expect("valid joining config");
+        let broker = Broker::start_with(
+            config.clone(),
+            Listeners {
+                client: listener,
+                raft: None,
+                metrics: Some(metrics_listener().await),
+            },
+            self.faults.clone(),
+        )
+        .await
+        .expect("start joining broker");
+        self.configs.push(config);
+        self.nodes.push(Some(broker));
+        id
+    }
+
+    /// Removes a stopped node's data directory, as a lost disk would.
+    pub async fn wipe(&self, id: u64) {
+        assert!(!self.is_up(id), "node {id} is running");
+        let dir = self.configs[id as usize - 1].data_dir.clone();
+        wait_until(
+            &format!("node {id}'s data removed"),
+            Duration::from_secs(10),
+            || async { std::fs::remove_dir_all(&dir).ok() },
         )
         .await;
     }

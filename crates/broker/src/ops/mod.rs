@@ -6,6 +6,7 @@
 //! and from these, and the error to its protocol's status.
 
 pub mod delay;
+pub mod membership;
 pub mod offsets;
 pub mod pop;
 pub mod pull;

@@ -1,5 +1,5 @@
 //! `raftmq group`: a consumer group's progress (lag per queue), offset resets, retry settings
-//! and dead letters.
+//! and dead letters; and a broker group's membership (see `members`).
 
 use anyhow::{anyhow, Context};
 use clap::Subcommand;
@@ -41,6 +41,37 @@ pub(crate) enum GroupCommand {
     /// The group's dead letters.
     #[command(subcommand)]
     Dlq(super::dlq::DlqCommand),
+    /// A broker group's nodes: voters, learners, the master, retired ids.
+    Members { broker_group: String },
+    /// Add a node to a broker group. Start it first with `join = true`; it catches up as a
+    /// learner, then becomes a voter.
+    AddNode {
+        broker_group: String,
+        #[command(flatten)]
+        node: super::members::NewNodeArgs,
+    },
+    /// Remove a node from a broker group (a voter only while the rest keep a live majority;
+    /// never the master: transfer-master first).
+    RemoveNode {
+        broker_group: String,
+        #[arg(long)]
+        node_id: u64,
+    },
+    /// Replace a voter (a dead one, say) with a new node started with `join = true`.
+    ReplaceNode {
+        broker_group: String,
+        /// The voter to take out.
+        #[arg(long)]
+        old: u64,
+        #[command(flatten)]
+        node: super::members::NewNodeArgs,
+    },
+    /// Hand a broker group's master role to another voter (any up-to-date one without --to).
+    TransferMaster {
+        broker_group: String,
+        #[arg(long)]
+        to: Option<u64>,
+    },
 }
 
 pub(crate) async fn run(admin: &Admin, command: GroupCommand, as_json: bool) -> anyhow::Result<()> {
@@ -71,6 +102,21 @@ pub(crate) async fn run(admin: &Admin, command: GroupCommand, as_json: bool) -> 
             }
         }
         GroupCommand::Dlq(command) => super::dlq::run(admin, command, as_json).await?,
+        GroupCommand::Members { broker_group } => super::members::members(admin, &broker_group, as_json).await?,
+        GroupCommand::AddNode { broker_group, node } => {
+            super::members::add(admin, &broker_group, &node, as_json).await?
+        }
+        GroupCommand::RemoveNode { broker_group, node_id } => {
+            super::members::remove(admin, &broker_group, node_id, as_json).await?
+        }
+        GroupCommand::ReplaceNode {
+            broker_group,
+            old,
+            node,
+        } => super::members::replace(admin, &broker_group, old, &node, as_json).await?,
+        GroupCommand::TransferMaster { broker_group, to } => {
+            super::members::transfer(admin, &broker_group, to, as_json).await?
+        }
         GroupCommand::Progress { consumer_group, topic } => {
             let progress = admin.group_progress(&consumer_group, &topic).await?;
             if as_json {

@@ -5,6 +5,7 @@
 pub(crate) mod cluster;
 pub(crate) mod dlq;
 pub(crate) mod group;
+pub(crate) mod members;
 pub(crate) mod message;
 pub(crate) mod topic;
 pub(crate) mod transaction;

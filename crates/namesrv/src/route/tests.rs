@@ -20,6 +20,7 @@ fn hb(group: &str, node: u64, role: Role, term: u64, leader: u64) -> BrokerHeart
         leader_id: leader,
         applied_index: 7,
         topics: None,
+        members: Vec::new(),
     }
 }
 
@@ -249,4 +250,31 @@ fn a_node_changing_address_changes_the_route() {
     assert_eq!(t.heartbeat(&moved, now), set(&["T"]));
     let g = &t.route("T").unwrap().groups[0];
     assert!(g.slaves.iter().any(|s| s.addr == "127.0.0.1:20003"));
+}
+
+#[test]
+fn a_node_the_masters_membership_does_not_list_is_not_routed() {
+    let mut t = RouteTable::new();
+    let now = Instant::now();
+    group_of_three(&mut t, "broker-a", 2, vec![topic("T", 4, Permission::ReadWrite)], now);
+    let slaves = |t: &RouteTable| -> Vec<u64> {
+        t.route("T").unwrap().groups[0]
+            .slaves
+            .iter()
+            .map(|s| s.node_id)
+            .collect()
+    };
+    assert_eq!(slaves(&t), [2, 3]);
+    // Node 3 is removed: the master's membership no longer lists it.
+    let members = BrokerHeartbeat {
+        members: vec![1, 2, 4],
+        ..master_hb("broker-a", 1, 2, vec![topic("T", 4, Permission::ReadWrite)])
+    };
+    let changed = t.heartbeat(&members, now);
+    assert_eq!(changed, set(&["T"]));
+    assert_eq!(slaves(&t), [2]);
+    // It may go on heartbeating (it need not know): still not routed. Node 4, added, is.
+    t.heartbeat(&hb("broker-a", 3, Role::Slave, 2, 1), now);
+    t.heartbeat(&hb("broker-a", 4, Role::Learner, 2, 1), now);
+    assert_eq!(slaves(&t), [2, 4]);
 }
