@@ -3,7 +3,7 @@
 # print the time to a new master, to the first acknowledged send, and to the NameServers routing
 # it, with min / median / max, and whether every acknowledged message is readable.
 #
-#   scripts/failover-drill.sh [--netns] [--rounds N] [--fault kill|pause|isolate] [--group broker-a]
+#   scripts/failover-drill.sh [--netns] [--rounds N] [--fault kill|pause|isolate|transfer] [--group broker-a]
 #
 # It starts the small sample cluster (1 NameServer, 1 group of 3) unless a cluster is running,
 # and leaves it running. With --netns (root) it starts it with every node in a network namespace

@@ -1,7 +1,9 @@
 //! `raftmq drill`: the failover drill. With a producer sending continuously, it kills (or
-//! pauses) a group's master through the cluster script and measures what an operator cares
-//! about: time to a new master, time until sends succeed again, time until the NameServers route
-//! the new master, and whether every acknowledged message is still readable.
+//! pauses) a group's master through the cluster script, or hands its role over
+//! (`--fault transfer`), and measures what an operator cares about: time to a new master, time
+//! until sends succeed again, time until the NameServers route the new master, sends that
+//! failed, the slowest acknowledged send, and whether every acknowledged message is still
+//! readable.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -25,6 +27,9 @@ pub enum Fault {
     /// Cut the master off from every node and client (a cluster in network namespaces:
     /// `scripts/failover-drill.sh --netns`), then heal the network.
     Isolate,
+    /// Hand the master role to another voter (`raftmq group transfer-master`): a planned
+    /// change, which should fail no send.
+    Transfer,
 }
 
 #[derive(Debug, Args)]
@@ -66,6 +71,10 @@ struct Round {
     acked_after: usize,
     lost: usize,
     unknown: usize,
+    /// Sends that failed with an error (not a timeout, whose outcome is unknown).
+    failed: usize,
+    /// The longest an acknowledged send took.
+    slowest_send: Duration,
     /// Terms the group went through from the new master's election until a second after the
     /// old master rejoined: 0 when the return disturbed nothing.
     rejoin_term_changes: u64,
@@ -103,13 +112,15 @@ pub async fn run(namesrv: &[String], args: DrillArgs, as_json: bool) -> anyhow::
             .with_context(|| format!("round {}", round + 1))?;
         if !as_json {
             println!(
-                "round {:>2}: new master {:>5.0} ms, sends resumed {:>5.0} ms, routed {:>5.0} ms, acked {} before / {} after, lost {}, unknown {}, term changes at rejoin {}",
+                "round {:>2}: new master {:>5.0} ms, sends resumed {:>5.0} ms, routed {:>5.0} ms, acked {} before / {} after, slowest send {:.0} ms, failed {}, lost {}, unknown {}, term changes at rejoin {}",
                 round + 1,
                 r.new_master.as_secs_f64() * 1000.0,
                 r.sends_resumed.as_secs_f64() * 1000.0,
                 r.routed.as_secs_f64() * 1000.0,
                 r.acked_before,
                 r.acked_after,
+                r.slowest_send.as_secs_f64() * 1000.0,
+                r.failed,
                 r.lost,
                 r.unknown,
                 r.rejoin_term_changes
@@ -118,14 +129,15 @@ pub async fn run(namesrv: &[String], args: DrillArgs, as_json: bool) -> anyhow::
         rounds.push(r);
     }
     let lost: usize = rounds.iter().map(|r| r.lost).sum();
+    let failed: usize = rounds.iter().map(|r| r.failed).sum();
     if as_json {
         let items: Vec<_> = rounds
             .iter()
-            .map(|r| json!({"new_master_ms": r.new_master.as_millis(), "sends_resumed_ms": r.sends_resumed.as_millis(), "routed_ms": r.routed.as_millis(), "acked_before": r.acked_before, "acked_after": r.acked_after, "lost": r.lost, "unknown": r.unknown, "rejoin_term_changes": r.rejoin_term_changes}))
+            .map(|r| json!({"new_master_ms": r.new_master.as_millis(), "sends_resumed_ms": r.sends_resumed.as_millis(), "routed_ms": r.routed.as_millis(), "acked_before": r.acked_before, "acked_after": r.acked_after, "slowest_send_ms": r.slowest_send.as_millis(), "failed": r.failed, "lost": r.lost, "unknown": r.unknown, "rejoin_term_changes": r.rejoin_term_changes}))
             .collect();
         println!(
             "{}",
-            json!({"fault": format!("{:?}", args.fault).to_lowercase(), "rounds": items, "lost": lost})
+            json!({"fault": format!("{:?}", args.fault).to_lowercase(), "rounds": items, "lost": lost, "failed": failed})
         );
     } else {
         println!("{} rounds of {:?}:", rounds.len(), args.fault);
@@ -140,6 +152,14 @@ pub async fn run(namesrv: &[String], args: DrillArgs, as_json: bool) -> anyhow::
         println!(
             "{}",
             summary("NameServers route it", rounds.iter().map(|r| r.routed).collect())
+        );
+        println!(
+            "{}",
+            summary("slowest send", rounds.iter().map(|r| r.slowest_send).collect())
+        );
+        println!(
+            "sends failed: {failed}; outcome unknown (timed out): {}",
+            rounds.iter().map(|r| r.unknown).sum::<usize>()
         );
         println!(
             "term changes while the old master rejoined: {} (worst round {})",
@@ -180,10 +200,11 @@ async fn drill_round(
     // The producer: one send in flight, numbered bodies.
     let acks: Arc<Mutex<Vec<Ack>>> = Arc::default();
     let unknown = Arc::new(Mutex::new(0usize));
+    let failed = Arc::new(Mutex::new(0usize));
     let (stop_tx, stop_rx) = Shutdown::new();
     let producer = {
         let producer = Producer::new(client.clone());
-        let (acks, unknown, topic) = (acks.clone(), unknown.clone(), args.topic.clone());
+        let (acks, unknown, failed, topic) = (acks.clone(), unknown.clone(), failed.clone(), args.topic.clone());
         tokio::spawn(async move {
             let mut seq = 0u64;
             while !stop_rx.is_stopped() {
@@ -202,7 +223,11 @@ async fn drill_round(
                         body,
                     }),
                     Err(e) if e.code == raftmq_common::ErrorCode::Timeout => *unknown.lock().unwrap() += 1,
-                    Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                    Err(e) => {
+                        eprintln!("send failed: {e}");
+                        *failed.lock().unwrap() += 1;
+                        tokio::time::sleep(Duration::from_millis(5)).await
+                    }
                 }
             }
         })
@@ -221,13 +246,19 @@ async fn drill_round(
         Fault::Kill => &["kill"],
         Fault::Pause => &["pause"],
         Fault::Isolate => &["net", "isolate"],
+        Fault::Transfer => &[],
     };
-    let (path, mut call) = (
-        args.script.clone(),
-        verb.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-    );
-    call.push(victim.clone());
-    tokio::task::spawn_blocking(move || script(&path, &call.iter().map(String::as_str).collect::<Vec<_>>())).await??;
+    if args.fault == Fault::Transfer {
+        admin.transfer_master(&args.group, None).await?;
+    } else {
+        let (path, mut call) = (
+            args.script.clone(),
+            verb.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        );
+        call.push(victim.clone());
+        tokio::task::spawn_blocking(move || script(&path, &call.iter().map(String::as_str).collect::<Vec<_>>()))
+            .await??;
+    }
     // From here the old master certainly serves nothing.
     let fault_done = Instant::now();
     // Three clocks run from the fault at once: a survivor is master in a higher term; a send
@@ -291,6 +322,7 @@ async fn drill_round(
 
     // The old master comes back.
     match args.fault {
+        Fault::Transfer => {}
         Fault::Kill => script(&args.script, &["start", &victim])?,
         Fault::Pause | Fault::Isolate => {
             let paused_for = fault_at.elapsed();
@@ -360,6 +392,8 @@ async fn drill_round(
         }
     }
     let unknown = *unknown.lock().unwrap();
+    let failed = *failed.lock().unwrap();
+    let slowest_send = acks.iter().map(|a| a.done - a.started).max().unwrap_or_default();
     Ok(Round {
         new_master: new_master_after,
         sends_resumed: resumed,
@@ -368,6 +402,8 @@ async fn drill_round(
         acked_after: acks.iter().filter(|a| a.done >= fault_at).count(),
         lost,
         unknown,
+        failed,
+        slowest_send,
         rejoin_term_changes: highest - status.term,
     })
 }
