@@ -290,3 +290,106 @@ async fn twenty_master_transfers_under_a_producer_fail_no_send() {
     }
     group.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_group_added_to_a_running_cluster_takes_sends_and_its_queues_are_consumed() {
+    use raftmq_client::{ConsumeFrom, ConsumeResult, PushConsumer, ReceivedMessage};
+    use std::sync::Mutex;
+
+    let (group_a, _) = Group::start_with_topic_t(|_| {}).await;
+    let admin = admin(&group_a);
+    let client = admin.client();
+    wait_until("the topic routed", CATCH_UP, || async {
+        client.refresh_route("T").await.ok()
+    })
+    .await;
+
+    // A consumer group of two members, and a producer, running all along.
+    let seen: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let mut consumers = Vec::new();
+    for i in 0..2 {
+        let seen = seen.clone();
+        let consumer = PushConsumer::builder(client.clone(), "g-grow", "T")
+            .client_id(format!("grow-{i}"))
+            .consume_from(ConsumeFrom::First)
+            .start(move |batch: &[ReceivedMessage]| {
+                seen.lock().unwrap().extend(batch.iter().map(|m| m.body.clone()));
+                ConsumeResult::Success
+            })
+            .await
+            .expect("consumer");
+        consumers.push(consumer);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+    let sender = {
+        let (stop, acked, producer) = (stop.clone(), acked.clone(), Producer::new(client.clone()));
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let body = format!("g{i}").into_bytes();
+                i += 1;
+                if let Ok(r) = producer.send(Message::new("T", body.clone())).await {
+                    acked.lock().unwrap().push((r.group, body));
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    wait_until("sends acknowledged by broker-a", CATCH_UP, || async {
+        (acked.lock().unwrap().len() >= 50).then_some(())
+    })
+    .await;
+
+    // broker-b starts, registers, and the topic is extended onto it: no client restarts.
+    let group_b = Group::start_named(3, "broker-b", &group_a.namesrv_addr(), |_| {}).await;
+    group_b.wait_for_master(ELECTION).await;
+    let extended = wait_until("broker-b registered", ELECTION, || async {
+        admin
+            .upsert_topic("T", 2, 2, pb::Permission::ReadWrite, &["broker-b".to_owned()])
+            .await
+            .ok()
+    })
+    .await;
+    assert_eq!(extended, ["broker-b"]);
+    wait_until("the producer sends to broker-b too", CATCH_UP, || async {
+        let n = acked.lock().unwrap().iter().filter(|(g, _)| g == "broker-b").count();
+        (n >= 50).then_some(())
+    })
+    .await;
+    wait_until("the consumers share the three queues", CATCH_UP, || async {
+        let assigned: Vec<_> = consumers.iter().flat_map(|c| c.assigned_queues()).collect();
+        let distinct: BTreeSet<_> = assigned.iter().cloned().collect();
+        (assigned.len() == 3 && distinct.len() == 3 && distinct.iter().any(|q| q.group == "broker-b")).then_some(())
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    sender.await.unwrap();
+
+    // Every acknowledged message is consumed, from both groups.
+    let acked = acked.lock().unwrap().clone();
+    let want: BTreeSet<Vec<u8>> = acked.iter().map(|(_, b)| b.clone()).collect();
+    wait_until(
+        "every acknowledged message consumed",
+        Duration::from_secs(20),
+        || async {
+            let got: BTreeSet<Vec<u8>> = seen.lock().unwrap().iter().cloned().collect();
+            want.is_subset(&got).then_some(())
+        },
+    )
+    .await;
+    let seen = seen.lock().unwrap().clone();
+    let distinct: BTreeSet<&Vec<u8>> = seen.iter().collect();
+    eprintln!(
+        "a group added under load: {} acknowledged ({} by broker-b), {} deliveries, {} of them repeats",
+        acked.len(),
+        acked.iter().filter(|(g, _)| g == "broker-b").count(),
+        seen.len(),
+        seen.len() - distinct.len()
+    );
+    for consumer in consumers {
+        consumer.shutdown().await;
+    }
+    group_b.shutdown().await;
+    group_a.shutdown().await;
+}

@@ -44,7 +44,8 @@ pub struct ChaosArgs {
     /// mount a tmpfs), torn-tail (needs brokers with fault-injection = true), hold-slave (a
     /// slave stays dead for the next 2-4 rounds while other faults hit), master-cycle (the
     /// master killed and started again three times in a row), rolling-restart (every node
-    /// stopped cleanly and started again in turn, the master last).
+    /// stopped cleanly and started again in turn, the master last), transfer-master (the
+    /// master role handed to a slave, as `raftmq group transfer-master` does).
     #[arg(long, value_delimiter = ',')]
     faults: Vec<String>,
     /// How long a fault lasts before it is healed, ms.
@@ -67,7 +68,7 @@ pub struct ChaosArgs {
     lazyfs: bool,
 }
 
-const ALL_FAULTS: [&str; 12] = [
+const ALL_FAULTS: [&str; 13] = [
     "kill-master",
     "pause-master",
     "kill-slave",
@@ -80,6 +81,7 @@ const ALL_FAULTS: [&str; 12] = [
     "hold-slave",
     "master-cycle",
     "rolling-restart",
+    "transfer-master",
 ];
 
 /// Partitions in network namespaces (`--netns` clusters only).

@@ -229,6 +229,33 @@ pub async fn run(
             }
             within = Some(worst);
         }
+        "transfer-master" => {
+            // A planned move of the master role: to the drawn slave, or (every other draw) to
+            // whichever voter the master picks. A slave still catching up from the last fault
+            // may make one attempt give up; three in a row fail the run.
+            let to = (rng.next() % 2 == 0).then_some(slave);
+            let at = Instant::now();
+            let mut attempt = 0;
+            let moved = loop {
+                attempt += 1;
+                match c.admin.transfer_master(c.group, to).await {
+                    Ok(m) => break m,
+                    Err(e) if attempt < 3 => {
+                        eprintln!("chaos:   transfer attempt {attempt} gave up: {e}");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    Err(e) => bail!(
+                        "round {r}: the master role was not handed over: {e} (seed {})",
+                        live.seed
+                    ),
+                }
+            };
+            eprintln!(
+                "chaos:   master role handed from node {master} to node {}",
+                moved.node_id
+            );
+            within = Some(live.wait(at, r, fault).await?);
+        }
         "rolling-restart" => {
             // Clean stops, slaves first: the master hands leadership over when its turn comes.
             let mut order = slaves.clone();
