@@ -291,6 +291,9 @@ async fn twenty_master_transfers_under_a_producer_fail_no_send() {
     group.shutdown().await;
 }
 
+/// An acknowledged send: its broker group and body.
+type Acked = (String, Vec<u8>);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_group_added_to_a_running_cluster_takes_sends_and_its_queues_are_consumed() {
     use raftmq_client::{ConsumeFrom, ConsumeResult, PushConsumer, ReceivedMessage};
@@ -321,7 +324,8 @@ async fn a_broker_group_added_to_a_running_cluster_takes_sends_and_its_queues_ar
         consumers.push(consumer);
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let acked: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+    // (broker group, body) of every acknowledged send.
+    let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
     let sender = {
         let (stop, acked, producer) = (stop.clone(), acked.clone(), Producer::new(client.clone()));
         tokio::spawn(async move {

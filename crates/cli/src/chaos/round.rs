@@ -233,7 +233,7 @@ pub async fn run(
             // A planned move of the master role: to the drawn slave, or (every other draw) to
             // whichever voter the master picks. A slave still catching up from the last fault
             // may make one attempt give up; three in a row fail the run.
-            let to = (rng.next() % 2 == 0).then_some(slave);
+            let to = rng.next().is_multiple_of(2).then_some(slave);
             let at = Instant::now();
             let mut attempt = 0;
             let moved = loop {
