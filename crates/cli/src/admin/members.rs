@@ -47,9 +47,14 @@ pub(crate) async fn members(admin: &Admin, group: &str, as_json: bool) -> anyhow
 }
 
 pub(crate) async fn add(admin: &Admin, group: &str, node: &NewNodeArgs, as_json: bool) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     let m = admin.add_node(group, &node.spec(), node.catch_up_timeout).await?;
     if !as_json {
-        println!("node {} joined {group} as a voter", node.node_id);
+        println!(
+            "node {} joined {group} as a voter (caught up in {:.1} s)",
+            node.node_id,
+            started.elapsed().as_secs_f64()
+        );
     }
     print_membership(&m, as_json);
     Ok(())
@@ -71,11 +76,16 @@ pub(crate) async fn replace(
     node: &NewNodeArgs,
     as_json: bool,
 ) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     let m = admin
         .replace_node(group, old, &node.spec(), node.catch_up_timeout)
         .await?;
     if !as_json {
-        println!("node {} replaced node {old} in {group}", node.node_id);
+        println!(
+            "node {} replaced node {old} in {group} (caught up in {:.1} s)",
+            node.node_id,
+            started.elapsed().as_secs_f64()
+        );
     }
     print_membership(&m, as_json);
     Ok(())

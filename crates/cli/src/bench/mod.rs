@@ -67,6 +67,10 @@ pub struct ProduceArgs {
     /// then matches 1 % of them.
     #[arg(long)]
     n_property: bool,
+    /// Bodies of pseudo-random bytes, which do not compress (the default repeats one byte, which
+    /// RocksDB's LZ4 shrinks to almost nothing on disk).
+    #[arg(long)]
+    random: bool,
     /// Each message is a transaction: a half message, then its commit. Latency is the whole
     /// transaction; the commit's own latency is reported beside it.
     #[arg(long, conflicts_with_all = ["keyed", "batch"])]
@@ -115,6 +119,23 @@ fn now_us() -> u64 {
 fn body(size: usize) -> Vec<u8> {
     let mut b = vec![b'x'; size.max(8)];
     b[..8].copy_from_slice(&now_us().to_le_bytes());
+    b
+}
+
+/// A body whose bytes after the send time are pseudo-random: xorshift64 from `seed` mixed by
+/// splitmix64 (nearby seeds give unrelated bodies, so no two messages share bytes to compress).
+fn random_body(size: usize, seed: u64) -> Vec<u8> {
+    let mut b = body(size);
+    let mut x = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x = (x ^ (x >> 31)) | 1;
+    for chunk in b[8..].chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
     b
 }
 
@@ -290,7 +311,12 @@ async fn produce(client: Client, args: ProduceArgs, as_json: bool) -> anyhow::Re
             let seq = AtomicU64::new(0);
             let message = || {
                 let n = seq.fetch_add(1, Ordering::Relaxed);
-                let mut m = Message::new(&args.topic, body(args.size));
+                let body = if args.random {
+                    random_body(args.size, (p as u64) << 40 ^ n)
+                } else {
+                    body(args.size)
+                };
+                let mut m = Message::new(&args.topic, body);
                 if args.keys {
                     m = m.with_keys(format!("bench-{p}-{n}"));
                 }
@@ -359,7 +385,7 @@ async fn produce(client: Client, args: ProduceArgs, as_json: bool) -> anyhow::Re
     }
     let elapsed = progress.start.elapsed();
     line.abort();
-    let mut extra = json!({"size": args.size, "producers": args.producers, "window": args.window, "batch": args.batch, "keyed": args.keyed, "keys": args.keys, "n_property": args.n_property, "transactional": args.transactional});
+    let mut extra = json!({"size": args.size, "producers": args.producers, "window": args.window, "batch": args.batch, "keyed": args.keyed, "keys": args.keys, "n_property": args.n_property, "random": args.random, "transactional": args.transactional});
     if args.transactional {
         let commit = commits.lock().unwrap().percentiles();
         if !as_json {
