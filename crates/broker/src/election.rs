@@ -13,9 +13,11 @@
 //! - **Stickiness**: a node that heard from a live master within `stickiness` (openraft's leader
 //!   lease, `election-timeout-max`), and the master itself, answer no. So a node rejoining a
 //!   healthy group, or cut off from its master alone, never raises the term.
-//! - **Transfer**: a master that stops cleanly first lets its in-flight writes commit, then asks
-//!   an up-to-date slave to stand for election at once (`TimeoutNow`), so leadership moves
-//!   before the process exits instead of after an election timeout.
+//! - **Transfer**: a master that stops cleanly (or is asked to: `raftmq group transfer-master`)
+//!   first lets its in-flight writes commit, then asks an up-to-date slave to stand for election
+//!   at once (`TimeoutNow`), so leadership moves before the process exits instead of after an
+//!   election timeout. The candidate's vote requests name the master that asked, and the nodes
+//!   that follow that master let them past openraft's leader lease (vendor/openraft change 3).
 //!
 //! What this module must never do: raise the term without a majority's pre-vote, except when the
 //! master asks for a transfer. The term is raised only by openraft's `elect()`, which persists
@@ -45,7 +47,14 @@ pub struct LeaderContact {
     /// writes, which could not commit anyway, and sends nothing to its slaves (the network
     /// holds the same flag), so that they stop hearing from it and elect another master.
     quorum_lost: Arc<std::sync::atomic::AtomicBool>,
+    /// The election this node stands in because its master asked it to take over: (the term it
+    /// stands in, that master). Its vote requests say so (see [`Transfer`]).
+    transfer: Transfer,
 }
+
+/// A leadership transfer this node stands in: `(term, the master that asked)`. Shared with the
+/// network, which marks the vote requests of that term as a transfer's.
+pub type Transfer = Arc<Mutex<Option<(u64, NodeId)>>>;
 
 impl LeaderContact {
     pub fn new() -> Arc<LeaderContact> {
@@ -54,7 +63,18 @@ impl LeaderContact {
             master_since: Mutex::new(None),
             granted: Mutex::new(None),
             quorum_lost: Arc::default(),
+            transfer: Arc::default(),
         })
+    }
+
+    /// The transfer this node stands in, for the network.
+    pub fn transfer_flag(&self) -> Transfer {
+        self.transfer.clone()
+    }
+
+    /// Notes that this node stands in `term` because `master` asked it to take over.
+    pub fn standing_for_transfer(&self, term: u64, master: NodeId) {
+        *self.transfer.lock().unwrap_or_else(|p| p.into_inner()) = Some((term, master));
     }
 
     /// Whether this node, as master, has lost touch with a majority of its group.
@@ -448,8 +468,7 @@ async fn pre_vote_round(
 pub async fn transfer_leadership(
     raft: &Raft<TypeConfig>,
     network: &Network,
-    contact: &LeaderContact,
-    timing: Timing,
+    proposer: &crate::proposer::Proposer,
     to: Option<NodeId>,
     deadline: Duration,
 ) -> Result<NodeId, String> {
@@ -459,13 +478,12 @@ pub async fn transfer_leadership(
     // the others are down or far behind, and waiting longer only delays the stop.
     let catch_up_end = Instant::now() + deadline.min(Duration::from_secs(1));
     let mut metrics_rx = raft.metrics();
-    // 1. This node's own leader lease has run out (openraft refuses votes, its own included,
-    //    within it: the target would stand and fail, and its higher term would then unseat
-    //    this node with nobody elected).
-    if let Some(wait) = contact.master_for().and_then(|d| timing.stickiness.checked_sub(d)) {
-        tokio::time::sleep(wait + Duration::from_millis(5)).await;
-    }
-    // 2. Everything proposed is committed and applied, and some voter has it all.
+    // The voters' leader leases need not run out first: the target's vote requests say they are
+    // a transfer's, and every node that follows this master (this one too) lets them past its
+    // lease (`RaftService::vote`). Before that (openraft's lease alone), a transfer worked only
+    // where the target and this node were a majority: not in groups of four or five.
+    // 1. Everything proposed (the proposer refuses new writes while handing over, and has none
+    //    in flight: its entries would come after what the target has) is committed and applied, and some voter has it all.
     let (target, node, vote) = loop {
         let m = metrics_rx.borrow().clone();
         if m.state != ServerState::Leader {
@@ -490,7 +508,7 @@ pub async fn transfer_leadership(
                 return Err(format!("node {to} is not a voter of the group"));
             }
         }
-        if last.is_some() && applied == last {
+        if last.is_some() && applied == last && proposer.idle() {
             // The named voter, or any that has all of the log (all are equally good then).
             if let Some((id, node)) = others
                 .iter()
@@ -504,7 +522,7 @@ pub async fn transfer_leadership(
         }
         let _ = tokio::time::timeout(Duration::from_millis(20), metrics_rx.changed()).await;
     };
-    // 3. Ask it to stand now.
+    // 2. Ask it to stand now.
     use openraft::network::RaftNetworkFactory;
     let mut conn = network.clone().new_client(target, &node).await;
     let left = end
@@ -516,7 +534,7 @@ pub async fn transfer_leadership(
         .await
         .map_err(|e| format!("node {target} did not take over: {e}"))?;
     tracing::info!(node = me, target, "asked node {target} to take over as master");
-    // 4. Wait until another node leads.
+    // 3. Wait until another node leads.
     let waited = raft
         .wait(Some(
             end.saturating_duration_since(Instant::now())

@@ -117,6 +117,9 @@ pub struct Network {
     /// Set while this node is a master that stepped down for want of a majority: it sends no
     /// appends, heartbeats or snapshots (see `election::check_quorum`).
     pub silent: Arc<std::sync::atomic::AtomicBool>,
+    /// The leadership transfer this node stands in, if any: its vote requests of that term say
+    /// so (see `election::LeaderContact::standing_for_transfer`).
+    pub transfer: crate::election::Transfer,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -232,7 +235,7 @@ impl Connection {
         let mut failures = 0u32;
         loop {
             let result: Result<InstallSnapshotResponse<NodeId>, RpcErr<RaftError<NodeId, InstallSnapshotError>>> =
-                self.call(Method::Snapshot, request, option).await;
+                self.call(Method::Snapshot, request, option, 0).await;
             let err = match result {
                 Ok(reply) => return Ok(reply),
                 Err(RPCError::Unreachable(e)) => return Err(StreamingError::Unreachable(e)),
@@ -316,7 +319,13 @@ impl Connection {
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 
-    async fn call<Req, Resp, E>(&mut self, method: Method, req: &Req, option: &RPCOption) -> Result<Resp, RpcErr<E>>
+    async fn call<Req, Resp, E>(
+        &mut self,
+        method: Method,
+        req: &Req,
+        option: &RPCOption,
+        transfer_from: NodeId,
+    ) -> Result<Resp, RpcErr<E>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
@@ -332,6 +341,7 @@ impl Connection {
             from_node_id: self.net.me,
             target_node_id: self.target,
             payload: payload.into(),
+            transfer_from,
         });
         request.set_timeout(self.deadline(option));
         let mut client = self.client().map_err(RPCError::Unreachable)?;
@@ -402,6 +412,7 @@ impl PeerCalls {
             from_node_id: self.net.me,
             target_node_id: self.target,
             payload: payload.into(),
+            transfer_from: 0,
         });
         request.set_timeout(timeout);
         let reply = match which {
@@ -474,7 +485,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<RaftError<NodeId, InstallSnapshotError>>> {
-        self.call(Method::Snapshot, &rpc, &option).await
+        self.call(Method::Snapshot, &rpc, &option, 0).await
     }
 
     /// The state machine hands out a pointer to a checkpoint (see `raftmq_store::snapshot`): the
@@ -570,7 +581,15 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcErr<RaftError<NodeId>>> {
-        self.call(Method::Vote, &rpc, &option).await
+        let term = rpc.vote.leader_id().term;
+        let transfer_from = self
+            .net
+            .transfer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .filter(|(t, _)| *t == term)
+            .map_or(0, |(_, master)| master);
+        self.call(Method::Vote, &rpc, &option, transfer_from).await
     }
 
     fn backoff(&self) -> openraft::network::Backoff {

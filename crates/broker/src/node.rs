@@ -80,11 +80,8 @@ pub struct Broker {
     sync_stall: raftmq_store::SyncStall,
     client_addr: SocketAddr,
     stop: Shutdown,
-    /// Raft's connections, this node's election state and timings, for the leadership
-    /// transfer at a clean stop.
+    /// Raft's connections, for the leadership transfer at a clean stop.
     network: Network,
-    contact: Arc<LeaderContact>,
-    timing: election::Timing,
     tasks: Vec<JoinHandle<()>>,
     servers: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
     metrics_addr: Option<SocketAddr>,
@@ -151,6 +148,7 @@ impl Broker {
             timeout: config.raft_rpc_timeout(),
             faults: faults.clone(),
             silent: contact.silence_flag(),
+            transfer: contact.transfer_flag(),
         };
         let timing = election::Timing::new(
             config.election_timeout_min_ms,
@@ -175,8 +173,14 @@ impl Broker {
             timeout: Duration::from_millis(config.raft_rpc_timeout_ms * 5).max(Duration::from_secs(5)),
         };
         let metrics = Arc::new(BrokerMetrics::new(&config.group, config.node_id, db.clone()));
-        let (proposer, proposer_task) =
-            Proposer::start(raft.clone(), limits, metrics.entry_messages.clone(), stopped.clone());
+        let handing_over = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (proposer, proposer_task) = Proposer::start(
+            raft.clone(),
+            limits,
+            metrics.entry_messages.clone(),
+            handing_over.clone(),
+            stopped.clone(),
+        );
         let state = Arc::new(BrokerState {
             metrics: metrics.clone(),
             consumers: Consumers::new(Duration::from_millis(config.consumer_expiry_ms)),
@@ -187,10 +191,9 @@ impl Broker {
             reader,
             proposer,
             stop: stopped.clone(),
-            handing_over: std::sync::atomic::AtomicBool::new(false),
+            handing_over,
             contact: contact.clone(),
             network: network.clone(),
-            timing,
             membership_busy: Default::default(),
             announced_topics: watch::channel(0).0,
             next_queue: Default::default(),
@@ -345,8 +348,6 @@ impl Broker {
             client_addr,
             stop,
             network,
-            contact,
-            timing,
             metrics_addr: metrics_endpoint.as_ref().map(|e| e.addr),
             tasks: metrics_endpoint
                 .map(|e| e.task)
@@ -407,8 +408,7 @@ impl Broker {
             match election::transfer_leadership(
                 &self.state.raft,
                 &self.network,
-                &self.contact,
-                self.timing,
+                &self.state.proposer,
                 None,
                 HANDOVER_TIMEOUT,
             )

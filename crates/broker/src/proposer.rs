@@ -35,6 +35,9 @@ struct Proposal {
 pub struct Proposer {
     tx: mpsc::Sender<Proposal>,
     timeout: Duration,
+    /// The in-flight slots: all free when nothing proposed is still uncommitted.
+    slots: Arc<Semaphore>,
+    max_inflight: usize,
 }
 
 /// Limits of one batch and of the pipeline.
@@ -51,15 +54,22 @@ pub struct Limits {
 impl Proposer {
     /// Starts the batching task; it ends when `stop` turns true or every sender is gone. Each
     /// entry's weight (messages, or commands) goes to `entry_sizes`.
+    ///
+    /// While `handing_over` is set (a master handing its role over), nothing more is proposed:
+    /// each batch is answered `NOT_MASTER` instead, so that the log stops growing and the node
+    /// asked to take over can have all of it.
     pub fn start(
         raft: Raft<TypeConfig>,
         limits: Limits,
         entry_sizes: raftmq_metrics::prometheus_client::metrics::histogram::Histogram,
+        handing_over: Arc<std::sync::atomic::AtomicBool>,
         mut stop: Stopping,
     ) -> (Proposer, tokio::task::JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<Proposal>(limits.max_messages * limits.max_inflight * 4);
+        let slots = Arc::new(Semaphore::new(limits.max_inflight));
+        let task_slots = slots.clone();
         let task = tokio::spawn(async move {
-            let slots = Arc::new(Semaphore::new(limits.max_inflight));
+            let slots = task_slots;
             let mut last_ts = 0i64;
             // A command that did not fit the previous entry opens the next one.
             let mut carry: Option<Proposal> = None;
@@ -95,6 +105,14 @@ impl Proposer {
                         Err(_) => break,
                     }
                 }
+                // Checked with the slot held: a transfer that finds every slot free finds every
+                // later batch refused.
+                if handing_over.load(std::sync::atomic::Ordering::Acquire) {
+                    for p in batch {
+                        let _ = p.reply.send(Err(Error::not_master(None)));
+                    }
+                    continue;
+                }
                 entry_sizes.observe(weight as f64);
                 propose(&raft, batch, &mut last_ts, permit, limits.timeout).await;
             }
@@ -115,9 +133,16 @@ impl Proposer {
             Proposer {
                 tx,
                 timeout: limits.timeout,
+                slots,
+                max_inflight: limits.max_inflight,
             },
             task,
         )
+    }
+
+    /// Whether nothing proposed is still waiting for its commit.
+    pub fn idle(&self) -> bool {
+        self.slots.available_permits() == self.max_inflight
     }
 
     /// Proposes one command and waits until it is committed and applied.

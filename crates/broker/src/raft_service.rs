@@ -108,6 +108,7 @@ impl RaftService {
             from_node_id: self.me,
             target_node_id: envelope.from_node_id,
             payload: payload.into(),
+            transfer_from: 0,
         }))
     }
 }
@@ -125,7 +126,19 @@ impl RaftTransport for RaftService {
 
     async fn vote(&self, request: Request<RaftEnvelope>) -> Result<Response<RaftEnvelope>, Status> {
         let (envelope, rpc): (RaftEnvelope, openraft::raft::VoteRequest<NodeId>) = self.open(request)?;
-        let result = self.raft.vote(rpc).await;
+        // A transfer's vote passes the leader lease only here: where the master that asked for
+        // it is the one this node follows in its current term, or is this node.
+        let transfer = envelope.transfer_from != 0 && {
+            let vote = self.raft.metrics().borrow().vote;
+            vote.is_committed()
+                && vote.leader_id().voted_for() == Some(envelope.transfer_from)
+                && rpc.vote.leader_id().term > vote.leader_id().term
+        };
+        let result = if transfer {
+            self.raft.vote_for_transfer(rpc).await
+        } else {
+            self.raft.vote(rpc).await
+        };
         // Raft's rule: a node that grants a vote waits a whole timeout before standing itself.
         if matches!(&result, Ok(resp) if resp.vote_granted) {
             self.contact.heard();
@@ -192,6 +205,9 @@ impl RaftTransport for RaftService {
                 master = envelope.from_node_id,
                 "the master hands leadership over: standing for election now"
             );
+            // openraft's elect() stands in the next term; its vote requests say who asked.
+            self.contact
+                .standing_for_transfer(vote.leader_id().term + 1, envelope.from_node_id);
             self.raft
                 .trigger()
                 .elect()

@@ -26,13 +26,13 @@ pub struct BrokerState {
     pub disk: crate::retention::DiskGuard,
     pub faults: std::sync::Arc<crate::network::Faults>,
     pub stop: Stopping,
-    /// Set while a stopping master hands leadership over: it takes no new writes.
-    pub handing_over: std::sync::atomic::AtomicBool,
+    /// Set while a master hands leadership over (a clean stop, or a transfer): it takes no new
+    /// writes, and its proposer proposes nothing more.
+    pub handing_over: Arc<std::sync::atomic::AtomicBool>,
     /// The election state: whether this master hears from a majority.
     pub contact: Arc<crate::election::LeaderContact>,
-    /// This node's Raft links and election timing (a master transfer uses them).
+    /// This node's Raft links (a master transfer uses them).
     pub network: crate::network::Network,
-    pub timing: crate::election::Timing,
     /// Held by the one membership change or master transfer this master runs at a time.
     pub membership_busy: tokio::sync::Mutex<()>,
     /// The topic-table generation the last finished heartbeat round carried to the NameServers.

@@ -191,6 +191,7 @@ async fn raft_messages_for_another_node_are_rejected() {
                 from_node_id: 3,
                 target_node_id: target,
                 payload: Default::default(),
+                transfer_from: 0,
             })
             .await
             .unwrap_err();
@@ -202,6 +203,7 @@ async fn raft_messages_for_another_node_are_rejected() {
             from_node_id: 3,
             target_node_id: 1,
             payload: vec![0xff; 7].into(),
+            transfer_from: 0,
         })
         .await
         .unwrap_err();

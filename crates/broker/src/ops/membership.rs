@@ -166,15 +166,8 @@ pub async fn transfer(state: &BrokerState, to: Option<NodeId>) -> Result<NodeId,
     }
     use std::sync::atomic::Ordering;
     state.handing_over.store(true, Ordering::Release);
-    let result = crate::election::transfer_leadership(
-        &state.raft,
-        &state.network,
-        &state.contact,
-        state.timing,
-        to,
-        TRANSFER_TIMEOUT,
-    )
-    .await;
+    let result =
+        crate::election::transfer_leadership(&state.raft, &state.network, &state.proposer, to, TRANSFER_TIMEOUT).await;
     state.handing_over.store(false, Ordering::Release);
     match result {
         Ok(next) => {

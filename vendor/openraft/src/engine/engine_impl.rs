@@ -280,8 +280,17 @@ where C: RaftTypeConfig
         None
     }
 
+    // raftmq: the core calls `handle_vote_req_of`; the engine's tests call this.
+    #[cfg(test)]
     #[tracing::instrument(level = "debug", skip_all)]
     pub(crate) fn handle_vote_req(&mut self, req: VoteRequest<C::NodeId>) -> VoteResponse<C::NodeId> {
+        self.handle_vote_req_of(req, false)
+    }
+
+    /// raftmq: as `handle_vote_req`; the vote of a leadership transfer (`transfer`) is not
+    /// refused for the leader lease.
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub(crate) fn handle_vote_req_of(&mut self, req: VoteRequest<C::NodeId>, transfer: bool) -> VoteResponse<C::NodeId> {
         let now = C::now();
         let lease = self.config.timer_config.leader_lease;
         let vote = self.state.vote_ref();
@@ -304,7 +313,7 @@ where C: RaftTypeConfig
             vote_utime + lease - now
         );
 
-        if vote.is_committed() {
+        if vote.is_committed() && !transfer {
             // Current leader lease has not yet expired, reject voting request
             if now <= vote_utime + lease {
                 tracing::info!(

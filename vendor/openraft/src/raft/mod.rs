@@ -417,7 +417,22 @@ where C: RaftTypeConfig
         tracing::info!(rpc = display(rpc.summary()), "Raft::vote()");
 
         let (tx, rx) = C::AsyncRuntime::oneshot();
-        self.inner.call_core(RaftMsg::RequestVote { rpc, tx }, rx).await
+        self.inner.call_core(RaftMsg::RequestVote { rpc, tx, transfer: false }, rx).await
+    }
+
+    /// raftmq: submit the VoteRequest of a candidate that stands because this node's leader
+    /// asked it to take over (a leadership transfer, Raft thesis 3.10). It is decided as
+    /// [`Raft::vote`] decides, except that the leader lease does not refuse it. The caller checks
+    /// that the candidate was asked by the leader this node follows (or by this node itself).
+    #[tracing::instrument(level = "debug", skip(self, rpc))]
+    pub async fn vote_for_transfer(
+        &self,
+        rpc: VoteRequest<C::NodeId>,
+    ) -> Result<VoteResponse<C::NodeId>, RaftError<C::NodeId>> {
+        tracing::info!(rpc = display(rpc.summary()), "Raft::vote_for_transfer()");
+
+        let (tx, rx) = C::AsyncRuntime::oneshot();
+        self.inner.call_core(RaftMsg::RequestVote { rpc, tx, transfer: true }, rx).await
     }
 
     /// Get the latest snapshot from the state machine.

@@ -51,6 +51,8 @@ where C: RaftTypeConfig
     RequestVote {
         rpc: VoteRequest<C::NodeId>,
         tx: VoteTx<C>,
+        /// raftmq: the vote of a leadership transfer, which the leader lease does not refuse.
+        transfer: bool,
     },
 
     InstallFullSnapshot {
