@@ -10,6 +10,10 @@
 #   scripts/cluster.sh kill NODE           SIGKILL one node (e.g. broker-a-1)
 #   scripts/cluster.sh stop NODE           stop one node cleanly
 #   scripts/cluster.sh start NODE          start one node again on its data
+#   scripts/cluster.sh add FILE            add a node to the running cluster: FILE (GROUP-NODEID.toml, a broker
+#                                          with join = true) is copied into the config directory (in a --netns
+#                                          cluster the node gets a namespace, and its addresses are rewritten to
+#                                          it) and started; then `raftmq group add-node` makes it a member
 #   scripts/cluster.sh pause NODE          SIGSTOP one node
 #   scripts/cluster.sh resume NODE         SIGCONT one node
 #   scripts/cluster.sh logs NODE [-f]      the last lines of a node's log (or follow it)
@@ -357,6 +361,25 @@ cmd_status() {
     print_cluster "$dir"
 }
 
+cmd_add() {
+    local file=${1:-} name dir
+    [ -n "$file" ] && [ -f "$file" ] || die "add FILE: name a node's config file (GROUP-NODEID.toml)"
+    name=$(basename "$file" .toml)
+    case $name in
+        namesrv-*) ;;
+        *-[0-9]*) ;;
+        *) die "add $file: the file's name must be GROUP-NODEID.toml or namesrv-N.toml" ;;
+    esac
+    dir=$(config_dir)
+    [ -f "$dir/$name.toml" ] && die "$dir has a node $name already"
+    cp "$file" "$dir/$name.toml"
+    if [ -d "$RUN/netns" ]; then
+        net_add "$dir" "$name" || { rm -f "$dir/$name.toml"; die "no namespace for $name"; }
+    fi
+    start_node "$name"
+    echo "added $name: its config is $dir/$name.toml"
+}
+
 need_node() {
     [ -n "${1:-}" ] || die "name a node (scripts/cluster.sh nodes lists them)"
     [ -f "$(config_dir)/$1.toml" ] || die "no node $1 in $(config_dir)"
@@ -370,6 +393,7 @@ case ${1:-} in
     kill) need_node "${2:-}"; stop_pid "$2" KILL; echo "killed $2" ;;
     stop) need_node "${2:-}"; stop_pid "$2" TERM; echo "stopped $2" ;;
     start) need_node "${2:-}"; start_node "$2" ;;
+    add) cmd_add "${2:-}" ;;
     pause) need_node "${2:-}"; running "$2" || die "$2 is not running"; kill -STOP "$(pid_of "$2")"; echo "paused $2" ;;
     resume) need_node "${2:-}"; running "$2" || die "$2 is not running"; kill -CONT "$(pid_of "$2")"; echo "resumed $2" ;;
     power-off) cmd_power_off ;;

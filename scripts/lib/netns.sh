@@ -71,6 +71,32 @@ net_up() {
     done
 }
 
+# net_add CONFIG_DIR NODE: a namespace for a node added to a running --netns cluster (the next
+# address after the highest in use), and its own config rewritten to listen on that address.
+# No other config names the node: it joins through `raftmq group add-node`.
+net_add() {
+    local dir=$1 name=$2 k=10 last ns addr veth port f
+    [ -d "$RUN/netns" ] || net_fail "not a --netns cluster" || return 1
+    [ -f "$RUN/netns/$name" ] && { net_fail "node $name has a namespace already"; return 1; }
+    for f in "$RUN"/netns/*; do
+        [ -e "$f" ] || continue
+        last=$(awk '{print $2}' "$f" | awk -F. '{print $4}')
+        [ "$last" -gt "$k" ] && k=$last
+    done
+    k=$((k + 1))
+    ns=rmq-$name addr=$NET_PREFIX.$k veth=rmqh$k
+    ip netns add "$ns"
+    ip link add "$veth" type veth peer name eth0 netns "$ns"
+    ip link set "$veth" master "$NET_BRIDGE" up
+    ip -n "$ns" addr add "$addr/24" dev eth0
+    ip -n "$ns" link set eth0 up
+    ip -n "$ns" link set lo up
+    echo "$ns $addr $veth" > "$RUN/netns/$name"
+    for port in $(net_own_ports "$dir/$name.toml"); do
+        sed -i "s/\"127\.0\.0\.1:$port\"/\"$addr:$port\"/g" "$dir/$name.toml"
+    done
+}
+
 # The ports a node's config listens on: a NameServer's `listen`, a broker's own member entry,
 # and either's `metrics-addr`.
 net_own_ports() {
