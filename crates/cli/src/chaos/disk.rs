@@ -111,8 +111,28 @@ impl DiskFaults {
         }
     }
 
+    /// The cluster script's run directory.
+    pub fn run(&self) -> &Path {
+        &self.run
+    }
+
     fn data_dir(&self, node: &str) -> PathBuf {
         self.run.join("data").join(node)
+    }
+
+    /// Deletes a stopped node's data, as a lost disk would (a small disk of its own is
+    /// unmounted first).
+    pub fn wipe(&mut self, node: &str) -> anyhow::Result<()> {
+        if self.mounted.remove(node) {
+            let data = self.data_dir(node);
+            let _ = run_cmd("umount", &[data.to_str().unwrap_or_default()]);
+            let _ = std::fs::remove_dir_all(self.run.join("data").join(format!("{node}.on-disk")));
+        }
+        let data = self.data_dir(node);
+        if data.exists() {
+            std::fs::remove_dir_all(&data).with_context(|| format!("deleting {}", data.display()))?;
+        }
+        Ok(())
     }
 
     /// Moves a node's data onto a tmpfs of its own sized to its data plus some room.

@@ -45,7 +45,9 @@ pub struct ChaosArgs {
     /// slave stays dead for the next 2-4 rounds while other faults hit), master-cycle (the
     /// master killed and started again three times in a row), rolling-restart (every node
     /// stopped cleanly and started again in turn, the master last), transfer-master (the
-    /// master role handed to a slave, as `raftmq group transfer-master` does).
+    /// master role handed to a slave, as `raftmq group transfer-master` does), replace-node (a
+    /// slave killed and its data deleted, and a new node with a new id put in its place with
+    /// `raftmq group replace-node`).
     #[arg(long, value_delimiter = ',')]
     faults: Vec<String>,
     /// How long a fault lasts before it is healed, ms.
@@ -68,7 +70,7 @@ pub struct ChaosArgs {
     lazyfs: bool,
 }
 
-const ALL_FAULTS: [&str; 13] = [
+const ALL_FAULTS: [&str; 14] = [
     "kill-master",
     "pause-master",
     "kill-slave",
@@ -82,6 +84,7 @@ const ALL_FAULTS: [&str; 13] = [
     "master-cycle",
     "rolling-restart",
     "transfer-master",
+    "replace-node",
 ];
 
 /// Partitions in network namespaces (`--netns` clusters only).
@@ -130,7 +133,7 @@ pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let nodes: BTreeMap<u64, String> = info.nodes.iter().map(|n| (n.node_id, n.addr.clone())).collect();
+    let mut nodes: BTreeMap<u64, String> = info.nodes.iter().map(|n| (n.node_id, n.addr.clone())).collect();
     wait_healthy(&client, &nodes, Duration::from_secs(30)).await?;
 
     let load = load::Load::start(&client, &args.topic, args.producers, &nodes).await?;
@@ -139,15 +142,6 @@ pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::
     let live = round::Liveness {
         last_ack: load.last_ack.clone(),
         seed,
-    };
-    let cluster = round::Cluster {
-        script: &args.script,
-        group: &args.group,
-        client: &client,
-        admin: &admin,
-        nodes: &nodes,
-        fault_time: Duration::from_millis(args.fault_ms),
-        live: &live,
     };
     let mut held = round::Held::default();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -158,12 +152,27 @@ pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::
         if held.0.is_some()
             && matches!(
                 fault.as_str(),
-                "disk-full" | "torn-tail" | "hold-slave" | "rolling-restart" | "power-loss"
+                "disk-full" | "torn-tail" | "hold-slave" | "rolling-restart" | "power-loss" | "replace-node"
             )
         {
             fault = "kill-master".into();
         }
-        let within = round::run(&cluster, r, &fault, &mut rng, &mut disk, &mut held).await?;
+        let cluster = round::Cluster {
+            script: &args.script,
+            group: &args.group,
+            client: &client,
+            admin: &admin,
+            nodes: &nodes,
+            fault_time: Duration::from_millis(args.fault_ms),
+            live: &live,
+        };
+        let mut replaced = None;
+        let within = round::run(&cluster, r, &fault, &mut rng, &mut disk, &mut held, &mut replaced).await?;
+        // A replaced node leaves the map; its successor is checked like the others from now on.
+        if let Some((old, new, addr)) = replaced {
+            nodes.remove(&old);
+            nodes.insert(new, addr);
+        }
         // Healed: a majority is connected again, so a send started now must be acknowledged.
         let healed = Instant::now();
         let after = live.wait(healed, r, &format!("{fault}, after the heal")).await?;

@@ -78,6 +78,10 @@ impl Cluster<'_> {
 #[derive(Default)]
 pub struct Held(pub Option<(u64, u32)>);
 
+/// A node the round replaced: (the old id, the new id, the new node's client address). The run
+/// takes it into its node map before the next round.
+pub type Replaced = Option<(u64, u64, String)>;
+
 /// Runs round `r` with `fault`; returns the time to service within the fault (from when it is
 /// in place), when a majority stayed connected.
 pub async fn run(
@@ -87,6 +91,7 @@ pub async fn run(
     rng: &mut Rng,
     disk: &mut DiskFaults,
     held: &mut Held,
+    replaced: &mut Replaced,
 ) -> anyhow::Result<Option<Duration>> {
     let held_node = held.0.map(|(n, _)| n);
     let alive: Vec<u64> = c.nodes.keys().copied().filter(|n| Some(*n) != held_node).collect();
@@ -256,6 +261,40 @@ pub async fn run(
             );
             within = Some(live.wait(at, r, fault).await?);
         }
+        "replace-node" => {
+            // A slave loses its disk: killed, its data deleted, and a new node with a new id
+            // (ids are never reused) replaces it through `raftmq group replace-node`.
+            c.script(&["kill", &name(slave)])?;
+            let at = Instant::now();
+            within = Some(live.wait(at, r, fault).await?);
+            disk.wipe(&name(slave))?;
+            let new_id = c.nodes.keys().max().copied().unwrap_or(0).max(slave) + 1;
+            let (raft_addr, client_addr) = start_joining(c, disk.run(), slave, new_id)?;
+            let spec = raftmq_client::membership::NodeSpec {
+                node_id: new_id,
+                raft_addr,
+                client_addr: client_addr.clone(),
+            };
+            let m = c
+                .admin
+                .replace_node(c.group, slave, &spec, Duration::from_secs(120))
+                .await
+                .with_context(|| {
+                    format!(
+                        "round {r}: replacing node {slave} by node {new_id} (seed {})",
+                        live.seed
+                    )
+                })?;
+            eprintln!(
+                "chaos:   node {slave} lost its disk; node {new_id} replaced it (voters {:?})",
+                m.members
+                    .iter()
+                    .filter(|n| n.voter)
+                    .map(|n| n.node_id)
+                    .collect::<Vec<_>>()
+            );
+            *replaced = Some((slave, new_id, client_addr));
+        }
         "rolling-restart" => {
             // Clean stops, slaves first: the master hands leadership over when its turn comes.
             let mut order = slaves.clone();
@@ -290,4 +329,48 @@ pub async fn run(
         }
     }
     Ok(within)
+}
+
+/// Starts node `new_id` of the group with `join = true` (`cluster.sh add`), configured as node
+/// `like` is but for its id and its own free ports; returns its raft and client addresses as the
+/// cluster runs it (rewritten to its namespace's address in a `--netns` cluster).
+fn start_joining(c: &Cluster<'_>, run: &Path, like: u64, new_id: u64) -> anyhow::Result<(String, String)> {
+    let config_dir = std::fs::read_to_string(run.join("config-dir")).context("the cluster's config-dir")?;
+    let template = std::fs::read_to_string(Path::new(config_dir.trim()).join(format!("{}.toml", c.name(like))))
+        .with_context(|| format!("node {like}'s config"))?;
+    // Its top-level keys but node-id, join and metrics-addr; then its own member entry.
+    let mut text = String::new();
+    for line in template.lines() {
+        if line.trim_start().starts_with("[[members]]") {
+            break;
+        }
+        let key = line.split('=').next().unwrap_or("").trim();
+        if !matches!(key, "node-id" | "join" | "metrics-addr" | "data-dir") {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    let port = || -> anyhow::Result<u16> { Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()) };
+    let (raft, client) = (port()?, port()?);
+    text.push_str(&format!(
+        "node-id = {new_id}\njoin = true\nmetrics-addr = \"off\"\n\n[[members]]\nnode-id = {new_id}\n\
+         raft-addr = \"127.0.0.1:{raft}\"\nclient-addr = \"127.0.0.1:{client}\"\n"
+    ));
+    let file = std::env::temp_dir().join(format!("raftmq-chaos-{}-{}", std::process::id(), new_id));
+    std::fs::create_dir_all(&file)?;
+    let file = file.join(format!("{}.toml", c.name(new_id)));
+    std::fs::write(&file, text)?;
+    let out = crate::ops::script_output(c.script, &["add", file.to_str().context("utf-8 path")?])?;
+    let path = out
+        .lines()
+        .find_map(|l| l.split_once(": its config is ").map(|(_, p)| p.trim().to_owned()))
+        .with_context(|| format!("cluster.sh add said: {out}"))?;
+    let run = std::fs::read_to_string(&path)?;
+    let addr = |key: &str| -> anyhow::Result<String> {
+        run.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| v.trim().trim_start_matches('=').trim().trim_matches('"').to_owned())
+            .with_context(|| format!("{key} in {path}"))
+    };
+    Ok((addr("raft-addr")?, addr("client-addr")?))
 }
