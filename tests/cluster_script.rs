@@ -296,8 +296,9 @@ async fn a_full_disk_and_a_torn_wal_tail_lose_no_acknowledged_message() {
 /// Real partitions (each node in a network namespace of its own: the master cut off from
 /// everyone, the group split with the clients beside the old master, the master's traffic to the
 /// slaves dropped) and a power loss of the whole group (every write no fsync covered dropped on
-/// all three nodes at once): nothing acknowledged lost, and service back within the suite's
-/// liveness deadline each time. Root only; one such cluster per machine (its bridge is fixed).
+/// all three nodes at once), with master transfers and a slave replaced after a lost disk (the
+/// new node in a namespace of its own): nothing acknowledged lost, and service back within the
+/// suite's liveness deadline each time. Root only; one such cluster per machine (its bridge is fixed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_partitions_and_a_power_loss_lose_no_acknowledged_message() {
     let _one_at_a_time = CHAOS_RUNS.lock().await;
@@ -324,7 +325,7 @@ async fn real_partitions_and_a_power_loss_lose_no_acknowledged_message() {
             "--rounds",
             "8",
             "--faults",
-            "net-isolate-master,net-split,net-oneway-out,net-oneway-in,power-loss",
+            "net-isolate-master,net-split,net-oneway-out,net-oneway-in,power-loss,replace-node,transfer-master",
         ],
     );
 }
