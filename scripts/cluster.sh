@@ -10,10 +10,11 @@
 #   scripts/cluster.sh kill NODE           SIGKILL one node (e.g. broker-a-1)
 #   scripts/cluster.sh stop NODE           stop one node cleanly
 #   scripts/cluster.sh start NODE          start one node again on its data
-#   scripts/cluster.sh add FILE            add a node to the running cluster: FILE (GROUP-NODEID.toml, a broker
-#                                          with join = true) is copied into the config directory (in a --netns
-#                                          cluster the node gets a namespace, and its addresses are rewritten to
-#                                          it) and started; then `raftmq group add-node` makes it a member
+#   scripts/cluster.sh add FILE...         add nodes to the running cluster: each FILE (GROUP-NODEID.toml) is
+#                                          copied into the config directory (in a --netns cluster each node gets
+#                                          a namespace, and the addresses are rewritten to it), then they start:
+#                                          a broker with join = true, for `raftmq group add-node`; or the nodes
+#                                          of a new group, which elect their master and register
 #   scripts/cluster.sh pause NODE          SIGSTOP one node
 #   scripts/cluster.sh resume NODE         SIGCONT one node
 #   scripts/cluster.sh logs NODE [-f]      the last lines of a node's log (or follow it)
@@ -361,23 +362,35 @@ cmd_status() {
     print_cluster "$dir"
 }
 
+# Every file is in place (and, in a --netns cluster, has its namespace and addresses) before any
+# node starts: the nodes of a new group name each other.
 cmd_add() {
-    local file=${1:-} name dir
-    [ -n "$file" ] && [ -f "$file" ] || die "add FILE: name a node's config file (GROUP-NODEID.toml)"
-    name=$(basename "$file" .toml)
-    case $name in
-        namesrv-*) ;;
-        *-[0-9]*) ;;
-        *) die "add $file: the file's name must be GROUP-NODEID.toml or namesrv-N.toml" ;;
-    esac
+    local file name dir names=()
+    [ $# -gt 0 ] || die "add FILE...: name nodes' config files (GROUP-NODEID.toml)"
     dir=$(config_dir)
-    [ -f "$dir/$name.toml" ] && die "$dir has a node $name already"
-    cp "$file" "$dir/$name.toml"
-    if [ -d "$RUN/netns" ]; then
-        net_add "$dir" "$name" || { rm -f "$dir/$name.toml"; die "no namespace for $name"; }
-    fi
-    start_node "$name"
-    echo "added $name: its config is $dir/$name.toml"
+    for file in "$@"; do
+        [ -f "$file" ] || die "add: no file $file"
+        name=$(basename "$file" .toml)
+        case $name in
+            namesrv-*) ;;
+            *-[0-9]*) ;;
+            *) die "add $file: the file's name must be GROUP-NODEID.toml or namesrv-N.toml" ;;
+        esac
+        [ -f "$dir/$name.toml" ] && die "$dir has a node $name already"
+    done
+    for file in "$@"; do
+        name=$(basename "$file" .toml)
+        cp "$file" "$dir/$name.toml"
+        if [ -d "$RUN/netns" ]; then
+            net_add "$dir" "$name" || { rm -f "$dir/$name.toml"; die "no namespace for $name"; }
+        fi
+        names+=("$name")
+    done
+    for name in "${names[@]}"; do launch_node "$name"; done
+    for name in "${names[@]}"; do
+        await_node "$name"
+        echo "added $name: its config is $dir/$name.toml"
+    done
 }
 
 need_node() {
@@ -393,7 +406,7 @@ case ${1:-} in
     kill) need_node "${2:-}"; stop_pid "$2" KILL; echo "killed $2" ;;
     stop) need_node "${2:-}"; stop_pid "$2" TERM; echo "stopped $2" ;;
     start) need_node "${2:-}"; start_node "$2" ;;
-    add) cmd_add "${2:-}" ;;
+    add) shift; cmd_add "$@" ;;
     pause) need_node "${2:-}"; running "$2" || die "$2 is not running"; kill -STOP "$(pid_of "$2")"; echo "paused $2" ;;
     resume) need_node "${2:-}"; running "$2" || die "$2 is not running"; kill -CONT "$(pid_of "$2")"; echo "resumed $2" ;;
     power-off) cmd_power_off ;;

@@ -197,4 +197,101 @@ async fn a_fourth_node_in_its_own_namespace_joins_survives_a_partition_and_leave
         },
     );
     grow_lead_and_shrink(&cluster, true).await;
+    a_group_joins_while_a_consumer_group_consumes(&cluster).await;
+}
+
+/// broker-b's three nodes start in the running cluster (`cluster.sh add`, one namespace each),
+/// and topic G is extended onto them while a consumer group member (a `raftmq consume --group`
+/// process started before) reads it: it gets every message, from both groups, unrestarted.
+async fn a_group_joins_while_a_consumer_group_consumes(cluster: &ScriptCluster) {
+    let (ok, out, err) = cluster.cli(&["topic", "create", "G", "--queues", "2", "--group", "broker-a"]);
+    assert!(ok, "{out}{err}");
+    let consumer = tokio::process::Command::new(raftmq_testkit::binary("raftmq"))
+        .args([
+            "--namesrv",
+            &cluster.namesrv_list(),
+            "consume",
+            "G",
+            "--group",
+            "g-grow",
+        ])
+        .args(["--count", "100", "--idle-secs", "60", "--quiet"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the consumer");
+    let (ok, out, err) = cluster.cli(&["send", "G", "a-only", "--count", "50"]);
+    assert!(ok, "{out}{err}");
+
+    let list = cluster
+        .namesrv
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let members: String = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (c, r))| {
+            format!(
+                "[[members]]\nnode-id = {}\nraft-addr = \"127.0.0.1:{r}\"\nclient-addr = \"127.0.0.1:{c}\"\n\n",
+                i + 1
+            )
+        })
+        .collect();
+    let mut files = Vec::new();
+    for node in 1..=3 {
+        let file = cluster.home.path().join(format!("broker-b-{node}.toml"));
+        std::fs::write(
+            &file,
+            format!(
+                "group = \"broker-b\"\nnode-id = {node}\nnamesrv = [{list}]\nnamesrv-heartbeat-ms = 500\n\
+                 metrics-addr = \"127.0.0.1:{}\"\n\n{members}",
+                free_port()
+            ),
+        )
+        .expect("write broker-b's config");
+        files.push(file.to_str().expect("utf-8 path").to_owned());
+    }
+    let mut add = vec!["add"];
+    add.extend(files.iter().map(String::as_str));
+    cluster.must(&add);
+    let (ok, out, err) = cluster.cli(&[
+        "cluster",
+        "wait",
+        "--expect",
+        "broker-a:3,broker-b:3",
+        "--timeout-secs",
+        "30",
+    ]);
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = cluster.cli(&["topic", "update", "G", "--queues", "2", "--group", "broker-b"]);
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = cluster.cli(&["--json", "topic", "route", "G"]);
+    assert!(ok && out.contains("broker-b"), "{out}{err}");
+    let (ok, out, err) = cluster.cli(&["send", "G", "both", "--count", "50"]);
+    assert!(ok, "{out}{err}");
+    let done = tokio::time::timeout(std::time::Duration::from_secs(90), consumer.wait_with_output())
+        .await
+        .expect("the consumer finishes")
+        .expect("consumer output");
+    let (out, err) = (
+        String::from_utf8_lossy(&done.stdout),
+        String::from_utf8_lossy(&done.stderr),
+    );
+    assert!(done.status.success() && out.trim() == "100", "{out}{err}");
+    // Some of the later sends went to broker-b's queues, and the consumer group read them.
+    let (ok, out, err) = cluster.cli(&["--json", "group", "progress", "g-grow", "G"]);
+    assert!(ok, "{out}{err}");
+    let progress: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let on_b: u64 = progress
+        .as_array()
+        .expect("queues")
+        .iter()
+        .filter(|q| q["group"] == "broker-b")
+        .map(|q| q["broker_offset"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(on_b > 0, "no send went to broker-b: {out}");
 }

@@ -72,8 +72,8 @@ net_up() {
 }
 
 # net_add CONFIG_DIR NODE: a namespace for a node added to a running --netns cluster (the next
-# address after the highest in use), and its own config rewritten to listen on that address.
-# No other config names the node: it joins through `raftmq group add-node`.
+# address after the highest in use). Its ports move to that address in every config (nodes of a
+# new group added one by one name each other), and the other nodes' ports to theirs in its own.
 net_add() {
     local dir=$1 name=$2 k=10 last ns addr veth port f
     [ -d "$RUN/netns" ] || net_fail "not a --netns cluster" || return 1
@@ -93,7 +93,19 @@ net_add() {
     ip -n "$ns" link set lo up
     echo "$ns $addr $veth" > "$RUN/netns/$name"
     for port in $(net_own_ports "$dir/$name.toml"); do
-        sed -i "s/\"127\.0\.0\.1:$port\"/\"$addr:$port\"/g" "$dir/$name.toml"
+        for f in "$dir"/*.toml; do
+            sed -i "s/\"127\.0\.0\.1:$port\"/\"$addr:$port\"/g" "$f"
+        done
+    done
+    for f in "$RUN"/netns/*; do
+        local other other_addr
+        other=$(basename "$f")
+        [ "$other" = "$name" ] && continue
+        [ -f "$dir/$other.toml" ] || continue
+        other_addr=$(awk '{print $2}' "$f")
+        for port in $(net_own_ports "$dir/$other.toml"); do
+            sed -i "s/\"127\.0\.0\.1:$port\"/\"$other_addr:$port\"/g" "$dir/$name.toml"
+        done
     done
 }
 
