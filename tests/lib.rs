@@ -140,6 +140,39 @@ fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The NameServers as a TOML list: `"a:1", "b:2"`.
+pub fn toml_list(namesrv: &[String]) -> String {
+    namesrv
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The config files of a new group of three brokers on free ports of 127.0.0.1: (node id, text),
+/// each with `broker_extra` first.
+pub fn group_configs(group: &str, namesrv: &[String], broker_extra: &str) -> Vec<(u64, String)> {
+    let list = toml_list(namesrv);
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let members: String = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (c, r))| {
+            format!(
+                "[[members]]\nnode-id = {}\nraft-addr = \"127.0.0.1:{r}\"\nclient-addr = \"127.0.0.1:{c}\"\n\n",
+                i + 1
+            )
+        })
+        .collect();
+    (1..=3)
+        .map(|node| {
+            let metrics = free_port();
+            let text = format!("{broker_extra}\ngroup = \"{group}\"\nnode-id = {node}\nnamesrv = [{list}]\nnamesrv-heartbeat-ms = 500\nmetrics-addr = \"127.0.0.1:{metrics}\"\n\n{members}");
+            (node, text)
+        })
+        .collect()
+}
+
 impl ScriptCluster {
     /// Writes configs for `namesrvs` NameServers and the named groups of 3 nodes, then `up`.
     pub fn up(namesrvs: usize, groups: &[&str]) -> ScriptCluster {
@@ -190,26 +223,8 @@ impl ScriptCluster {
             )
             .expect("write");
         }
-        let list = namesrv
-            .iter()
-            .map(|a| format!("\"{a}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
         for group in groups {
-            let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-            let members: String = ports
-                .iter()
-                .enumerate()
-                .map(|(i, (c, r))| {
-                    format!(
-                        "[[members]]\nnode-id = {}\nraft-addr = \"127.0.0.1:{r}\"\nclient-addr = \"127.0.0.1:{c}\"\n\n",
-                        i + 1
-                    )
-                })
-                .collect();
-            for node in 1..=3 {
-                let metrics = free_port();
-                let text = format!("{broker_extra}\ngroup = \"{group}\"\nnode-id = {node}\nnamesrv = [{list}]\nnamesrv-heartbeat-ms = 500\nmetrics-addr = \"127.0.0.1:{metrics}\"\n\n{members}");
+            for (node, text) in group_configs(group, &namesrv, broker_extra) {
                 std::fs::write(config.join(format!("{group}-{node}.toml")), text).expect("write");
             }
         }

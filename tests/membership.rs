@@ -35,12 +35,7 @@ fn members(cluster: &ScriptCluster) -> (BTreeSet<u64>, u64) {
 /// with `cluster.sh add`; returns its raft and client addresses as the cluster runs it (in a
 /// netns cluster, rewritten to its namespace's address).
 fn start_node_4(cluster: &ScriptCluster) -> (String, String) {
-    let list = cluster
-        .namesrv
-        .iter()
-        .map(|a| format!("\"{a}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let list = raftmq_blackbox::toml_list(&cluster.namesrv);
     let (client, raft, metrics) = (free_port(), free_port(), free_port());
     let file = cluster.home.path().join("broker-a-4.toml");
     std::fs::write(
@@ -126,6 +121,19 @@ async fn grow_lead_and_shrink(cluster: &ScriptCluster, netns: bool) {
             let (ok, _, _) = cluster.cli(&["group", "transfer-master", "broker-a", "--to", "4"]);
             ok.then_some(())
         })
+        .await;
+        // The NameServer lists it once its heartbeat gets through: its connection to the
+        // NameServer may take a few seconds to recover from the partition.
+        raftmq_testkit::wait_until(
+            "node 4 routed as master",
+            std::time::Duration::from_secs(15),
+            || async {
+                let (ok, out, _) = cluster.cli(&["--json", "cluster", "list"]);
+                let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+                let listed = v.as_array()?.iter().any(|n| n["node_id"] == 4 && n["role"] == "master");
+                (ok && listed).then_some(())
+            },
+        )
         .await;
     }
 
@@ -224,35 +232,10 @@ async fn a_group_joins_while_a_consumer_group_consumes(cluster: &ScriptCluster) 
     let (ok, out, err) = cluster.cli(&["send", "G", "a-only", "--count", "50"]);
     assert!(ok, "{out}{err}");
 
-    let list = cluster
-        .namesrv
-        .iter()
-        .map(|a| format!("\"{a}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-    let members: String = ports
-        .iter()
-        .enumerate()
-        .map(|(i, (c, r))| {
-            format!(
-                "[[members]]\nnode-id = {}\nraft-addr = \"127.0.0.1:{r}\"\nclient-addr = \"127.0.0.1:{c}\"\n\n",
-                i + 1
-            )
-        })
-        .collect();
     let mut files = Vec::new();
-    for node in 1..=3 {
+    for (node, text) in raftmq_blackbox::group_configs("broker-b", &cluster.namesrv, "") {
         let file = cluster.home.path().join(format!("broker-b-{node}.toml"));
-        std::fs::write(
-            &file,
-            format!(
-                "group = \"broker-b\"\nnode-id = {node}\nnamesrv = [{list}]\nnamesrv-heartbeat-ms = 500\n\
-                 metrics-addr = \"127.0.0.1:{}\"\n\n{members}",
-                free_port()
-            ),
-        )
-        .expect("write broker-b's config");
+        std::fs::write(&file, text).expect("write broker-b's config");
         files.push(file.to_str().expect("utf-8 path").to_owned());
     }
     let mut add = vec!["add"];

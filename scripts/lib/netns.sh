@@ -36,7 +36,7 @@ net_field() { # NODE FIELD(1 namespace, 2 address, 3 host veth)
 # net_up CONFIG_DIR NODE...: the bridge, a namespace per node, and the configs in CONFIG_DIR
 # rewritten so that every node listens on (and is reached at) its own address, ports unchanged.
 net_up() {
-    local dir=$1 k=10 name ns addr veth port f
+    local dir=$1 k=10 name
     shift
     # One such network per machine: its bridge and addresses are fixed. Left over with no
     # process in any of its namespaces, it is removed.
@@ -54,36 +54,14 @@ net_up() {
     ip link set "$NET_BRIDGE" up
     for name in "$@"; do
         k=$((k + 1))
-        ns=rmq-$name addr=$NET_PREFIX.$k veth=rmqh$k
-        ip netns add "$ns"
-        ip link add "$veth" type veth peer name eth0 netns "$ns"
-        ip link set "$veth" master "$NET_BRIDGE" up
-        ip -n "$ns" addr add "$addr/24" dev eth0
-        ip -n "$ns" link set eth0 up
-        ip -n "$ns" link set lo up
-        echo "$ns $addr $veth" > "$RUN/netns/$name"
-        # The node's own listening ports, moved from 127.0.0.1 to its address everywhere.
-        for port in $(net_own_ports "$dir/$name.toml"); do
-            for f in "$dir"/*.toml; do
-                sed -i "s/\"127\.0\.0\.1:$port\"/\"$addr:$port\"/g" "$f"
-            done
-        done
+        net_node "$dir" "$name" "$k"
     done
 }
 
-# net_add CONFIG_DIR NODE: a namespace for a node added to a running --netns cluster (the next
-# address after the highest in use). Its ports move to that address in every config (nodes of a
-# new group added one by one name each other), and the other nodes' ports to theirs in its own.
-net_add() {
-    local dir=$1 name=$2 k=10 last ns addr veth port f
-    [ -d "$RUN/netns" ] || net_fail "not a --netns cluster" || return 1
-    [ -f "$RUN/netns/$name" ] && { net_fail "node $name has a namespace already"; return 1; }
-    for f in "$RUN"/netns/*; do
-        [ -e "$f" ] || continue
-        last=$(awk '{print $2}' "$f" | awk -F. '{print $4}')
-        [ "$last" -gt "$k" ] && k=$last
-    done
-    k=$((k + 1))
+# net_node CONFIG_DIR NODE K: NODE's namespace, joined to the bridge with address PREFIX.K, and
+# its own listening ports moved from 127.0.0.1 to that address in every config of CONFIG_DIR.
+net_node() {
+    local dir=$1 name=$2 k=$3 ns addr veth port f
     ns=rmq-$name addr=$NET_PREFIX.$k veth=rmqh$k
     ip netns add "$ns"
     ip link add "$veth" type veth peer name eth0 netns "$ns"
@@ -97,6 +75,21 @@ net_add() {
             sed -i "s/\"127\.0\.0\.1:$port\"/\"$addr:$port\"/g" "$f"
         done
     done
+}
+
+# net_add CONFIG_DIR NODE: a namespace for a node added to a running --netns cluster (the next
+# address after the highest in use). Its ports move to that address in every config (nodes of a
+# new group added one by one name each other), and the other nodes' ports to theirs in its own.
+net_add() {
+    local dir=$1 name=$2 k=10 last port f
+    [ -d "$RUN/netns" ] || net_fail "not a --netns cluster" || return 1
+    [ -f "$RUN/netns/$name" ] && { net_fail "node $name has a namespace already"; return 1; }
+    for f in "$RUN"/netns/*; do
+        [ -e "$f" ] || continue
+        last=$(awk '{print $2}' "$f" | awk -F. '{print $4}')
+        [ "$last" -gt "$k" ] && k=$last
+    done
+    net_node "$dir" "$name" $((k + 1))
     for f in "$RUN"/netns/*; do
         local other other_addr
         other=$(basename "$f")
