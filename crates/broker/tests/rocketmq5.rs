@@ -18,6 +18,33 @@ async fn v2_client(addr: &str) -> MessagingServiceClient<Channel> {
         .max_encoding_message_size(64 << 20)
 }
 
+/// Opens a telemetry stream: the sender of the client's commands, and the server's replies.
+async fn open_telemetry(
+    c: &mut MessagingServiceClient<Channel>,
+) -> (
+    tokio::sync::mpsc::Sender<v2::TelemetryCommand>,
+    tonic::Streaming<v2::TelemetryCommand>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let replies = c
+        .telemetry(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    (tx, replies)
+}
+
+/// A client's Settings command for `pub_sub`.
+fn settings(pub_sub: v2::settings::PubSub) -> v2::TelemetryCommand {
+    v2::TelemetryCommand {
+        status: None,
+        command: Some(v2::telemetry_command::Command::Settings(v2::Settings {
+            pub_sub: Some(pub_sub),
+            ..Default::default()
+        })),
+    }
+}
+
 fn resource(name: &str) -> Option<v2::Resource> {
     Some(v2::Resource {
         resource_namespace: String::new(),
@@ -378,25 +405,12 @@ async fn namespaces_routes_and_the_settings_handshake() {
     assert_eq!(messages[0].topic.as_ref(), Some(&namespaced));
 
     // Telemetry: each Settings gets OK and the effective settings; the stream stays open.
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let mut replies = c
-        .telemetry(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut replies) = open_telemetry(&mut c).await;
     for pub_sub in [
         v2::settings::PubSub::Publishing(v2::Publishing::default()),
         v2::settings::PubSub::Subscription(v2::Subscription::default()),
     ] {
-        tx.send(v2::TelemetryCommand {
-            status: None,
-            command: Some(v2::telemetry_command::Command::Settings(v2::Settings {
-                pub_sub: Some(pub_sub),
-                ..Default::default()
-            })),
-        })
-        .await
-        .unwrap();
+        tx.send(settings(pub_sub)).await.unwrap();
         let reply = replies.message().await.unwrap().expect("a reply per settings");
         assert_eq!(code(&reply.status), Code::Ok);
         let Some(v2::telemetry_command::Command::Settings(s)) = reply.command else {
@@ -440,15 +454,9 @@ async fn namespaces_routes_and_the_settings_handshake() {
     // answered it: clients send their settings again, and so does this test, until it has.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let policy = loop {
-        tx.send(v2::TelemetryCommand {
-            status: None,
-            command: Some(v2::telemetry_command::Command::Settings(v2::Settings {
-                pub_sub: Some(v2::settings::PubSub::Subscription(subscription.clone())),
-                ..Default::default()
-            })),
-        })
-        .await
-        .unwrap();
+        tx.send(settings(v2::settings::PubSub::Subscription(subscription.clone())))
+            .await
+            .unwrap();
         let reply = replies.message().await.unwrap().expect("a reply");
         let Some(v2::telemetry_command::Command::Settings(s)) = reply.command else {
             panic!("settings back")
@@ -657,22 +665,11 @@ async fn transactions_commit_roll_back_and_are_checked_over_telemetry() {
     // Writes and ends through a slave, forwarded; the producer's telemetry at the master.
     let mut c = v2_client(&group.addr(slave)).await;
     let mut at_master = v2_client(&group.addr(master)).await;
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let mut telemetry = at_master
-        .telemetry(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    tx.send(v2::TelemetryCommand {
-        status: None,
-        command: Some(v2::telemetry_command::Command::Settings(v2::Settings {
-            pub_sub: Some(v2::settings::PubSub::Publishing(v2::Publishing {
-                topics: vec![resource("T").unwrap()],
-                ..Default::default()
-            })),
-            ..Default::default()
-        })),
-    })
+    let (tx, mut telemetry) = open_telemetry(&mut at_master).await;
+    tx.send(settings(v2::settings::PubSub::Publishing(v2::Publishing {
+        topics: vec![resource("T").unwrap()],
+        ..Default::default()
+    })))
     .await
     .unwrap();
     let settings = telemetry.message().await.unwrap().expect("settings back");
@@ -847,22 +844,11 @@ async fn a_fifo_group_gets_a_queue_one_batch_at_a_time_in_order() {
     let mut c = v2_client(&group.addr(slave)).await;
 
     // The settings say so.
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let mut telemetry = c
-        .telemetry(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    tx.send(v2::TelemetryCommand {
-        status: None,
-        command: Some(v2::telemetry_command::Command::Settings(v2::Settings {
-            pub_sub: Some(v2::settings::PubSub::Subscription(v2::Subscription {
-                group: resource("GF"),
-                ..Default::default()
-            })),
-            ..Default::default()
-        })),
-    })
+    let (tx, mut telemetry) = open_telemetry(&mut c).await;
+    tx.send(settings(v2::settings::PubSub::Subscription(v2::Subscription {
+        group: resource("GF"),
+        ..Default::default()
+    })))
     .await
     .unwrap();
     let reply = telemetry.message().await.unwrap().expect("settings");

@@ -100,6 +100,16 @@ async fn bind_again(addr: SocketAddr) -> TcpListener {
     }
 }
 
+/// Starts a test node: Raft and clients on `client`, metrics on a free port.
+async fn start_broker(config: BrokerConfig, client: TcpListener, faults: Arc<Faults>) -> anyhow::Result<Broker> {
+    let listeners = Listeners {
+        client,
+        raft: None,
+        metrics: Some(metrics_listener().await),
+    };
+    Broker::start_with(config, listeners, faults).await
+}
+
 /// How long a test waits for a group to elect a master.
 pub const ELECTION: Duration = Duration::from_secs(10);
 /// How long a test waits for a node to catch up with the master.
@@ -191,17 +201,9 @@ impl Group {
         let faults = Faults::new();
         let mut nodes = Vec::new();
         for (config, listener) in configs.iter().zip(listeners) {
-            let broker = Broker::start_with(
-                config.clone(),
-                Listeners {
-                    client: listener,
-                    raft: None,
-                    metrics: Some(metrics_listener().await),
-                },
-                faults.clone(),
-            )
-            .await
-            .expect("start broker");
+            let broker = start_broker(config.clone(), listener, faults.clone())
+                .await
+                .expect("start broker");
             nodes.push(Some(broker));
         }
         Group {
@@ -394,17 +396,9 @@ impl Group {
         }];
         config.data_dir = self.dir.path().join(format!("node-{id}"));
         config.validate().expect("valid joining config");
-        let broker = Broker::start_with(
-            config.clone(),
-            Listeners {
-                client: listener,
-                raft: None,
-                metrics: Some(metrics_listener().await),
-            },
-            self.faults.clone(),
-        )
-        .await
-        .expect("start joining broker");
+        let broker = start_broker(config.clone(), listener, self.faults.clone())
+            .await
+            .expect("start joining broker");
         self.configs.push(config);
         self.nodes.push(Some(broker));
         id
@@ -446,17 +440,7 @@ impl Group {
         let end = Instant::now() + Duration::from_secs(10);
         loop {
             let listener = bind_again(self.addr(id).parse().expect("addr")).await;
-            match Broker::start_with(
-                config.clone(),
-                Listeners {
-                    client: listener,
-                    raft: None,
-                    metrics: Some(metrics_listener().await),
-                },
-                self.faults.clone(),
-            )
-            .await
-            {
+            match start_broker(config.clone(), listener, self.faults.clone()).await {
                 Ok(broker) => {
                     self.nodes[id as usize - 1] = Some(broker);
                     return Ok(());

@@ -327,18 +327,13 @@ async fn live_majority(
     let probes = everyone.iter().filter(|id| **id != me).filter_map(|id| {
         let addr = member(before, *id)?.client_addr.clone();
         Some(async move {
-            let mut client = client_of(&addr).ok()?;
-            let m = client
-                .get_membership(pb::GetMembershipRequest {})
-                .await
+            let status = client_of(&addr)
                 .ok()?
-                .into_inner();
-            let status = client
                 .get_node_status(pb::NodeStatusRequest {})
                 .await
                 .ok()?
                 .into_inner();
-            (m.master_node_id == me && status.term == term).then_some(*id)
+            (status.leader_id == me && status.term == term).then_some(*id)
         })
     });
     live.extend(futures::future::join_all(probes).await.into_iter().flatten());
