@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Starts, stops and inspects a local multi-node raftmq cluster.
 #
-#   scripts/cluster.sh up [--netns] [--lazyfs] [CONFIG_DIR]
+#   scripts/cluster.sh up [--netns] [--lazyfs] [--secure] [CONFIG_DIR]
 #                                          start every node of CONFIG_DIR (default cluster-config/local);
 #                                          --netns (root): each node in a network namespace of its own;
-#                                          --lazyfs (root): the data on a FUSE filesystem that power-off empties of unsynced writes
+#                                          --lazyfs (root): the data on a FUSE filesystem that power-off empties of unsynced writes;
+#                                          --secure: a new cluster secret and admin (under $RAFTMQ_HOME/secrets), peer
+#                                          authentication and auth = true on every node (docs/security.md); the
+#                                          script's own CLI calls use the admin's credentials
 #   scripts/cluster.sh down [--purge]      stop every node (SIGTERM, then SIGKILL after 10 s); --purge deletes data and logs
 #   scripts/cluster.sh status              which nodes run, and the cluster as the NameServer sees it
 #   scripts/cluster.sh kill NODE           SIGKILL one node (e.g. broker-a-1)
@@ -132,10 +135,14 @@ launch_node() {
     # In a --netns cluster the node runs in its namespace (`ip netns exec` execs it: same pid).
     local in_ns
     in_ns=$(net_exec_prefix "$name")
+    # A --secure cluster: every node gets the security table of its kind (see secure_setup).
+    local security=()
     if is_namesrv "$name"; then
-        $in_ns nohup "$bin/raftmq-namesrv" --config "$cfg" >> "$log" 2>&1 < /dev/null &
+        [ -f "$RUN/secrets/namesrv-security.toml" ] && security=(--security-config "$RUN/secrets/namesrv-security.toml")
+        $in_ns nohup "$bin/raftmq-namesrv" --config "$cfg" "${security[@]}" >> "$log" 2>&1 < /dev/null &
     else
-        $in_ns nohup "$bin/raftmq-broker" --config "$cfg" --data-dir "$RUN/data/$name" >> "$log" 2>&1 < /dev/null &
+        [ -f "$RUN/secrets/broker-security.toml" ] && security=(--security-config "$RUN/secrets/broker-security.toml")
+        $in_ns nohup "$bin/raftmq-broker" --config "$cfg" --data-dir "$RUN/data/$name" "${security[@]}" >> "$log" 2>&1 < /dev/null &
     fi
     echo "$!" > "$RUN/pids/$name.pid"
 }
@@ -198,6 +205,27 @@ stop_pid() {
     while alive "$pid"; do sleep 0.01; done
     rm -f "$RUN/pids/$name.pid"
 }
+
+# --secure: a random cluster secret and bootstrap admin, and the security tables that name them
+# (brokers: peer authentication and auth; NameServers: peer authentication). Kept until
+# `down --purge`, so restarted nodes keep the same secrets.
+secure_setup() {
+    local s=$RUN/secrets
+    [ -f "$s/broker-security.toml" ] && return 0
+    mkdir -p "$s"
+    chmod 700 "$s"
+    head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$s/cluster.secret"
+    printf 'access-key = "admin"\nsecret-key = "%s"\n' "$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')" > "$s/admin.toml"
+    chmod 600 "$s/cluster.secret" "$s/admin.toml"
+    printf 'cluster-secret-file = "%s"\n' "$s/cluster.secret" > "$s/namesrv-security.toml"
+    printf 'cluster-secret-file = "%s"\nauth = true\nadmin-credentials-file = "%s"\n' "$s/cluster.secret" "$s/admin.toml" \
+        > "$s/broker-security.toml"
+}
+
+# The script's own CLI calls sign as the admin of a --secure cluster.
+if [ -f "$RUN/secrets/admin.toml" ] && [ -z "${RAFTMQ_CREDENTIALS:-}" ]; then
+    export RAFTMQ_CREDENTIALS=$RUN/secrets/admin.toml
+fi
 
 # The groups of a config dir with their node counts: broker-a:3,broker-b:3
 expected_groups() {
@@ -273,11 +301,12 @@ cmd_power_off() {
 }
 
 cmd_up() {
-    local netns= lazyfs=
+    local netns= lazyfs= secure=
     while :; do
         case ${1:-} in
             --netns) netns=1; shift ;;
             --lazyfs) lazyfs=1; shift ;;
+            --secure) secure=1; shift ;;
             *) break ;;
         esac
     done
@@ -307,6 +336,12 @@ cmd_up() {
     fi
     mkdir -p "$RUN"
     echo "$dir" > "$RUN/config-dir"
+    if [ -n "$secure" ]; then
+        secure_setup
+        export RAFTMQ_CREDENTIALS=$RUN/secrets/admin.toml
+    elif [ -f "$RUN/secrets/broker-security.toml" ]; then
+        die "the cluster in $RUN was secured; run up --secure, or down --purge first"
+    fi
     ensure_binaries
     if [ -n "$lazyfs" ]; then
         [ "$(id -u)" = 0 ] && [ -e /dev/fuse ] || die "--lazyfs needs root and /dev/fuse"
@@ -327,7 +362,12 @@ cmd_up() {
     echo
     echo "NameServers: $(namesrv_addrs "$dir" | paste -sd, -)"
     echo "logs: $RUN/logs   data: $RUN/data   pids: $RUN/pids"
-    echo "try:  $(bin_dir)/raftmq --namesrv $(namesrv_addrs "$dir" | paste -sd, -) topic create TopicTest"
+    if [ -n "$secure" ]; then
+        echo "secured: admin credentials in $RUN/secrets/admin.toml"
+        echo "try:  RAFTMQ_CREDENTIALS=$RUN/secrets/admin.toml $(bin_dir)/raftmq --namesrv $(namesrv_addrs "$dir" | paste -sd, -) topic create TopicTest"
+    else
+        echo "try:  $(bin_dir)/raftmq --namesrv $(namesrv_addrs "$dir" | paste -sd, -) topic create TopicTest"
+    fi
 }
 
 cmd_down() {

@@ -299,19 +299,31 @@ impl ScriptCluster {
     /// Runs `raftmq --namesrv <all> ARGS` (with this cluster's script environment, for
     /// `raftmq drill`) and returns (success, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(binary("raftmq"))
+        let mut command = Command::new(binary("raftmq"));
+        command
             .arg("--namesrv")
             .arg(self.namesrv_list())
             .args(args)
             .env("RAFTMQ_HOME", self.home.path().join("run"))
-            .env("RAFTMQ_BIN_DIR", binary("raftmq").parent().expect("bin dir"))
-            .output()
-            .expect("run raftmq");
+            .env("RAFTMQ_BIN_DIR", binary("raftmq").parent().expect("bin dir"));
+        // A `--secure` cluster: sign as its admin.
+        if let Some(admin) = self.admin_credentials() {
+            command.env("RAFTMQ_CREDENTIALS", admin);
+        }
+        let out = command.output().expect("run raftmq");
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+}
+
+impl ScriptCluster {
+    /// The admin credentials file of a cluster started with `--secure`.
+    pub fn admin_credentials(&self) -> Option<PathBuf> {
+        let path = self.home.path().join("run/secrets/admin.toml");
+        path.exists().then_some(path)
     }
 }
 

@@ -342,3 +342,64 @@ async fn deliveries_in_flight_survive_a_master_kill() {
     assert!(result.contains("\"redelivered\": 10"), "{result}");
     eprintln!("POP deliveries across a master kill: {result}");
 }
+
+/// A group with `auth = true`: the Python client signs with the access key and secret key of
+/// a user the SDK created (with the bootstrap admin's credentials), sends and receives through
+/// a broker node; the same client with a wrong secret key is refused UNAUTHORIZED, and a
+/// consumer group the user has no rights for FORBIDDEN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_client_with_credentials_works_on_a_secured_group_and_a_wrong_key_is_refused() {
+    use raftmq_common::auth::{right, Credentials, User};
+    require_client();
+    let keys = tempfile::tempdir().unwrap();
+    let secret_file = keys.path().join("cluster.secret");
+    std::fs::write(&secret_file, "python-test-cluster-secret").unwrap();
+    let admin_file = keys.path().join("admin.toml");
+    std::fs::write(
+        &admin_file,
+        "access-key = \"root\"\nsecret-key = \"root-secret-0123\"\n",
+    )
+    .unwrap();
+    let security = raftmq_common::security::SecurityConfig {
+        cluster_secret_file: Some(secret_file),
+        auth: true,
+        admin_credentials_file: Some(admin_file),
+        ..Default::default()
+    };
+    let group = raftmq_testkit::Group::start(3, |c| c.security = security.clone()).await;
+    let master = group.wait_for_master(raftmq_testkit::ELECTION).await;
+    let config =
+        ClientConfig::new([group.namesrv_addr()]).with_credentials(Credentials::new("root", "root-secret-0123"));
+    let admin = Admin::new(Client::new(config).unwrap());
+    admin
+        .upsert_topic("V5Secured", 2, 2, raftmq_proto::Permission::ReadWrite, &[])
+        .await
+        .expect("the admin creates the topic");
+    let user = User {
+        access_key: "py-app".into(),
+        secret_key: "py-app-secret-42".into(),
+        admin: false,
+        topics: vec![("V5Secured".into(), right::PUB | right::SUB)],
+        groups: vec![("g-secured".into(), right::SUB)],
+    };
+    admin.put_user(&user, &[]).await.expect("the admin adds the user");
+    group.wait_caught_up(master, raftmq_testkit::CATCH_UP).await;
+    let endpoint = group.addr(master);
+    let result = tokio::task::spawn_blocking(move || {
+        let mut command = Command::new("python3");
+        command
+            .arg(script())
+            .args(["secured", &endpoint, "V5Secured", "g-secured"])
+            .env("RAFTMQ_ACCESS_KEY", "py-app")
+            .env("RAFTMQ_SECRET_KEY", "py-app-secret-42");
+        run_check(command, "official_client.py secured", Duration::from_secs(120))
+    })
+    .await
+    .unwrap();
+    assert!(result.contains("\"received\": 5"), "{result}");
+    assert!(
+        result.contains("wrong_key") && result.contains("foreign_group"),
+        "{result}"
+    );
+    group.shutdown().await;
+}

@@ -31,8 +31,14 @@ from rocketmq.v5.consumer import MessageListener
 from rocketmq.v5.exception import BadRequestException, ClientException
 
 
-def config(endpoint):
-    return ClientConfiguration(endpoint, Credentials(), request_timeout=5)
+def credentials():
+    """RAFTMQ_ACCESS_KEY and RAFTMQ_SECRET_KEY when set (a secured cluster), else none."""
+    ak, sk = os.environ.get("RAFTMQ_ACCESS_KEY"), os.environ.get("RAFTMQ_SECRET_KEY")
+    return Credentials(ak, sk) if ak and sk else Credentials()
+
+
+def config(endpoint, creds=None):
+    return ClientConfiguration(endpoint, creds or credentials(), request_timeout=5)
 
 
 def fail(why):
@@ -523,8 +529,49 @@ def transaction(endpoint, topic):
     return {"received": len(got), "checks": len(checker.asked)}
 
 
+def secured(endpoint, topic, group):
+    """On a cluster with auth on: the user of the environment sends and receives; a wrong
+    secret key is refused, and so is a consumer group the user has no rights for."""
+    producer = Producer(config(endpoint), (topic,))
+    producer.startup()
+    sent = {}
+    for i in range(5):
+        receipt = producer.send(message(topic, f"secured {i}".encode()))
+        sent[receipt.message_id] = f"secured {i}".encode()
+    producer.shutdown()
+    consumer = SimpleConsumer(config(endpoint), group, {topic: FilterExpression("*")}, await_duration=3)
+    consumer.startup()
+    got = receive_until(consumer, lambda r: {m.message_id for m in r} >= set(sent), 30)
+    check({m.message_id: m.body for m in got} == sent, f"received {[m.body for m in got]}")
+    consumer.shutdown()
+
+    refusals = {}
+    good = credentials()
+    wrong = Credentials(good.ak, good.sk + "x")
+    try:
+        bad = Producer(config(endpoint, wrong), (topic,))
+        bad.startup()
+        bad.send(message(topic, b"never stored"))
+        fail("a producer with a wrong secret key sent a message")
+    except Exception as e:
+        check("UNAUTHENTICATED" in str(e) or "UNAUTHORIZED" in str(e), f"wrong key: {e}")
+        refusals["wrong_key"] = str(e)[:200]
+    try:
+        other = SimpleConsumer(config(endpoint), "not-my-group", {topic: FilterExpression("*")}, await_duration=1)
+        other.startup()
+        other.receive(1, 10)
+        fail("a consumer received for a group it has no rights for")
+    except Exception as e:
+        check("FORBIDDEN" in str(e), f"foreign group: {e}")
+        refusals["foreign_group"] = str(e)[:200]
+    return {"received": len(got), "refusals": refusals}
+
+
 def main():
     mode, endpoint, topic = sys.argv[1], sys.argv[2], sys.argv[3]
+    if mode == "secured":
+        print("RESULT " + json.dumps(secured(endpoint, topic, sys.argv[4])), flush=True)
+        os._exit(0)
     if mode == "basics":
         result = basics(endpoint, topic)
     elif mode == "push":

@@ -8,14 +8,18 @@
 //! and the slave answers from one task per connection.
 //!
 //! The connection shares the Raft port with gRPC: it opens with [`MAGIC`], which an HTTP/2
-//! client never sends, and a hello naming the group and both nodes, which the slave checks as it
-//! checks a gRPC envelope. Then each frame is a little-endian u32 length and a bincode body: an
-//! `AppendEntriesRequest` one way, the `Result` openraft returned the other.
+//! client never sends. The slave answers with a random challenge, and the master with a hello
+//! naming the group and both nodes and, when the deployment has a cluster secret, an HMAC of
+//! the challenge and the hello under it. The slave checks the hello as it checks a gRPC
+//! envelope, and the proof, before it reads any entry: a node that does not hold the secret
+//! cannot write to the log. Then each frame is a little-endian u32 length and a bincode body:
+//! an `AppendEntriesRequest` one way, the `Result` openraft returned the other.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::Raft;
+use raftmq_common::auth::ClusterSecret;
 use raftmq_common::shutdown::Stopping;
 use raftmq_store::{NodeId, TypeConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,14 +28,30 @@ use tokio::net::TcpStream;
 use crate::wire::{decode, encode_framed, MAX_RAFT_MESSAGE};
 
 /// The first bytes of an AppendEntries connection.
-pub const MAGIC: &[u8; 8] = b"RMQAPND1";
+pub const MAGIC: &[u8; 8] = b"RMQAPND2";
 
 /// Who opens the connection, to whom, in which group.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Hello {
     pub group: String,
     pub from: NodeId,
     pub target: NodeId,
+    /// The cluster secret's answer to the slave's challenge over the fields above (empty
+    /// without a secret).
+    pub proof: Vec<u8>,
+}
+
+impl Hello {
+    /// The cluster secret's answer to `challenge` for this hello.
+    fn answer(&self, secret: &ClusterSecret, challenge: &[u8]) -> Vec<u8> {
+        let (from, target) = (self.from.to_le_bytes(), self.target.to_le_bytes());
+        secret.answer(challenge, &[self.group.as_bytes(), &from, &target])
+    }
+
+    fn proves(&self, secret: &ClusterSecret, challenge: &[u8]) -> bool {
+        let (from, target) = (self.from.to_le_bytes(), self.target.to_le_bytes());
+        secret.check_answer(challenge, &[self.group.as_bytes(), &from, &target], &self.proof)
+    }
 }
 
 /// Reads one frame's body.
@@ -73,6 +93,8 @@ pub struct AppendServer {
     pub contact: Arc<crate::election::LeaderContact>,
     /// Turns true when the node stops: every connection closes.
     pub stop: Stopping,
+    /// Checks the cluster secret's proof, and logs and counts refusals.
+    pub guard: Arc<crate::guard::Guard>,
 }
 
 impl AppendServer {
@@ -129,12 +151,24 @@ impl AppendServer {
     async fn serve_inner(&self, stream: &mut TcpStream) -> std::io::Result<()> {
         let mut magic = [0u8; 8];
         stream.read_exact(&mut magic).await?;
+        let challenge = raftmq_common::auth::nonce();
+        let mut frame = vec![0u8; 4];
+        frame.extend_from_slice(&challenge);
+        write_frame(stream, frame).await?;
         let hello: Hello = decode(&read_frame(stream).await?).map_err(std::io::Error::other)?;
+        let secret = self.guard.security().cluster_secret.as_ref();
         let accepted: Result<(), String> = if hello.group != self.group || hello.target != self.me {
             Err(format!(
                 "append connection for {}/{} reached {}/{}",
                 hello.group, hello.target, self.group, self.me
             ))
+        } else if secret.is_some_and(|s| !hello.proves(s, &challenge)) {
+            let why = format!(
+                "append connection from {}/{} without a valid cluster-secret proof",
+                hello.group, hello.from
+            );
+            self.guard.refused_peer(stream.peer_addr().ok(), "AppendEntries", &why);
+            Err(why)
         } else {
             Ok(())
         };
@@ -161,18 +195,29 @@ impl AppendServer {
     }
 }
 
-/// Opens an AppendEntries connection and says hello; the answer tells whether the other side
-/// is the node asked for.
-pub async fn connect(addr: &str, hello: &Hello, timeout: Duration) -> std::io::Result<TcpStream> {
+/// Opens an AppendEntries connection and says hello, proved with `secret` when there is one;
+/// the answer tells whether the other side is the node asked for and took the proof.
+pub async fn connect(
+    addr: &str,
+    hello: &Hello,
+    secret: Option<&ClusterSecret>,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
     let mut stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connecting to {addr}")))??;
     stream.set_nodelay(true)?;
     stream.write_all(MAGIC).await?;
-    write_frame(&mut stream, encode_framed(hello, 64).map_err(std::io::Error::other)?).await?;
+    let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, format!("hello to {addr}"));
+    let challenge = tokio::time::timeout(timeout, read_frame(&mut stream))
+        .await
+        .map_err(|_| timed_out())??;
+    let mut hello = hello.clone();
+    hello.proof = secret.map(|s| hello.answer(s, &challenge)).unwrap_or_default();
+    write_frame(&mut stream, encode_framed(&hello, 128).map_err(std::io::Error::other)?).await?;
     let answer = tokio::time::timeout(timeout, read_frame(&mut stream))
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("hello to {addr}")))??;
+        .map_err(|_| timed_out())??;
     let accepted: Result<(), String> = decode(&answer).map_err(std::io::Error::other)?;
     accepted.map_err(std::io::Error::other)?;
     Ok(stream)

@@ -106,6 +106,8 @@ pub struct BrokerConfig {
     pub metrics_addr: String,
     /// Accept the test-only InjectFault RPC (link cuts for the chaos suite). Never in production.
     pub fault_injection: bool,
+    /// Peer authentication, client authentication and rights (docs/security.md).
+    pub security: raftmq_common::security::SecurityConfig,
 }
 
 impl Default for BrokerConfig {
@@ -145,6 +147,7 @@ impl Default for BrokerConfig {
             log_format: Default::default(),
             metrics_addr: "auto".into(),
             fault_injection: false,
+            security: Default::default(),
         }
     }
 }
@@ -260,6 +263,7 @@ impl BrokerConfig {
         }
         raftmq_common::runtime::check_log_level(&self.log_level).map_err(|e| ConfigError::invalid("log-level", e))?;
         self.metrics_bind_addr()?;
+        self.security.load()?;
         Ok(())
     }
 

@@ -105,3 +105,48 @@ pub fn group_from_proto(g: pb::GroupConfig) -> Result<GroupConfig, Error> {
     raftmq_store::groups::check(&config).map_err(|e| ErrorCode::InvalidArgument.err(e))?;
     Ok(config)
 }
+
+/// A user as the wire carries it; the secret key only when `with_secret`.
+pub fn user_to_proto(u: &raftmq_common::auth::User, with_secret: bool) -> pb::User {
+    use raftmq_common::auth::right;
+    let grants = |gs: &[(String, u8)]| {
+        gs.iter()
+            .map(|(pattern, r)| pb::Grant {
+                pattern: pattern.clone(),
+                r#pub: r & right::PUB != 0,
+                sub: r & right::SUB != 0,
+            })
+            .collect()
+    };
+    pb::User {
+        access_key: u.access_key.clone(),
+        secret_key: if with_secret {
+            u.secret_key.clone()
+        } else {
+            String::new()
+        },
+        admin: u.admin,
+        topics: grants(&u.topics),
+        groups: grants(&u.groups),
+    }
+}
+
+/// A user from the wire (checked by the store's rules when it is put).
+pub fn user_from_proto(u: pb::User) -> raftmq_common::auth::User {
+    use raftmq_common::auth::right;
+    let grants = |gs: Vec<pb::Grant>| {
+        gs.into_iter()
+            .map(|g| {
+                let r = if g.r#pub { right::PUB } else { 0 } | if g.sub { right::SUB } else { 0 };
+                (g.pattern, r)
+            })
+            .collect()
+    };
+    raftmq_common::auth::User {
+        access_key: u.access_key,
+        secret_key: u.secret_key,
+        admin: u.admin,
+        topics: grants(u.topics),
+        groups: grants(u.groups),
+    }
+}

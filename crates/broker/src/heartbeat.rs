@@ -127,7 +127,7 @@ pub async fn run(state: Arc<BrokerState>, mut stop: Stopping) {
         last_sent = signature;
         let sends = clients.iter().map(|(addr, client)| {
             let mut client = client.clone();
-            let hb = hb.clone();
+            let hb = proved(&state, "Heartbeat", hb.clone());
             async move { (addr, client.heartbeat(hb).await) }
         });
         for (i, (addr, result)) in futures::future::join_all(sends).await.into_iter().enumerate() {
@@ -162,6 +162,21 @@ fn announced(state: &BrokerState, server: &RaftServerMetrics<NodeId, BrokerNode>
     !state.config.join && membership.nodes().next().is_none()
 }
 
+/// A call to a NameServer, with the cluster secret's proof when the deployment has one.
+fn proved<T>(state: &BrokerState, call: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let c = &state.config;
+    let proof = state.guard.security().cluster_secret.as_ref().map(|secret| {
+        raftmq_common::auth::broker_call_parts(call, &c.cluster, &c.group, c.node_id, |parts| {
+            secret.sign(raftmq_common::time::now_ms() as u64, parts)
+        })
+    });
+    if let Some(proof) = proof.and_then(|p| p.parse().ok()) {
+        request.metadata_mut().insert(raftmq_common::auth::PEER, proof);
+    }
+    request
+}
+
 async fn unregister(state: &BrokerState, clients: &[(String, NameServerClient<Channel>)]) {
     let unregister = clients.iter().map(|(_, client)| {
         let mut client = client.clone();
@@ -170,6 +185,7 @@ async fn unregister(state: &BrokerState, clients: &[(String, NameServerClient<Ch
             group: state.config.group.clone(),
             node_id: state.config.node_id,
         };
+        let req = proved(state, "Unregister", req);
         async move { client.unregister(req).await }
     });
     let _ = tokio::time::timeout(RPC_TIMEOUT, futures::future::join_all(unregister)).await;

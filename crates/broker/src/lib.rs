@@ -10,6 +10,7 @@ pub mod consumers;
 pub mod convert;
 pub mod election;
 pub mod error;
+pub mod guard;
 pub mod heartbeat;
 pub mod metrics;
 pub mod network;

@@ -28,6 +28,10 @@ struct Args {
     /// Overrides `log-format`: text or json.
     #[arg(long)]
     log_format: Option<raftmq_common::logging::LogFormat>,
+    /// Replaces the config's `[security]` table with this TOML file's keys (the same keys, at
+    /// the top level), so one set of node configs runs open or secured.
+    #[arg(long)]
+    security_config: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -51,6 +55,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(v) = args.log_format {
         config.log_format = v;
+    }
+    if let Some(path) = &args.security_config {
+        config.security = load_toml(path)?;
     }
     config.validate()?;
     let context = raftmq_common::logging::LogContext {

@@ -24,6 +24,7 @@ use crate::state::BrokerState;
 
 type TopicLabel = [(&'static str, String); 1];
 type CodeLabel = [(&'static str, &'static str); 1];
+type RefusalLabel = [(&'static str, &'static str); 2];
 
 /// The broker's metrics. Cheap to clone pieces of (each metric is an `Arc` inside).
 pub struct BrokerMetrics {
@@ -38,6 +39,9 @@ pub struct BrokerMetrics {
     /// Messages per proposed Raft entry (group commit).
     pub entry_messages: Histogram,
     pub errors: Family<CodeLabel, Counter>,
+    /// Requests refused by authentication or authorization (`UNAUTHENTICATED`, `FORBIDDEN`),
+    /// by code and by who asked: a client (either protocol) or a peer (Raft traffic).
+    pub refusals: Family<RefusalLabel, Counter>,
     pub elections: Counter,
     pub leader_changes: Counter,
     pub snapshots: Counter,
@@ -73,6 +77,7 @@ impl BrokerMetrics {
             pull_seconds: Histogram::new(raftmq_metrics::latency_buckets()),
             entry_messages: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             errors: Family::default(),
+            refusals: Family::default(),
             elections: Counter::default(),
             leader_changes: Counter::default(),
             snapshots: Counter::default(),
@@ -120,6 +125,11 @@ impl BrokerMetrics {
             "errors",
             "Errors answered to raftmq clients, by stable code",
             m.errors.clone(),
+        );
+        registry.register(
+            "auth_refusals",
+            "Requests refused for their credentials or rights, by code and by caller kind (client, peer)",
+            m.refusals.clone(),
         );
         registry.register(
             "elections",
@@ -174,6 +184,13 @@ impl BrokerMetrics {
         let label = [("topic", topic.to_owned())];
         self.pulled_messages.get_or_create(&label).inc_by(messages as u64);
         self.pulled_bytes.get_or_create(&label).inc_by(bytes as u64);
+    }
+
+    /// One refused request: `who` is `client` or `peer`.
+    pub fn refused(&self, code: raftmq_common::ErrorCode, who: &'static str) {
+        self.refusals
+            .get_or_create(&[("code", code.as_str()), ("caller", who)])
+            .inc();
     }
 
     pub fn error(&self, code: raftmq_common::ErrorCode) {

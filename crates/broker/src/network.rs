@@ -120,6 +120,8 @@ pub struct Network {
     /// The leadership transfer this node stands in, if any: its vote requests of that term say
     /// so (see `election::LeaderContact::standing_for_transfer`).
     pub transfer: crate::election::Transfer,
+    /// Proves every Raft message to its receiver, when the deployment has one.
+    pub secret: Option<raftmq_common::auth::ClusterSecret>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -192,13 +194,14 @@ impl Connection {
             group: self.net.group.clone(),
             from: self.net.me,
             target: self.target,
+            proof: Vec::new(),
         };
-        let (addr, connect_timeout) = (self.addr.clone(), self.net.timeout);
+        let (addr, connect_timeout, secret) = (self.addr.clone(), self.net.timeout, self.net.secret.clone());
         let exchange = async move {
             let mut stream = match stream {
                 Some(stream) => stream,
                 // Not reachable (refused, or not this node): openraft backs off before retrying.
-                None => append_link::connect(&addr, &hello, connect_timeout)
+                None => append_link::connect(&addr, &hello, secret.as_ref(), connect_timeout)
                     .await
                     .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?,
             };
@@ -336,13 +339,18 @@ impl Connection {
             self.check_silent().map_err(RPCError::Unreachable)?;
         }
         let payload = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let mut request = tonic::Request::new(RaftEnvelope {
+        let envelope = RaftEnvelope {
             group: self.net.group.clone(),
             from_node_id: self.net.me,
             target_node_id: self.target,
             payload: payload.into(),
             transfer_from,
-        });
+        };
+        let name = match method {
+            Method::Vote => "Vote",
+            Method::Snapshot => "InstallSnapshot",
+        };
+        let mut request = prove(self.net.secret.as_ref(), name, envelope);
         request.set_timeout(self.deadline(option));
         let mut client = self.client().map_err(RPCError::Unreachable)?;
         let reply = match method {
@@ -407,13 +415,18 @@ impl PeerCalls {
             ));
         }
         let payload = encode(req).map_err(|e| e.to_string())?;
-        let mut request = tonic::Request::new(RaftEnvelope {
+        let envelope = RaftEnvelope {
             group: self.net.group.clone(),
             from_node_id: self.net.me,
             target_node_id: self.target,
             payload: payload.into(),
             transfer_from: 0,
-        });
+        };
+        let name = match which {
+            ElectionCall::PreVote => "PreVote",
+            ElectionCall::TimeoutNow => "TimeoutNow",
+        };
+        let mut request = prove(self.net.secret.as_ref(), name, envelope);
         request.set_timeout(timeout);
         let reply = match which {
             ElectionCall::PreVote => self.client.pre_vote(request).await,
@@ -596,4 +609,32 @@ impl RaftNetwork<TypeConfig> for Connection {
         // A restarted peer should rejoin quickly; 100 ms between tries costs little.
         openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(100)))
     }
+}
+
+/// The parts of a Raft message a cluster-secret proof covers: the method, the group, the three
+/// node ids and the payload.
+pub fn proof_parts<R>(method: &str, envelope: &RaftEnvelope, with: impl FnOnce(&[&[u8]]) -> R) -> R {
+    let mut ids = [0u8; 24];
+    ids[..8].copy_from_slice(&envelope.from_node_id.to_le_bytes());
+    ids[8..16].copy_from_slice(&envelope.target_node_id.to_le_bytes());
+    ids[16..].copy_from_slice(&envelope.transfer_from.to_le_bytes());
+    with(&[method.as_bytes(), envelope.group.as_bytes(), &ids, &envelope.payload])
+}
+
+/// A request carrying `envelope`, with the cluster secret's proof when there is a secret.
+fn prove(
+    secret: Option<&raftmq_common::auth::ClusterSecret>,
+    method: &str,
+    envelope: RaftEnvelope,
+) -> tonic::Request<RaftEnvelope> {
+    let proof = secret.map(|s| {
+        proof_parts(method, &envelope, |parts| {
+            s.sign(raftmq_common::time::now_ms() as u64, parts)
+        })
+    });
+    let mut request = tonic::Request::new(envelope);
+    if let Some(proof) = proof.and_then(|p| p.parse().ok()) {
+        request.metadata_mut().insert(raftmq_common::auth::PEER, proof);
+    }
+    request
 }

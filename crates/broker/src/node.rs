@@ -96,6 +96,7 @@ impl Broker {
 
     /// Starts on sockets already bound, with a fault switch shared with a test.
     pub async fn start_with(config: BrokerConfig, listeners: Listeners, faults: Arc<Faults>) -> anyhow::Result<Broker> {
+        let security = config.security.load()?;
         let store_options = StoreOptions {
             flush: match config.flush_mode {
                 config::FlushMode::Sync => FlushMode::Sync,
@@ -149,6 +150,7 @@ impl Broker {
             faults: faults.clone(),
             silent: contact.silence_flag(),
             transfer: contact.transfer_flag(),
+            secret: security.cluster_secret.clone(),
         };
         let timing = election::Timing::new(
             config.election_timeout_min_ms,
@@ -181,7 +183,9 @@ impl Broker {
             handing_over.clone(),
             stopped.clone(),
         );
+        let guard = Arc::new(crate::guard::Guard::new(security, reader.clone(), metrics.clone()));
         let state = Arc::new(BrokerState {
+            guard: guard.clone(),
             metrics: metrics.clone(),
             consumers: Consumers::new(Duration::from_millis(config.consumer_expiry_ms)),
             disk: DiskGuard::new(config.data_dir.clone(), config.disk_full_percent),
@@ -220,6 +224,7 @@ impl Broker {
             raft: raft.clone(),
             contact: contact.clone(),
             stop: stopped.clone(),
+            guard: guard.clone(),
         };
         let raft_service = || {
             RaftTransportServer::new(RaftService {
@@ -231,6 +236,7 @@ impl Broker {
                 leader_silence: Duration::from_millis(state.config.election_timeout_min_ms),
                 stickiness: timing.stickiness,
                 faults: state.faults.clone(),
+                guard: guard.clone(),
             })
             .max_decoding_message_size(MAX_RAFT_MESSAGE)
             .max_encoding_message_size(MAX_RAFT_MESSAGE)

@@ -31,6 +31,8 @@ pub struct RaftService {
     pub stickiness: Duration,
     /// Fault injection (tests only).
     pub faults: Arc<Faults>,
+    /// Checks the cluster secret's proof on every message.
+    pub guard: Arc<crate::guard::Guard>,
 }
 
 /// Tells openraft, while a snapshot from the leader is being received or installed, that the
@@ -82,10 +84,19 @@ impl Drop for KeepAlive {
 }
 
 impl RaftService {
+    /// Checks the envelope (its target, then the cluster secret's proof) and decodes the
+    /// message; nothing of a refused message reaches Raft.
     fn open<T: serde::de::DeserializeOwned>(
         &self,
+        method: &str,
         request: Request<RaftEnvelope>,
     ) -> Result<(RaftEnvelope, T), Status> {
+        let caller = request.remote_addr();
+        let proof = request
+            .metadata()
+            .get(raftmq_common::auth::PEER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let envelope = request.into_inner();
         if envelope.group != self.group || envelope.target_node_id != self.me {
             return Err(ErrorCode::InvalidArgument.status(format!(
@@ -93,6 +104,9 @@ impl RaftService {
                 envelope.group, envelope.target_node_id, self.group, self.me
             )));
         }
+        crate::network::proof_parts(method, &envelope, |parts| {
+            self.guard.check_peer(proof.as_deref(), parts, caller, method)
+        })?;
         // Requests decoded keep their encoding as a slice of the payload: a slave writes it to
         // its log as it came.
         let rpc = raftmq_store::decode_sharing(&envelope.payload, || decode(&envelope.payload))
@@ -116,7 +130,7 @@ impl RaftService {
 #[tonic::async_trait]
 impl RaftTransport for RaftService {
     async fn append_entries(&self, request: Request<RaftEnvelope>) -> Result<Response<RaftEnvelope>, Status> {
-        let (envelope, rpc) = self.open(request)?;
+        let (envelope, rpc) = self.open("AppendEntries", request)?;
         let result = self.raft.append_entries(rpc).await;
         if from_live_master(&result) {
             self.contact.heard();
@@ -125,7 +139,7 @@ impl RaftTransport for RaftService {
     }
 
     async fn vote(&self, request: Request<RaftEnvelope>) -> Result<Response<RaftEnvelope>, Status> {
-        let (envelope, rpc): (RaftEnvelope, openraft::raft::VoteRequest<NodeId>) = self.open(request)?;
+        let (envelope, rpc): (RaftEnvelope, openraft::raft::VoteRequest<NodeId>) = self.open("Vote", request)?;
         // A transfer's vote passes the leader lease only here: where the master that asked for
         // it is the one this node follows in its current term, or is this node.
         let transfer = envelope.transfer_from != 0 && {
@@ -147,7 +161,7 @@ impl RaftTransport for RaftService {
     }
 
     async fn pre_vote(&self, request: Request<RaftEnvelope>) -> Result<Response<RaftEnvelope>, Status> {
-        let (envelope, ask): (RaftEnvelope, PreVoteRequest) = self.open(request)?;
+        let (envelope, ask): (RaftEnvelope, PreVoteRequest) = self.open("PreVote", request)?;
         let last_log_id = election::last_log_id(&self.log)
             .await
             .map_err(|e| ErrorCode::Internal.status(format!("cannot read the log's end: {e}")))?;
@@ -182,7 +196,7 @@ impl RaftTransport for RaftService {
     }
 
     async fn timeout_now(&self, request: Request<RaftEnvelope>) -> Result<Response<RaftEnvelope>, Status> {
-        let (envelope, ask): (RaftEnvelope, TimeoutNowRequest) = self.open(request)?;
+        let (envelope, ask): (RaftEnvelope, TimeoutNowRequest) = self.open("TimeoutNow", request)?;
         let (vote, state) = {
             let m = self.raft.metrics();
             let m = m.borrow();
@@ -218,7 +232,8 @@ impl RaftTransport for RaftService {
     }
 
     async fn install_snapshot(&self, request: Request<RaftEnvelope>) -> Result<Response<RaftEnvelope>, Status> {
-        let (envelope, rpc): (RaftEnvelope, InstallSnapshotRequest<TypeConfig>) = self.open(request)?;
+        let (envelope, rpc): (RaftEnvelope, InstallSnapshotRequest<TypeConfig>) =
+            self.open("InstallSnapshot", request)?;
         let _alive = KeepAlive::start(
             self.raft.clone(),
             rpc.vote,

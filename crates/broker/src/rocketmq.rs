@@ -495,6 +495,19 @@ fn check_invisible(d: Duration) -> Result<Duration, Fail> {
 
 #[tonic::async_trait]
 impl Backend for RocketMqBroker {
+    fn authorize(
+        &self,
+        md: &tonic::metadata::MetadataMap,
+        caller: Option<std::net::SocketAddr>,
+        what: &str,
+        needs: &[raftmq_common::auth::Need<'_>],
+    ) -> Result<(), Fail> {
+        self.state
+            .guard
+            .check(md, caller, what, needs)
+            .map_err(|e| Fail::from_raftmq(e.code, &e.message))
+    }
+
     fn consumer_is_fifo(&self, group: &str) -> bool {
         self.state.reader.is_fifo(group)
     }

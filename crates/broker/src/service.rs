@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use raftmq_common::auth::Need;
 use raftmq_common::validate;
 use raftmq_proto as pb;
 use raftmq_proto::broker_server::Broker;
@@ -30,6 +31,14 @@ pub struct BrokerService {
 impl BrokerService {
     pub fn new(state: Arc<BrokerState>) -> Self {
         BrokerService { state }
+    }
+
+    /// Lets `request` (named `what`) through if its caller holds every need (see `guard`).
+    fn allow<T>(&self, request: &Request<T>, what: &str, needs: &[Need<'_>]) -> Result<(), Status> {
+        self.state
+            .guard
+            .check(request.metadata(), request.remote_addr(), what, needs)
+            .map_err(Status::from)
     }
 }
 
@@ -74,6 +83,7 @@ fn check_to_proto(check: ops::txn::Check) -> pb::TransactionCheck {
 #[tonic::async_trait]
 impl Broker for BrokerService {
     async fn send(&self, request: Request<pb::SendRequest>) -> Reply<pb::SendReply> {
+        self.allow(&request, "Send", &[Need::Publish(&request.get_ref().topic)])?;
         let req = request.into_inner();
         let mut messages = Vec::with_capacity(req.messages.len());
         for (i, m) in req.messages.into_iter().enumerate() {
@@ -121,12 +131,14 @@ impl Broker for BrokerService {
     }
 
     async fn recall(&self, request: Request<pb::RecallRequest>) -> Reply<pb::RecallReply> {
+        self.allow(&request, "Recall", &[Need::Publish(&request.get_ref().topic)])?;
         let req = request.into_inner();
         ops::delay::recall(&self.state, &req.recall_handle).await?;
         Ok(Response::new(pb::RecallReply {}))
     }
 
     async fn send_half(&self, request: Request<pb::SendHalfRequest>) -> Reply<pb::SendHalfReply> {
+        self.allow(&request, "SendHalf", &[Need::Publish(&request.get_ref().topic)])?;
         let req = request.into_inner();
         let m = req
             .message
@@ -153,6 +165,9 @@ impl Broker for BrokerService {
     }
 
     async fn end_transaction(&self, request: Request<pb::EndTransactionRequest>) -> Reply<pb::EndTransactionReply> {
+        let topic = ops::txn::topic_of(&self.state, &request.get_ref().transaction_id);
+        let need = topic.as_deref().map_or(Need::Known, Need::Publish);
+        self.allow(&request, "EndTransaction", &[need])?;
         let req = request.into_inner();
         let resolution = match pb::TransactionResolution::try_from(req.resolution) {
             Ok(pb::TransactionResolution::Commit) => ops::txn::Resolution::Commit,
@@ -179,6 +194,14 @@ impl Broker for BrokerService {
         &self,
         request: Request<pb::TransactionChecksRequest>,
     ) -> Reply<Self::TransactionChecksStream> {
+        // Checks show half messages of the producer group's topics: only an admin sees a
+        // group's checks without naming the topics, anyone else needs pub on each it names.
+        let r = request.get_ref();
+        let mut needs: Vec<Need> = r.topics.iter().map(|t| Need::Publish(t)).collect();
+        if r.topics.is_empty() {
+            needs.push(Need::Admin);
+        }
+        self.allow(&request, "TransactionChecks", &needs)?;
         let req = request.into_inner();
         if req.producer_group.is_empty() && req.topics.is_empty() {
             return Err(ErrorCode::InvalidArgument
@@ -211,6 +234,7 @@ impl Broker for BrokerService {
         &self,
         request: Request<pb::ListTransactionsRequest>,
     ) -> Reply<pb::ListTransactionsReply> {
+        self.allow(&request, "ListTransactions", &[Need::Admin])?;
         let req = request.into_inner();
         let limit = if req.limit == 0 { 100 } else { req.limit.min(10_000) } as usize;
         let transactions = ops::txn::pending(&self.state, limit)?
@@ -233,6 +257,7 @@ impl Broker for BrokerService {
     }
 
     async fn pull(&self, request: Request<pb::PullRequest>) -> Reply<pb::PullReply> {
+        self.allow(&request, "Pull", &[Need::Subscribe(&request.get_ref().topic)])?;
         let req = request.into_inner();
         let query = ops::pull::PullQuery {
             topic: req.topic,
@@ -260,28 +285,40 @@ impl Broker for BrokerService {
     }
 
     async fn get_queue_offsets(&self, request: Request<pb::QueueOffsetsRequest>) -> Reply<pb::QueueOffsetsReply> {
+        self.allow(
+            &request,
+            "GetQueueOffsets",
+            &[Need::Subscribe(&request.get_ref().topic)],
+        )?;
         let req = request.into_inner();
         let (min_offset, max_offset) = ops::pull::bounds(&self.state, &req.topic, req.queue_id)?;
         Ok(Response::new(pb::QueueOffsetsReply { min_offset, max_offset }))
     }
 
     async fn search_offset(&self, request: Request<pb::SearchOffsetRequest>) -> Reply<pb::SearchOffsetReply> {
+        self.allow(&request, "SearchOffset", &[Need::Subscribe(&request.get_ref().topic)])?;
         let req = request.into_inner();
         let offset = ops::pull::search(&self.state, &req.topic, req.queue_id, req.timestamp_ms)?;
         Ok(Response::new(pb::SearchOffsetReply { offset }))
     }
 
     async fn get_message(&self, request: Request<pb::GetMessageRequest>) -> Reply<pb::StoredMessage> {
+        let (metadata, caller) = (request.metadata().clone(), request.remote_addr());
         let req = request.into_inner();
         let message = if req.msg_id.is_empty() {
             ops::pull::message(&self.state, &req.topic, req.queue_id, req.offset)?
         } else {
             ops::pull::message_by_id(&self.state, &req.msg_id)?
         };
+        // By id the topic is known only now; nothing was handed out yet.
+        self.state
+            .guard
+            .check(&metadata, caller, "GetMessage", &[Need::Subscribe(&message.topic)])?;
         Ok(Response::new(to_proto(message)))
     }
 
     async fn query_by_key(&self, request: Request<pb::QueryByKeyRequest>) -> Reply<pb::QueryByKeyReply> {
+        self.allow(&request, "QueryByKey", &[Need::Subscribe(&request.get_ref().topic)])?;
         let req = request.into_inner();
         let range = (req.begin_ms, req.end_ms);
         let found = ops::pull::by_key(&self.state, &req.topic, &req.key, range, req.max_messages)?;
@@ -292,6 +329,10 @@ impl Broker for BrokerService {
     }
 
     async fn commit_offsets(&self, request: Request<pb::CommitOffsetsRequest>) -> Reply<pb::CommitOffsetsReply> {
+        let r = request.get_ref();
+        let mut needs = vec![Need::Group(&r.consumer_group)];
+        needs.extend(r.offsets.iter().map(|o| Need::Subscribe(&o.topic)));
+        self.allow(&request, "CommitOffsets", &needs)?;
         let req = request.into_inner();
         let offsets = req
             .offsets
@@ -310,6 +351,11 @@ impl Broker for BrokerService {
         &self,
         request: Request<pb::GetConsumeOffsetsRequest>,
     ) -> Reply<pb::GetConsumeOffsetsReply> {
+        self.allow(
+            &request,
+            "GetConsumeOffsets",
+            &[Need::Group(&request.get_ref().consumer_group)],
+        )?;
         let req = request.into_inner();
         let topic = (!req.topic.is_empty()).then_some(req.topic.as_str());
         let offsets = ops::offsets::committed(&self.state, &req.consumer_group, topic)?
@@ -327,6 +373,11 @@ impl Broker for BrokerService {
         &self,
         request: Request<pb::GetTopicConsumersRequest>,
     ) -> Reply<pb::GetTopicConsumersReply> {
+        self.allow(
+            &request,
+            "GetTopicConsumers",
+            &[Need::Subscribe(&request.get_ref().topic)],
+        )?;
         let topic = request.into_inner().topic;
         let offsets = ops::offsets::topic_consumers(&self.state, &topic)?
             .into_iter()
@@ -341,6 +392,7 @@ impl Broker for BrokerService {
 
     async fn reset_offsets(&self, request: Request<pb::ResetOffsetsRequest>) -> Reply<pb::ResetOffsetsReply> {
         use pb::reset_offsets_request::Target;
+        self.allow(&request, "ResetOffsets", &[Need::Admin])?;
         let req = request.into_inner();
         let to = match req.target {
             Some(Target::TimestampMs(ts)) => ResetTo::Timestamp(ts),
@@ -366,6 +418,12 @@ impl Broker for BrokerService {
     }
 
     async fn send_back(&self, request: Request<pb::SendBackRequest>) -> Reply<pb::SendBackReply> {
+        let r = request.get_ref();
+        self.allow(
+            &request,
+            "SendBack",
+            &[Need::Group(&r.consumer_group), Need::Subscribe(&r.topic)],
+        )?;
         let req = request.into_inner();
         let at = (req.topic.as_str(), req.queue_id, req.offset);
         let reply = match ops::retry::send_back(&self.state, &req.consumer_group, at).await? {
@@ -387,6 +445,11 @@ impl Broker for BrokerService {
     }
 
     async fn get_group_config(&self, request: Request<pb::GetGroupConfigRequest>) -> Reply<pb::GroupConfig> {
+        self.allow(
+            &request,
+            "GetGroupConfig",
+            &[Need::Group(&request.get_ref().consumer_group)],
+        )?;
         let name = request.into_inner().consumer_group;
         let config = ops::retry::group(&self.state, &name)?;
         let mut reply = convert::group_to_proto(&config);
@@ -396,6 +459,7 @@ impl Broker for BrokerService {
     }
 
     async fn update_group_config(&self, request: Request<pb::GroupConfig>) -> Reply<pb::UpdateGroupConfigReply> {
+        self.allow(&request, "UpdateGroupConfig", &[Need::Admin])?;
         let req = request.into_inner();
         let (fifo, keep) = (req.fifo, req.keep_retry_settings);
         let name = req.consumer_group.clone();
@@ -410,6 +474,12 @@ impl Broker for BrokerService {
     }
 
     async fn lock_queues(&self, request: Request<pb::LockQueuesRequest>) -> Reply<pb::LockQueuesReply> {
+        let r = request.get_ref();
+        self.allow(
+            &request,
+            "LockQueues",
+            &[Need::Group(&r.consumer_group), Need::Subscribe(&r.topic)],
+        )?;
         let r = request.into_inner();
         let locked = ops::offsets::lock_queues(
             &self.state,
@@ -422,6 +492,12 @@ impl Broker for BrokerService {
     }
 
     async fn unlock_queues(&self, request: Request<pb::UnlockQueuesRequest>) -> Reply<pb::UnlockQueuesReply> {
+        let r = request.get_ref();
+        self.allow(
+            &request,
+            "UnlockQueues",
+            &[Need::Group(&r.consumer_group), Need::Subscribe(&r.topic)],
+        )?;
         let r = request.into_inner();
         ops::offsets::unlock_queues(&self.state, (&r.consumer_group, &r.topic, &r.client_id), r.queue_ids).await?;
         Ok(Response::new(pb::UnlockQueuesReply {}))
@@ -431,6 +507,10 @@ impl Broker for BrokerService {
         &self,
         request: Request<pb::ConsumerHeartbeatRequest>,
     ) -> Reply<pb::ConsumerHeartbeatReply> {
+        let r = request.get_ref();
+        let mut needs = vec![Need::Group(&r.consumer_group)];
+        needs.extend(r.topics.iter().map(|t| Need::Subscribe(t)));
+        self.allow(&request, "ConsumerHeartbeat", &needs)?;
         let req = request.into_inner();
         validate::name("consumer_group", &req.consumer_group).map_err(Error::from)?;
         if req.client_id.is_empty() || req.client_id.len() > 255 {
@@ -445,6 +525,11 @@ impl Broker for BrokerService {
     }
 
     async fn get_consumers(&self, request: Request<pb::GetConsumersRequest>) -> Reply<pb::GetConsumersReply> {
+        self.allow(
+            &request,
+            "GetConsumers",
+            &[Need::Group(&request.get_ref().consumer_group)],
+        )?;
         let req = request.into_inner();
         validate::name("consumer_group", &req.consumer_group).map_err(Error::from)?;
         Ok(Response::new(pb::GetConsumersReply {
@@ -456,12 +541,18 @@ impl Broker for BrokerService {
         &self,
         request: Request<pb::UnregisterConsumerRequest>,
     ) -> Reply<pb::UnregisterConsumerReply> {
+        self.allow(
+            &request,
+            "UnregisterConsumer",
+            &[Need::Group(&request.get_ref().consumer_group)],
+        )?;
         let req = request.into_inner();
         self.state.consumers.unregister(&req.consumer_group, &req.client_id);
         Ok(Response::new(pb::UnregisterConsumerReply {}))
     }
 
     async fn upsert_topic(&self, request: Request<pb::UpsertTopicRequest>) -> Reply<pb::UpsertTopicReply> {
+        self.allow(&request, "UpsertTopic", &[Need::Admin])?;
         let t = request
             .into_inner()
             .topic
@@ -477,16 +568,19 @@ impl Broker for BrokerService {
     }
 
     async fn delete_topic(&self, request: Request<pb::DeleteTopicRequest>) -> Reply<pb::DeleteTopicReply> {
+        self.allow(&request, "DeleteTopic", &[Need::Admin])?;
         ops::topics::delete(&self.state, request.into_inner().topic).await?;
         Ok(Response::new(pb::DeleteTopicReply {}))
     }
 
-    async fn list_topics(&self, _request: Request<pb::BrokerListTopicsRequest>) -> Reply<pb::BrokerTopicList> {
+    async fn list_topics(&self, request: Request<pb::BrokerListTopicsRequest>) -> Reply<pb::BrokerTopicList> {
+        self.allow(&request, "ListTopics", &[Need::Known])?;
         let topics = ops::topics::list(&self.state).iter().map(topic_to_proto).collect();
         Ok(Response::new(pb::BrokerTopicList { topics }))
     }
 
     async fn inject_fault(&self, request: Request<pb::InjectFaultRequest>) -> Reply<pb::InjectFaultReply> {
+        self.allow(&request, "InjectFault", &[Need::Admin])?;
         let s = &self.state;
         if !s.config.fault_injection {
             return Err(ErrorCode::NoPermission
@@ -502,11 +596,34 @@ impl Broker for BrokerService {
         Ok(Response::new(pb::InjectFaultReply {}))
     }
 
-    async fn get_membership(&self, _request: Request<pb::GetMembershipRequest>) -> Reply<pb::Membership> {
+    async fn put_user(&self, request: Request<pb::User>) -> Reply<pb::PutUserReply> {
+        self.allow(&request, "PutUser", &[Need::Admin])?;
+        ops::users::put(&self.state, convert::user_from_proto(request.into_inner())).await?;
+        Ok(Response::new(pb::PutUserReply {}))
+    }
+
+    async fn delete_user(&self, request: Request<pb::DeleteUserRequest>) -> Reply<pb::DeleteUserReply> {
+        self.allow(&request, "DeleteUser", &[Need::Admin])?;
+        ops::users::delete(&self.state, request.into_inner().access_key).await?;
+        Ok(Response::new(pb::DeleteUserReply {}))
+    }
+
+    async fn list_users(&self, request: Request<pb::ListUsersRequest>) -> Reply<pb::ListUsersReply> {
+        self.allow(&request, "ListUsers", &[Need::Admin])?;
+        let users = ops::users::list(&self.state)
+            .iter()
+            .map(|u| convert::user_to_proto(u, false))
+            .collect();
+        Ok(Response::new(pb::ListUsersReply { users }))
+    }
+
+    async fn get_membership(&self, request: Request<pb::GetMembershipRequest>) -> Reply<pb::Membership> {
+        self.allow(&request, "GetMembership", &[Need::Known])?;
         Ok(Response::new(ops::membership::current(&self.state)))
     }
 
     async fn add_node(&self, request: Request<pb::AddNodeRequest>) -> Reply<pb::Membership> {
+        self.allow(&request, "AddNode", &[Need::Admin])?;
         let r = request.into_inner();
         let new = ops::membership::NewNode::parse(r.node_id, &r.raft_addr, &r.client_addr)?;
         let done = ops::membership::add(&self.state, new, catch_up(r.catch_up_timeout_ms)).await?;
@@ -514,11 +631,13 @@ impl Broker for BrokerService {
     }
 
     async fn remove_node(&self, request: Request<pb::RemoveNodeRequest>) -> Reply<pb::Membership> {
+        self.allow(&request, "RemoveNode", &[Need::Admin])?;
         let done = ops::membership::remove(&self.state, request.into_inner().node_id).await?;
         Ok(Response::new(done))
     }
 
     async fn replace_node(&self, request: Request<pb::ReplaceNodeRequest>) -> Reply<pb::Membership> {
+        self.allow(&request, "ReplaceNode", &[Need::Admin])?;
         let r = request.into_inner();
         let new = ops::membership::NewNode::parse(r.node_id, &r.raft_addr, &r.client_addr)?;
         let done = ops::membership::replace(&self.state, r.old_node_id, new, catch_up(r.catch_up_timeout_ms)).await?;
@@ -526,6 +645,7 @@ impl Broker for BrokerService {
     }
 
     async fn transfer_master(&self, request: Request<pb::TransferMasterRequest>) -> Reply<pb::TransferMasterReply> {
+        self.allow(&request, "TransferMaster", &[Need::Admin])?;
         let to = Some(request.into_inner().to_node_id).filter(|id| *id != 0);
         let master = ops::membership::transfer(&self.state, to).await?;
         let master_addr = ops::membership::current(&self.state)
@@ -540,7 +660,8 @@ impl Broker for BrokerService {
         }))
     }
 
-    async fn get_node_status(&self, _request: Request<pb::NodeStatusRequest>) -> Reply<pb::NodeStatus> {
+    async fn get_node_status(&self, request: Request<pb::NodeStatusRequest>) -> Reply<pb::NodeStatus> {
+        self.allow(&request, "GetNodeStatus", &[Need::Known])?;
         let s = &self.state;
         let metrics = s.raft.metrics().borrow().clone();
         let queues = s

@@ -43,6 +43,8 @@ pub struct BrokerState {
     pub pop_busy: crate::ops::pop::Busy,
     /// Producers connected here that answer transaction checks.
     pub txn_producers: Arc<crate::ops::txn::Producers>,
+    /// Authentication and rights of requests.
+    pub guard: Arc<crate::guard::Guard>,
 }
 
 impl BrokerState {

@@ -227,8 +227,9 @@ async fn append_connections_for_another_node_are_refused_and_garbage_closes_them
             group: group_name.into(),
             from: master,
             target,
+            proof: Vec::new(),
         };
-        let err = connect(&group.addr(slave), &hello, timeout).await.unwrap_err();
+        let err = connect(&group.addr(slave), &hello, None, timeout).await.unwrap_err();
         assert!(err.to_string().contains("reached"), "{err}");
     }
     // A well-formed hello, then a frame that is no AppendEntries, then one over the size limit.
@@ -240,8 +241,9 @@ async fn append_connections_for_another_node_are_refused_and_garbage_closes_them
             group: "broker-a".into(),
             from: master,
             target: slave,
+            proof: Vec::new(),
         };
-        let mut stream = connect(&group.addr(slave), &hello, timeout)
+        let mut stream = connect(&group.addr(slave), &hello, None, timeout)
             .await
             .expect("hello accepted");
         stream.write_all(&garbage).await.unwrap();

@@ -92,7 +92,7 @@ fn summary(name: &str, mut values: Vec<Duration>) -> String {
 }
 
 pub async fn run(namesrv: &[String], args: DrillArgs, as_json: bool) -> anyhow::Result<()> {
-    let mut config = ClientConfig::new(namesrv.to_vec());
+    let mut config = crate::client_config(namesrv);
     config.send_timeout = Duration::from_secs(5);
     let client = Client::new(config)?;
     let admin = Admin::new(client.clone());
@@ -268,7 +268,7 @@ async fn drill_round(
         .map(|ns| {
             Client::new(ClientConfig {
                 watch_routes: false,
-                ..ClientConfig::new([ns.clone()])
+                ..crate::client_config(std::slice::from_ref(ns))
             })
             .map(Admin::new)
         })

@@ -43,6 +43,11 @@ struct Cli {
     /// Deadline of each request, in milliseconds.
     #[arg(long, default_value_t = 3000, global = true)]
     timeout_ms: u64,
+    /// A TOML file with `access-key` and `secret-key` that sign every request (clusters with
+    /// auth on). RAFTMQ_ACCESS_KEY and RAFTMQ_SECRET_KEY do the same; keys themselves never go
+    /// on the command line.
+    #[arg(long, env = "RAFTMQ_CREDENTIALS", global = true)]
+    credentials: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -79,6 +84,28 @@ enum Command {
     Bench(bench::BenchCommand),
     /// A read-only web dashboard of the cluster (everything embedded; it polls once a second).
     Dashboard(dashboard::DashboardArgs),
+    /// Users and their rights on a secured cluster (auth = true).
+    #[command(subcommand)]
+    Acl(admin::acl::AclCommand),
+}
+
+/// The credentials of this run (`--credentials`, or the environment), set once at start.
+static CREDENTIALS: std::sync::OnceLock<Option<raftmq_common::auth::Credentials>> = std::sync::OnceLock::new();
+
+/// Client settings for these NameServers, signing with this run's credentials.
+pub(crate) fn client_config(namesrv: &[String]) -> ClientConfig {
+    let mut config = ClientConfig::new(namesrv.to_vec());
+    config.credentials = CREDENTIALS.get().cloned().flatten();
+    config
+}
+
+fn load_credentials(file: Option<&std::path::Path>) -> anyhow::Result<Option<raftmq_common::auth::Credentials>> {
+    match file {
+        Some(path) => Ok(Some(
+            raftmq_common::auth::Credentials::from_file(path).map_err(|e| anyhow::anyhow!("--credentials: {e}"))?,
+        )),
+        None => raftmq_common::auth::Credentials::from_env().map_err(|e| anyhow::anyhow!(e)),
+    }
 }
 
 /// Like other command-line tools, end quietly when the reader of our output goes away
@@ -105,7 +132,8 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let mut config = ClientConfig::new(cli.namesrv.clone());
+    let _ = CREDENTIALS.set(load_credentials(cli.credentials.as_deref())?);
+    let mut config = client_config(&cli.namesrv);
     config.request_timeout = Duration::from_millis(cli.timeout_ms);
     config.send_timeout = Duration::from_millis(cli.timeout_ms);
     // A one-shot command needs no route stream.
@@ -125,5 +153,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Chaos(args) => chaos::run(&cli.namesrv, args, as_json).await,
         Command::Bench(command) => bench::run(client.clone(), command, as_json).await,
         Command::Dashboard(args) => dashboard::run(&cli.namesrv, Duration::from_millis(cli.timeout_ms), args).await,
+        Command::Acl(command) => admin::acl::run(&admin, command, as_json).await,
     }
 }

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use raftmq_proto as pb;
 use raftmq_proto::broker_client::BrokerClient;
-use tonic::transport::Channel;
 
 use crate::consumer::{PullConsumer, ReadPreference};
 use raftmq_common::{Error, ErrorCode};
@@ -64,7 +63,7 @@ impl Admin {
     /// Runs a write on a master, following `NOT_MASTER` to the master it names.
     pub(crate) async fn on_master<T, F, Fut>(&self, master: &str, mut call: F) -> Result<T, Error>
     where
-        F: FnMut(BrokerClient<Channel>) -> Fut,
+        F: FnMut(BrokerClient<crate::Transport>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let mut target = master.to_owned();

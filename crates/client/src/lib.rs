@@ -21,6 +21,7 @@ pub mod overview;
 pub mod producer;
 pub mod route;
 pub mod transaction;
+pub mod users;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -59,6 +60,9 @@ pub struct ClientConfig {
     pub route_refresh: Duration,
     /// Follow the NameServers' route watch stream.
     pub watch_routes: bool,
+    /// Access key and secret key that sign every request to a broker, for clusters with
+    /// `auth = true` (RocketMQ 5's signature, so the same users serve both protocols).
+    pub credentials: Option<raftmq_common::auth::Credentials>,
 }
 
 impl ClientConfig {
@@ -70,14 +74,43 @@ impl ClientConfig {
             retries: 2,
             route_refresh: Duration::from_secs(30),
             watch_routes: true,
+            credentials: None,
         }
     }
+
+    /// The same settings, signing requests with `credentials`.
+    pub fn with_credentials(mut self, credentials: raftmq_common::auth::Credentials) -> ClientConfig {
+        self.credentials = Some(credentials);
+        self
+    }
 }
+
+/// Signs each request with the client's credentials, when it has some: a fresh signing time
+/// every time, so a long-lived client never runs past the servers' clock skew.
+#[derive(Clone, Default)]
+pub struct Signer(Option<Arc<raftmq_common::auth::Credentials>>);
+
+impl tonic::service::Interceptor for Signer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(credentials) = &self.0 {
+            let (date_time, authorization) = credentials.sign(std::time::SystemTime::now());
+            let md = request.metadata_mut();
+            if let (Ok(d), Ok(a)) = (date_time.parse(), authorization.parse()) {
+                md.insert(raftmq_common::auth::DATE_TIME, d);
+                md.insert(raftmq_common::auth::AUTHORIZATION, a);
+            }
+        }
+        Ok(request)
+    }
+}
+
+/// The channel to a broker node: a gRPC channel whose requests the client's [`Signer`] signs.
+pub type Transport = tonic::service::interceptor::InterceptedService<Channel, Signer>;
 
 struct Inner {
     config: ClientConfig,
     routes: route::Routes,
-    pool: Mutex<HashMap<String, BrokerClient<Channel>>>,
+    pool: Mutex<HashMap<String, BrokerClient<Transport>>>,
     stop: Shutdown,
 }
 
@@ -138,13 +171,14 @@ impl Client {
     }
 
     /// A gRPC client for one broker node.
-    pub fn broker(&self, addr: &str) -> Result<BrokerClient<Channel>, Error> {
+    pub fn broker(&self, addr: &str) -> Result<BrokerClient<Transport>, Error> {
         let mut pool = self.inner.pool.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = pool.get(addr) {
             return Ok(c.clone());
         }
         let channel = route::endpoint(addr, self.inner.config.request_timeout)?.connect_lazy();
-        let client = BrokerClient::new(channel)
+        let signer = Signer(self.inner.config.credentials.clone().map(Arc::new));
+        let client = BrokerClient::with_interceptor(channel, signer)
             .max_decoding_message_size(128 << 20)
             .max_encoding_message_size(128 << 20);
         pool.insert(addr.to_owned(), client.clone());

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use raftmq_proto as pb;
 use raftmq_proto::broker_client::BrokerClient;
-use tonic::transport::Channel;
 
 use crate::error::{classify, Retry};
 use crate::{Admin, Error};
@@ -120,7 +119,7 @@ impl Admin {
     ) -> Result<T, Error>
     where
         Req: Clone,
-        F: FnMut(BrokerClient<Channel>, tonic::Request<Req>) -> Fut,
+        F: FnMut(BrokerClient<crate::Transport>, tonic::Request<Req>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let (_, mut target) = self

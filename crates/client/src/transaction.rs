@@ -353,7 +353,7 @@ async fn on_master<T, F, Fut>(
     mut call: F,
 ) -> Result<T, (Retry, Error)>
 where
-    F: FnMut(pb::broker_client::BrokerClient<tonic::transport::Channel>, Duration) -> Fut,
+    F: FnMut(pb::broker_client::BrokerClient<crate::Transport>, Duration) -> Fut,
     Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
     let mut target = master.to_owned();

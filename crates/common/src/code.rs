@@ -23,6 +23,12 @@ pub enum ErrorCode {
     /// A subscription's tag or SQL expression does not parse; the message gives line, column
     /// and reason.
     IllegalFilterExpression,
+    /// The request carries no valid credentials: unsigned, an unknown access key, a wrong
+    /// signature, or a signing time outside the allowed clock skew. Nothing was done.
+    Unauthenticated,
+    /// The caller is known but lacks the right the request needs (publish or subscribe on the
+    /// topic, subscribe for the group, or admin); the message names both. Nothing was done.
+    Forbidden,
     /// No live broker group holds the topic.
     TopicNotFound,
     /// The topic exists but the target group does not allow writes (or reads).
@@ -60,9 +66,11 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::InvalidArgument,
         ErrorCode::IllegalFilterExpression,
+        ErrorCode::Unauthenticated,
+        ErrorCode::Forbidden,
         ErrorCode::TopicNotFound,
         ErrorCode::NoPermission,
         ErrorCode::QueueNotFound,
@@ -85,6 +93,8 @@ impl ErrorCode {
         match self {
             ErrorCode::InvalidArgument => "INVALID_ARGUMENT",
             ErrorCode::IllegalFilterExpression => "ILLEGAL_FILTER_EXPRESSION",
+            ErrorCode::Unauthenticated => "UNAUTHENTICATED",
+            ErrorCode::Forbidden => "FORBIDDEN",
             ErrorCode::TopicNotFound => "TOPIC_NOT_FOUND",
             ErrorCode::NoPermission => "NO_PERMISSION",
             ErrorCode::QueueNotFound => "QUEUE_NOT_FOUND",
@@ -116,7 +126,8 @@ impl ErrorCode {
             | ErrorCode::MessageTooLarge
             | ErrorCode::StaleHandle => Code::InvalidArgument,
             ErrorCode::TopicNotFound | ErrorCode::QueueNotFound | ErrorCode::MessageNotFound => Code::NotFound,
-            ErrorCode::NoPermission => Code::PermissionDenied,
+            ErrorCode::NoPermission | ErrorCode::Forbidden => Code::PermissionDenied,
+            ErrorCode::Unauthenticated => Code::Unauthenticated,
             ErrorCode::NotMaster
             | ErrorCode::AlreadyDelivered
             | ErrorCode::TransactionEnded

@@ -1,13 +1,16 @@
-//! What every raftmq crate shares: error codes and their gRPC form, name and address validation,
-//! configuration loading, logging set-up and the shutdown signal.
+//! What every raftmq crate shares: error codes and their gRPC form, request signatures and
+//! rights, name and address validation, configuration loading, logging set-up and the shutdown
+//! signal.
 //!
 //! Nothing here knows about Raft or storage; it must stay small enough that every crate can
 //! depend on it without pulling in the rest.
 
+pub mod auth;
 pub mod code;
 pub mod config;
 pub mod logging;
 pub mod runtime;
+pub mod security;
 pub mod shutdown;
 pub mod time;
 pub mod validate;

@@ -23,6 +23,9 @@ pub struct NamesrvConfig {
     /// Where the Prometheus endpoint (`/metrics`) listens: `host:port`, `auto` (the listen port
     /// plus 20000, on the listen address's host) or `off`.
     pub metrics_addr: String,
+    /// Peer authentication (`cluster-secret-file`): heartbeats only from brokers that hold the
+    /// cluster secret (docs/security.md).
+    pub security: raftmq_common::security::SecurityConfig,
 }
 
 impl Default for NamesrvConfig {
@@ -34,6 +37,7 @@ impl Default for NamesrvConfig {
             log_level: "info".into(),
             log_format: Default::default(),
             metrics_addr: "auto".into(),
+            security: Default::default(),
         }
     }
 }
@@ -59,6 +63,13 @@ impl NamesrvConfig {
         }
         raftmq_common::runtime::check_log_level(&self.log_level).map_err(|e| ConfigError::invalid("log-level", e))?;
         self.metrics_bind_addr()?;
+        self.security.load()?;
+        if self.security.auth {
+            return Err(ConfigError::invalid(
+                "security.auth",
+                "is a broker key: brokers check client requests (a NameServer checks broker heartbeats with cluster-secret-file)",
+            ));
+        }
         Ok(())
     }
 

@@ -18,6 +18,8 @@ use crate::service::Shared;
 #[derive(Debug, Default, Clone)]
 pub struct Counters {
     pub heartbeats: Counter,
+    /// Heartbeats and unregistrations refused for want of the cluster secret's proof.
+    pub refusals: Counter,
     /// Route queries over both protocols.
     pub route_queries: Counter,
     /// Broker nodes dropped for silence.
@@ -32,6 +34,11 @@ pub struct Counters {
 pub fn registry(counters: &Counters, shared: Weak<Shared>) -> Registry {
     let mut registry = Registry::with_prefix("raftmq_namesrv");
     registry.register("heartbeats", "Broker heartbeats received", counters.heartbeats.clone());
+    registry.register(
+        "peer_refusals",
+        "Broker heartbeats and unregistrations refused: no valid cluster-secret proof",
+        counters.refusals.clone(),
+    );
     registry.register(
         "route_queries",
         "Route queries answered (raftmq and RocketMQ 5 clients)",

@@ -36,7 +36,7 @@ impl NameServer {
             .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = Shutdown::new();
-        let shared = Shared::new(config.broker_expiry(), stopped.clone());
+        let shared = Shared::new(config.broker_expiry(), stopped.clone(), config.security.load()?);
 
         let scanner = {
             let shared = shared.clone();

@@ -39,10 +39,12 @@ pub struct Shared {
     expiry: Duration,
     shutdown: Stopping,
     pub counters: crate::metrics::Counters,
+    /// With a cluster secret, heartbeats and unregistrations must prove it.
+    security: raftmq_common::security::Security,
 }
 
 impl Shared {
-    pub fn new(expiry: Duration, shutdown: Stopping) -> Arc<Self> {
+    pub fn new(expiry: Duration, shutdown: Stopping, security: raftmq_common::security::Security) -> Arc<Self> {
         let (changes, _) = broadcast::channel(EVENT_BACKLOG);
         Arc::new(Shared {
             table: Mutex::new(RouteTable::new()),
@@ -50,6 +52,38 @@ impl Shared {
             expiry,
             shutdown,
             counters: Default::default(),
+            security,
+        })
+    }
+
+    /// Checks a broker node's proof of the cluster secret (passes without a secret); a
+    /// refusal is logged with the caller's address and counted.
+    fn check_broker<T>(&self, request: &Request<T>, call: &str, node: (&str, &str, u64)) -> Result<(), Status> {
+        let Some(secret) = &self.security.cluster_secret else {
+            return Ok(());
+        };
+        let proof = request
+            .metadata()
+            .get(raftmq_common::auth::PEER)
+            .and_then(|v| v.to_str().ok());
+        let checked = match proof {
+            None => Err("the request carries no cluster-secret proof".to_owned()),
+            Some(proof) => raftmq_common::auth::broker_call_parts(call, node.0, node.1, node.2, |parts| {
+                secret.verify(
+                    proof,
+                    parts,
+                    raftmq_common::time::now_ms() as u64,
+                    self.security.clock_skew,
+                )
+            }),
+        };
+        checked.map_err(|why| {
+            let caller = request
+                .remote_addr()
+                .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+            tracing::warn!(%caller, request = call, group = node.1, node = node.2, "refused a broker: {why}");
+            self.counters.refusals.inc();
+            ErrorCode::Unauthenticated.status(format!("{call} refused: {why}"))
         })
     }
 
@@ -153,6 +187,9 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<RouteEvent, Status>> + Send>
 #[tonic::async_trait]
 impl NameServer for NameServerService {
     async fn heartbeat(&self, request: Request<BrokerHeartbeat>) -> Result<Response<HeartbeatReply>, Status> {
+        let r = request.get_ref();
+        self.shared
+            .check_broker(&request, "Heartbeat", (&r.cluster, &r.group, r.node_id))?;
         let hb = request.into_inner();
         self.shared.counters.heartbeats.inc();
         check_heartbeat(&hb)?;
@@ -164,6 +201,9 @@ impl NameServer for NameServerService {
     }
 
     async fn unregister(&self, request: Request<UnregisterRequest>) -> Result<Response<UnregisterReply>, Status> {
+        let r = request.get_ref();
+        self.shared
+            .check_broker(&request, "Unregister", (&r.cluster, &r.group, r.node_id))?;
         let req = request.into_inner();
         validate::name("group", &req.group)?;
         let changed = self.shared.table().unregister(&req.group, req.node_id);

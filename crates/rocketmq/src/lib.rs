@@ -82,6 +82,19 @@ pub trait Backend: Send + Sync + 'static {
         Err(Fail::illegal_access_point())
     }
 
+    /// Whether the caller of a request named `what` holds every need: checks the signature
+    /// RocketMQ 5 clients send and the caller's rights. Every node passes everything by
+    /// default (a NameServer, a broker without `auth`).
+    fn authorize(
+        &self,
+        _md: &tonic::metadata::MetadataMap,
+        _caller: Option<std::net::SocketAddr>,
+        _what: &str,
+        _needs: &[raftmq_common::auth::Need<'_>],
+    ) -> Result<(), Fail> {
+        Ok(())
+    }
+
     /// The broker group this node belongs to; `None` on a NameServer.
     fn own_group(&self) -> Option<&str> {
         None

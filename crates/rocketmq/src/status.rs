@@ -42,7 +42,8 @@ impl Fail {
             ErrorCode::StaleHandle => Code::InvalidReceiptHandle,
             ErrorCode::AlreadyDelivered => Code::BadRequest,
             ErrorCode::TransactionEnded => Code::BadRequest,
-            ErrorCode::NoPermission => Code::Forbidden,
+            ErrorCode::NoPermission | ErrorCode::Forbidden => Code::Forbidden,
+            ErrorCode::Unauthenticated => Code::Unauthorized,
             ErrorCode::MessageTooLarge => Code::MessageBodyTooLarge,
             // Outcome unknown: the write may have been stored.
             ErrorCode::Timeout => Code::ProxyTimeout,

@@ -179,6 +179,8 @@ pub fn apply_request(
                 client_id,
                 queues,
             } => crate::groups::unlock_queues(db, state, batch, (group, topic, client_id), queues),
+            Command::PutUser(user) => crate::users::put(db, state, batch, user),
+            Command::DeleteUser { access_key } => crate::users::delete(db, state, batch, access_key),
             Command::TxnChecked { txn, next_after_ms } => {
                 crate::txns::checked(db, state, batch, &at(position), txn, *next_after_ms)
             }

@@ -28,6 +28,7 @@ pub mod state_machine;
 pub mod timers;
 pub mod txns;
 pub mod types;
+pub mod users;
 
 use std::path::{Path, PathBuf};
 

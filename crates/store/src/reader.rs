@@ -190,6 +190,16 @@ impl StoreReader {
         self.shared.read().known_nodes.clone()
     }
 
+    /// A user, by access key.
+    pub fn user(&self, access_key: &str) -> Option<raftmq_common::auth::User> {
+        self.shared.read().users.get(access_key).cloned()
+    }
+
+    /// Every user, by access key.
+    pub fn users(&self) -> Vec<raftmq_common::auth::User> {
+        self.shared.read().users.values().cloned().collect()
+    }
+
     /// Every group with settings of its own.
     pub fn groups(&self) -> Vec<crate::groups::GroupConfig> {
         self.shared.read().groups.values().cloned().collect()

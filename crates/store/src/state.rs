@@ -99,6 +99,8 @@ pub struct SmState {
     /// Every node id that has been in the group's membership, with its last known addresses:
     /// an id once used is never given to another node.
     pub known_nodes: BTreeMap<crate::NodeId, crate::BrokerNode>,
+    /// Users and their rights, by access key.
+    pub users: BTreeMap<String, raftmq_common::auth::User>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -175,6 +177,12 @@ impl SmState {
                 state
                     .known_nodes
                     .insert(id, codec::decode(&value, || format!("known node {id}"))?);
+                continue;
+            }
+            if let Some(name) = key.strip_prefix(crate::users::USER_PREFIX) {
+                let name = String::from_utf8_lossy(name).into_owned();
+                let user = codec::decode(&value, || format!("user {name}"))?;
+                state.users.insert(name, user);
                 continue;
             }
             if key.starts_with(crate::groups::LOCK_PREFIX) {

@@ -222,6 +222,10 @@ pub enum Command {
         client_id: String,
         queues: Vec<u32>,
     },
+    /// Creates a user or replaces its secret key and rights.
+    PutUser(raftmq_common::auth::User),
+    /// Deletes a user.
+    DeleteUser { access_key: String },
 }
 
 impl Command {

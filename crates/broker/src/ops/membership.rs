@@ -227,6 +227,15 @@ fn check_new(state: &BrokerState, before: &pb::Membership, new: &NewNode) -> Res
     Ok(())
 }
 
+/// A call to another node's client port, with the cluster secret's proof when auth is on.
+fn peer_call<T>(state: &BrokerState, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(proof) = state.guard.peer_call_proof().and_then(|p| p.parse().ok()) {
+        request.metadata_mut().insert(raftmq_common::auth::PEER, proof);
+    }
+    request
+}
+
 fn client_of(addr: &str) -> Result<raftmq_proto::broker_client::BrokerClient<tonic::transport::Channel>, Error> {
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| ErrorCode::InvalidArgument.err(format!("address {addr}: {e}")))?
@@ -246,7 +255,7 @@ async fn probe_new(state: &BrokerState, before: &pb::Membership, new: &NewNode) 
         ))
     };
     let reply = client_of(&new.node.client_addr)?
-        .get_membership(pb::GetMembershipRequest {})
+        .get_membership(peer_call(state, pb::GetMembershipRequest {}))
         .await
         .map_err(|e| unreachable(format!("client address {}: {}", new.node.client_addr, e.message())))?
         .into_inner();
@@ -329,7 +338,7 @@ async fn live_majority(
         Some(async move {
             let status = client_of(&addr)
                 .ok()?
-                .get_node_status(pb::NodeStatusRequest {})
+                .get_node_status(peer_call(state, pb::NodeStatusRequest {}))
                 .await
                 .ok()?
                 .into_inner();

@@ -14,6 +14,7 @@ pub mod retry;
 pub mod send;
 pub mod topics;
 pub mod txn;
+pub mod users;
 
 /// The part after `group@` of a handle this broker group gave out (a recall handle, a
 /// transaction id): `INVALID_ARGUMENT` naming `field` when it has no group, or another group's.

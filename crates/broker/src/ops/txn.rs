@@ -179,6 +179,13 @@ pub async fn end(state: &BrokerState, id: &str, resolution: Resolution) -> Resul
 }
 
 /// Pending transactions of this group, oldest first (for operators).
+/// The topic of a pending transaction's half message, as this node has applied it (`None` for
+/// an id that is not ours, or a transaction ended or not applied here yet).
+pub fn topic_of(state: &BrokerState, id: &str) -> Option<String> {
+    let txn = parse_transaction_id(state, id).ok()?;
+    state.reader.pending_txn(&txn).ok().flatten().map(|half| half.topic)
+}
+
 pub fn pending(state: &BrokerState, limit: usize) -> Result<Vec<(String, Half)>, Error> {
     Ok(state
         .reader

@@ -2,6 +2,7 @@
 //! single messages. Each parses nothing itself (clap does, in `main.rs`) and prints a table or,
 //! with `--json`, JSON.
 
+pub(crate) mod acl;
 pub(crate) mod cluster;
 pub(crate) mod dlq;
 pub(crate) mod group;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use raftmq_client::{Admin, Client, ClientConfig};
+use raftmq_client::{Admin, Client};
 use raftmq_proto as pb;
 
 mod cluster;
@@ -119,7 +119,7 @@ pub async fn run(namesrv: &[String], args: ChaosArgs, as_json: bool) -> anyhow::
     eprintln!("chaos: seed {seed} (replay with --seed {seed})");
     let faults = faults(&args)?;
     let mut rng = Rng(seed);
-    let client = Client::new(ClientConfig::new(namesrv.to_vec()))?;
+    let client = Client::new(crate::client_config(namesrv))?;
     let admin = Admin::new(client.clone());
     let info = routed_group(&admin, &args.group, 3).await?;
     let end = Instant::now() + Duration::from_secs(30);

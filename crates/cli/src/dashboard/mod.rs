@@ -23,7 +23,7 @@ use axum::routing::get;
 use axum::Router;
 use clap::Args;
 use raftmq_client::admin::ResetTo;
-use raftmq_client::{Admin, Client, ClientConfig, Error, MessageQueue, ReadPreference};
+use raftmq_client::{Admin, Client, Error, MessageQueue, ReadPreference};
 use serde_json::{json, Value};
 
 use crate::messaging::message_json;
@@ -43,7 +43,7 @@ pub(crate) struct DashboardArgs {
 }
 
 pub(crate) async fn run(namesrv: &[String], timeout: Duration, args: DashboardArgs) -> anyhow::Result<()> {
-    let mut config = ClientConfig::new(namesrv.to_vec());
+    let mut config = crate::client_config(namesrv);
     config.request_timeout = timeout;
     config.send_timeout = timeout;
     let admin = Admin::new(Client::new(config)?);

@@ -57,7 +57,7 @@ impl PullConsumer {
     /// Calls `call` on the nodes of a group in read-preference order until one answers.
     async fn read<T, F, Fut>(&self, topic: &str, group: &str, mut call: F) -> Result<T, Error>
     where
-        F: FnMut(raftmq_proto::broker_client::BrokerClient<tonic::transport::Channel>) -> Fut,
+        F: FnMut(raftmq_proto::broker_client::BrokerClient<crate::Transport>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let mut route = self.client.route(topic).await?;
@@ -191,7 +191,7 @@ impl PullConsumer {
     /// Calls `call` on the master of a broker group holding `topic`, following `NOT_MASTER`.
     async fn on_master<T, F, Fut>(&self, topic: &str, group: &str, mut call: F) -> Result<T, Error>
     where
-        F: FnMut(raftmq_proto::broker_client::BrokerClient<tonic::transport::Channel>) -> Fut,
+        F: FnMut(raftmq_proto::broker_client::BrokerClient<crate::Transport>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let route = self.client.route(topic).await?;

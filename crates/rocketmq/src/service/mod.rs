@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
+use raftmq_common::auth::Need;
 use raftmq_common::shutdown::Stopping;
 use raftmq_common::time::now_ms;
 use raftmq_common::validate;
@@ -76,6 +77,34 @@ impl<B: Backend> MessagingService<B> {
     }
 }
 
+impl<B: Backend> MessagingService<B> {
+    /// Checks a consumer request's group and topic names, then that its caller may consume
+    /// the topic for the group.
+    fn group_and_topic(
+        &self,
+        md: &MetadataMap,
+        caller: Option<std::net::SocketAddr>,
+        what: &str,
+        namespace: &str,
+        (group, topic): (&Option<v2::Resource>, &Option<v2::Resource>),
+    ) -> Result<(), Fail> {
+        let group = check_group(namespace, group.as_ref())?;
+        let topic = check_topic(namespace, topic.as_ref())?;
+        self.allow(md, caller, what, &[Need::Group(&group), Need::Subscribe(&topic)])
+    }
+
+    /// Lets a request named `what` through if its caller holds every need (the backend's rules).
+    fn allow(
+        &self,
+        md: &MetadataMap,
+        caller: Option<std::net::SocketAddr>,
+        what: &str,
+        needs: &[Need<'_>],
+    ) -> Result<(), Fail> {
+        self.backend.authorize(md, caller, what, needs)
+    }
+}
+
 /// The request's namespace: from the resource when it names one, else the header.
 fn namespace_of(md: &MetadataMap, resource: Option<&v2::Resource>) -> String {
     match resource {
@@ -119,9 +148,11 @@ fn receive_status(status: v2::Status) -> v2::ReceiveMessageResponse {
 #[tonic::async_trait]
 impl<B: Backend> Service for MessagingService<B> {
     async fn query_route(&self, request: Request<v2::QueryRouteRequest>) -> Reply<v2::QueryRouteResponse> {
+        let caller = request.remote_addr();
         let (md, _, req) = request.into_parts();
         let namespace = namespace_of(&md, req.topic.as_ref());
         let answer = async {
+            self.allow(&md, caller, "QueryRoute", &[Need::Known])?;
             let name = check_topic(&namespace, req.topic.as_ref())?;
             let route = self.backend.route(&name).await?;
             let mut echoed = req.topic.clone().unwrap_or_default();
@@ -147,11 +178,16 @@ impl<B: Backend> Service for MessagingService<B> {
         }))
     }
 
-    async fn heartbeat(&self, _request: Request<v2::HeartbeatRequest>) -> Reply<v2::HeartbeatResponse> {
-        Ok(Response::new(v2::HeartbeatResponse { status: Some(ok()) }))
+    async fn heartbeat(&self, request: Request<v2::HeartbeatRequest>) -> Reply<v2::HeartbeatResponse> {
+        let status = match self.allow(request.metadata(), request.remote_addr(), "Heartbeat", &[Need::Known]) {
+            Ok(()) => ok(),
+            Err(f) => f.status(),
+        };
+        Ok(Response::new(v2::HeartbeatResponse { status: Some(status) }))
     }
 
     async fn send_message(&self, request: Request<v2::SendMessageRequest>) -> Reply<v2::SendMessageResponse> {
+        let caller = request.remote_addr();
         let (md, _, req) = request.into_parts();
         let fail = |f: Fail| {
             Ok(Response::new(v2::SendMessageResponse {
@@ -175,6 +211,14 @@ impl<B: Backend> Service for MessagingService<B> {
                 Err(f) => return fail(f),
             }
         }
+        if let Err(f) = self.allow(
+            &md,
+            caller,
+            "SendMessage",
+            &[Need::Publish(topic.as_deref().unwrap_or_default())],
+        ) {
+            return fail(f);
+        }
         match self.route_write(&md).await {
             Err(f) => fail(f),
             Ok(Some(master)) => forward!(self, md, master, req, send_message).map(strip).or_else(fail),
@@ -192,11 +236,18 @@ impl<B: Backend> Service for MessagingService<B> {
         &self,
         request: Request<v2::QueryAssignmentRequest>,
     ) -> Reply<v2::QueryAssignmentResponse> {
+        let caller = request.remote_addr();
         let (md, _, req) = request.into_parts();
         let namespace = namespace_of(&md, req.topic.as_ref());
         let answer = async {
             let name = check_topic(&namespace, req.topic.as_ref())?;
-            check_group(&namespace_of(&md, req.group.as_ref()), req.group.as_ref())?;
+            let group = check_group(&namespace_of(&md, req.group.as_ref()), req.group.as_ref())?;
+            self.allow(
+                &md,
+                caller,
+                "QueryAssignment",
+                &[Need::Group(&group), Need::Subscribe(&name)],
+            )?;
             let route = self.backend.route(&name).await?;
             let mut echoed = req.topic.clone().unwrap_or_default();
             echoed.resource_namespace = namespace.clone();
@@ -217,10 +268,19 @@ impl<B: Backend> Service for MessagingService<B> {
     type ReceiveMessageStream = BoxStream<v2::ReceiveMessageResponse>;
 
     async fn receive_message(&self, request: Request<v2::ReceiveMessageRequest>) -> Reply<Self::ReceiveMessageStream> {
+        let caller = request.remote_addr();
         let (md, _, req) = request.into_parts();
         let topic = req.message_queue.as_ref().and_then(|q| q.topic.as_ref());
         let namespace = namespace_of(&md, req.group.as_ref().or(topic));
-        let checked = check_group(&namespace, req.group.as_ref()).and_then(|_| check_topic(&namespace, topic));
+        let checked = check_group(&namespace, req.group.as_ref()).and_then(|group| {
+            let topic = check_topic(&namespace, topic)?;
+            self.allow(
+                &md,
+                caller,
+                "ReceiveMessage",
+                &[Need::Group(&group), Need::Subscribe(&topic)],
+            )
+        });
         if let Err(f) = checked {
             return Ok(Response::new(one(receive_status(f.status()))));
         }
@@ -278,6 +338,7 @@ impl<B: Backend> Service for MessagingService<B> {
     }
 
     async fn ack_message(&self, request: Request<v2::AckMessageRequest>) -> Reply<v2::AckMessageResponse> {
+        let caller = request.remote_addr();
         let (md, _, req) = request.into_parts();
         let fail = |f: Fail| {
             Ok(Response::new(v2::AckMessageResponse {
@@ -286,9 +347,7 @@ impl<B: Backend> Service for MessagingService<B> {
             }))
         };
         let namespace = namespace_of(&md, req.group.as_ref());
-        if let Err(f) =
-            check_group(&namespace, req.group.as_ref()).and_then(|_| check_topic(&namespace, req.topic.as_ref()))
-        {
+        if let Err(f) = self.group_and_topic(&md, caller, "AckMessage", &namespace, (&req.group, &req.topic)) {
             return fail(f);
         }
         if req.entries.is_empty() {
@@ -311,6 +370,7 @@ impl<B: Backend> Service for MessagingService<B> {
         &self,
         request: Request<v2::ForwardMessageToDeadLetterQueueRequest>,
     ) -> Reply<v2::ForwardMessageToDeadLetterQueueResponse> {
+        let caller = request.remote_addr();
         let (md, _, req) = request.into_parts();
         let answer = |r: Result<(), Fail>| {
             Ok(Response::new(v2::ForwardMessageToDeadLetterQueueResponse {
@@ -321,9 +381,8 @@ impl<B: Backend> Service for MessagingService<B> {
             }))
         };
         let namespace = namespace_of(&md, req.group.as_ref());
-        if let Err(f) =
-            check_group(&namespace, req.group.as_ref()).and_then(|_| check_topic(&namespace, req.topic.as_ref()))
-        {
+        let what = "ForwardMessageToDeadLetterQueue";
+        if let Err(f) = self.group_and_topic(&md, caller, what, &namespace, (&req.group, &req.topic)) {
             return answer(Err(f));
         }
         match self.route_write(&md).await {
@@ -366,6 +425,7 @@ impl<B: Backend> Service for MessagingService<B> {
     }
 
     async fn end_transaction(&self, request: Request<v2::EndTransactionRequest>) -> Reply<v2::EndTransactionResponse> {
+        let caller = request.remote_addr();
         let (md, _, req) = request.into_parts();
         let answer = |r: Result<(), Fail>| {
             Ok(Response::new(v2::EndTransactionResponse {
@@ -380,6 +440,9 @@ impl<B: Backend> Service for MessagingService<B> {
             Ok(topic) => topic,
             Err(f) => return answer(Err(f)),
         };
+        if let Err(f) = self.allow(&md, caller, "EndTransaction", &[Need::Publish(&topic)]) {
+            return answer(Err(f));
+        }
         let target = self.backend.transaction_target(&topic, &req.transaction_id).await;
         match self.route_to(&md, target) {
             Err(f) => answer(Err(f)),
@@ -393,6 +456,13 @@ impl<B: Backend> Service for MessagingService<B> {
     type TelemetryStream = BoxStream<v2::TelemetryCommand>;
 
     async fn telemetry(&self, request: Request<Streaming<v2::TelemetryCommand>>) -> Reply<Self::TelemetryStream> {
+        let (md, caller) = (request.metadata().clone(), request.remote_addr());
+        if let Err(f) = self.allow(&md, caller, "Telemetry", &[Need::Known]) {
+            return Ok(Response::new(one(v2::TelemetryCommand {
+                status: Some(f.status()),
+                command: None,
+            })));
+        }
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let mut stop = self.stop.clone();
@@ -421,7 +491,17 @@ impl<B: Backend> Service for MessagingService<B> {
                             .topics
                             .iter()
                             .map(|t| full_name(&t.resource_namespace, &t.name))
-                            .collect();
+                            .collect::<Vec<String>>();
+                        // Transaction checks show the half messages of these topics.
+                        let needs: Vec<Need> = topics.iter().map(|t| Need::Publish(t)).collect();
+                        if let Err(f) = backend.authorize(&md, caller, "Telemetry", &needs) {
+                            let refused = v2::TelemetryCommand {
+                                status: Some(f.status()),
+                                command: None,
+                            };
+                            let _ = tx.send(Ok(refused)).await;
+                            break;
+                        }
                         let namespace = publishing
                             .topics
                             .first()
@@ -468,10 +548,15 @@ impl<B: Backend> Service for MessagingService<B> {
 
     async fn notify_client_termination(
         &self,
-        _request: Request<v2::NotifyClientTerminationRequest>,
+        request: Request<v2::NotifyClientTerminationRequest>,
     ) -> Reply<v2::NotifyClientTerminationResponse> {
+        let what = "NotifyClientTermination";
+        let status = match self.allow(request.metadata(), request.remote_addr(), what, &[Need::Known]) {
+            Ok(()) => ok(),
+            Err(f) => f.status(),
+        };
         Ok(Response::new(v2::NotifyClientTerminationResponse {
-            status: Some(ok()),
+            status: Some(status),
         }))
     }
 
@@ -479,6 +564,7 @@ impl<B: Backend> Service for MessagingService<B> {
         &self,
         request: Request<v2::ChangeInvisibleDurationRequest>,
     ) -> Reply<v2::ChangeInvisibleDurationResponse> {
+        let caller = request.remote_addr();
         let (md, _, req) = request.into_parts();
         let answer = |r: Result<String, Fail>| {
             Ok(Response::new(match r {
@@ -493,9 +579,8 @@ impl<B: Backend> Service for MessagingService<B> {
             }))
         };
         let namespace = namespace_of(&md, req.group.as_ref());
-        if let Err(f) =
-            check_group(&namespace, req.group.as_ref()).and_then(|_| check_topic(&namespace, req.topic.as_ref()))
-        {
+        let what = "ChangeInvisibleDuration";
+        if let Err(f) = self.group_and_topic(&md, caller, what, &namespace, (&req.group, &req.topic)) {
             return answer(Err(f));
         }
         match self.route_write(&md).await {
@@ -508,6 +593,7 @@ impl<B: Backend> Service for MessagingService<B> {
     }
 
     async fn recall_message(&self, request: Request<v2::RecallMessageRequest>) -> Reply<v2::RecallMessageResponse> {
+        let caller = request.remote_addr();
         let (md, _, req) = request.into_parts();
         let answer = |r: Result<String, Fail>| {
             Ok(Response::new(match r {
@@ -526,6 +612,9 @@ impl<B: Backend> Service for MessagingService<B> {
             Ok(topic) => topic,
             Err(f) => return answer(Err(f)),
         };
+        if let Err(f) = self.allow(&md, caller, "RecallMessage", &[Need::Publish(&topic)]) {
+            return answer(Err(f));
+        }
         let target = self.backend.recall_target(&topic, &req.recall_handle).await;
         match self.route_to(&md, target) {
             Err(f) => answer(Err(f)),
