@@ -387,6 +387,8 @@ fn chaos(cluster: &ScriptCluster, extra: &[&str]) {
         extra.join(" ")
     );
     assert!(out.contains(", lost 0, duplicates 0"), "{out}");
+    // The rounds and the verdict, in the test's output (shown with --nocapture, and on failure).
+    println!("{out}");
 }
 
 /// `raftmq bench` reports exactly what it sent and read, with a latency sample per send, and
