@@ -1,15 +1,14 @@
 #!/usr/bin/env bash
 # What security costs, from release binaries, in one run: sync sends (1 in flight) and
 # pipelined sends (window 256) of 1 KiB on the small cluster (1 NameServer, 1 group of 3 nodes,
-# fsync before acknowledgement), open and secured (`cluster.sh up --secure`: the cluster
+# fsync before acknowledgement), open and secured (`cluster.sh up --secure`: TLS on the client ports, the cluster
 # secret on every Raft message and heartbeat, every client request signed and checked against
 # the group's users), alternating, RUNS times each. Prints every run, then per case the median
 # and the worst of the runs.
 #
 #   scripts/bench-security.sh [--runs N] [--duration SECONDS]
 #
-# The cluster runs under $RAFTMQ_BENCH_HOME (default .bench) and is removed at the end. TLS is
-# not built yet, so it is not measured here.
+# The cluster runs under $RAFTMQ_BENCH_HOME (default .bench) and is removed at the end.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RUNS=3
@@ -38,10 +37,10 @@ for run in $(seq 1 "$RUNS"); do
     for mode in open secure; do
         if [ "$mode" = secure ]; then
             "$CLUSTER" up --secure "$ROOT/cluster-config/small" >/dev/null
-            export RAFTMQ_CREDENTIALS=$RAFTMQ_HOME/secrets/admin.toml
+            export RAFTMQ_CREDENTIALS=$RAFTMQ_HOME/secrets/admin.toml RAFTMQ_TLS_CA=$RAFTMQ_HOME/secrets/ca.pem
         else
             "$CLUSTER" up "$ROOT/cluster-config/small" >/dev/null
-            unset RAFTMQ_CREDENTIALS
+            unset RAFTMQ_CREDENTIALS RAFTMQ_TLS_CA
         fi
         R topic create BenchTopic --queues 8 >/dev/null
         for window in 1 256; do

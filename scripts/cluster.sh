@@ -5,9 +5,10 @@
 #                                          start every node of CONFIG_DIR (default cluster-config/local);
 #                                          --netns (root): each node in a network namespace of its own;
 #                                          --lazyfs (root): the data on a FUSE filesystem that power-off empties of unsynced writes;
-#                                          --secure: a new cluster secret and admin (under $RAFTMQ_HOME/secrets), peer
-#                                          authentication and auth = true on every node (docs/security.md); the
-#                                          script's own CLI calls use the admin's credentials
+#                                          --secure: a new cluster secret, admin, CA and node certificate (under
+#                                          $RAFTMQ_HOME/secrets): peer authentication, auth = true and TLS on every
+#                                          node (docs/security.md); the script's own CLI calls sign as the admin and
+#                                          trust the CA
 #   scripts/cluster.sh down [--purge]      stop every node (SIGTERM, then SIGKILL after 10 s); --purge deletes data and logs
 #   scripts/cluster.sh status              which nodes run, and the cluster as the NameServer sees it
 #   scripts/cluster.sh kill NODE           SIGKILL one node (e.g. broker-a-1)
@@ -210,22 +211,46 @@ stop_pid() {
 # (brokers: peer authentication and auth; NameServers: peer authentication). Kept until
 # `down --purge`, so restarted nodes keep the same secrets.
 secure_setup() {
-    local s=$RUN/secrets
+    local dir=$1 s=$RUN/secrets sans ip tls
     [ -f "$s/broker-security.toml" ] && return 0
+    command -v openssl >/dev/null || die "--secure needs openssl (scripts/install-deps.sh installs it)"
     mkdir -p "$s"
     chmod 700 "$s"
     head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$s/cluster.secret"
     printf 'access-key = "admin"\nsecret-key = "%s"\n' "$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')" > "$s/admin.toml"
-    chmod 600 "$s/cluster.secret" "$s/admin.toml"
-    printf 'cluster-secret-file = "%s"\n' "$s/cluster.secret" > "$s/namesrv-security.toml"
-    printf 'cluster-secret-file = "%s"\nauth = true\nadmin-credentials-file = "%s"\n' "$s/cluster.secret" "$s/admin.toml" \
-        > "$s/broker-security.toml"
+    # One CA and one certificate for every node: its names are every address of the config dir
+    # (and, in a --netns cluster, every address of its subnet, for nodes added later).
+    sans="DNS:localhost,IP:127.0.0.1"
+    for ip in $(grep -ho '"[0-9.]*:[0-9]*"' "$dir"/*.toml | tr -d '"' | cut -d: -f1 | sort -u); do
+        [ "$ip" = 127.0.0.1 ] || sans+=",IP:$ip"
+    done
+    if [ -d "$RUN/netns" ]; then
+        for ip in $(seq 1 254); do sans+=",IP:$NET_PREFIX.$ip"; done
+    fi
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+        -subj "/CN=raftmq local CA" -keyout "$s/ca.key" -out "$s/ca.pem" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=raftmq node" \
+        -keyout "$s/node.key" -out "$s/node.csr" 2>/dev/null
+    printf 'subjectAltName=%s\n' "$sans" > "$s/node.ext"
+    openssl x509 -req -in "$s/node.csr" -CA "$s/ca.pem" -CAkey "$s/ca.key" -CAcreateserial -days 825 \
+        -extfile "$s/node.ext" -out "$s/node.pem" 2>/dev/null
+    chmod 600 "$s"/*
+    tls=$(printf 'tls-cert-file = "%s"\ntls-key-file = "%s"\ntls-ca-file = "%s"\n' "$s/node.pem" "$s/node.key" "$s/ca.pem")
+    printf 'cluster-secret-file = "%s"\n%s\n' "$s/cluster.secret" "$tls" > "$s/namesrv-security.toml"
+    printf 'cluster-secret-file = "%s"\nauth = true\nadmin-credentials-file = "%s"\n%s\n' \
+        "$s/cluster.secret" "$s/admin.toml" "$tls" > "$s/broker-security.toml"
 }
 
-# The script's own CLI calls sign as the admin of a --secure cluster.
-if [ -f "$RUN/secrets/admin.toml" ] && [ -z "${RAFTMQ_CREDENTIALS:-}" ]; then
-    export RAFTMQ_CREDENTIALS=$RUN/secrets/admin.toml
-fi
+# The script's own CLI calls sign as the admin of a --secure cluster, and trust its CA.
+secure_env() {
+    if [ -f "$RUN/secrets/admin.toml" ] && [ -z "${RAFTMQ_CREDENTIALS:-}" ]; then
+        export RAFTMQ_CREDENTIALS=$RUN/secrets/admin.toml
+    fi
+    if [ -f "$RUN/secrets/ca.pem" ] && [ -z "${RAFTMQ_TLS_CA:-}" ]; then
+        export RAFTMQ_TLS_CA=$RUN/secrets/ca.pem
+    fi
+}
+secure_env
 
 # The groups of a config dir with their node counts: broker-a:3,broker-b:3
 expected_groups() {
@@ -337,8 +362,8 @@ cmd_up() {
     mkdir -p "$RUN"
     echo "$dir" > "$RUN/config-dir"
     if [ -n "$secure" ]; then
-        secure_setup
-        export RAFTMQ_CREDENTIALS=$RUN/secrets/admin.toml
+        secure_setup "$dir"
+        secure_env
     elif [ -f "$RUN/secrets/broker-security.toml" ]; then
         die "the cluster in $RUN was secured; run up --secure, or down --purge first"
     fi
@@ -363,8 +388,8 @@ cmd_up() {
     echo "NameServers: $(namesrv_addrs "$dir" | paste -sd, -)"
     echo "logs: $RUN/logs   data: $RUN/data   pids: $RUN/pids"
     if [ -n "$secure" ]; then
-        echo "secured: admin credentials in $RUN/secrets/admin.toml"
-        echo "try:  RAFTMQ_CREDENTIALS=$RUN/secrets/admin.toml $(bin_dir)/raftmq --namesrv $(namesrv_addrs "$dir" | paste -sd, -) topic create TopicTest"
+        echo "secured: admin credentials in $RUN/secrets/admin.toml, CA in $RUN/secrets/ca.pem"
+        echo "try:  RAFTMQ_CREDENTIALS=$RUN/secrets/admin.toml RAFTMQ_TLS_CA=$RUN/secrets/ca.pem $(bin_dir)/raftmq --namesrv $(namesrv_addrs "$dir" | paste -sd, -) topic create TopicTest"
     else
         echo "try:  $(bin_dir)/raftmq --namesrv $(namesrv_addrs "$dir" | paste -sd, -) topic create TopicTest"
     fi

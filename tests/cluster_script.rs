@@ -331,7 +331,8 @@ async fn real_partitions_and_a_power_loss_lose_no_acknowledged_message() {
 }
 
 /// The chaos suite on a secured cluster (`cluster.sh up --secure`: a cluster secret on every
-/// node, auth on the brokers, the suite signing as the admin): kills, partitions, transfers and
+/// node, auth on the brokers, TLS on every client-facing port, the suite signing as the admin
+/// and trusting the CA): kills, partitions, transfers and
 /// a replaced node lose nothing acknowledged, and every round's service comes back in time, with
 /// every Raft message and heartbeat proved and every client request signed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -347,13 +348,30 @@ async fn a_chaos_run_on_a_secured_cluster_loses_no_acknowledged_message() {
         },
     );
     assert!(cluster.admin_credentials().is_some(), "--secure made no admin");
-    // Unsigned, the same CLI is refused.
-    let out = std::process::Command::new(raftmq_testkit::binary("raftmq"))
-        .args(["--namesrv", &cluster.namesrv_list(), "topic", "create", "Unsigned"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("UNAUTHENTICATED"), "{err}");
+    let ca = cluster.tls_ca().expect("--secure made a CA");
+    // Over TLS but unsigned, the same CLI is refused; in plaintext it reaches nothing.
+    let unsigned = |tls: bool| {
+        let mut command = std::process::Command::new(raftmq_testkit::binary("raftmq"));
+        command.args([
+            "--namesrv",
+            &cluster.namesrv_list(),
+            "--timeout-ms",
+            "1000",
+            "topic",
+            "create",
+            "Unsigned",
+        ]);
+        if tls {
+            command.arg("--tls-ca").arg(&ca);
+        }
+        let out = command.output().unwrap();
+        assert!(!out.status.success(), "an unsigned topic create succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = unsigned(true);
+    assert!(err.contains("UNAUTHENTICATED"), "{err}");
+    let err = unsigned(false);
+    assert!(err.contains("UNAVAILABLE") || err.contains("TIMEOUT"), "{err}");
     chaos(
         &cluster,
         &[

@@ -121,6 +121,14 @@ fn a_machine_without_ip_needs_iproute2() {
 }
 
 #[test]
+fn a_machine_without_openssl_needs_it() {
+    let m = FakeMachine::new();
+    assert_eq!(m.decide("deps_need_openssl"), "openssl");
+    m.command("openssl", "exit 0");
+    assert_eq!(m.decide("deps_need_openssl"), "");
+}
+
+#[test]
 fn a_machine_without_chromium_needs_it_and_its_driver() {
     let m = FakeMachine::new();
     assert_eq!(m.decide("deps_need_browser"), "chromium chromium-driver");

@@ -306,9 +306,12 @@ impl ScriptCluster {
             .args(args)
             .env("RAFTMQ_HOME", self.home.path().join("run"))
             .env("RAFTMQ_BIN_DIR", binary("raftmq").parent().expect("bin dir"));
-        // A `--secure` cluster: sign as its admin.
+        // A `--secure` cluster: sign as its admin, trust its CA.
         if let Some(admin) = self.admin_credentials() {
             command.env("RAFTMQ_CREDENTIALS", admin);
+        }
+        if let Some(ca) = self.tls_ca() {
+            command.env("RAFTMQ_TLS_CA", ca);
         }
         let out = command.output().expect("run raftmq");
         (
@@ -323,6 +326,12 @@ impl ScriptCluster {
     /// The admin credentials file of a cluster started with `--secure`.
     pub fn admin_credentials(&self) -> Option<PathBuf> {
         let path = self.home.path().join("run/secrets/admin.toml");
+        path.exists().then_some(path)
+    }
+
+    /// The CA of a cluster started with `--secure` (its ports serve TLS).
+    pub fn tls_ca(&self) -> Option<PathBuf> {
+        let path = self.home.path().join("run/secrets/ca.pem");
         path.exists().then_some(path)
     }
 }

@@ -343,38 +343,77 @@ async fn deliveries_in_flight_survive_a_master_kill() {
     eprintln!("POP deliveries across a master kill: {result}");
 }
 
-/// A group with `auth = true`: the Python client signs with the access key and secret key of
-/// a user the SDK created (with the bootstrap admin's credentials), sends and receives; the
-/// same client with a wrong secret key is refused UNAUTHORIZED, and a
-/// consumer group the user has no rights for FORBIDDEN.
+/// A secured cluster, all of it at once: TLS on the NameServer's and brokers' ports (Raft on
+/// ports of its own, with the cluster secret), `auth = true`. The Python client connects over
+/// TLS (trusting the test's CA) and signs with the access key and secret key of a user the SDK
+/// created (with the bootstrap admin's credentials); it sends and receives. The same client
+/// with a wrong secret key is refused UNAUTHORIZED, and a consumer group the user has no rights
+/// for FORBIDDEN.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_python_client_with_credentials_works_on_a_secured_group_and_a_wrong_key_is_refused() {
+async fn the_python_client_with_tls_and_credentials_works_on_a_secured_cluster_and_a_wrong_key_is_refused() {
     use raftmq_common::auth::{right, Credentials, User};
+    use raftmq_testkit::certs::{write, TestCa};
     require_client();
     let keys = tempfile::tempdir().unwrap();
-    let secret_file = keys.path().join("cluster.secret");
-    std::fs::write(&secret_file, "python-test-cluster-secret").unwrap();
-    let admin_file = keys.path().join("admin.toml");
-    std::fs::write(
-        &admin_file,
-        "access-key = \"root\"\nsecret-key = \"root-secret-0123\"\n",
-    )
-    .unwrap();
+    let dir = keys.path();
+    let ca = TestCa::new("raftmq test CA");
+    let (cert, key) = ca.leaf("raftmq node");
     let security = raftmq_common::security::SecurityConfig {
-        cluster_secret_file: Some(secret_file),
+        cluster_secret_file: Some(write(dir, "cluster.secret", "python-test-cluster-secret")),
         auth: true,
-        admin_credentials_file: Some(admin_file),
+        admin_credentials_file: Some(write(
+            dir,
+            "admin.toml",
+            "access-key = \"root\"\nsecret-key = \"root-secret-0123\"\n",
+        )),
+        tls_cert_file: Some(write(dir, "node.pem", &cert)),
+        tls_key_file: Some(write(dir, "node.key", &key)),
+        tls_ca_file: Some(write(dir, "ca.pem", &ca.pem)),
         ..Default::default()
     };
-    let group = raftmq_testkit::Group::start(3, |c| c.security = security.clone()).await;
+    let namesrv = raftmq_namesrv::NameServer::start(&raftmq_namesrv::NamesrvConfig {
+        listen: "127.0.0.1:0".into(),
+        scan_interval_ms: 100,
+        security: raftmq_common::security::SecurityConfig {
+            auth: false,
+            admin_credentials_file: None,
+            ..security.clone()
+        },
+        ..Default::default()
+    })
+    .await
+    .expect("a TLS NameServer");
+    let ns = namesrv.addr().to_string();
+    // Raft on ports of its own: the client ports serve TLS only.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    let raft: Vec<String> = held.iter().map(|l| l.local_addr().unwrap().to_string()).collect();
+    drop(held);
+    let group = raftmq_testkit::Group::start_named(3, "broker-a", &ns, |c| {
+        for (m, addr) in c.members.iter_mut().zip(&raft) {
+            m.raft_addr = addr.clone();
+        }
+        c.security = security.clone();
+    })
+    .await;
     let master = group.wait_for_master(raftmq_testkit::ELECTION).await;
-    let config =
-        ClientConfig::new([group.namesrv_addr()]).with_credentials(Credentials::new("root", "root-secret-0123"));
+    let mut config = ClientConfig::new([ns.clone()]).with_credentials(Credentials::new("root", "root-secret-0123"));
+    config.tls = Some(
+        raftmq_common::tls::ClientFiles {
+            ca: dir.join("ca.pem"),
+            cert: None,
+            key: None,
+        }
+        .load()
+        .unwrap(),
+    );
     let admin = Admin::new(Client::new(config).unwrap());
     admin
         .upsert_topic("V5Secured", 2, 2, raftmq_proto::Permission::ReadWrite, &[])
         .await
-        .expect("the admin creates the topic");
+        .expect("the admin creates the topic over TLS");
     let user = User {
         access_key: "py-app".into(),
         secret_key: "py-app-secret-42".into(),
@@ -386,22 +425,26 @@ async fn the_python_client_with_credentials_works_on_a_secured_group_and_a_wrong
     group.wait_caught_up(master, raftmq_testkit::CATCH_UP).await;
     // Through the NameServer, which answers routes to anyone: the brokers check each send and
     // receive, and the client reports their codes.
-    let endpoint = group.namesrv_addr();
+    let ca_file = dir.join("ca.pem");
     let result = tokio::task::spawn_blocking(move || {
         let mut command = Command::new("python3");
         command
             .arg(script())
-            .args(["secured", &endpoint, "V5Secured", "g-secured"])
+            .args(["secured", &ns, "V5Secured", "g-secured"])
             .env("RAFTMQ_ACCESS_KEY", "py-app")
-            .env("RAFTMQ_SECRET_KEY", "py-app-secret-42");
+            .env("RAFTMQ_SECRET_KEY", "py-app-secret-42")
+            .env("RAFTMQ_TLS", "1")
+            .env("GRPC_DEFAULT_SSL_ROOTS_FILE_PATH", ca_file);
         run_check(command, "official_client.py secured", Duration::from_secs(120))
     })
     .await
     .unwrap();
     assert!(result.contains("\"received\": 5"), "{result}");
+    assert!(result.contains("\"tls\": true"), "{result}");
     assert!(
         result.contains("wrong_key") && result.contains("foreign_group"),
         "{result}"
     );
     group.shutdown().await;
+    namesrv.shutdown().await.unwrap();
 }

@@ -101,9 +101,15 @@ deps_need_browser() {
     echo "${need[*]}"
 }
 
+# `cluster.sh up --secure` makes its CA and node certificate with openssl, which minimal Debian
+# images leave out.
+deps_need_openssl() {
+    deps_find_cmd openssl >/dev/null && echo "" || echo "openssl"
+}
+
 # Every Debian package missing, one line.
 deps_needed() {
     local all
-    all="$(deps_need_libclang) $(deps_need_cxx) $(deps_need_python) $(deps_need_node) $(deps_need_netns) $(deps_need_browser)"
+    all="$(deps_need_libclang) $(deps_need_cxx) $(deps_need_python) $(deps_need_node) $(deps_need_netns) $(deps_need_browser) $(deps_need_openssl)"
     echo $all
 }

@@ -531,15 +531,18 @@ def transaction(endpoint, topic):
 
 def secured(endpoint, topic, group):
     """On a cluster with auth on: the user of the environment sends and receives; a wrong
-    secret key is refused, and so is a consumer group the user has no rights for."""
-    producer = Producer(config(endpoint), (topic,))
+    secret key is refused, and so is a consumer group the user has no rights for. With
+    RAFTMQ_TLS=1 every connection is TLS (grpc reads the CA from GRPC_DEFAULT_SSL_ROOTS_FILE_PATH)."""
+    tls = os.environ.get("RAFTMQ_TLS") == "1"
+    producer = Producer(config(endpoint), (topic,), tls_enable=tls)
     producer.startup()
     sent = {}
     for i in range(5):
         receipt = producer.send(message(topic, f"secured {i}".encode()))
         sent[receipt.message_id] = f"secured {i}".encode()
     producer.shutdown()
-    consumer = SimpleConsumer(config(endpoint), group, {topic: FilterExpression("*")}, await_duration=3)
+    consumer = SimpleConsumer(config(endpoint), group, {topic: FilterExpression("*")}, await_duration=3,
+                              tls_enable=tls)
     consumer.startup()
     got = receive_until(consumer, lambda r: {m.message_id for m in r} >= set(sent), 30)
     check({m.message_id: m.body for m in got} == sent, f"received {[m.body for m in got]}")
@@ -549,7 +552,7 @@ def secured(endpoint, topic, group):
     good = credentials()
     wrong = Credentials(good.ak, good.sk + "x")
     try:
-        bad = Producer(config(endpoint, wrong), (topic,))
+        bad = Producer(config(endpoint, wrong), (topic,), tls_enable=tls)
         bad.startup()
         bad.send(message(topic, b"never stored"))
         fail("a producer with a wrong secret key sent a message")
@@ -557,14 +560,15 @@ def secured(endpoint, topic, group):
         check(type(e).__name__ == "UnauthorizedException" and "UNAUTHENTICATED" in str(e), f"wrong key: {e!r}")
         refusals["wrong_key"] = str(e)[:200]
     try:
-        other = SimpleConsumer(config(endpoint), "not-my-group", {topic: FilterExpression("*")}, await_duration=1)
+        other = SimpleConsumer(config(endpoint), "not-my-group", {topic: FilterExpression("*")}, await_duration=1,
+                               tls_enable=tls)
         other.startup()
         other.receive(1, 10)
         fail("a consumer received for a group it has no rights for")
     except Exception as e:
         check(type(e).__name__ == "ForbiddenException" and "not-my-group" in str(e), f"foreign group: {e!r}")
         refusals["foreign_group"] = str(e)[:200]
-    return {"received": len(got), "refusals": refusals}
+    return {"received": len(got), "refusals": refusals, "tls": tls}
 
 
 def main():

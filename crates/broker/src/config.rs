@@ -264,6 +264,12 @@ impl BrokerConfig {
         raftmq_common::runtime::check_log_level(&self.log_level).map_err(|e| ConfigError::invalid("log-level", e))?;
         self.metrics_bind_addr()?;
         self.security.load()?;
+        if self.security.tls_cert_file.is_some() && self.me().raft_addr == self.me().client_addr {
+            return bad(
+                "security.tls-cert-file",
+                "TLS on the client port needs Raft on a port of its own: give this node a raft-addr other than its client-addr".into(),
+            );
+        }
         Ok(())
     }
 

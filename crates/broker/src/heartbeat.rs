@@ -13,7 +13,7 @@ use raftmq_common::shutdown::Stopping;
 use raftmq_proto::name_server_client::NameServerClient;
 use raftmq_proto::{BrokerHeartbeat, Role, TopicTable, UnregisterRequest};
 use raftmq_store::{BrokerNode, NodeId};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::convert::{role, topic_to_proto};
 use crate::state::BrokerState;
@@ -21,8 +21,11 @@ use crate::state::BrokerState;
 /// Deadline of one heartbeat RPC.
 const RPC_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub(crate) fn connect(addr: &str) -> Option<NameServerClient<Channel>> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+pub(crate) fn connect(
+    addr: &str,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+) -> Option<NameServerClient<Channel>> {
+    let endpoint = raftmq_common::tls::endpoint(addr, tls)
         .ok()?
         .connect_timeout(RPC_TIMEOUT)
         .timeout(RPC_TIMEOUT);
@@ -78,7 +81,7 @@ pub async fn run(state: Arc<BrokerState>, mut stop: Stopping) {
         .config
         .namesrv
         .iter()
-        .filter_map(|addr| connect(addr).map(|c| (addr.clone(), c)))
+        .filter_map(|addr| connect(addr, state.guard.security().client_tls.as_ref()).map(|c| (addr.clone(), c)))
         .collect();
     if clients.is_empty() {
         tracing::warn!("no NameServer configured: clients can only reach this node by its address");

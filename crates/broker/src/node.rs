@@ -97,6 +97,10 @@ impl Broker {
     /// Starts on sockets already bound, with a fault switch shared with a test.
     pub async fn start_with(config: BrokerConfig, listeners: Listeners, faults: Arc<Faults>) -> anyhow::Result<Broker> {
         let security = config.security.load()?;
+        let server_tls = match &security.server_tls {
+            Some(files) => Some(raftmq_common::tls::ServerTls::load(files.clone()).map_err(anyhow::Error::msg)?),
+            None => None,
+        };
         let store_options = StoreOptions {
             flush: match config.flush_mode {
                 config::FlushMode::Sync => FlushMode::Sync,
@@ -217,6 +221,7 @@ impl Broker {
             Arc::new(crate::rocketmq::RocketMqBroker::new(state.clone())),
             stopped.clone(),
         )
+        .with_tls(state.guard.security().client_tls.clone())
         .server();
         let append_server = crate::append_link::AppendServer {
             group: state.config.group.clone(),
@@ -261,10 +266,16 @@ impl Broker {
                     raftmq_metrics::Connections::default()
                 };
                 let incoming = counted.track(incoming);
-                tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
-                    stopped.wait().await;
-                }))
+                let stopping = async move { stopped.wait().await };
+                match &server_tls {
+                    // The client port serves TLS only (validated: Raft has a port of its own).
+                    Some(tls) if client_port => {
+                        tokio::spawn(router.serve_with_incoming_shutdown(tls.clone().accept(incoming), stopping))
+                    }
+                    _ => tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopping)),
+                }
             };
+        let tls_task = server_tls.as_ref().map(|tls| tls.watch(stopped.clone()));
         let mut servers = Vec::new();
         match listeners.raft {
             None => servers.push(serve(
@@ -369,6 +380,7 @@ impl Broker {
                     election_task,
                     first_start_task,
                 ])
+                .chain(tls_task)
                 .collect(),
             servers,
         })

@@ -75,7 +75,7 @@ impl RocketMqBroker {
             .config
             .namesrv
             .iter()
-            .filter_map(|addr| crate::heartbeat::connect(addr))
+            .filter_map(|addr| crate::heartbeat::connect(addr, state.guard.security().client_tls.as_ref()))
             .collect();
         RocketMqBroker { state, namesrv }
     }

@@ -31,6 +31,7 @@ fn secured(dir: &Path, secret: &str) -> SecurityConfig {
         auth: true,
         admin_credentials_file: Some(admin_file),
         clock_skew_secs: 60,
+        ..Default::default()
     }
 }
 

@@ -48,6 +48,14 @@ struct Cli {
     /// on the command line.
     #[arg(long, env = "RAFTMQ_CREDENTIALS", global = true)]
     credentials: Option<std::path::PathBuf>,
+    /// Connect over TLS, trusting this CA (PEM): clusters whose client-facing ports serve TLS.
+    #[arg(long, env = "RAFTMQ_TLS_CA", global = true)]
+    tls_ca: Option<std::path::PathBuf>,
+    /// A client certificate and its key (PEM), for clusters that ask for one (mutual TLS).
+    #[arg(long, env = "RAFTMQ_TLS_CERT", global = true, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    #[arg(long, env = "RAFTMQ_TLS_KEY", global = true, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -91,11 +99,14 @@ enum Command {
 
 /// The credentials of this run (`--credentials`, or the environment), set once at start.
 static CREDENTIALS: std::sync::OnceLock<Option<raftmq_common::auth::Credentials>> = std::sync::OnceLock::new();
+/// The TLS settings of this run (`--tls-ca` and the like), set once at start.
+static TLS: std::sync::OnceLock<Option<tonic::transport::ClientTlsConfig>> = std::sync::OnceLock::new();
 
 /// Client settings for these NameServers, signing with this run's credentials.
 pub(crate) fn client_config(namesrv: &[String]) -> ClientConfig {
     let mut config = ClientConfig::new(namesrv.to_vec());
     config.credentials = CREDENTIALS.get().cloned().flatten();
+    config.tls = TLS.get().cloned().flatten();
     config
 }
 
@@ -133,6 +144,19 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let _ = CREDENTIALS.set(load_credentials(cli.credentials.as_deref())?);
+    let tls = match &cli.tls_ca {
+        Some(ca) => Some(
+            raftmq_common::tls::ClientFiles {
+                ca: ca.clone(),
+                cert: cli.tls_cert.clone(),
+                key: cli.tls_key.clone(),
+            }
+            .load()
+            .map_err(|e| anyhow::anyhow!("--tls-ca: {e}"))?,
+        ),
+        None => None,
+    };
+    let _ = TLS.set(tls);
     let mut config = client_config(&cli.namesrv);
     config.request_timeout = Duration::from_millis(cli.timeout_ms);
     config.send_timeout = Duration::from_millis(cli.timeout_ms);

@@ -63,6 +63,9 @@ pub struct ClientConfig {
     /// Access key and secret key that sign every request to a broker, for clusters with
     /// `auth = true` (RocketMQ 5's signature, so the same users serve both protocols).
     pub credentials: Option<raftmq_common::auth::Credentials>,
+    /// TLS to the NameServers and brokers (clusters whose client-facing ports serve TLS):
+    /// the CA to trust and, for servers that ask, a client certificate.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl ClientConfig {
@@ -75,6 +78,7 @@ impl ClientConfig {
             route_refresh: Duration::from_secs(30),
             watch_routes: true,
             credentials: None,
+            tls: None,
         }
     }
 
@@ -130,7 +134,7 @@ pub struct Client {
 impl Client {
     /// Creates a client. No connection is made until the first call. Needs a Tokio runtime.
     pub fn new(config: ClientConfig) -> Result<Client, Error> {
-        let routes = route::Routes::new(&config.namesrv, config.request_timeout)?;
+        let routes = route::Routes::new(&config.namesrv, config.request_timeout, config.tls.as_ref())?;
         let (stop, stopped) = Shutdown::new();
         let inner = Arc::new(Inner {
             config,
@@ -176,7 +180,8 @@ impl Client {
         if let Some(c) = pool.get(addr) {
             return Ok(c.clone());
         }
-        let channel = route::endpoint(addr, self.inner.config.request_timeout)?.connect_lazy();
+        let channel =
+            route::endpoint(addr, self.inner.config.request_timeout, self.inner.config.tls.as_ref())?.connect_lazy();
         let signer = Signer(self.inner.config.credentials.clone().map(Arc::new));
         let client = BrokerClient::with_interceptor(channel, signer)
             .max_decoding_message_size(128 << 20)

@@ -115,9 +115,13 @@ impl TopicRoute {
     }
 }
 
-pub(crate) fn endpoint(addr: &str, timeout: Duration) -> Result<Endpoint, Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| ErrorCode::InvalidArgument.err(format!("address {addr:?}: {e}")))?
+pub(crate) fn endpoint(
+    addr: &str,
+    timeout: Duration,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+) -> Result<Endpoint, Error> {
+    Ok(raftmq_common::tls::endpoint(addr, tls)
+        .map_err(|e| ErrorCode::InvalidArgument.err(e))?
         .connect_timeout(timeout)
         .tcp_nodelay(true))
 }
@@ -132,7 +136,11 @@ pub(crate) struct Routes {
 }
 
 impl Routes {
-    pub fn new(namesrv: &[String], timeout: Duration) -> Result<Routes, Error> {
+    pub fn new(
+        namesrv: &[String],
+        timeout: Duration,
+        tls: Option<&tonic::transport::ClientTlsConfig>,
+    ) -> Result<Routes, Error> {
         if namesrv.is_empty() {
             return Err(ErrorCode::InvalidArgument.err("no NameServer address given"));
         }
@@ -142,7 +150,7 @@ impl Routes {
                 .map_err(|e| ErrorCode::InvalidArgument.err(e.to_string()))?;
             clients.push((
                 addr.clone(),
-                NameServerClient::new(endpoint(addr, timeout)?.connect_lazy()),
+                NameServerClient::new(endpoint(addr, timeout, tls)?.connect_lazy()),
             ));
         }
         Ok(Routes {

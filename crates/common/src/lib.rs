@@ -13,6 +13,7 @@ pub mod runtime;
 pub mod security;
 pub mod shutdown;
 pub mod time;
+pub mod tls;
 pub mod validate;
 
 pub use code::{Error, ErrorCode};

@@ -28,6 +28,16 @@ pub struct SecurityConfig {
     pub admin_credentials_file: Option<PathBuf>,
     /// How far a request's signing time may be from this node's clock, seconds.
     pub clock_skew_secs: u64,
+    /// PEM certificate (chain) and key: the client-facing port (a broker's client port, a
+    /// NameServer's port) serves TLS only. Reloaded on SIGHUP and when the files change.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// Clients must present a certificate this CA signed (mutual TLS). Nodes then present
+    /// their own certificate when they call each other's client-facing ports.
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// The CA this node trusts for TLS to NameServers and other brokers' client ports. With
+    /// it, this node connects to them over TLS only (a deployment is TLS throughout or not).
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for SecurityConfig {
@@ -37,6 +47,10 @@ impl Default for SecurityConfig {
             auth: false,
             admin_credentials_file: None,
             clock_skew_secs: 900,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
+            tls_ca_file: None,
         }
     }
 }
@@ -48,6 +62,10 @@ pub struct Security {
     pub auth: bool,
     pub admin: Option<Credentials>,
     pub clock_skew: Duration,
+    /// This node's TLS identity, when its client-facing port serves TLS.
+    pub server_tls: Option<crate::tls::ServerFiles>,
+    /// How this node connects to other nodes' client-facing ports, when they serve TLS.
+    pub client_tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl SecurityConfig {
@@ -77,11 +95,61 @@ impl SecurityConfig {
                 format!("{} is outside 1..=86400", self.clock_skew_secs),
             ));
         }
+        let server_tls = match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                let files = crate::tls::ServerFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: self.tls_client_ca_file.clone(),
+                };
+                crate::tls::ServerTls::load(files.clone())
+                    .map_err(|e| ConfigError::invalid("security.tls-cert-file", e))?;
+                Some(files)
+            }
+            (None, None) if self.tls_client_ca_file.is_some() => {
+                return Err(ConfigError::invalid(
+                    "security.tls-client-ca-file",
+                    "needs tls-cert-file and tls-key-file: client certificates are asked for in a TLS handshake",
+                ))
+            }
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    "security.tls-key-file",
+                    "needed with tls-cert-file",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "security.tls-cert-file",
+                    "needed with tls-key-file",
+                ))
+            }
+        };
+        let client_tls = match &self.tls_ca_file {
+            Some(ca) => {
+                // Where servers want client certificates, a node shows its own.
+                let mutual = self.tls_client_ca_file.is_some();
+                let files = crate::tls::ClientFiles {
+                    ca: ca.clone(),
+                    cert: self.tls_cert_file.clone().filter(|_| mutual),
+                    key: self.tls_key_file.clone().filter(|_| mutual),
+                };
+                Some(
+                    files
+                        .load()
+                        .map_err(|e| ConfigError::invalid("security.tls-ca-file", e))?,
+                )
+            }
+            None => None,
+        };
         Ok(Security {
             cluster_secret,
             auth: self.auth,
             admin,
             clock_skew: Duration::from_secs(self.clock_skew_secs),
+            server_tls,
+            client_tls,
         })
     }
 }

@@ -25,6 +25,8 @@ pub struct NameServer {
     stop: Shutdown,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     scanner: JoinHandle<()>,
+    /// Reloads the TLS certificate, when the port serves TLS.
+    tls_watch: Option<JoinHandle<()>>,
 }
 
 impl NameServer {
@@ -67,24 +69,31 @@ impl NameServer {
             }
             None => None,
         };
+        let security = config.security.load()?;
         let rocketmq = raftmq_rocketmq::MessagingService::new(
             Arc::new(crate::service::RocketMqRoutes(shared.clone())),
             stopped.clone(),
-        );
+        )
+        .with_tls(security.client_tls.clone());
+        let server_tls = match &security.server_tls {
+            Some(files) => Some(raftmq_common::tls::ServerTls::load(files.clone()).map_err(anyhow::Error::msg)?),
+            None => None,
+        };
+        let tls_watch = server_tls.as_ref().map(|tls| tls.watch(stopped.clone()));
         let mut stopped_server = stopped;
         let incoming = shared
             .counters
             .connections
             .clone()
             .track(raftmq_common::runtime::incoming(listener));
-        let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(NameServerServer::new(NameServerService::new(shared)))
-                .add_service(rocketmq.server())
-                .serve_with_incoming_shutdown(incoming, async move {
-                    stopped_server.wait().await;
-                }),
-        );
+        let router = tonic::transport::Server::builder()
+            .add_service(NameServerServer::new(NameServerService::new(shared)))
+            .add_service(rocketmq.server());
+        let stopping = async move { stopped_server.wait().await };
+        let server = match server_tls {
+            Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(tls.accept(incoming), stopping)),
+            None => tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopping)),
+        };
         tracing::info!(%addr, "NameServer listening");
         Ok(NameServer {
             addr,
@@ -92,6 +101,7 @@ impl NameServer {
             stop,
             server,
             scanner,
+            tls_watch,
         })
     }
 
@@ -110,6 +120,9 @@ impl NameServer {
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.stop.stop();
         self.scanner.await?;
+        if let Some(watch) = self.tls_watch.take() {
+            watch.await?;
+        }
         if let Some(metrics) = self.metrics.take() {
             let mut task = metrics.task;
             if tokio::time::timeout(DRAIN_TIMEOUT, &mut task).await.is_err() {

@@ -3,6 +3,8 @@
 //! directory, and link cuts. Every cluster test uses it; waits have deadlines and say what they
 //! waited for.
 
+pub mod certs;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -100,11 +102,18 @@ async fn bind_again(addr: SocketAddr) -> TcpListener {
     }
 }
 
-/// Starts a test node: Raft and clients on `client`, metrics on a free port.
+/// Starts a test node: clients on `client`, and Raft there too unless the config gives Raft an
+/// address of its own (bound here); metrics on a free port.
 async fn start_broker(config: BrokerConfig, client: TcpListener, faults: Arc<Faults>) -> anyhow::Result<Broker> {
+    let me = config.me();
+    let raft = if me.raft_addr != me.client_addr {
+        Some(bind_again(me.raft_addr.parse()?).await)
+    } else {
+        None
+    };
     let listeners = Listeners {
         client,
-        raft: None,
+        raft,
         metrics: Some(metrics_listener().await),
     };
     Broker::start_with(config, listeners, faults).await

@@ -236,9 +236,12 @@ fn peer_call<T>(state: &BrokerState, message: T) -> tonic::Request<T> {
     request
 }
 
-fn client_of(addr: &str) -> Result<raftmq_proto::broker_client::BrokerClient<tonic::transport::Channel>, Error> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| ErrorCode::InvalidArgument.err(format!("address {addr}: {e}")))?
+fn client_of(
+    state: &BrokerState,
+    addr: &str,
+) -> Result<raftmq_proto::broker_client::BrokerClient<tonic::transport::Channel>, Error> {
+    let endpoint = raftmq_common::tls::endpoint(addr, state.guard.security().client_tls.as_ref())
+        .map_err(|e| ErrorCode::InvalidArgument.err(e))?
         .connect_timeout(PROBE_TIMEOUT)
         .timeout(PROBE_TIMEOUT);
     Ok(raftmq_proto::broker_client::BrokerClient::new(endpoint.connect_lazy()))
@@ -254,7 +257,7 @@ async fn probe_new(state: &BrokerState, before: &pb::Membership, new: &NewNode) 
             new.id
         ))
     };
-    let reply = client_of(&new.node.client_addr)?
+    let reply = client_of(state, &new.node.client_addr)?
         .get_membership(peer_call(state, pb::GetMembershipRequest {}))
         .await
         .map_err(|e| unreachable(format!("client address {}: {}", new.node.client_addr, e.message())))?
@@ -336,7 +339,7 @@ async fn live_majority(
     let probes = everyone.iter().filter(|id| **id != me).filter_map(|id| {
         let addr = member(before, *id)?.client_addr.clone();
         Some(async move {
-            let status = client_of(&addr)
+            let status = client_of(state, &addr)
                 .ok()?
                 .get_node_status(peer_call(state, pb::NodeStatusRequest {}))
                 .await

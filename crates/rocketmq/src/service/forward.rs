@@ -8,7 +8,7 @@ use std::time::Duration;
 use raftmq_proto::rocketmq::messaging_service_client::MessagingServiceClient;
 use raftmq_proto::rocketmq::Code;
 use tonic::metadata::{KeyAndValueRef, MetadataMap};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::{MessagingService, MAX_MESSAGE_SIZE};
@@ -53,8 +53,8 @@ impl<B: Backend> MessagingService<B> {
         if let Some(c) = masters.get(addr) {
             return Ok(c.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Fail::new(Code::InternalServerError, format!("bad master address {addr:?}: {e}")))?
+        let endpoint = raftmq_common::tls::endpoint(addr, self.tls.as_ref())
+            .map_err(|e| Fail::new(Code::InternalServerError, format!("bad master address: {e}")))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true);
         let client = MessagingServiceClient::new(endpoint.connect_lazy())

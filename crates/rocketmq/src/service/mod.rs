@@ -47,6 +47,8 @@ pub struct MessagingService<B> {
     backend: Arc<B>,
     masters: Arc<Mutex<HashMap<String, MessagingServiceClient<Channel>>>>,
     stop: Stopping,
+    /// TLS to the masters requests are forwarded to, when client ports serve TLS.
+    tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl<B> Clone for MessagingService<B> {
@@ -55,6 +57,7 @@ impl<B> Clone for MessagingService<B> {
             backend: self.backend.clone(),
             masters: self.masters.clone(),
             stop: self.stop.clone(),
+            tls: self.tls.clone(),
         }
     }
 }
@@ -66,7 +69,14 @@ impl<B: Backend> MessagingService<B> {
             backend,
             masters: Arc::default(),
             stop,
+            tls: None,
         }
+    }
+
+    /// Forwards to masters over TLS with these settings.
+    pub fn with_tls(mut self, tls: Option<tonic::transport::ClientTlsConfig>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// The tonic server, with decode and encode limits that fit a 4 MiB body.
