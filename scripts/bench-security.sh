@@ -35,12 +35,12 @@ results=$(mktemp)
 printf '%-8s %-26s %4s %10s %9s %9s\n' MODE CASE RUN MSG/S P50_MS P99_MS
 for run in $(seq 1 "$RUNS"); do
     for mode in open secure; do
+        unset RAFTMQ_CREDENTIALS RAFTMQ_TLS_CA
         if [ "$mode" = secure ]; then
             "$CLUSTER" up --secure "$ROOT/cluster-config/small" >/dev/null
             export RAFTMQ_CREDENTIALS=$RAFTMQ_HOME/secrets/admin.toml RAFTMQ_TLS_CA=$RAFTMQ_HOME/secrets/ca.pem
         else
             "$CLUSTER" up "$ROOT/cluster-config/small" >/dev/null
-            unset RAFTMQ_CREDENTIALS RAFTMQ_TLS_CA
         fi
         R topic create BenchTopic --queues 8 >/dev/null
         for window in 1 256; do

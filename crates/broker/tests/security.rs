@@ -62,6 +62,13 @@ fn refused(result: Result<impl std::fmt::Debug, tonic::Status>, want: ErrorCode,
     );
 }
 
+/// The UNAUTHENTICATED refusals node `id` has counted from `caller` (`client` or `peer`).
+async fn unauthenticated(group: &Group, id: u64, caller: &str) -> Option<f64> {
+    let metrics = scrape(group.metrics_addr(id)).await;
+    let series = format!(r#"raftmq_broker_auth_refusals_total{{code="UNAUTHENTICATED",caller="{caller}"}}"#);
+    sample(&metrics, &series)
+}
+
 async fn start(secret: &str) -> (Group, u64, tempfile::TempDir) {
     let keys = tempfile::tempdir().unwrap();
     let security = secured(keys.path(), secret);
@@ -154,12 +161,7 @@ async fn requests_without_valid_credentials_are_refused_counted_and_change_nothi
         .unwrap()
         .into_inner();
     assert_eq!(offsets.max_offset, 0);
-    let metrics = scrape(group.metrics_addr(master)).await;
-    let counted = sample(
-        &metrics,
-        r#"raftmq_broker_auth_refusals_total{code="UNAUTHENTICATED",caller="client"}"#,
-    );
-    assert_eq!(counted, Some(6.0), "{metrics}");
+    assert_eq!(unauthenticated(&group, master, "client").await, Some(6.0));
     group.shutdown().await;
 }
 
@@ -302,15 +304,7 @@ async fn users_get_the_rights_they_were_given_on_every_node_and_after_a_restart(
         ErrorCode::Unauthenticated,
         "unknown access key \"orders-app\"",
     );
-    let metrics = scrape(group.metrics_addr(master)).await;
-    assert_eq!(
-        sample(
-            &metrics,
-            r#"raftmq_broker_auth_refusals_total{code="UNAUTHENTICATED",caller="client"}"#
-        ),
-        Some(1.0),
-        "{metrics}"
-    );
+    assert_eq!(unauthenticated(&group, master, "client").await, Some(1.0));
     group.shutdown().await;
 }
 
@@ -394,15 +388,7 @@ async fn raft_traffic_without_the_cluster_secret_is_refused_before_anything_is_w
         .send(signed(send_request("T", 0, vec![message("still fine", "")]), &admin()))
         .await
         .expect("the group still commits");
-    let metrics = scrape(group.metrics_addr(slave)).await;
-    assert_eq!(
-        sample(
-            &metrics,
-            r#"raftmq_broker_auth_refusals_total{code="UNAUTHENTICATED",caller="peer"}"#
-        ),
-        Some(5.0),
-        "{metrics}"
-    );
+    assert_eq!(unauthenticated(&group, slave, "peer").await, Some(5.0));
     group.shutdown().await;
 }
 

@@ -29,6 +29,24 @@ fn grants_from_proto(grants: Vec<pb::Grant>) -> Vec<(String, u8)> {
 }
 
 impl Admin {
+    /// Calls the master of every group (or the named ones), following NOT_MASTER; the answers
+    /// by group.
+    async fn each_master<T, F, Fut>(&self, groups: &[String], mut call: F) -> Result<Vec<(String, T)>, Error>
+    where
+        F: FnMut(raftmq_proto::broker_client::BrokerClient<crate::Transport>, tonic::Request<()>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut out = Vec::new();
+        for (group, master) in self.masters(groups).await? {
+            let client = self.client();
+            let reply = self
+                .on_master(&master, |b| call(b, client.request((), client.config().request_timeout)))
+                .await?;
+            out.push((group, reply));
+        }
+        Ok(out)
+    }
+
     /// Creates a user, or replaces its secret key and rights, in every group (or the named
     /// ones). Returns the groups.
     pub async fn put_user(&self, user: &User, groups: &[String]) -> Result<Vec<String>, Error> {
@@ -41,17 +59,13 @@ impl Admin {
             topics: grants_to_proto(&user.topics),
             groups: grants_to_proto(&user.groups),
         };
-        let mut done = Vec::new();
-        for (group, master) in self.masters(groups).await? {
-            let client = self.client();
-            self.on_master(&master, |mut b| {
-                let r = client.request(req.clone(), client.config().request_timeout);
+        let done = self
+            .each_master(groups, |mut b, r| {
+                let r = r.map(|()| req.clone());
                 async move { b.put_user(r).await }
             })
             .await?;
-            done.push(group);
-        }
-        Ok(done)
+        Ok(done.into_iter().map(|(g, _)| g).collect())
     }
 
     /// Deletes a user from every group (or the named ones). Returns the groups.
@@ -59,43 +73,39 @@ impl Admin {
         let req = pb::DeleteUserRequest {
             access_key: access_key.to_owned(),
         };
-        let mut done = Vec::new();
-        for (group, master) in self.masters(groups).await? {
-            let client = self.client();
-            self.on_master(&master, |mut b| {
-                let r = client.request(req.clone(), client.config().request_timeout);
+        let done = self
+            .each_master(groups, |mut b, r| {
+                let r = r.map(|()| req.clone());
                 async move { b.delete_user(r).await }
             })
             .await?;
-            done.push(group);
-        }
-        Ok(done)
+        Ok(done.into_iter().map(|(g, _)| g).collect())
     }
 
     /// The users of each group (or the named ones), secret keys left out.
     pub async fn users(&self, groups: &[String]) -> Result<Vec<(String, Vec<User>)>, Error> {
-        let mut out = Vec::new();
-        for (group, master) in self.masters(groups).await? {
-            let client = self.client();
-            let reply = self
-                .on_master(&master, |mut b| {
-                    let r = client.request(pb::ListUsersRequest {}, client.config().request_timeout);
-                    async move { b.list_users(r).await }
-                })
-                .await?;
-            let users = reply
-                .users
-                .into_iter()
-                .map(|u| User {
-                    access_key: u.access_key,
-                    secret_key: String::new(),
-                    admin: u.admin,
-                    topics: grants_from_proto(u.topics),
-                    groups: grants_from_proto(u.groups),
-                })
-                .collect();
-            out.push((group, users));
-        }
-        Ok(out)
+        let listed = self
+            .each_master(groups, |mut b, r| {
+                let r = r.map(|()| pb::ListUsersRequest {});
+                async move { b.list_users(r).await }
+            })
+            .await?;
+        Ok(listed
+            .into_iter()
+            .map(|(group, reply)| {
+                let users = reply
+                    .users
+                    .into_iter()
+                    .map(|u| User {
+                        access_key: u.access_key,
+                        secret_key: String::new(),
+                        admin: u.admin,
+                        topics: grants_from_proto(u.topics),
+                        groups: grants_from_proto(u.groups),
+                    })
+                    .collect();
+                (group, users)
+            })
+            .collect())
     }
 }
