@@ -163,7 +163,7 @@ fn the_whole_decision_lists_every_missing_package_once() {
     m.command("python3", "exit 1");
     assert_eq!(
         m.decide("deps_needed"),
-        "libclang-dev python3-pip npm iproute2 chromium chromium-driver"
+        "libclang-dev python3-pip npm iproute2 chromium chromium-driver openssl"
     );
     let full = FakeMachine::new();
     full.file("usr/lib/x86_64-linux-gnu/libclang-14.so.1")
@@ -177,6 +177,7 @@ fn the_whole_decision_lists_every_missing_package_once() {
         "ip",
         "chromium",
         "chromedriver",
+        "openssl",
     ] {
         full.command(c, "exit 0");
     }

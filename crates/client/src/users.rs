@@ -40,7 +40,9 @@ impl Admin {
         for (group, master) in self.masters(groups).await? {
             let client = self.client();
             let reply = self
-                .on_master(&master, |b| call(b, client.request((), client.config().request_timeout)))
+                .on_master(&master, |b| {
+                    call(b, client.request((), client.config().request_timeout))
+                })
                 .await?;
             out.push((group, reply));
         }
