@@ -169,6 +169,13 @@ impl AppendServer {
             );
             self.guard.refused_peer(stream.peer_addr().ok(), "AppendEntries", &why);
             Err(why)
+        } else if !crate::guard::is_member(&self.raft, hello.from) {
+            let why = format!(
+                "append connection from node {}, not a member of {}",
+                hello.from, self.group
+            );
+            self.guard.refused_peer(stream.peer_addr().ok(), "AppendEntries", &why);
+            Err(why)
         } else {
             Ok(())
         };

@@ -177,6 +177,16 @@ impl Guard {
     }
 }
 
+/// Whether `from` may send Raft messages to this node: a member (voter or learner) of the
+/// membership this node has, or anyone while it has none yet (a node started with
+/// `join = true` hears first from the master that adds it). A removed node is refused.
+pub fn is_member(raft: &openraft::Raft<raftmq_store::TypeConfig>, from: raftmq_store::NodeId) -> bool {
+    let metrics = raft.metrics();
+    let m = metrics.borrow();
+    let membership = m.membership_config.membership();
+    membership.nodes().next().is_none() || membership.get_node(&from).is_some()
+}
+
 /// See [`Guard::peer_call_proof`].
 pub fn peer_call_proof(security: &Security) -> Option<String> {
     security

@@ -107,6 +107,11 @@ impl RaftService {
         crate::network::proof_parts(method, &envelope, |parts| {
             self.guard.check_peer(proof.as_deref(), parts, caller, method)
         })?;
+        if !crate::guard::is_member(&self.raft, envelope.from_node_id) {
+            let why = format!("node {} is not a member of {}", envelope.from_node_id, self.group);
+            self.guard.refused_peer(caller, method, &why);
+            return Err(ErrorCode::Unauthenticated.status(format!("{method} refused: {why}")));
+        }
         // Requests decoded keep their encoding as a slice of the payload: a slave writes it to
         // its log as it came.
         let rpc = raftmq_store::decode_sharing(&envelope.payload, || decode(&envelope.payload))

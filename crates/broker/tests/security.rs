@@ -372,10 +372,34 @@ async fn raft_traffic_without_the_cluster_secret_is_refused_before_anything_is_w
         "does not match",
     );
     refused(
-        raft.vote(envelope).await,
+        raft.vote(envelope.clone()).await,
         ErrorCode::Unauthenticated,
         "no cluster-secret proof",
     );
+    // With the secret, but from a node that is not a member: refused too, on both paths.
+    let secret = ClusterSecret::new(b"a-cluster-secret-of-some-length").unwrap();
+    let outsider = pb::RaftEnvelope {
+        from_node_id: 9,
+        ..envelope
+    };
+    let mut proved = Request::new(outsider.clone());
+    let proof = raftmq_broker::network::proof_parts("AppendEntries", &outsider, |parts| {
+        secret.sign(raftmq_common::time::now_ms() as u64, parts)
+    });
+    proved.metadata_mut().insert("x-raftmq-peer", proof.parse().unwrap());
+    refused(
+        raft.append_entries(proved).await,
+        ErrorCode::Unauthenticated,
+        "node 9 is not a member",
+    );
+    let hello9 = Hello {
+        from: 9,
+        ..hello.clone()
+    };
+    let err = connect(&group.addr(slave), &hello9, Some(&secret), timeout)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not a member"), "{err}");
 
     // Nothing reached the slave's log or vote, and the group goes on under the same master.
     let after = group.node(slave).raft().metrics().borrow().clone();
@@ -388,7 +412,7 @@ async fn raft_traffic_without_the_cluster_secret_is_refused_before_anything_is_w
         .send(signed(send_request("T", 0, vec![message("still fine", "")]), &admin()))
         .await
         .expect("the group still commits");
-    assert_eq!(unauthenticated(&group, slave, "peer").await, Some(5.0));
+    assert_eq!(unauthenticated(&group, slave, "peer").await, Some(7.0));
     group.shutdown().await;
 }
 
