@@ -250,31 +250,35 @@ impl Broker {
         // Raft's port (the client port when they are the same) also takes AppendEntries
         // connections (see `append_link`).
         // Connections are counted on the client port; a separate Raft port's are not.
-        let serve =
-            |router: tonic::transport::server::Router, listener: TcpListener, raft_port: bool, client_port: bool| {
-                let mut stopped = stopped.clone();
-                let incoming: std::pin::Pin<
-                    Box<dyn futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send>,
-                > = if raft_port {
-                    Box::pin(append_server.clone().split(listener))
-                } else {
-                    Box::pin(raftmq_common::runtime::incoming(listener))
-                };
-                let counted = if client_port {
-                    metrics.connections.clone()
-                } else {
-                    raftmq_metrics::Connections::default()
-                };
-                let incoming = counted.track(incoming);
-                let stopping = async move { stopped.wait().await };
-                match &server_tls {
-                    // The client port serves TLS only (validated: Raft has a port of its own).
-                    Some(tls) if client_port => {
-                        tokio::spawn(router.serve_with_incoming_shutdown(tls.clone().accept(incoming), stopping))
-                    }
-                    _ => tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopping)),
-                }
+        let serve = |router: tonic::transport::server::Router,
+                     listener: TcpListener,
+                     raft_port: bool,
+                     client_port: bool| {
+            let mut stopped = stopped.clone();
+            let incoming: std::pin::Pin<
+                Box<dyn futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send>,
+            > = if raft_port {
+                Box::pin(append_server.clone().split(listener))
+            } else {
+                Box::pin(raftmq_common::runtime::incoming(listener))
             };
+            let counted = if client_port {
+                metrics.connections.clone()
+            } else {
+                raftmq_metrics::Connections::default()
+            };
+            let incoming = counted.track(incoming);
+            let stopping = async move { stopped.wait().await };
+            match &server_tls {
+                // The client port serves TLS only (validated: Raft has a port of its own).
+                Some(tls) if client_port => {
+                    let metrics = metrics.clone();
+                    let refused = Arc::new(move || metrics.refused(raftmq_common::ErrorCode::Unauthenticated, "tls"));
+                    tokio::spawn(router.serve_with_incoming_shutdown(tls.clone().accept(incoming, refused), stopping))
+                }
+                _ => tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopping)),
+            }
+        };
         let tls_task = server_tls.as_ref().map(|tls| tls.watch(stopped.clone()));
         let mut servers = Vec::new();
         match listeners.raft {

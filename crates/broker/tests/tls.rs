@@ -38,6 +38,7 @@ async fn secured_cluster(dir: &Path, ca: &Ca, trust: &[&Ca], mutual: bool) -> (r
     write(dir, "ca.pem", &ca.pem);
     let namesrv = raftmq_namesrv::NameServer::start(&raftmq_namesrv::NamesrvConfig {
         listen: "127.0.0.1:0".into(),
+        metrics_addr: "127.0.0.1:0".into(),
         scan_interval_ms: 100,
         security: security.clone(),
         ..Default::default()
@@ -163,6 +164,10 @@ async fn with_client_certificates_required_a_client_without_one_or_with_an_untru
         refused.contains("UNAVAILABLE") || refused.contains("TIMEOUT"),
         "{refused}"
     );
+    // Both handshakes were refused at the NameServer, the clients' first stop, and counted.
+    let metrics = raftmq_testkit::scrape(namesrv.metrics_addr().expect("metrics on")).await;
+    let counted = raftmq_testkit::sample(&metrics, "raftmq_namesrv_tls_refusals_total").unwrap_or(0.0);
+    assert!(counted >= 2.0, "{metrics}");
     group.shutdown().await;
     namesrv.shutdown().await.unwrap();
 }

@@ -172,10 +172,13 @@ impl ServerTls {
     }
 
     /// The TLS connections over `incoming`: each handshake runs on its own task (a slow client
-    /// holds up nobody), with the configuration current when the connection came.
+    /// holds up nobody), with the configuration current when the connection came. A handshake
+    /// that fails (no client certificate, an untrusted one, a plaintext client) is logged with
+    /// the caller's address and counted with `refused`.
     pub fn accept<S, IO>(
         self: Arc<Self>,
         incoming: S,
+        refused: Arc<dyn Fn() + Send + Sync>,
     ) -> impl Stream<Item = std::io::Result<tokio_rustls::server::TlsStream<IO>>>
     where
         S: Stream<Item = std::io::Result<IO>> + Send + 'static,
@@ -200,17 +203,20 @@ impl ServerTls {
                     }
                 };
                 let acceptor = tokio_rustls::TlsAcceptor::from(self.current());
-                let tx = tx.clone();
+                let (tx, refused) = (tx.clone(), refused.clone());
                 tokio::spawn(async move {
                     let caller: Option<SocketAddr> = io.connect_info().remote_addr();
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
                         Ok(Ok(stream)) => {
                             let _ = tx.send(Ok(stream)).await;
                         }
-                        Ok(Err(e)) => tracing::warn!(
-                            caller = %caller.map_or_else(|| "unknown".to_owned(), |a| a.to_string()),
-                            "TLS handshake refused: {e}"
-                        ),
+                        Ok(Err(e)) => {
+                            refused();
+                            tracing::warn!(
+                                caller = %caller.map_or_else(|| "unknown".to_owned(), |a| a.to_string()),
+                                "TLS handshake refused: {e}"
+                            )
+                        }
                         Err(_) => tracing::debug!(?caller, "TLS handshake timed out"),
                     }
                 });

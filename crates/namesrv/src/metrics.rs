@@ -20,6 +20,8 @@ pub struct Counters {
     pub heartbeats: Counter,
     /// Heartbeats and unregistrations refused for want of the cluster secret's proof.
     pub refusals: Counter,
+    /// TLS handshakes refused (a plaintext client, no client certificate or an untrusted one).
+    pub tls_refusals: Counter,
     /// Route queries over both protocols.
     pub route_queries: Counter,
     /// Broker nodes dropped for silence.
@@ -38,6 +40,11 @@ pub fn registry(counters: &Counters, shared: Weak<Shared>) -> Registry {
         "peer_refusals",
         "Broker heartbeats and unregistrations refused: no valid cluster-secret proof",
         counters.refusals.clone(),
+    );
+    registry.register(
+        "tls_refusals",
+        "TLS handshakes refused: a plaintext client, or a missing or untrusted client certificate",
+        counters.tls_refusals.clone(),
     );
     registry.register(
         "route_queries",

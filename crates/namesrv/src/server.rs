@@ -86,12 +86,19 @@ impl NameServer {
             .connections
             .clone()
             .track(raftmq_common::runtime::incoming(listener));
+        let tls_refusals = shared.counters.tls_refusals.clone();
         let router = tonic::transport::Server::builder()
             .add_service(NameServerServer::new(NameServerService::new(shared)))
             .add_service(rocketmq.server());
         let stopping = async move { stopped_server.wait().await };
         let server = match server_tls {
-            Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(tls.accept(incoming), stopping)),
+            Some(tls) => {
+                let counted = tls_refusals;
+                let refused = Arc::new(move || {
+                    counted.inc();
+                });
+                tokio::spawn(router.serve_with_incoming_shutdown(tls.accept(incoming, refused), stopping))
+            }
             None => tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopping)),
         };
         tracing::info!(%addr, "NameServer listening");
