@@ -61,22 +61,14 @@ R topic create Scale2 --queues 8 --group broker-a --group broker-b >/dev/null
 R topic create Scale3 --queues 8 --group broker-a --group broker-b --group broker-c >/dev/null
 sleep 1
 
-# CPU time (ms) of every broker process so far.
-broker_cpu_ms() {
-    local f total=0 ticks
-    for f in "$RAFTMQ_HOME"/pids/broker-*.pid; do
-        ticks=$(awk '{print $14 + $15}' "/proc/$(cat "$f")/stat")
-        total=$((total + ticks))
-    done
-    echo $((total * 1000 / $(getconf CLK_TCK)))
-}
+# shellcheck source=lib/cpu.sh
+. "$ROOT/scripts/lib/cpu.sh"
 
 echo "pipelined 1 KiB sends, window 256, ${DURATION} s a run, 9 broker nodes running throughout:"
 for run in $(seq "$RUNS"); do
     for groups in 1 2 3; do
         before=$(broker_cpu_ms)
-        # The bench client's own CPU (user + system, s) through bash's `time`.
-        client_s=$( { TIMEFORMAT='%U %S'; time R bench produce --json --topic "Scale$groups" --duration "$DURATION" > "$RAFTMQ_HOME/bench.out"; } 2>&1 | awk '{print $1 + $2}')
+        client_s=$(client_cpu_s "$RAFTMQ_HOME/bench.out" R bench produce --json --topic "Scale$groups" --duration "$DURATION")
         out=$(cat "$RAFTMQ_HOME/bench.out")
         after=$(broker_cpu_ms)
         sent=$(echo "$out" | sed -n 's/.*"messages": *\([0-9]*\).*/\1/p' | head -1)

@@ -6,7 +6,9 @@
 #   scripts/bench.sh [--duration SECONDS]
 #
 # Standard set, 1 KiB messages unless said: sync send with 1 in flight; pipelined sends with a
-# window of 256 (1 KiB, 128 B, 4 KiB); consume from the master; consume from a slave.
+# window of 256 (1 KiB, 128 B, 4 KiB); consume from the master; consume from a slave. Each row
+# also has the CPU time the brokers (all three together) and the bench client spent per 1000
+# messages.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DURATION=10
@@ -33,12 +35,17 @@ R topic create BenchTopic --queues 8 >/dev/null
 field() { grep -o "\"$1\":[0-9.e+-]*" | head -n 1 | cut -d: -f2; }
 rows=()
 run() { # label, bench args...
-    local label=$1 out
+    local label=$1 out before client_s cpu
     shift
-    out=$(R --json bench "$@")
-    rows+=("$(printf '%-28s %10s %9s %9s %9s %9s %9s' "$label" \
+    before=$(broker_cpu_ms)
+    client_s=$(client_cpu_s "$RAFTMQ_HOME/bench.out" R --json bench "$@")
+    cpu=$(( $(broker_cpu_ms) - before ))
+    out=$(cat "$RAFTMQ_HOME/bench.out")
+    rows+=("$(printf '%-28s %10s %9s %9s %9s %9s %s %s' "$label" \
         "$(echo "$out" | field msg_per_s)" "$(echo "$out" | field mib_per_s)" \
         "$(echo "$out" | field p50_ms)" "$(echo "$out" | field p99_ms)" "$(echo "$out" | field p999_ms)" \
+        "$(awk -v n="$(echo "$out" | field messages)" -v b="$cpu" -v c="$client_s" \
+            'BEGIN { if (n > 0) printf "%12.1f %12.1f", b * 1000 / n, c * 1e6 / n; else printf "%12s %12s", "-", "-" }')" \
         "$(echo "$out" | grep -o '"errors":{[^}]*}' | cut -d: -f2-)")")
 }
 run "send 1 KiB, 1 in flight" produce --window 1 --duration "$DURATION"
@@ -51,9 +58,10 @@ run "consume from a slave" consume --slave --duration 60
 # Ready to serve with what the runs stored.
 ready_full=$(start_ms "broker-a-$slave")
 
-printf '%-28s %10s %9s %9s %9s %9s %9s\n' CASE MSG/S MIB/S P50_MS P99_MS P99.9_MS ERRORS
+printf '%-28s %10s %9s %9s %9s %9s %12s %12s %s\n' CASE MSG/S MIB/S P50_MS P99_MS P99.9_MS BROKER_CPU/1K CLIENT_CPU/1K ERRORS
 printf '%s\n' "${rows[@]}"
 echo
 echo "broker RSS idle:  $(echo "$idle")"
 echo "broker RSS peak:  $(rss VmHWM)"
 echo "ready to serve after start: ${ready_empty} ms on an empty store, ${ready_full} ms with the bench's messages stored"
+echo "CPU/1K: CPU milliseconds (user + system) per 1000 messages, of the three brokers together and of the bench client"

@@ -1,3 +1,6 @@
+# shellcheck source=cpu.sh
+. "$ROOT/scripts/lib/cpu.sh"
+
 # The benchmarks' common start (sourced by scripts/bench.sh and scripts/bench-delay.sh): the
 # small sample cluster (1 NameServer, 1 group of 3 nodes) from release binaries under
 # $RAFTMQ_BENCH_HOME (default .bench), torn down on exit; `R` runs the CLI against it and
