@@ -155,25 +155,18 @@ impl Guard {
                 self.security.clock_skew,
             ),
         };
-        result.map_err(|why| {
-            tracing::warn!(
-                caller = %caller.map_or_else(|| "unknown".to_owned(), |a| a.to_string()),
-                request = what,
-                "refused a peer: {why}"
-            );
-            self.metrics.refused(ErrorCode::Unauthenticated, "peer");
-            ErrorCode::Unauthenticated.err(format!("{what} refused: {why}"))
-        })
+        result.map_err(|why| self.refused_peer(caller, what, &why))
     }
 
-    /// Counts and logs a peer refused outside gRPC (the append link's handshake).
-    pub fn refused_peer(&self, caller: Option<SocketAddr>, what: &str, why: &str) {
+    /// Logs and counts a refused peer; the error to answer it with.
+    pub fn refused_peer(&self, caller: Option<SocketAddr>, what: &str, why: &str) -> Error {
         tracing::warn!(
             caller = %caller.map_or_else(|| "unknown".to_owned(), |a| a.to_string()),
             request = what,
             "refused a peer: {why}"
         );
         self.metrics.refused(ErrorCode::Unauthenticated, "peer");
+        ErrorCode::Unauthenticated.err(format!("{what} refused: {why}"))
     }
 }
 

@@ -167,17 +167,13 @@ fn announced(state: &BrokerState, server: &RaftServerMetrics<NodeId, BrokerNode>
 
 /// A call to a NameServer, with the cluster secret's proof when the deployment has one.
 fn proved<T>(state: &BrokerState, call: &str, message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
     let c = &state.config;
     let proof = state.guard.security().cluster_secret.as_ref().map(|secret| {
         raftmq_common::auth::broker_call_parts(call, &c.cluster, &c.group, c.node_id, |parts| {
             secret.sign(raftmq_common::time::now_ms() as u64, parts)
         })
     });
-    if let Some(proof) = proof.and_then(|p| p.parse().ok()) {
-        request.metadata_mut().insert(raftmq_common::auth::PEER, proof);
-    }
-    request
+    raftmq_common::auth::with_proof(message, proof)
 }
 
 async fn unregister(state: &BrokerState, clients: &[(String, NameServerClient<Channel>)]) {

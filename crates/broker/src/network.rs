@@ -632,9 +632,5 @@ fn prove(
             s.sign(raftmq_common::time::now_ms() as u64, parts)
         })
     });
-    let mut request = tonic::Request::new(envelope);
-    if let Some(proof) = proof.and_then(|p| p.parse().ok()) {
-        request.metadata_mut().insert(raftmq_common::auth::PEER, proof);
-    }
-    request
+    raftmq_common::auth::with_proof(envelope, proof)
 }

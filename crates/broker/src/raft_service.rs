@@ -109,8 +109,7 @@ impl RaftService {
         })?;
         if !crate::guard::is_member(&self.raft, envelope.from_node_id) {
             let why = format!("node {} is not a member of {}", envelope.from_node_id, self.group);
-            self.guard.refused_peer(caller, method, &why);
-            return Err(ErrorCode::Unauthenticated.status(format!("{method} refused: {why}")));
+            return Err(self.guard.refused_peer(caller, method, &why).into());
         }
         // Requests decoded keep their encoding as a slice of the payload: a slave writes it to
         // its log as it came.

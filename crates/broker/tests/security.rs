@@ -171,26 +171,22 @@ async fn users_get_the_rights_they_were_given_on_every_node_and_after_a_restart(
     let mut c = group.client(master).await;
     let app = Credentials::new("orders-app", "app-secret-123");
     let reader = Credentials::new("billing", "billing-secret-1");
+    let grants = |grants: Vec<(&str, u8)>| -> Vec<pb::Grant> {
+        grants
+            .into_iter()
+            .map(|(p, r)| pb::Grant {
+                pattern: p.into(),
+                r#pub: r & right::PUB != 0,
+                sub: r & right::SUB != 0,
+            })
+            .collect()
+    };
     let user = |who: &Credentials, topics: Vec<(&str, u8)>, groups: Vec<(&str, u8)>| pb::User {
         access_key: who.access_key.clone(),
         secret_key: who.secret_key.clone(),
         admin: false,
-        topics: topics
-            .into_iter()
-            .map(|(p, r)| pb::Grant {
-                pattern: p.into(),
-                r#pub: r & right::PUB != 0,
-                sub: r & right::SUB != 0,
-            })
-            .collect(),
-        groups: groups
-            .into_iter()
-            .map(|(p, r)| pb::Grant {
-                pattern: p.into(),
-                r#pub: r & right::PUB != 0,
-                sub: r & right::SUB != 0,
-            })
-            .collect(),
+        topics: grants(topics),
+        groups: grants(groups),
     };
     c.put_user(signed(user(&app, vec![("T", right::PUB)], vec![]), &admin()))
         .await

@@ -452,6 +452,16 @@ pub fn broker_call_parts<R>(
     ])
 }
 
+/// A request carrying `message`, with `proof` (made by [`ClusterSecret::sign`]) in [`PEER`]
+/// when there is one.
+pub fn with_proof<T>(message: T, proof: Option<String>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(proof) = proof.and_then(|p| p.parse().ok()) {
+        request.metadata_mut().insert(PEER, proof);
+    }
+    request
+}
+
 /// Random bytes for a challenge.
 pub fn nonce() -> [u8; 16] {
     let mut b = [0u8; 16];

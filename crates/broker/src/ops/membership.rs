@@ -229,11 +229,7 @@ fn check_new(state: &BrokerState, before: &pb::Membership, new: &NewNode) -> Res
 
 /// A call to another node's client port, with the cluster secret's proof when auth is on.
 fn peer_call<T>(state: &BrokerState, message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    if let Some(proof) = state.guard.peer_call_proof().and_then(|p| p.parse().ok()) {
-        request.metadata_mut().insert(raftmq_common::auth::PEER, proof);
-    }
-    request
+    raftmq_common::auth::with_proof(message, state.guard.peer_call_proof())
 }
 
 fn client_of(
