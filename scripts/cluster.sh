@@ -446,11 +446,12 @@ cmd_add() {
     for file in "$@"; do
         name=$(basename "$file" .toml)
         cp "$file" "$dir/$name.toml"
-        if [ -d "$RUN/netns" ]; then
-            net_add "$dir" "$name" || { rm -f "$dir/$name.toml"; die "no namespace for $name"; }
-        fi
         names+=("$name")
     done
+    if [ -d "$RUN/netns" ] && ! net_add "$dir" "${names[@]}"; then
+        for name in "${names[@]}"; do rm -f "$dir/$name.toml"; done
+        die "no namespaces for ${names[*]}"
+    fi
     for name in "${names[@]}"; do launch_node "$name"; done
     for name in "${names[@]}"; do
         await_node "$name"

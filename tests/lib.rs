@@ -125,12 +125,24 @@ pub struct ScriptOptions<'a> {
     pub env: &'a [(&'a str, &'a str)],
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+/// A port free on the host now, and never handed out before by this test process. In a
+/// `--netns` cluster the nodes listen in their namespaces, so a port one of them holds looks free
+/// on the host; the cluster script tells nodes apart by port when it rewrites addresses, so two
+/// nodes of one cluster must never get the same one.
+pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        if given.insert(port) {
+            return port;
+        }
+    }
 }
 
 fn repo_root() -> PathBuf {

@@ -6,15 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use raftmq_blackbox::{ScriptCluster, ScriptOptions};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
+use raftmq_blackbox::{free_port, ScriptCluster, ScriptOptions};
 
 /// The voters and the master of broker-a, from `raftmq group members --json`.
 fn members(cluster: &ScriptCluster) -> (BTreeSet<u64>, u64) {

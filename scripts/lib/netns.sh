@@ -77,27 +77,37 @@ net_node() {
     done
 }
 
-# net_add CONFIG_DIR NODE: a namespace for a node added to a running --netns cluster (the next
-# address after the highest in use). Its ports move to that address in every config (nodes of a
-# new group added one by one name each other), and the other nodes' ports to theirs in its own.
+# net_add CONFIG_DIR NODE...: namespaces for nodes added to a running --netns cluster (the next
+# addresses after the highest in use), their configs already in CONFIG_DIR. First each new node's
+# own ports move to its address in every config (the nodes of a new group name each other), then
+# the older nodes' ports to theirs in the new configs. A port is matched only once its owner is
+# known, new nodes first: a port a namespaced node holds looks free on the host and may be handed
+# to a new node, and a new config means its own group by it.
 net_add() {
-    local dir=$1 name=$2 k=10 last port f
+    local dir=$1 k=10 last port f name other other_addr
+    shift
     [ -d "$RUN/netns" ] || net_fail "not a --netns cluster" || return 1
-    [ -f "$RUN/netns/$name" ] && { net_fail "node $name has a namespace already"; return 1; }
+    for name in "$@"; do
+        [ -f "$RUN/netns/$name" ] && { net_fail "node $name has a namespace already"; return 1; }
+    done
+    local olds=()
     for f in "$RUN"/netns/*; do
         [ -e "$f" ] || continue
+        olds+=("$(basename "$f")")
         last=$(awk '{print $2}' "$f" | awk -F. '{print $4}')
         [ "$last" -gt "$k" ] && k=$last
     done
-    net_node "$dir" "$name" $((k + 1))
-    for f in "$RUN"/netns/*; do
-        local other other_addr
-        other=$(basename "$f")
-        [ "$other" = "$name" ] && continue
-        [ -f "$dir/$other.toml" ] || continue
-        other_addr=$(awk '{print $2}' "$f")
-        for port in $(net_own_ports "$dir/$other.toml"); do
-            sed -i "s/\"127\.0\.0\.1:$port\"/\"$other_addr:$port\"/g" "$dir/$name.toml"
+    for name in "$@"; do
+        k=$((k + 1))
+        net_node "$dir" "$name" "$k"
+    done
+    for name in "$@"; do
+        for other in "${olds[@]}"; do
+            [ -f "$dir/$other.toml" ] || continue
+            other_addr=$(net_field "$other" 2) || return 1
+            for port in $(net_own_ports "$dir/$other.toml"); do
+                sed -i "s/\"127\.0\.0\.1:$port\"/\"$other_addr:$port\"/g" "$dir/$name.toml"
+            done
         done
     done
 }

@@ -42,6 +42,26 @@ fn following_master(g: &pb::GroupInfo) -> usize {
         .count()
 }
 
+/// What a NameServer lists of a group, for a wait that timed out: each node's role, term and
+/// the master it follows, so that the message says which node is missing or astray.
+fn seen_nodes(g: &pb::GroupInfo) -> String {
+    let nodes: Vec<String> = g
+        .nodes
+        .iter()
+        .map(|n| {
+            format!(
+                "node {} {} term {} following {} ({}ms ago)",
+                n.node_id,
+                role_name(n.reported_role),
+                n.term,
+                n.leader_id,
+                n.last_heartbeat_ms_ago
+            )
+        })
+        .collect();
+    format!("master {} term {}: {}", g.master_node_id, g.term, nodes.join(", "))
+}
+
 pub(crate) async fn run(admin: &Admin, command: ClusterCommand, as_json: bool) -> anyhow::Result<()> {
     match command {
         ClusterCommand::List => {
@@ -115,7 +135,15 @@ pub(crate) async fn run(admin: &Admin, command: ClusterCommand, as_json: bool) -
                                 .iter()
                                 .any(|g| &&g.group == group && following_master(g) >= **n)
                         })
-                        .map(|(group, n)| format!("{group} (a master and {n} nodes following it)"))
+                        .map(|(group, n)| {
+                            let seen = info
+                                .groups
+                                .iter()
+                                .find(|g| &g.group == group)
+                                .map(seen_nodes)
+                                .unwrap_or_else(|| "not listed".into());
+                            format!("{group} (a master and {n} nodes following it; listed: {seen})")
+                        })
                         .collect(),
                     Err(e) => vec![format!("an answer from the NameServer ({e})")],
                 };
