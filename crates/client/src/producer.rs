@@ -29,6 +29,10 @@ use crate::Client;
 /// Most `NOT_MASTER` hops followed within one attempt.
 const MAX_HOPS: usize = 3;
 
+/// How long a send in flight to a master that the NameServers no longer name still waits for
+/// that master's answer.
+const MOVED_GRACE: Duration = Duration::from_millis(250);
+
 /// Sends messages. Cheap to clone.
 #[derive(Clone)]
 pub struct Producer {
@@ -339,10 +343,18 @@ impl Core {
             // A master that stops answering (paused, partitioned) would hold this send until its
             // deadline; when the NameServers announce another master, give up on it at once: its
             // outcome is unknown, and the next send goes to the new master.
+            let send = broker.send(request);
+            tokio::pin!(send);
             let reply = tokio::select! {
-                reply = broker.send(request) => reply,
+                reply = &mut send => reply,
                 _ = self.client.master_moved(topic, &queue.group, &target) => {
-                    return Err((Retry::Unknown, ErrorCode::Timeout.err(format!("the master of {} changed while a send to {target} was in flight", queue.group))));
+                    // A master handing its role over answers every send it holds (committed, or
+                    // NOT_MASTER and so safe to retry), but the new master's announcement may
+                    // overtake that answer: wait a little for it. One cut off never answers.
+                    match tokio::time::timeout(MOVED_GRACE.min(deadline.saturating_duration_since(Instant::now())), &mut send).await {
+                        Ok(reply) => reply,
+                        Err(_) => return Err((Retry::Unknown, ErrorCode::Timeout.err(format!("the master of {} changed while a send to {target} was in flight", queue.group)))),
+                    }
                 }
             };
             match reply {
