@@ -341,17 +341,17 @@ impl Core {
                 left,
             );
             // A master that stops answering (paused, partitioned) would hold this send until its
-            // deadline; when the NameServers announce another master, give up on it at once: its
-            // outcome is unknown, and the next send goes to the new master.
+            // deadline; when the NameServers announce another master, give up on it soon: its
+            // outcome is unknown, and the next send goes to the new master. Not at once: a
+            // master handing its role over answers every send it holds (committed, or NOT_MASTER
+            // and so safe to retry), and the announcement may overtake that answer.
             let send = broker.send(request);
             tokio::pin!(send);
             let reply = tokio::select! {
                 reply = &mut send => reply,
                 _ = self.client.master_moved(topic, &queue.group, &target) => {
-                    // A master handing its role over answers every send it holds (committed, or
-                    // NOT_MASTER and so safe to retry), but the new master's announcement may
-                    // overtake that answer: wait a little for it. One cut off never answers.
-                    match tokio::time::timeout(MOVED_GRACE.min(deadline.saturating_duration_since(Instant::now())), &mut send).await {
+                    let grace = MOVED_GRACE.min(deadline.saturating_duration_since(Instant::now()));
+                    match tokio::time::timeout(grace, &mut send).await {
                         Ok(reply) => reply,
                         Err(_) => return Err((Retry::Unknown, ErrorCode::Timeout.err(format!("the master of {} changed while a send to {target} was in flight", queue.group)))),
                     }
