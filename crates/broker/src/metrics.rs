@@ -255,6 +255,14 @@ impl std::fmt::Debug for NodeState {
     }
 }
 
+/// This process's resident set size, from `/proc/self/status` (Linux); `None` elsewhere.
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    let kb: u64 = kb.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb * 1024)
+}
+
 /// Writes one gauge family: `samples` of (labels, value).
 fn gauges<L: raftmq_metrics::prometheus_client::encoding::EncodeLabelSet>(
     encoder: &mut DescriptorEncoder,
@@ -284,6 +292,36 @@ impl Collector for NodeState {
             MetricType::Histogram,
         )?;
         encode_histogram(sync, sum, count, &buckets)?;
+        let memory = self.db.memory();
+        let per_cf = |f: fn(&raftmq_store::db::CfMemory) -> u64| -> Vec<([(&str, &str); 1], f64)> {
+            memory.iter().map(|m| ([("cf", m.cf)], f(m) as f64)).collect()
+        };
+        gauges(
+            &mut encoder,
+            "store_memtable_bytes",
+            "RocksDB memtables by column family: the active one and those not yet released after a flush",
+            &per_cf(|m| m.memtables),
+        )?;
+        gauge(
+            &mut encoder,
+            "store_block_cache_bytes",
+            "RocksDB block cache in use (one cache for every column family)",
+            self.db.block_cache_bytes() as f64,
+        )?;
+        gauges(
+            &mut encoder,
+            "store_table_readers_bytes",
+            "RocksDB table readers (index and filter blocks outside the block cache), by column family",
+            &per_cf(|m| m.table_readers),
+        )?;
+        if let Some(rss) = resident_bytes() {
+            gauge(
+                &mut encoder,
+                "resident_memory_bytes",
+                "This process's resident memory (RSS)",
+                rss as f64,
+            )?;
+        }
 
         let Some(state) = self.node.get().and_then(Weak::upgrade) else {
             return Ok(());

@@ -167,6 +167,13 @@ async fn brokers_and_the_nameserver_serve_metrics_that_move() {
         sample(&after, "raftmq_broker_applied_index").unwrap()
             > sample(&before, "raftmq_broker_applied_index").unwrap()
     );
+    // Memory: the messages sent sit in the log family's memtable; the process is resident.
+    assert!(
+        sample(&after, r#"raftmq_broker_store_memtable_bytes{cf="log"}"#).unwrap() >= 1000.0,
+        "{after}"
+    );
+    assert!(sample(&after, "raftmq_broker_store_block_cache_bytes").unwrap() <= (8 << 20) as f64);
+    assert!(sample(&after, "raftmq_broker_resident_memory_bytes").unwrap() > (1 << 20) as f64);
     for id in group.ids().into_iter().filter(|id| *id != master) {
         let series = format!(r#"raftmq_broker_replication_lag_entries{{slave="{id}"}}"#);
         assert!(sample(&after, &series).is_some(), "{series} missing from:\n{after}");
@@ -180,6 +187,7 @@ async fn brokers_and_the_nameserver_serve_metrics_that_move() {
         "code",
         "role",
         "slave",
+        "cf",
         "cluster",
         "node",
         "le",
