@@ -3,7 +3,10 @@
 # fsync before acknowledgement) from release binaries, runs the standard set, prints one table
 # and the brokers' memory, and tears the cluster down.
 #
-#   scripts/bench.sh [--duration SECONDS]
+#   scripts/bench.sh [--duration SECONDS] [--memory]
+#
+# --memory: reads every broker's /metrics twice a second during the runs and prints, for each
+# broker, the sample with the highest RSS and what the store held then (memtables, block cache).
 #
 # Standard set, 1 KiB messages unless said: sync send with 1 in flight; pipelined sends with a
 # window of 256 (1 KiB, 128 B, 4 KiB); consume from the master; consume from a slave. Each row
@@ -12,7 +15,14 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DURATION=10
-[ "${1:-}" = --duration ] && DURATION=$2
+MEMORY=
+while [ $# -gt 0 ]; do
+    case $1 in
+        --duration) DURATION=$2; shift 2 ;;
+        --memory) MEMORY=1; shift ;;
+        *) echo "usage: scripts/bench.sh [--duration SECONDS] [--memory]" >&2; exit 2 ;;
+    esac
+done
 . "$ROOT/scripts/lib/bench.sh"
 
 # Idle memory, and how fast a broker is ready to serve on an empty store.
@@ -48,12 +58,44 @@ run() { # label, bench args...
             'BEGIN { if (n > 0) printf "%12.1f %12.1f", b * 1000 / n, c * 1e6 / n; else printf "%12s %12s", "-", "-" }')" \
         "$(echo "$out" | grep -o '"errors":{[^}]*}' | cut -d: -f2-)")")
 }
+# One line per broker and sample: name, RSS MB, memtables MB (all, log, consume queue), block cache MB.
+memory_samples() {
+    local f name port
+    while true; do
+        for f in "$ROOT"/cluster-config/small/broker-*.toml; do
+            name=$(basename "$f" .toml)
+            port=$(sed -n 's/^metrics-addr = "127\.0\.0\.1:\([0-9]*\)".*/\1/p' "$f")
+            [ -n "$port" ] && exec 3<>"/dev/tcp/127.0.0.1/$port" || continue
+            printf 'GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n' >&3
+            awk -v n="$name" '
+                /^raftmq_broker_resident_memory_bytes/ { rss = $2 }
+                /^raftmq_broker_store_memtable_bytes/ { mt += $2 }
+                /^raftmq_broker_store_memtable_bytes.*cf="log"/ { log_mt = $2 }
+                /^raftmq_broker_store_memtable_bytes.*cf="cq"/ { cq = $2 }
+                /^raftmq_broker_store_block_cache_bytes/ { cache = $2 }
+                END { if (rss > 0) printf "%s %.1f %.1f %.1f %.1f %.1f\n", n, rss / 1048576, mt / 1048576, log_mt / 1048576, cq / 1048576, cache / 1048576 }' <&3
+            exec 3<&-
+        done
+        sleep 0.5
+    done
+}
+sampler=
+if [ -n "$MEMORY" ]; then
+    memory_samples > "$RAFTMQ_HOME/memory.samples" 2>/dev/null &
+    sampler=$!
+fi
+
 run "send 1 KiB, 1 in flight" produce --window 1 --duration "$DURATION"
 run "send 1 KiB, window 256" produce --window 256 --duration "$DURATION"
 run "send 128 B, window 256" produce --window 256 --size 128 --duration "$DURATION"
 run "send 4 KiB, window 256" produce --window 256 --size 4096 --duration "$DURATION"
 run "consume from master" consume --duration 60
 run "consume from a slave" consume --slave --duration 60
+
+if [ -n "$sampler" ]; then
+    kill "$sampler" 2>/dev/null || true
+    wait "$sampler" 2>/dev/null || true
+fi
 
 # Ready to serve with what the runs stored.
 ready_full=$(start_ms "broker-a-$slave")
@@ -64,4 +106,8 @@ echo
 echo "broker RSS idle:  $(echo "$idle")"
 echo "broker RSS peak:  $(rss VmHWM)"
 echo "ready to serve after start: ${ready_empty} ms on an empty store, ${ready_full} ms with the bench's messages stored"
+if [ -n "$sampler" ]; then
+    echo "highest RSS sample per broker, and the store then (MB): RSS, memtables (all, log, cq), block cache"
+    sort -k1,1 -k2,2nr "$RAFTMQ_HOME/memory.samples" | awk '$1 != last { print "  " $0; last = $1 }'
+fi
 echo "CPU/1K: CPU milliseconds (user + system) per 1000 messages, of the three brokers together and of the bench client"
