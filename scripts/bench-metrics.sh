@@ -30,17 +30,15 @@ trap '"$CLUSTER" down --purge >/dev/null 2>&1 || true; kill "${scraper:-}" 2>/de
 cp -r "$ROOT/cluster-config/small" "$work/on"
 cp -r "$ROOT/cluster-config/small" "$work/off"
 sed -i 's/^metrics-addr = .*/metrics-addr = "off"/' "$work/off"/*.toml
-ports=$(sed -n 's/^metrics-addr = "127\.0\.0\.1:\([0-9]*\)".*/\1/p' "$work/on"/*.toml)
+# shellcheck source=lib/metrics.sh
+. "$ROOT/scripts/lib/metrics.sh"
+ports=$(metrics_ports "$work/on"/*.toml)
 
 # One GET /metrics per port, a second apart, until killed; counts the bytes it read.
 scrape_loop() {
     while true; do
         for port in $ports; do
-            if exec 3<>"/dev/tcp/127.0.0.1/$port"; then
-                printf 'GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n' >&3
-                cat <&3 >> "$work/scraped"
-                exec 3<&-
-            fi
+            metrics_get "$port" >> "$work/scraped" || true
         done
         sleep 1
     done

@@ -24,6 +24,8 @@ while [ $# -gt 0 ]; do
     esac
 done
 . "$ROOT/scripts/lib/bench.sh"
+# shellcheck source=lib/metrics.sh
+. "$ROOT/scripts/lib/metrics.sh"
 
 # Idle memory, and how fast a broker is ready to serve on an empty store.
 sleep 2
@@ -64,17 +66,15 @@ memory_samples() {
     while true; do
         for f in "$ROOT"/cluster-config/small/broker-*.toml; do
             name=$(basename "$f" .toml)
-            port=$(sed -n 's/^metrics-addr = "127\.0\.0\.1:\([0-9]*\)".*/\1/p' "$f")
-            [ -n "$port" ] && exec 3<>"/dev/tcp/127.0.0.1/$port" || continue
-            printf 'GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n' >&3
-            awk -v n="$name" '
+            port=$(metrics_ports "$f")
+            [ -n "$port" ] || continue
+            metrics_get "$port" 2>/dev/null | awk -v n="$name" '
                 /^raftmq_broker_resident_memory_bytes/ { rss = $2 }
                 /^raftmq_broker_store_memtable_bytes/ { mt += $2 }
                 /^raftmq_broker_store_memtable_bytes.*cf="log"/ { log_mt = $2 }
                 /^raftmq_broker_store_memtable_bytes.*cf="cq"/ { cq = $2 }
                 /^raftmq_broker_store_block_cache_bytes/ { cache = $2 }
-                END { if (rss > 0) printf "%s %.1f %.1f %.1f %.1f %.1f\n", n, rss / 1048576, mt / 1048576, log_mt / 1048576, cq / 1048576, cache / 1048576 }' <&3
-            exec 3<&-
+                END { if (rss > 0) printf "%s %.1f %.1f %.1f %.1f %.1f\n", n, rss / 1048576, mt / 1048576, log_mt / 1048576, cq / 1048576, cache / 1048576 }' || true
         done
         sleep 0.5
     done

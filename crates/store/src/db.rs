@@ -379,6 +379,15 @@ impl Db {
     }
 }
 
+/// Options for a scan that reads everything once, in order (the start-up check, a snapshot
+/// stream): through no block cache, so it does not push out what readers use. The page cache
+/// has the files.
+pub(crate) fn read_once() -> rocksdb::ReadOptions {
+    let mut read = rocksdb::ReadOptions::default();
+    read.fill_cache(false);
+    read
+}
+
 /// A deliberately broken build, for the test that proves the power-loss fault catches a skipped
 /// fsync: in debug builds only, `RAFTMQ_BROKEN_SKIP_FSYNC=1` makes every "synced" write and WAL
 /// sync skip its fsync. Release builds have no such switch.

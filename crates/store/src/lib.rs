@@ -258,10 +258,10 @@ fn store_format(db: &Db) -> Result<u32, String> {
 fn check_log(db: &Db) -> Result<Recovered, String> {
     let mut recovered = Recovered::default();
     let mut expected: Option<u64> = None;
-    // Read once, in order: through no cache.
-    let mut read = rocksdb::ReadOptions::default();
-    read.fill_cache(false);
-    for item in db.db.iterator_cf_opt(db.cf(CF_LOG), read, IteratorMode::Start) {
+    for item in db
+        .db
+        .iterator_cf_opt(db.cf(CF_LOG), crate::db::read_once(), IteratorMode::Start)
+    {
         let (key, value) = item.map_err(|e| e.to_string())?;
         let index = keys::log_index(&key).ok_or_else(|| format!("a log key of {} bytes", key.len()))?;
         if let Some(expected) = expected {

@@ -121,10 +121,7 @@ fn write_full(checkpoint: &Path, meta: &SnapshotMeta, w: &mut impl Write) -> Res
         let cf = db
             .cf_handle(name)
             .ok_or_else(|| corrupt(format!("checkpoint lacks {name}")))?;
-        // Read once, in order: through no cache (the page cache has the files).
-        let mut read = rocksdb::ReadOptions::default();
-        read.fill_cache(false);
-        for item in db.iterator_cf_opt(cf, read, IteratorMode::Start) {
+        for item in db.iterator_cf_opt(cf, crate::db::read_once(), IteratorMode::Start) {
             let (key, value) = item?;
             if *name == CF_LOG {
                 let index = keys::log_index(&key).ok_or_else(|| corrupt("bad log key"))?;
