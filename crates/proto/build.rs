@@ -23,6 +23,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // A Raft payload (a batch of entries) is sliced out of the received buffer, not copied.
         .bytes(".raftmq.v1.RaftEnvelope.payload")
+        // A pulled body is encoded from the broker's decoded log entry without a copy of its
+        // own; a client receives it as a slice of the answer's buffer.
+        .bytes(".raftmq.v1.StoredMessage.body")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -379,7 +379,7 @@ impl RocketMqBroker {
             tags: sys.tag.unwrap_or_default(),
             keys: sys.keys.join(" "),
             properties,
-            body,
+            body: body.into(),
             born_timestamp_ms: sys
                 .born_timestamp
                 .as_ref()
@@ -463,7 +463,7 @@ impl RocketMqBroker {
                 delivery_attempt: Some(attempt as i32),
                 ..Default::default()
             }),
-            body: m.body,
+            body: m.body.to_vec(),
         }
     }
 }

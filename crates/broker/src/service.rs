@@ -53,7 +53,7 @@ fn message_in(m: pb::Message) -> MessageIn {
         tags: m.tags,
         keys: m.keys,
         properties,
-        body: m.body,
+        body: m.body.into(),
         born_timestamp_ms: m.born_timestamp_ms,
     }
 }

@@ -94,7 +94,7 @@ async fn a_delayed_message_appears_on_every_node_at_its_time_and_not_before() {
     for id in group.ids() {
         let got = wait_delivered(&group, id, 1, result.deliver_at_ms, CATCH_UP).await;
         assert_eq!(got.len(), 1);
-        assert_eq!(got[0].body, b"later");
+        assert_eq!(got[0].body, &b"later"[..]);
         assert!(
             got[0].store_timestamp_ms >= result.deliver_at_ms,
             "stored before its time"
@@ -125,7 +125,7 @@ async fn a_master_killed_just_before_the_due_time_delivers_once_through_the_next
     let next = group.wait_for_master(ELECTION).await;
     assert_ne!(next, master);
     let got = wait_delivered(&group, next, 1, result.deliver_at_ms, ELECTION).await;
-    assert_eq!(got[0].body, b"across a failover");
+    assert_eq!(got[0].body, &b"across a failover"[..]);
     // The old master comes back: still exactly one copy everywhere, however long we look.
     group.restart(master).await.expect("restart");
     group.wait_caught_up(master, CATCH_UP).await;
@@ -161,7 +161,7 @@ async fn a_group_stopped_over_the_due_time_delivers_at_once_when_it_is_back() {
     let elected = now_ms();
     let got = wait_delivered(&group, back, 1, elected, Duration::ZERO).await;
     assert_eq!(got.len(), 1);
-    assert_eq!(got[0].body, b"while down");
+    assert_eq!(got[0].body, &b"while down"[..]);
     assert!(got[0].store_timestamp_ms - elected < LATE.as_millis() as i64);
 }
 
@@ -194,7 +194,7 @@ async fn a_recalled_message_never_arrives_and_recalls_say_why_they_fail() {
     }
     let got = wait_delivered(&group, master, 1, kept.deliver_at_ms, Duration::ZERO).await;
     assert_eq!(got.len(), 1);
-    assert_eq!(got[0].body, b"kept");
+    assert_eq!(got[0].body, &b"kept"[..]);
     let late = recall(kept.recall_handle.clone()).await.unwrap_err();
     assert_eq!(code(&late), Some(ErrorCode::AlreadyDelivered), "{late:?}");
     // Well past both due times: the recalled one never came.

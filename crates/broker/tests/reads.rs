@@ -41,7 +41,7 @@ async fn a_waiting_pull_returns_when_a_message_is_committed_and_slaves_serve_it_
         .unwrap()
         .unwrap();
     assert_eq!(reply.status, pb::PullStatus::Found as i32);
-    assert_eq!(reply.messages[0].body, b"wake up");
+    assert_eq!(reply.messages[0].body, &b"wake up"[..]);
 
     // An empty pull with no wait answers at once.
     let reply = group

@@ -59,7 +59,7 @@ async fn a_message_sent_to_the_master_is_on_both_slaves_byte_for_byte() {
             .unwrap_or_else(|e| panic!("node {id}: {e}"))
             .into_inner();
         assert_eq!(
-            (by_id.body.as_slice(), by_id.queue_id, by_id.queue_offset),
+            (&by_id.body[..], by_id.queue_id, by_id.queue_offset),
             (&b"second"[..], 1, 1)
         );
         // A pull with a tag filter on every node, slaves included.
@@ -78,7 +78,7 @@ async fn a_message_sent_to_the_master_is_on_both_slaves_byte_for_byte() {
             .unwrap()
             .into_inner();
         assert_eq!(pulled.messages.len(), 1);
-        assert_eq!(pulled.messages[0].body, b"second");
+        assert_eq!(pulled.messages[0].body, &b"second"[..]);
         assert_eq!(pulled.next_offset, 2);
     }
     group.shutdown().await;
@@ -276,6 +276,6 @@ async fn append_connections_for_another_node_are_refused_and_garbage_closes_them
         .unwrap()
         .into_inner();
     assert_eq!(pulled.messages.len(), 1, "{sent:?}");
-    assert_eq!(pulled.messages[0].body, b"after garbage");
+    assert_eq!(pulled.messages[0].body, &b"after garbage"[..]);
     group.shutdown().await;
 }

@@ -307,7 +307,7 @@ async fn bad_input_gets_rocketmq_codes_and_nothing_is_stored() {
     assert_eq!(code(&again.status), Code::InvalidReceiptHandle, "the delivery is over");
     let (_, dead, _) = receive(&mut c, receive_request("dlq-reader", "%DLQ%G", Duration::from_secs(30))).await;
     assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].body, b"give up");
+    assert_eq!(dead[0].body, &b"give up"[..]);
 
     // An end of transaction without a topic: a clear status, not a gRPC error.
     let tx = c
@@ -503,7 +503,7 @@ async fn deliveries_survive_a_restart_of_every_node_and_dead_letter_after_max_at
     while attempts.len() < 2 && tokio::time::Instant::now() < deadline {
         let (_, messages, _) = receive(&mut c, receive_request("G", "T", Duration::from_secs(1))).await;
         for m in messages {
-            assert_eq!(m.body, b"survivor");
+            assert_eq!(m.body, &b"survivor"[..]);
             attempts.push(m.system_properties.unwrap().delivery_attempt.unwrap());
         }
     }
@@ -523,7 +523,7 @@ async fn deliveries_survive_a_restart_of_every_node_and_dead_letter_after_max_at
         }
     })
     .await;
-    assert_eq!(dlq.body, b"survivor");
+    assert_eq!(dlq.body, &b"survivor"[..]);
     assert_eq!(dlq.system_properties.unwrap().message_id, "id-1");
     assert_eq!(
         dlq.user_properties.get("DLQ_ORIGIN_TOPIC").map(String::as_str),
@@ -741,7 +741,7 @@ async fn transactions_commit_roll_back_and_are_checked_over_telemetry() {
     .expect("a check within 10 s");
     assert_eq!(check.transaction_id, ids[2]);
     let m = check.message.expect("the half message");
-    assert_eq!(m.body, b"orphan");
+    assert_eq!(m.body, &b"orphan"[..]);
     let sys = m.system_properties.unwrap();
     assert_eq!(sys.message_id, "id-orphan");
     assert_eq!(sys.message_type, v2::MessageType::Transaction as i32);

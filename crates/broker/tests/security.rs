@@ -270,7 +270,7 @@ async fn users_get_the_rights_they_were_given_on_every_node_and_after_a_restart(
         .await
         .expect("reader pulls from a slave")
         .into_inner();
-    assert_eq!(pulled.messages[0].body, b"by app");
+    assert_eq!(pulled.messages[0].body, &b"by app"[..]);
     refused(s.pull(signed(pull(), &app)).await, ErrorCode::Forbidden, "lacks sub");
 
     // Users survive a restart of every node.

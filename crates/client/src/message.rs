@@ -164,7 +164,7 @@ impl ReceivedMessage {
             tags: m.tags,
             keys: m.keys,
             properties: m.properties.into_iter().collect(),
-            body: m.body,
+            body: m.body.into(),
             born_timestamp_ms: m.born_timestamp_ms,
             store_timestamp_ms: m.store_timestamp_ms,
         }

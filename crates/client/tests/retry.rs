@@ -152,7 +152,7 @@ async fn a_failed_message_is_retried_with_backoff_then_dead_lettered_and_resent(
     let letters = admin.dead_letters("G", true, 10).await.expect("dead letters");
     assert_eq!(letters.len(), 1, "{letters:?}");
     let letter = &letters[0];
-    assert_eq!(letter.body, b"bad");
+    assert_eq!(letter.body, &b"bad"[..]);
     assert_eq!(letter.properties.get("DLQ_ORIGIN_TOPIC").map(String::as_str), Some("T"));
     assert_eq!(
         letter.properties.get("DLQ_ORIGIN_MESSAGE_ID"),

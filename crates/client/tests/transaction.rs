@@ -31,7 +31,7 @@ async fn stored(group: &Group, id: u64, topic: &str, queues: u32) -> Vec<(u32, S
         for m in reply.into_inner().messages {
             out.push((
                 queue_id,
-                String::from_utf8(m.body).unwrap(),
+                String::from_utf8(m.body.to_vec()).unwrap(),
                 m.properties.into_iter().collect(),
             ));
         }

@@ -77,8 +77,10 @@ pub struct MessageIn {
     pub tags: String,
     pub keys: String,
     pub properties: Vec<(String, String)>,
-    #[serde(with = "serde_bytes")]
-    pub body: Vec<u8>,
+    /// Encoded as `serde_bytes` encodes a `Vec<u8>` (a length and the bytes), which stores
+    /// written before it was `Bytes` hold. Shared, so a read hands out the body of a decoded log
+    /// entry without copying it.
+    pub body: bytes::Bytes,
     pub born_timestamp_ms: i64,
     /// CRC32 of the body, computed by the master before proposing; checked on every read.
     pub body_crc: u32,
@@ -525,7 +527,7 @@ mod tests {
             tags: "t".into(),
             keys: "k".into(),
             properties: vec![("a".into(), "b".into())],
-            body: b"body".to_vec(),
+            body: bytes::Bytes::from_static(b"body"),
             born_timestamp_ms: 7,
             body_crc: 9,
         };
@@ -577,5 +579,46 @@ mod tests {
         )
         .unwrap();
         assert!(bincode::serde::decode_from_slice::<Request, _>(&inline, config).is_err());
+    }
+
+    /// A body is encoded as it was when it was a `Vec<u8>` under `serde_bytes`, so stores
+    /// written before read the same, and what is written now reads as that did.
+    #[test]
+    fn a_body_encodes_as_the_serde_bytes_vec_it_was() {
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        struct Before {
+            tags: String,
+            keys: String,
+            properties: Vec<(String, String)>,
+            #[serde(with = "serde_bytes")]
+            body: Vec<u8>,
+            born_timestamp_ms: i64,
+            body_crc: u32,
+        }
+        let config = bincode::config::standard();
+        let body: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        let before = Before {
+            tags: "t".into(),
+            keys: "k".into(),
+            properties: vec![("a".into(), "b".into())],
+            body: body.clone(),
+            born_timestamp_ms: 7,
+            body_crc: 9,
+        };
+        let now = MessageIn {
+            tags: "t".into(),
+            keys: "k".into(),
+            properties: vec![("a".into(), "b".into())],
+            body: body.into(),
+            born_timestamp_ms: 7,
+            body_crc: 9,
+        };
+        let old_bytes = bincode::serde::encode_to_vec(&before, config).unwrap();
+        assert_eq!(bincode::serde::encode_to_vec(&now, config).unwrap(), old_bytes);
+        let (read, _): (MessageIn, usize) = bincode::serde::decode_from_slice(&old_bytes, config).unwrap();
+        assert_eq!(read, now);
+        let (back, _): (Before, usize) =
+            bincode::serde::decode_from_slice(&bincode::serde::encode_to_vec(&now, config).unwrap(), config).unwrap();
+        assert_eq!(back, before);
     }
 }

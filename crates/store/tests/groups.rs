@@ -105,7 +105,7 @@ async fn a_message_sent_back_waits_on_the_retry_topic_or_lands_in_the_dead_lette
     assert_eq!((due[0].target.topic.as_str(), due[0].target.queue_id), ("%RETRY%G", 0));
     let dead = store.reader.read("%DLQ%G", 0, 0, 10, u64::MAX, &|_| true).unwrap();
     assert_eq!(dead.messages.len(), 1);
-    assert_eq!(dead.messages[0].body, b"failed");
+    assert_eq!(dead.messages[0].body, &b"failed"[..]);
 }
 
 fn lock(client: &str, queues: &[u32], lease_ms: u64) -> Command {

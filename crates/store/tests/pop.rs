@@ -25,7 +25,7 @@ fn message(body: &str) -> MessageIn {
         tags: String::new(),
         keys: String::new(),
         properties: vec![],
-        body: body.as_bytes().to_vec(),
+        body: body.as_bytes().to_vec().into(),
         born_timestamp_ms: 1,
         body_crc: body_crc(body.as_bytes()),
     }
@@ -187,7 +187,7 @@ async fn deliveries_are_granted_once_redelivered_after_expiry_and_acked_by_curre
         ),
         "{r:?}"
     );
-    assert_eq!(store.reader.get("%DLQ%G", 0, 0).unwrap().unwrap().body, b"m2");
+    assert_eq!(store.reader.get("%DLQ%G", 0, 0).unwrap().unwrap().body, &b"m2"[..]);
     assert_eq!(
         consume_offset(&store),
         Some(4),

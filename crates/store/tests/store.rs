@@ -69,7 +69,7 @@ async fn sends_get_dense_offsets_and_read_back_byte_for_byte() {
     let bodies: Vec<_> = r
         .messages
         .iter()
-        .map(|m| String::from_utf8(m.body.clone()).unwrap())
+        .map(|m| String::from_utf8(m.body.to_vec()).unwrap())
         .collect();
     assert_eq!(bodies, ["m0", "m1", "m2"]);
     assert_eq!((r.next_offset, r.min_offset, r.max_offset), (3, 0, 3));
@@ -105,7 +105,7 @@ async fn sends_get_dense_offsets_and_read_back_byte_for_byte() {
         .unwrap()
         .messages
         .is_empty());
-    assert_eq!(store.reader.get("T", 1, 0).unwrap().unwrap().body, b"other");
+    assert_eq!(store.reader.get("T", 1, 0).unwrap().unwrap().body, &b"other"[..]);
     assert!(store.reader.get("T", 1, 1).unwrap().is_none());
 
     // Search by store timestamp.
@@ -244,9 +244,9 @@ async fn a_snapshot_carries_the_messages_to_another_node() {
     drop(follower);
     // And it is still there after a restart.
     let follower = open(follower_dir.path());
-    assert_eq!(follower.reader.get("T", 0, 1).unwrap().unwrap().body, b"b");
+    assert_eq!(follower.reader.get("T", 0, 1).unwrap().unwrap().body, &b"b"[..]);
     // The leader still serves its purged (but retained) entries.
-    assert_eq!(leader.reader.get("T", 0, 0).unwrap().unwrap().body, b"a");
+    assert_eq!(leader.reader.get("T", 0, 0).unwrap().unwrap().body, &b"a"[..]);
 }
 
 #[tokio::test]
@@ -333,7 +333,7 @@ async fn building_a_snapshot_copies_no_message_and_it_still_travels_whole() {
     let fresh_dir = tempfile::tempdir().unwrap();
     let mut fresh = open(fresh_dir.path());
     transfer(current, &mut fresh).await;
-    assert_eq!(fresh.reader.get("T", 0, 1_000).unwrap().unwrap().body, b"late");
+    assert_eq!(fresh.reader.get("T", 0, 1_000).unwrap().unwrap().body, &b"late"[..]);
 }
 
 #[tokio::test]
@@ -459,7 +459,7 @@ async fn a_purge_ahead_of_an_install_that_fails_is_not_kept() {
         follower.log.get_log_state().await.unwrap().last_purged_log_id,
         Some(log_id(2))
     );
-    assert_eq!(follower.reader.get("T", 0, 0).unwrap().unwrap().body, b"a");
+    assert_eq!(follower.reader.get("T", 0, 0).unwrap().unwrap().body, &b"a"[..]);
 }
 
 #[tokio::test]
@@ -506,7 +506,7 @@ async fn a_store_in_another_format_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     store_one_message(dir.path(), vec![]).await;
     let store = open(dir.path());
-    assert_eq!(store.reader.get("T", 0, 0).unwrap().unwrap().body, b"payload");
+    assert_eq!(store.reader.get("T", 0, 0).unwrap().unwrap().body, &b"payload"[..]);
     drop(store);
     let reopen_as = |format: Option<u32>| {
         edit_db(dir.path(), |db| {
@@ -619,13 +619,13 @@ async fn retention_deletes_old_entries_but_never_what_raft_still_needs() {
     let report = store.retention.run(0, 100).unwrap();
     assert_eq!(report.deleted_entries, 1);
     assert_eq!(store.reader.queue_state("T", 0).min_offset, 3);
-    assert_eq!(store.reader.get("T", 0, 3).unwrap().unwrap().body, b"d");
+    assert_eq!(store.reader.get("T", 0, 3).unwrap().unwrap().body, &b"d"[..]);
 
     // It all holds after a restart, and the recovery checks accept the shortened log.
     drop(store);
     let store = open(dir.path());
     assert_eq!(store.reader.queue_state("T", 0).min_offset, 3);
-    assert_eq!(store.reader.get("T", 0, 3).unwrap().unwrap().body, b"d");
+    assert_eq!(store.reader.get("T", 0, 3).unwrap().unwrap().body, &b"d"[..]);
 }
 
 /// Every message body goes through the WAL; old WAL files must go once their data is in table

@@ -46,7 +46,7 @@ async fn scheduled(dir: &std::path::Path) -> (Store, Timer) {
 
 fn bodies(store: &Store) -> Vec<Vec<u8>> {
     let read = store.reader.read("T", 0, 0, 100, u64::MAX, &|_| true).unwrap();
-    read.messages.into_iter().map(|m| m.body).collect()
+    read.messages.into_iter().map(|m| m.body.to_vec()).collect()
 }
 
 #[tokio::test]
@@ -62,7 +62,7 @@ async fn a_pending_timer_travels_with_a_snapshot_and_is_delivered_once() {
     let due = a.reader.due_timers(None, DUE, 10).unwrap();
     assert_eq!(due.len(), 1);
     assert_eq!(
-        (due[0].timer, due[0].target.message.body.as_slice()),
+        (due[0].timer, due[0].target.message.body.as_ref()),
         (timer, &b"later"[..])
     );
 
@@ -188,7 +188,7 @@ async fn a_scan_goes_on_after_the_timer_it_was_given() {
     let first = store.reader.due_timers(None, DUE, 2).unwrap();
     assert_eq!(first.len(), 2);
     let rest = store.reader.due_timers(Some(&first[1].timer), DUE, 10).unwrap();
-    let bodies: Vec<&[u8]> = rest.iter().map(|d| d.target.message.body.as_slice()).collect();
+    let bodies: Vec<&[u8]> = rest.iter().map(|d| d.target.message.body.as_ref()).collect();
     assert_eq!(bodies, vec![&b"c"[..]]);
     assert!(store
         .reader

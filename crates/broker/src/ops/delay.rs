@@ -182,7 +182,7 @@ mod tests {
             tags: String::new(),
             keys: String::new(),
             properties: props.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            body: b"x".to_vec(),
+            body: bytes::Bytes::from_static(b"x"),
             born_timestamp_ms: 0,
             body_crc: 0,
         }

@@ -416,7 +416,7 @@ mod tests {
                 tags: String::new(),
                 keys: String::new(),
                 properties: vec![],
-                body: vec![],
+                body: bytes::Bytes::new(),
                 born_timestamp_ms: 0,
                 body_crc: 0,
             },

@@ -54,7 +54,7 @@ pub async fn read_replicas(
                     break;
                 }
                 for m in r.messages {
-                    content.insert((queue_id, m.queue_offset), (m.body, m.store_timestamp_ms));
+                    content.insert((queue_id, m.queue_offset), (m.body.to_vec(), m.store_timestamp_ms));
                 }
                 offset = r.next_offset;
             }

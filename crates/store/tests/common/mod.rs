@@ -27,7 +27,7 @@ pub fn message(body: &str, tags: &str) -> MessageIn {
         tags: tags.into(),
         keys: "k1 k2".into(),
         properties: vec![("a".into(), "b".into())],
-        body: body.as_bytes().to_vec(),
+        body: body.as_bytes().to_vec().into(),
         born_timestamp_ms: 7,
         body_crc: body_crc(body.as_bytes()),
     }
