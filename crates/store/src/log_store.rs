@@ -261,9 +261,13 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::write_logs(&e).into()
 }
 
-/// Decodes one stored log entry; a bad record is an error naming its index.
+/// Decodes one stored log entry; a bad record is an error naming its index. The stored bytes
+/// are copied once, whole, and the entry's bodies and its request's encoding are slices of that
+/// copy (see [`crate::types::decode_sharing`]): one allocation instead of one per message, and
+/// an entry sent on to a slave is not encoded again.
 pub fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry, codec::CorruptRecord> {
-    codec::decode(bytes, || format!("log entry {index}"))
+    let whole = bytes::Bytes::copy_from_slice(bytes);
+    crate::types::decode_sharing(&whole, || codec::decode(&whole, || format!("log entry {index}")))
 }
 
 /// The last purged log id as recorded on disk.

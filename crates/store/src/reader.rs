@@ -44,7 +44,9 @@ impl StoredMessage {
             keys: self.keys,
             properties: self.properties,
             body_crc: self.body_crc,
-            body: self.body,
+            // Its own copy: the body read is a slice of a whole log entry, which a message
+            // sent again (a retry, a dead letter) would keep alive in the log store's cache.
+            body: bytes::Bytes::copy_from_slice(&self.body),
             born_timestamp_ms: self.born_timestamp_ms,
         }
     }

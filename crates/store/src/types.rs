@@ -78,8 +78,10 @@ pub struct MessageIn {
     pub keys: String,
     pub properties: Vec<(String, String)>,
     /// Encoded as `serde_bytes` encodes a `Vec<u8>` (a length and the bytes), which stores
-    /// written before it was `Bytes` hold. Shared, so a read hands out the body of a decoded log
-    /// entry without copying it.
+    /// written before it was `Bytes` hold. Decoded under [`decode_sharing`], it is a slice of
+    /// the shared buffer (a received frame, a log entry read back); a read hands it out
+    /// without copying it.
+    #[serde(deserialize_with = "shared_body")]
     pub body: bytes::Bytes,
     pub born_timestamp_ms: i64,
     /// CRC32 of the body, computed by the master before proposing; checked on every read.
@@ -463,6 +465,27 @@ mod shared_source {
 
 pub use shared_source::decode_sharing;
 
+/// A body as a slice of the buffer being decoded under [`decode_sharing`], else a copy.
+fn shared_body<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<bytes::Bytes, D::Error> {
+    struct Visit;
+    impl<'de> serde::de::Visitor<'de> for Visit {
+        type Value = bytes::Bytes;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a message body")
+        }
+        fn visit_borrowed_bytes<E: serde::de::Error>(self, v: &'de [u8]) -> Result<bytes::Bytes, E> {
+            Ok(shared_source::slice(v).unwrap_or_else(|| bytes::Bytes::copy_from_slice(v)))
+        }
+        fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<bytes::Bytes, E> {
+            Ok(bytes::Bytes::copy_from_slice(v))
+        }
+        fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<bytes::Bytes, E> {
+            Ok(v.into())
+        }
+    }
+    deserializer.deserialize_bytes(Visit)
+}
+
 /// Why the state machine refused a command. Deterministic: every replica refuses the same way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Rejection {
@@ -557,10 +580,29 @@ mod tests {
         let inside = wire.as_ptr() as usize..wire.as_ptr() as usize + wire.len();
         assert!(inside.contains(&(kept.as_ptr() as usize)));
         assert_eq!(bincode::serde::encode_to_vec(&shared, config).unwrap(), wire[..]);
+        let bodies = |r: &Request| -> Vec<bytes::Bytes> {
+            r.commands
+                .iter()
+                .flat_map(|c| c.stored_messages().map(|(_, _, m)| m.to_vec()).unwrap_or_default())
+                .map(|m| m.body)
+                .collect()
+        };
+        for body in bodies(&shared) {
+            assert!(
+                inside.contains(&(body.as_ptr() as usize)),
+                "a body is a slice of the buffer"
+            );
+        }
 
         let (plain, _): (Request, usize) = bincode::serde::decode_from_slice(&wire, config).unwrap();
         assert_eq!(plain, original);
         assert!(plain.encoded.is_none());
+        for body in bodies(&plain) {
+            assert!(
+                !inside.contains(&(body.as_ptr() as usize)),
+                "decoded without sharing, a copy"
+            );
+        }
         assert_eq!(bincode::serde::encode_to_vec(&plain, config).unwrap(), wire[..]);
     }
 
