@@ -40,6 +40,12 @@ pub fn cq(topic: &str, queue_id: u32, offset: u64) -> Vec<u8> {
     k
 }
 
+/// Turns a [`cq`] key into the key of another offset of the same queue, in place.
+pub fn set_cq_offset(key: &mut [u8], offset: u64) {
+    let at = key.len() - 8;
+    key[at..].copy_from_slice(&offset.to_be_bytes());
+}
+
 /// Consume offset: group, topic, queue.
 pub fn consume_offset(group: &str, topic: &str, queue_id: u32) -> Vec<u8> {
     let mut k = topic_prefix(group);
@@ -141,6 +147,9 @@ mod tests {
             Some(("g1".into(), "T".into(), 3))
         );
         assert_eq!(log_index(&log(42)), Some(42));
+        let mut key = cq("T", 1, 5);
+        set_cq_offset(&mut key, 300);
+        assert_eq!(key, cq("T", 1, 300));
         assert_eq!(
             parse_pop(&pop_cursor("g", "T", 2)),
             Some(("g".into(), "T".into(), 2, None))

@@ -396,10 +396,11 @@ impl StoreReader {
         wanted: &Wanted<'_>,
     ) -> Result<ReadResult, ReadError> {
         let bounds = self.queue_state(topic, queue_id);
-        let available = bounds.next_offset.saturating_sub(offset.max(bounds.min_offset));
+        let start = offset.max(bounds.min_offset);
+        let available = bounds.next_offset.saturating_sub(start);
         let mut result = ReadResult {
             messages: Vec::with_capacity(available.min(max_messages as u64).min(1024) as usize),
-            next_offset: offset.max(bounds.min_offset),
+            next_offset: start,
             min_offset: bounds.min_offset,
             max_offset: bounds.next_offset,
         };
@@ -424,10 +425,8 @@ impl StoreReader {
                 break;
             }
             let (key, value) = item?;
-            // The key the next offset has: the start key with its offset (the last 8 bytes)
-            // written over, not a new key per message.
-            let at = expected.len() - 8;
-            expected[at..].copy_from_slice(&result.next_offset.to_be_bytes());
+            // The start key turned into the next offset's, not a new key per message.
+            keys::set_cq_offset(&mut expected, result.next_offset);
             if *key != *expected {
                 // Retention may have cut the queue since we read its bounds: then the queue
                 // moved on, which is no damage. Anything else is a hole in the index.
