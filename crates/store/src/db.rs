@@ -51,9 +51,10 @@ pub const META_FORMAT: &[u8] = b"format";
 pub const STORE_FORMAT: u32 = 2;
 
 /// Write buffer (memtable) of the log family, where every message body lands first. RocksDB
-/// keeps up to two (one filling, one being flushed), so this bounds most of a busy broker's
-/// memory.
-pub const LOG_WRITE_BUFFER_BYTES: usize = 32 << 20;
+/// keeps up to two (one filling, one being flushed). 16 MiB (was 32): with the two entry caches
+/// at 8 MiB, a broker's peak under the standard benchmark went from 130-151 MB to 100-115 MB,
+/// and the CPU per message did not move (docs/benchmarks.md, session 22).
+pub const LOG_WRITE_BUFFER_BYTES: usize = 16 << 20;
 
 /// Write buffer of every other family. The consume queue grows by an entry per message (about
 /// 60 bytes); left at RocksDB's 64 MiB it held 40 MB in memory under the standard benchmark.
@@ -67,11 +68,11 @@ pub const SMALL_WRITE_BUFFER_BYTES: usize = 16 << 20;
 pub const BLOCK_CACHE_BYTES: usize = 8 << 20;
 
 /// Most WAL kept before the families holding the oldest WAL file are flushed (and so what a
-/// killed node replays at start): 128 MiB, four of the log family's write buffers. Each time the
+/// killed node replays at start): 128 MiB, eight of the log family's write buffers. Each time the
 /// WAL reaches it, every small family flushes a table file of its own, and the consume queue's
 /// are compacted into the whole of it: at 64 MiB, 4 KiB sends cost the brokers about a tenth
 /// more CPU in alternating runs.
-pub const MAX_TOTAL_WAL_BYTES: u64 = 4 * LOG_WRITE_BUFFER_BYTES as u64;
+pub const MAX_TOTAL_WAL_BYTES: u64 = 128 << 20;
 
 /// Obsolete WAL files kept to be written over instead of creating new ones: at most this many
 /// files of up to about [`MAX_TOTAL_WAL_BYTES`] each stay on disk beside the live WAL.

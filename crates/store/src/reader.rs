@@ -137,8 +137,11 @@ struct EntryCache {
     bytes: usize,
 }
 
-/// The most stored bytes of entries kept decoded.
-const ENTRY_CACHE_BYTES: usize = 16 << 20;
+/// The most stored bytes of entries kept decoded: about 100 entries of 80 KB (the size group
+/// commit makes under load), enough for consumers of eight queues reading one backlog side by
+/// side. 16 MiB held 20-30 MB more on a broker serving a backlog, with the same read rate
+/// (docs/benchmarks.md, session 22).
+const ENTRY_CACHE_BYTES: usize = 8 << 20;
 
 impl EntryCache {
     fn get(&self, index: u64) -> Option<Arc<Entry>> {
