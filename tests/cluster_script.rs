@@ -125,10 +125,10 @@ async fn two_groups_fail_over_under_load_and_survive_a_nameserver_loss() {
                 break;
             }
             for m in &r.messages {
-                per_queue.entry(q.clone()).or_default().push((
-                    m.queue_offset,
-                    String::from_utf8(m.body.clone()).unwrap().parse().unwrap(),
-                ));
+                per_queue
+                    .entry(q.clone())
+                    .or_default()
+                    .push((m.queue_offset, std::str::from_utf8(&m.body).unwrap().parse().unwrap()));
             }
             offset = r.next_offset;
         }

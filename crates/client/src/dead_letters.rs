@@ -134,7 +134,7 @@ impl Admin {
             tags: dead_letter.tags.clone(),
             keys: dead_letter.keys.clone(),
             properties,
-            body: dead_letter.body.clone(),
+            body: dead_letter.body.to_vec(),
         };
         Producer::new(self.client.clone()).send(message).await
     }

@@ -33,6 +33,8 @@ use raftmq_proto::broker_client::BrokerClient;
 use tonic::transport::Channel;
 
 pub use admin::Admin;
+/// The type of a received message's body (re-exported so that users need not name the crate).
+pub use bytes::Bytes;
 pub use consumer::{
     ConsumeFrom, ConsumeResult, MessageModel, MessageSelector, PullConsumer, PullResult, PushConsumer,
     PushConsumerBuilder, ReadPreference, SentBack,

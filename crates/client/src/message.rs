@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
 use raftmq_proto as pb;
 
 /// A message to send.
@@ -128,7 +129,11 @@ pub struct ReceivedMessage {
     pub tags: String,
     pub keys: String,
     pub properties: BTreeMap<String, String>,
-    pub body: Vec<u8>,
+    /// A slice of the buffer the broker's answer arrived in: received without a copy per
+    /// message. It derefs to `[u8]`. It keeps that buffer (the whole answer, up to a pull's
+    /// batch of messages) alive: to keep a few messages long after the rest are dropped, keep
+    /// `body.to_vec()` instead.
+    pub body: Bytes,
     pub born_timestamp_ms: i64,
     pub store_timestamp_ms: i64,
 }
@@ -164,7 +169,7 @@ impl ReceivedMessage {
             tags: m.tags,
             keys: m.keys,
             properties: m.properties.into_iter().collect(),
-            body: m.body.into(),
+            body: m.body,
             born_timestamp_ms: m.born_timestamp_ms,
             store_timestamp_ms: m.store_timestamp_ms,
         }

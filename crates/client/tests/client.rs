@@ -56,7 +56,7 @@ impl Seen {
         }
     }
     fn bodies(&self) -> BTreeSet<Vec<u8>> {
-        self.0.lock().unwrap().iter().map(|m| m.body.clone()).collect()
+        self.0.lock().unwrap().iter().map(|m| m.body.to_vec()).collect()
     }
     fn len(&self) -> usize {
         self.0.lock().unwrap().len()
@@ -105,11 +105,11 @@ async fn sync_async_oneway_and_batch_sends_arrive() {
         (all.len() == 17).then_some(all)
     })
     .await;
-    let sync = got.iter().find(|m| m.body == b"sync").unwrap();
+    let sync = got.iter().find(|m| m.body == b"sync"[..]).unwrap();
     assert_eq!((sync.tags.as_str(), sync.keys.as_str()), ("a", "k1"));
     assert_eq!(sync.properties.get("p").map(String::as_str), Some("v"));
     assert_eq!(sync.msg_id, r.msg_id);
-    assert!(got.iter().any(|m| m.body == b"oneway"));
+    assert!(got.iter().any(|m| m.body == b"oneway"[..]));
     // Sends one after another go round robin over the queues. (Concurrent async sends may share
     // one request, and so one queue: the producer coalesces them.)
     let mut queues = BTreeSet::new();
@@ -157,7 +157,7 @@ async fn keyed_sends_keep_per_key_order() {
             .messages;
         let seq: Vec<usize> = msgs
             .iter()
-            .filter_map(|m| String::from_utf8(m.body.clone()).ok())
+            .filter_map(|m| String::from_utf8(m.body.to_vec()).ok())
             .filter(|b| b.starts_with(&format!("{key}:")))
             .map(|b| b.split(':').nth(1).unwrap().parse().unwrap())
             .collect();

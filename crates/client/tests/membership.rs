@@ -335,7 +335,7 @@ async fn a_broker_group_added_to_a_running_cluster_takes_sends_and_its_queues_ar
             .client_id(format!("grow-{i}"))
             .consume_from(ConsumeFrom::First)
             .start(move |batch: &[ReceivedMessage]| {
-                seen.lock().unwrap().extend(batch.iter().map(|m| m.body.clone()));
+                seen.lock().unwrap().extend(batch.iter().map(|m| m.body.to_vec()));
                 ConsumeResult::Success
             })
             .await

@@ -49,7 +49,7 @@ async fn orderly_members_never_share_a_queue_and_keep_each_key_in_order_across_k
                         end: Instant::now(),
                         bodies: batch
                             .iter()
-                            .map(|m| String::from_utf8(m.body.clone()).unwrap())
+                            .map(|m| String::from_utf8(m.body.to_vec()).unwrap())
                             .collect(),
                     });
                     ConsumeResult::Success

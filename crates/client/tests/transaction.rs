@@ -164,7 +164,7 @@ async fn open_transactions_are_checked_and_ended_as_the_checker_says_up_to_the_l
     let checker = {
         let asked = asked.clone();
         move |m: raftmq_client::ReceivedMessage| {
-            let body = String::from_utf8(m.body.clone()).unwrap();
+            let body = String::from_utf8(m.body.to_vec()).unwrap();
             *asked.lock().unwrap().entry(body.clone()).or_default() += 1;
             async move {
                 match body.as_str() {
@@ -248,7 +248,10 @@ async fn a_new_master_goes_on_checking_and_a_commit_repeated_after_a_failover_is
         TransactionProducer::builder(client.clone(), "P")
             .topics(["T"])
             .checker(move |m| {
-                asked_on.lock().unwrap().push(String::from_utf8(m.body).unwrap());
+                asked_on
+                    .lock()
+                    .unwrap()
+                    .push(String::from_utf8(m.body.to_vec()).unwrap());
                 async { TransactionState::Commit }
             })
             .start()

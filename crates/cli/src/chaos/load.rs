@@ -242,7 +242,7 @@ fn record_into(
                 group: m.group.clone(),
                 queue_id: m.queue_id,
             };
-            l.push((queue, m.queue_offset, m.body.clone()));
+            l.push((queue, m.queue_offset, m.body.to_vec()));
         }
         ConsumeResult::Success
     }
