@@ -21,6 +21,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let fds = protox::compile(files, [root])?;
     tonic_prost_build::configure()
+        // Encodes each message into a buffer sized for it (see `codec` in src/lib.rs).
+        .codec_path("crate::codec::SizedCodec")
         // A Raft payload (a batch of entries) is sliced out of the received buffer, not copied.
         .bytes(".raftmq.v1.RaftEnvelope.payload")
         // A pulled body is encoded from the broker's decoded log entry without a copy of its
