@@ -5,19 +5,22 @@
 # shared cores). Each DIR holds release binaries (raftmq, raftmq-broker, raftmq-namesrv), for
 # example a copy of target/release taken before a change.
 #
-#   scripts/bench-ab.sh [--runs N] [--duration SECONDS] [--case consume|send|send-4k] DIR_A DIR_B
+#   scripts/bench-ab.sh [--runs N] [--duration SECONDS] [--case consume|send|send-4k|send-random] DIR_A DIR_B
 #
 # consume: DIR_A's cluster stores one pipelined run of 1 KiB sends once; then every run starts
 #   the cluster again on that same data with one DIR's binaries, consumes every queue from the
 #   master, then from a slave, and stops it. Both builds read the same stored messages.
 # send, send-4k: every run is a fresh cluster of one DIR, pipelined sends of 1 KiB (4 KiB) at
 #   window 256 for SECONDS.
+# send-random: as send, with bodies of pseudo-random bytes (`bench produce --random`), which the
+#   store cannot compress: the standard bodies repeat one byte, which hides what writing,
+#   flushing and compacting real bodies costs.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RUNS=3
 DURATION=10
 CASE=consume
-usage() { echo "usage: $0 [--runs N] [--duration SECONDS] [--case consume|send|send-4k] DIR_A DIR_B" >&2; exit 2; }
+usage() { echo "usage: $0 [--runs N] [--duration SECONDS] [--case consume|send|send-4k|send-random] DIR_A DIR_B" >&2; exit 2; }
 while [ $# -gt 0 ]; do
     case $1 in
         --runs) RUNS=$2; shift 2 ;;
@@ -28,7 +31,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ $# -eq 2 ] || usage
-case $CASE in consume | send | send-4k) ;; *) usage ;; esac
+case $CASE in consume | send | send-4k | send-random) ;; *) usage ;; esac
 for dir in "$@"; do
     for b in raftmq raftmq-broker raftmq-namesrv; do
         [ -x "$dir/$b" ] || { echo "$0: $dir/$b is missing" >&2; exit 2; }
@@ -75,12 +78,13 @@ for _ in $(seq "$RUNS"); do
                 row "$dir" "consume from a slave" consume --slave --duration 60
                 "$CLUSTER" down >/dev/null
                 ;;
-            send | send-4k)
-                size=1024
+            send | send-4k | send-random)
+                size=1024 random=() label=
                 [ "$CASE" = send-4k ] && size=4096
+                [ "$CASE" = send-random ] && random=(--random) label=" random"
                 up "$dir"
                 "$dir/raftmq" --namesrv "$NS" topic create BenchTopic --queues 8 >/dev/null
-                row "$dir" "send $size B, w256" produce --window 256 --size "$size" --duration "$DURATION"
+                row "$dir" "send $size B$label, w256" produce --window 256 --size "$size" "${random[@]}" --duration "$DURATION"
                 "$CLUSTER" down --purge >/dev/null
                 ;;
         esac
