@@ -228,7 +228,7 @@ fn take_checkpoint(db: &Db, dir: &Path) -> Result<(), rocksdb::Error> {
     db.mark_after_flush()
 }
 
-/// Makes a built snapshot the current one, unless the current one is as new: writes its pointer,
+/// Makes a built snapshot the current one, unless the current one is newer: writes its pointer,
 /// records it, and removes older snapshots. Returns the current snapshot's metadata.
 fn publish(
     db: &Db,
@@ -238,11 +238,14 @@ fn publish(
     checkpoint: &Path,
 ) -> Result<SnapshotMeta, StorageError> {
     let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
-    // A usable current snapshot at least as new wins: an install overtook this build while it
-    // ran (and may have removed its checkpoint).
+    // A usable current snapshot that is newer wins: an install overtook this build while it ran
+    // (and may have removed its checkpoint). One as new does not: a build asked for by retention
+    // when nothing was applied since the last snapshot has the same last entry, and it must
+    // replace that snapshot, whose checkpoint still links the table files of what retention
+    // just deleted (kept, the disk would stay full until the next interval's snapshot).
     let current = current_meta(db)?;
     if let Some(current) = current {
-        let newer = current.last_log_id >= meta.last_log_id || !checkpoint.is_dir();
+        let newer = current.last_log_id > meta.last_log_id || !checkpoint.is_dir();
         if newer && open_current(dir, &current)?.is_some() {
             let _ = std::fs::remove_dir_all(checkpoint);
             return Ok(current);
