@@ -25,7 +25,7 @@ pub mod codec {
     use std::marker::PhantomData;
 
     use prost::Message;
-    use tonic::codec::{BufferSettings, EncodeBuf, Encoder};
+    use tonic::codec::{EncodeBuf, Encoder};
     use tonic::Status;
     use tonic_prost::ProstDecoder;
 
@@ -71,10 +71,6 @@ pub mod codec {
             buf.reserve(item.encoded_len());
             item.encode_raw(buf);
             Ok(())
-        }
-
-        fn buffer_settings(&self) -> BufferSettings {
-            BufferSettings::default()
         }
     }
 }
