@@ -52,24 +52,32 @@ async fn a_slow_snapshot_install_does_not_unseat_the_master() {
     lagging_node_catches_up_by_snapshot(Duration::from_secs(1)).await;
 }
 
-/// The first commit-log entry in a node's snapshot checkpoint; `None` while there is none (or it
-/// is being replaced).
-fn first_entry_in_snapshot(dir: &std::path::Path) -> Option<u64> {
-    let checkpoint = std::fs::read_dir(dir)
-        .ok()?
+/// What a node's snapshot checkpoint holds of the commit log: `Ok(Some(first index))`,
+/// `Ok(None)` for no entry at all, or why it cannot be read now (none yet, or being replaced).
+fn first_entry_in_snapshot(dir: &std::path::Path) -> Result<Option<u64>, String> {
+    let checkpoints: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
         .flatten()
-        .find(|e| e.file_name().to_string_lossy().starts_with("checkpoint-"))?
-        .path();
+        .filter(|e| e.file_name().to_string_lossy().starts_with("checkpoint-"))
+        .map(|e| e.path())
+        .collect();
+    let [checkpoint] = checkpoints.as_slice() else {
+        return Err(format!("{} checkpoints: {checkpoints:?}", checkpoints.len()));
+    };
     let db = rocksdb::DB::open_cf_for_read_only(
         &rocksdb::Options::default(),
-        &checkpoint,
+        checkpoint,
         raftmq_store::db::ALL_CFS,
         false,
     )
-    .ok()?;
-    let cf = db.cf_handle(raftmq_store::db::CF_LOG)?;
-    let (key, _) = db.iterator_cf(cf, rocksdb::IteratorMode::Start).next()?.ok()?;
-    raftmq_store::keys::log_index(&key)
+    .map_err(|e| format!("{}: {e}", checkpoint.display()))?;
+    let cf = db.cf_handle(raftmq_store::db::CF_LOG).ok_or("no log column family")?;
+    let first = match db.iterator_cf(cf, rocksdb::IteratorMode::Start).next() {
+        None => Ok(None),
+        Some(Ok((key, _))) => Ok(raftmq_store::keys::log_index(&key)),
+        Some(Err(e)) => Err(format!("{}: {e}", checkpoint.display())),
+    };
+    first
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,12 +97,21 @@ async fn retention_under_disk_pressure_takes_a_snapshot_so_the_old_one_lets_go()
     // so no checkpoint holds a deleted entry (the interval alone would wait until entry 80).
     for config in &group.configs {
         let dir = config.data_dir.join("snapshots");
-        wait_until(
-            &format!("node {}'s snapshot holds no deleted entry", config.node_id),
-            Duration::from_secs(20),
-            || async { first_entry_in_snapshot(&dir).filter(|first| *first >= 40) },
-        )
-        .await;
+        // Polled by hand rather than with `wait_until`, so a timeout says what the node's
+        // snapshot held last.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let seen = first_entry_in_snapshot(&dir);
+            if matches!(seen, Ok(None)) || matches!(seen, Ok(Some(first)) if first >= 40) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node {}'s snapshot still holds a deleted entry after 20 s: {seen:?}",
+                config.node_id
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         // One snapshot is kept: a pointer and its checkpoint.
         let mut names: Vec<String> = std::fs::read_dir(&dir)
             .unwrap()
