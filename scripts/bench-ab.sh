@@ -5,7 +5,7 @@
 # shared cores). Each DIR holds release binaries (raftmq, raftmq-broker, raftmq-namesrv), for
 # example a copy of target/release taken before a change.
 #
-#   scripts/bench-ab.sh [--runs N] [--duration SECONDS] [--case consume|send|send-4k|send-random] DIR_A DIR_B
+#   scripts/bench-ab.sh [--runs N] [--duration SECONDS] [--case consume|send|send-4k|send-random|latency] DIR_A DIR_B
 #
 # consume: DIR_A's cluster stores one pipelined run of 1 KiB sends once; then every run starts
 #   the cluster again on that same data with one DIR's binaries, consumes every queue from the
@@ -15,12 +15,14 @@
 # send-random: as send, with bodies of pseudo-random bytes (`bench produce --random`), which the
 #   store cannot compress: the standard bodies repeat one byte, which hides what writing,
 #   flushing and compacting real bodies costs.
+# latency: as send, with one 1 KiB send in flight (window 1); the line adds the p50 and p99
+#   latency in ms.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RUNS=3
 DURATION=10
 CASE=consume
-usage() { echo "usage: $0 [--runs N] [--duration SECONDS] [--case consume|send|send-4k|send-random] DIR_A DIR_B" >&2; exit 2; }
+usage() { echo "usage: $0 [--runs N] [--duration SECONDS] [--case consume|send|send-4k|send-random|latency] DIR_A DIR_B" >&2; exit 2; }
 while [ $# -gt 0 ]; do
     case $1 in
         --runs) RUNS=$2; shift 2 ;;
@@ -31,7 +33,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ $# -eq 2 ] || usage
-case $CASE in consume | send | send-4k | send-random) ;; *) usage ;; esac
+case $CASE in consume | send | send-4k | send-random | latency) ;; *) usage ;; esac
 for dir in "$@"; do
     for b in raftmq raftmq-broker raftmq-namesrv; do
         [ -x "$dir/$b" ] || { echo "$0: $dir/$b is missing" >&2; exit 2; }
@@ -58,7 +60,13 @@ row() { # DIR, label, bench args...: one bench run, one line
     awk -v dir="$dir" -v label="$label" -v b="$cpu" -v c="$client_s" \
         -v n="$(grep -o '"messages":[0-9]*' "$out" | cut -d: -f2)" \
         -v rate="$(grep -o '"msg_per_s":[0-9.]*' "$out" | cut -d: -f2)" \
-        'BEGIN { printf "%-36s %-20s %10.0f %12.2f %12.2f\n", dir, label, rate, b * 1000 / n, c * 1e6 / n }'
+        -v p50="$(grep -o '"p50_ms":[0-9.]*' "$out" | head -1 | cut -d: -f2)" \
+        -v p99="$(grep -o '"p99_ms":[0-9.]*' "$out" | head -1 | cut -d: -f2)" \
+        'BEGIN {
+            # A consume row has no send latency: its percentiles are the ages of the stored messages.
+            if (label ~ /^consume/) { lat = sprintf("%8s %8s", "-", "-") } else { lat = sprintf("%8.3f %8.3f", p50, p99) }
+            printf "%-36s %-20s %10.0f %12.2f %12.2f %s\n", dir, label, rate, b * 1000 / n, c * 1e6 / n, lat
+        }'
 }
 
 "$CLUSTER" down --purge >/dev/null 2>&1 || true
@@ -68,7 +76,7 @@ if [ "$CASE" = consume ]; then
     "$1/raftmq" --namesrv "$NS" bench produce --window 256 --duration "$DURATION" >/dev/null
     "$CLUSTER" down >/dev/null
 fi
-printf '%-36s %-20s %10s %12s %12s\n' BINARIES CASE MSG/S BROKER_CPU/1K CLIENT_CPU/1K
+printf '%-36s %-20s %10s %12s %12s %8s %8s\n' BINARIES CASE MSG/S BROKER_CPU/1K CLIENT_CPU/1K P50_MS P99_MS
 for _ in $(seq "$RUNS"); do
     for dir in "$@"; do
         case $CASE in
@@ -78,13 +86,14 @@ for _ in $(seq "$RUNS"); do
                 row "$dir" "consume from a slave" consume --slave --duration 60
                 "$CLUSTER" down >/dev/null
                 ;;
-            send | send-4k | send-random)
-                size=1024 random=() label=
+            send | send-4k | send-random | latency)
+                size=1024 random=() label= window=256
                 [ "$CASE" = send-4k ] && size=4096
                 [ "$CASE" = send-random ] && random=(--random) label=" random"
+                [ "$CASE" = latency ] && window=1
                 up "$dir"
                 "$dir/raftmq" --namesrv "$NS" topic create BenchTopic --queues 8 >/dev/null
-                row "$dir" "send $size B$label, w256" produce --window 256 --size "$size" "${random[@]}" --duration "$DURATION"
+                row "$dir" "send $size B$label, w$window" produce --window "$window" --size "$size" "${random[@]}" --duration "$DURATION"
                 "$CLUSTER" down --purge >/dev/null
                 ;;
         esac

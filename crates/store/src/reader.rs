@@ -644,10 +644,14 @@ impl StoreReader {
         if let Some(e) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(index) {
             return Ok(Some(e));
         }
+        // Not through the block cache: an entry is decoded once into `self.cache`, so its block
+        // would only push the consume-queue blocks, which every read needs, out of the cache.
+        let mut once = rocksdb::ReadOptions::default();
+        once.fill_cache(false);
         let raw = self
             .db
             .db
-            .get_pinned_cf(self.db.cf(CF_LOG), keys::log(index))?
+            .get_pinned_cf_opt(self.db.cf(CF_LOG), keys::log(index), &once)?
             .ok_or_else(|| CorruptRecord {
                 what: format!("commit log entry {index}"),
                 reason: format!("missing, but {topic}/{queue_id} offset {offset} points at it"),
