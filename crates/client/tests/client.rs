@@ -130,6 +130,62 @@ async fn sync_async_oneway_and_batch_sends_arrive() {
     group.shutdown().await;
 }
 
+/// The value of one of the master's metrics (the first sample of that name, whatever its labels).
+async fn master_metric(group: &Group, name: &str) -> f64 {
+    let master = group.wait_for_master(ELECTION).await;
+    let text = raftmq_testkit::scrape(group.metrics_addr(master)).await;
+    text.lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with([' ', '{'])))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_take_the_configured_connections_in_turn() {
+    let (group, c) = setup(4).await;
+    let producer = Producer::new(c.clone());
+    producer
+        .send_batch((0..20).map(|i| Message::new("T", format!("m-{i}"))).collect())
+        .await
+        .unwrap();
+    for i in 20..40 {
+        producer.send(Message::new("T", format!("m-{i}"))).await.unwrap();
+    }
+    const ACCEPTED: &str = "raftmq_broker_client_connections_accepted_total";
+    // (connections asked for, connections expected): 0 counts as 1.
+    for (asked, expected) in [(3usize, 3.0), (1, 1.0), (0, 1.0)] {
+        let before = master_metric(&group, ACCEPTED).await;
+        let rc = Client::new(ClientConfig {
+            read_connections: asked,
+            ..ClientConfig::new([group.namesrv_addr()])
+        })
+        .unwrap();
+        let reader = PullConsumer::new(rc.clone(), ReadPreference::Master);
+        // Two passes over every queue: eight reads, each on the next connection in turn.
+        let mut bodies = BTreeSet::new();
+        for pass in 0..2 {
+            for q in reader.queues("T").await.unwrap() {
+                let offset = if pass == 0 {
+                    0
+                } else {
+                    reader.queue_offsets("T", &q).await.unwrap().1
+                };
+                let r = reader.pull("T", &q, offset, 100, "*", Duration::ZERO).await.unwrap();
+                assert!(pass == 0 || r.messages.is_empty(), "{q}: nothing past the end");
+                bodies.extend(r.messages.into_iter().map(|m| m.body.to_vec()));
+            }
+        }
+        assert_eq!(bodies.len(), 40, "every message read once, {asked} connections");
+        // A connection is accepted (and counted) before the read on it is answered.
+        assert_eq!(
+            master_metric(&group, ACCEPTED).await,
+            before + expected,
+            "read_connections = {asked}"
+        );
+    }
+    group.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyed_sends_keep_per_key_order() {
     let (group, c) = setup(8).await;

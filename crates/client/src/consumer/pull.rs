@@ -71,7 +71,7 @@ impl PullConsumer {
                 return Err(ErrorCode::QueueNotFound.err(format!("group {group} holds no queue of {topic}")));
             };
             for addr in nodes_for(g, self.read_preference) {
-                let broker = self.client.broker(&addr)?;
+                let broker = self.client.reader(&addr)?;
                 match call(broker).await {
                     Ok(reply) => return Ok(reply.into_inner()),
                     Err(status) => match classify(&status) {
