@@ -72,6 +72,7 @@ fn first_entry_in_snapshot(dir: &std::path::Path) -> Result<Option<u64>, String>
     )
     .map_err(|e| format!("{}: {e}", checkpoint.display()))?;
     let cf = db.cf_handle(raftmq_store::db::CF_LOG).ok_or("no log column family")?;
+    // Bound before it is returned: the iterator borrows `db`.
     let first = match db.iterator_cf(cf, rocksdb::IteratorMode::Start).next() {
         None => Ok(None),
         Some(Ok((key, _))) => Ok(raftmq_store::keys::log_index(&key)),

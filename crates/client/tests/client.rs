@@ -134,10 +134,7 @@ async fn sync_async_oneway_and_batch_sends_arrive() {
 async fn master_metric(group: &Group, name: &str) -> f64 {
     let master = group.wait_for_master(ELECTION).await;
     let text = raftmq_testkit::scrape(group.metrics_addr(master)).await;
-    text.lines()
-        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with([' ', '{'])))
-        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
+    raftmq_testkit::sample(&text, name).unwrap_or_else(|| panic!("no {name} in {text}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
