@@ -5,11 +5,14 @@
 # shared cores). Each DIR holds release binaries (raftmq, raftmq-broker, raftmq-namesrv), for
 # example a copy of target/release taken before a change.
 #
-#   scripts/bench-ab.sh [--runs N] [--duration SECONDS] [--case consume|send|send-4k|send-random|latency] DIR_A DIR_B
+#   scripts/bench-ab.sh [--runs N] [--duration SECONDS] [--case consume|consume-mix|send|send-4k|send-random|latency] DIR_A DIR_B
 #
 # consume: DIR_A's cluster stores one pipelined run of 1 KiB sends once; then every run starts
 #   the cluster again on that same data with one DIR's binaries, consumes every queue from the
 #   master, then from a slave, and stops it. Both builds read the same stored messages.
+# consume-mix: as consume, over what the standard set's four send runs store (scripts/bench.sh:
+#   1 KiB with one in flight, then 1 KiB, 128 B and 4 KiB at window 256), which its consume
+#   rows read.
 # send, send-4k: every run is a fresh cluster of one DIR, pipelined sends of 1 KiB (4 KiB) at
 #   window 256 for SECONDS.
 # send-random: as send, with bodies of pseudo-random bytes (`bench produce --random`), which the
@@ -22,7 +25,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RUNS=3
 DURATION=10
 CASE=consume
-usage() { echo "usage: $0 [--runs N] [--duration SECONDS] [--case consume|send|send-4k|send-random|latency] DIR_A DIR_B" >&2; exit 2; }
+usage() { echo "usage: $0 [--runs N] [--duration SECONDS] [--case consume|consume-mix|send|send-4k|send-random|latency] DIR_A DIR_B" >&2; exit 2; }
 while [ $# -gt 0 ]; do
     case $1 in
         --runs) RUNS=$2; shift 2 ;;
@@ -33,7 +36,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ $# -eq 2 ] || usage
-case $CASE in consume | send | send-4k | send-random | latency) ;; *) usage ;; esac
+case $CASE in consume | consume-mix | send | send-4k | send-random | latency) ;; *) usage ;; esac
 for dir in "$@"; do
     for b in raftmq raftmq-broker raftmq-namesrv; do
         [ -x "$dir/$b" ] || { echo "$0: $dir/$b is missing" >&2; exit 2; }
@@ -70,17 +73,24 @@ row() { # DIR, label, bench args...: one bench run, one line
 }
 
 "$CLUSTER" down --purge >/dev/null 2>&1 || true
-if [ "$CASE" = consume ]; then
+if [ "$CASE" = consume ] || [ "$CASE" = consume-mix ]; then
     up "$1"
     "$1/raftmq" --namesrv "$NS" topic create BenchTopic --queues 8 >/dev/null
-    "$1/raftmq" --namesrv "$NS" bench produce --window 256 --duration "$DURATION" >/dev/null
+    if [ "$CASE" = consume-mix ]; then
+        "$1/raftmq" --namesrv "$NS" bench produce --window 1 --duration "$DURATION" >/dev/null
+        for size in 1024 128 4096; do
+            "$1/raftmq" --namesrv "$NS" bench produce --window 256 --size "$size" --duration "$DURATION" >/dev/null
+        done
+    else
+        "$1/raftmq" --namesrv "$NS" bench produce --window 256 --duration "$DURATION" >/dev/null
+    fi
     "$CLUSTER" down >/dev/null
 fi
 printf '%-36s %-20s %10s %12s %12s %8s %8s\n' BINARIES CASE MSG/S BROKER_CPU/1K CLIENT_CPU/1K P50_MS P99_MS
 for _ in $(seq "$RUNS"); do
     for dir in "$@"; do
         case $CASE in
-            consume)
+            consume | consume-mix)
                 up "$dir"
                 row "$dir" "consume from master" consume --duration 60
                 row "$dir" "consume from a slave" consume --slave --duration 60
