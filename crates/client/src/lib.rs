@@ -205,6 +205,10 @@ impl Client {
         let count = self.inner.config.read_connections.max(1);
         let i = self.inner.next_read.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % count;
         let mut pool = self.inner.read_pool.lock().unwrap_or_else(|p| p.into_inner());
+        // Looked up by `&str` first: a pull should not allocate the address again.
+        if let Some(clients) = pool.get(addr).filter(|c| c.len() >= count) {
+            return Ok(clients[i].clone());
+        }
         let clients = pool.entry(addr.to_owned()).or_default();
         while clients.len() < count {
             clients.push(self.connect(addr)?);
